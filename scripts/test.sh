@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The test command: lint, then the whole suite. pytest's exit code 5 ("no tests collected") is not a failure.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PYBIN=${PYBIN:-.venv/bin/python}
+"$PYBIN" -m ruff check src tests benchmarks || exit 1
+"$PYBIN" -m pytest -q "$@"
+rc=$?
+[ "$rc" -eq 5 ] && { echo "no tests collected"; exit 0; }
+exit "$rc"

@@ -1,0 +1,3 @@
+from segattn.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,66 @@
+"""Small building blocks shared by modules, heads and backbones."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class BatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` that does not crash on one value per channel in training.
+
+    A globally pooled branch (ASPP image pooling, PPM bin 1) sees a (1, C, 1, 1) tensor with batch 1;
+    plain BN raises there. This layer normalises such a batch with the running statistics (as in eval)
+    and leaves them unchanged. Everything else is plain BatchNorm2d (SyncBN conversion works).
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training and x.dim() == 4 and x.shape[0] * x.shape[2] * x.shape[3] == 1:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        return super().forward(x)
+
+
+def make_act(act: Optional[str]) -> nn.Module:
+    """``'relu'``, ``'leaky_relu'`` (slope 0.01, as InPlaceABN), ``'gelu'`` or ``None`` (identity)."""
+    if act is None:
+        return nn.Identity()
+    if act == "relu":
+        return nn.ReLU(inplace=True)
+    if act == "leaky_relu":
+        return nn.LeakyReLU(0.01, inplace=True)
+    if act == "gelu":
+        return nn.GELU()
+    raise ValueError(f"unknown activation {act!r}; expected 'relu', 'leaky_relu', 'gelu' or None")
+
+
+class ConvNormAct(nn.Sequential):
+    """k x k conv ('same' padding, no bias when normalised) -> BatchNorm2d -> activation."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 1,
+        stride: int = 1,
+        dilation: int = 1,
+        groups: int = 1,
+        norm: bool = True,
+        act: Optional[str] = "relu",
+        bias: Optional[bool] = None,
+    ) -> None:
+        padding = dilation * (kernel_size - 1) // 2
+        use_bias = (not norm) if bias is None else bias
+        layers = [nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias=use_bias)]
+        if norm:
+            layers.append(BatchNorm2d(out_channels))
+        layers.append(make_act(act))
+        super().__init__(*layers)
+        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
+
+    def macs(self, height: int, width: int) -> int:
+        """MACs of the convolution at ``height x width`` outputs (stride 1)."""
+        conv = self[0]
+        k = conv.kernel_size[0]
+        return (conv.in_channels // conv.groups) * conv.out_channels * k * k * height * width

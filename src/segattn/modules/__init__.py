@@ -1,0 +1,26 @@
+"""Context modules, one file per method family. Importing this package registers them all."""
+
+from segattn.modules import (  # noqa: F401  (imported for registration)
+    a2,
+    ann,
+    apcnet,
+    carafe,
+    ccnet,
+    cgnl,
+    danet,
+    dgmn,
+    ema,
+    glore,
+    graphrep,
+    isa,
+    latentgnn,
+    local_relation,
+    nonlocal_,
+    ocnet,
+    pooling,
+    psanet,
+    sgr,
+)
+from segattn.modules.base import ContextModule, check_feature_map
+
+__all__ = ["ContextModule", "check_feature_map"]

@@ -1,0 +1,63 @@
+"""The contract every context module follows.
+
+A context module maps ``x`` of shape (B, in_channels, H, W) to (B, out_channels, H, W) for any
+B >= 1 and H, W >= 1, in float32 / bfloat16 / float16 (logits and softmax in float32), for contiguous
+and channels_last input. ``forward(x, return_attention=True)`` returns ``(y, factors)`` where
+``factors`` is a dict of the module's attention (or its low-rank factors) as float32 tensors, so the
+identities of the specification can be tested without weight surgery. ``flops(H, W)`` returns the
+multiply-accumulates of one forward for batch 1 (see ``segattn.ops.flops``); the registry entry
+carries the paper, the family and the asymptotic cost order.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+Attention = Dict[str, Tensor]
+ModuleOutput = Union[Tensor, Tuple[Tensor, Attention]]
+
+def check_feature_map(x: Tensor, channels: Optional[int], what: str) -> None:
+    """Raise a clear error unless ``x`` is a floating (B, channels, H, W) tensor."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{what} expects a torch.Tensor of shape (B, C, H, W), got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(
+            f"{what} expects a 4-D input of shape (B, C, H, W), got a {x.dim()}-D tensor of shape {tuple(x.shape)}"
+        )
+    if not x.is_floating_point():
+        raise TypeError(f"{what} expects a floating-point input (float32, bfloat16 or float16), got {x.dtype}")
+    if channels is not None and x.shape[1] != channels:
+        raise ValueError(f"{what} expects {channels} input channels, got {x.shape[1]} (input shape {tuple(x.shape)})")
+    if x.shape[0] < 1 or x.shape[2] < 1 or x.shape[3] < 1:
+        raise ValueError(f"{what} expects B, H, W >= 1, got shape {tuple(x.shape)}")
+
+class ContextModule(nn.Module):
+    """Base class: stores channel counts, validates input, declares ``flops``."""
+
+
+    def __init__(self, in_channels: int, out_channels: Optional[int] = None) -> None:
+        super().__init__()
+        if not isinstance(in_channels, int) or in_channels < 1:
+            raise ValueError(f"in_channels must be a positive int, got {in_channels!r}")
+        self.in_channels = in_channels
+        self.out_channels = in_channels if out_channels is None else out_channels
+
+    def check_input(self, x: Tensor) -> None:
+        check_feature_map(x, self.in_channels, type(self).__name__)
+
+    def flops(self, height: int, width: int) -> int:
+        """Multiply-accumulates of one forward at (1, in_channels, height, width)."""
+        raise NotImplementedError(f"{type(self).__name__} does not report its cost")
+
+    def extra_repr(self) -> str:
+        return f"in_channels={self.in_channels}, out_channels={self.out_channels}"
+
+def zero_init_(module: nn.Module) -> nn.Module:
+    """Set every parameter of ``module`` to zero (the spec's zero-initialised output layers)."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.zero_()
+    return module

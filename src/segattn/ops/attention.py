@@ -1,0 +1,117 @@
+"""Softmax attention over positions: one fused path and one naive reference path.
+
+``softmax_attention(q, k, v)`` computes, for queries ``q`` (..., N, d), keys ``k`` (..., M, d) and
+values ``v`` (..., M, dv)::
+
+    out = softmax_j(scale * q k^T) v            (..., N, dv)
+
+The fused path calls ``torch.nn.functional.scaled_dot_product_attention``. When ``d != dv`` the
+smaller side is zero-padded (zeros change neither the logits nor the aggregation) because the fused
+CPU/CUDA kernels need equal head sizes and otherwise fall back to the math kernel, which
+materialises the N x M matrix. Inputs in float16/bfloat16 are computed in float32 on CPU so that the
+logits and the softmax stay in float32 (on CUDA the fused kernels accumulate in float32 already).
+
+The reference path materialises the logits in float32; it is used when the attention weights are
+requested, inside ``reference_attention()`` (tests, FLOP counting), and as the spec for the fused path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Iterator, Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+_REFERENCE = False
+
+
+@contextlib.contextmanager
+def reference_attention(enabled: bool = True) -> Iterator[None]:
+    """Within this context every attention kernel takes its naive (materialising) path."""
+    global _REFERENCE
+    previous, _REFERENCE = _REFERENCE, enabled
+    try:
+        yield
+    finally:
+        _REFERENCE = previous
+
+
+def use_reference() -> bool:
+    """Whether kernels should take their naive reference path now."""
+    return _REFERENCE
+
+
+def _check_qkv(q: Tensor, k: Tensor, v: Tensor) -> None:
+    if q.dim() < 3 or q.dim() != k.dim() or q.dim() != v.dim():
+        raise ValueError(
+            f"attention expects q, k, v of equal rank >= 3 (..., positions, channels); "
+            f"got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"query and key channel counts differ: {q.shape[-1]} vs {k.shape[-1]}")
+    if k.shape[-2] != v.shape[-2]:
+        raise ValueError(f"key and value position counts differ: {k.shape[-2]} vs {v.shape[-2]}")
+
+
+def upcast(t: Tensor) -> Tensor:
+    """float16/bfloat16 -> float32; float32/float64 unchanged (the precision logits are kept in)."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def attention_weights(q: Tensor, k: Tensor, scale: float) -> Tensor:
+    """``softmax_j(scale * q k^T)`` in at least float32, shape (..., N, M). Materialises N x M."""
+    logits = torch.matmul(upcast(q), upcast(k).transpose(-1, -2))
+    return torch.softmax(logits * scale, dim=-1)
+
+
+def softmax_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    scale: Optional[float] = None,
+    return_weights: bool = False,
+) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+    """Softmax attention ``softmax(scale q k^T) v``; shapes (..., N, d), (..., M, d), (..., M, dv).
+
+    ``scale`` defaults to ``1/sqrt(d)``; pass ``1.0`` for unscaled logits (DANet, CCNet).
+    With ``return_weights`` the (..., N, M) weights (float32, or float64 for float64 input) are returned too (naive path).
+    The output has ``v``'s dtype.
+    """
+    _check_qkv(q, k, v)
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    if return_weights or _REFERENCE:
+        weights = attention_weights(q, k, scale)
+        out = torch.matmul(weights, upcast(v)).to(v.dtype)
+        return (out, weights) if return_weights else out
+    return _fused_attention(q, k, v, scale)
+
+
+def _fused_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
+    out_dtype = v.dtype
+    if q.device.type == "cpu" and q.dtype in (torch.float16, torch.bfloat16):
+        q, k, v = q.float(), k.float(), v.float()
+    d, dv = q.shape[-1], v.shape[-1]
+    if d < dv:
+        q, k = F.pad(q, (0, dv - d)), F.pad(k, (0, dv - d))
+    elif dv < d:
+        v = F.pad(v, (0, d - dv))
+    out = F.scaled_dot_product_attention(q, k, v, scale=scale)
+    return out[..., :dv].to(out_dtype)
+
+
+def linear_attention(q: Tensor, k: Tensor, v: Tensor, normaliser: Optional[float] = None) -> Tensor:
+    """Dot-product attention without softmax, ``(q k^T / M) v``, computed as ``q (k^T v) / M``.
+
+    O(N d dv) time and O(d dv) extra memory instead of O(N M). ``normaliser`` defaults to M
+    (the number of key positions, as the Non-local paper's dot-product form). The reference
+    path computes the quadratic form.
+    """
+    _check_qkv(q, k, v)
+    norm = float(k.shape[-2]) if normaliser is None else float(normaliser)
+    if _REFERENCE:
+        return torch.matmul(torch.matmul(q, k.transpose(-1, -2)), v) / norm
+    return torch.matmul(q, torch.matmul(k.transpose(-1, -2), v)) / norm

@@ -1,0 +1,64 @@
+import pytest
+import torch
+
+from segattn.ops.attention import linear_attention, reference_attention, softmax_attention
+from segattn.ops.flops import count_macs
+
+
+@pytest.mark.parametrize("d,dv", [(8, 8), (4, 12), (12, 4)])
+@pytest.mark.parametrize("scale", [None, 1.0])
+def test_fused_equals_naive(d, dv, scale):
+    q, k, v = torch.randn(2, 37, d), torch.randn(2, 23, d), torch.randn(2, 23, dv)
+    fused = softmax_attention(q, k, v, scale=scale)
+    with reference_attention():
+        naive = softmax_attention(q, k, v, scale=scale)
+    out, w = softmax_attention(q, k, v, scale=scale, return_weights=True)
+    torch.testing.assert_close(fused, naive, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out, naive)
+    torch.testing.assert_close(w.sum(-1), torch.ones(2, 37))
+    # the kernel's formula, written out
+    s = scale if scale is not None else d**-0.5
+    torch.testing.assert_close(naive, torch.softmax(q @ k.transpose(1, 2) * s, -1) @ v, atol=1e-5, rtol=1e-5)
+
+
+def test_fused_gradients_equal_naive():
+    q, k, v = (torch.randn(1, 2, 30, 6, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    g1 = torch.autograd.grad(softmax_attention(q, k, v).sum(), (q, k, v))
+    with reference_attention():
+        g2 = torch.autograd.grad(softmax_attention(q, k, v).sum(), (q, k, v))
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_inputs_keep_dtype(dtype):
+    q, k, v = (torch.randn(1, 50, 8).to(dtype) for _ in range(3))
+    out = softmax_attention(q, k, v)
+    assert out.dtype == dtype
+    with reference_attention():
+        ref = softmax_attention(q, k, v)
+    torch.testing.assert_close(out.float(), ref.float(), atol=2e-2, rtol=2e-2)
+
+
+def test_linear_attention_equals_quadratic():
+    q, k, v = (torch.randn(2, 40, 5, dtype=torch.float64) for _ in range(3))
+    fast = linear_attention(q, k, v)
+    with reference_attention():
+        slow = linear_attention(q, k, v)
+    torch.testing.assert_close(fast, slow)
+    torch.testing.assert_close(fast, (q @ k.transpose(1, 2) / 40) @ v)
+
+
+def test_shape_errors():
+    with pytest.raises(ValueError, match="channel counts differ"):
+        softmax_attention(torch.randn(1, 4, 3), torch.randn(1, 4, 5), torch.randn(1, 4, 5))
+    with pytest.raises(ValueError, match="position counts differ"):
+        softmax_attention(torch.randn(1, 4, 3), torch.randn(1, 4, 3), torch.randn(1, 5, 3))
+
+
+def test_flop_counter_sees_fused_cpu_kernel():
+    q, k, v = torch.randn(1, 1, 64, 16), torch.randn(1, 1, 32, 16), torch.randn(1, 1, 32, 16)
+    fused = count_macs(softmax_attention, q, k, v, reference=False)
+    naive = count_macs(softmax_attention, q, k, v, reference=True)
+    assert naive == 64 * 32 * 16 * 2
+    assert fused == naive
