@@ -23,6 +23,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("modules", help="list registered context modules")
     p.add_argument("pattern", nargs="?", default="*")
     p.set_defaults(func=_cmd_modules)
+
+    from segattn.bench.cli import add_parser as add_bench_parser
+
+    add_bench_parser(sub)
     return parser
 
 

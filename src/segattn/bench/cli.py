@@ -1,0 +1,59 @@
+"""``segattn bench``: cost, latency and memory of context modules, side by side."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+from segattn.api import list_modules
+from segattn.bench.measure import BenchSetting, peak_memory_mb, time_modules
+from segattn.bench.report import markdown_table, write_report
+
+
+def parse_size(text: str) -> tuple:
+    """'64' -> (64, 64); '65x97' -> (65, 97)."""
+    m = re.fullmatch(r"(\d+)(?:x(\d+))?", text.strip())
+    if not m:
+        raise argparse.ArgumentTypeError(f"size must look like 64 or 65x97, got {text!r}")
+    h = int(m.group(1))
+    return h, int(m.group(2) or h)
+
+
+def add_parser(sub: "argparse._SubParsersAction") -> None:
+    p = sub.add_parser("bench", help="benchmark context modules (MACs, params, latency, peak memory)")
+    p.add_argument("patterns", nargs="*", default=["*"], help="module name patterns (default: all)")
+    p.add_argument("--channels", type=int, default=512, help="input channels (default 512, the heads' width)")
+    p.add_argument("--size", type=parse_size, default=(64, 64), help="feature-map size HxW (default 64x64)")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--backward", action="store_true", help="time forward+backward in train mode")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (median reported)")
+    p.add_argument("--memory", action="store_true", help="also measure peak memory (one subprocess per module on CPU)")
+    p.add_argument("--baseline", default="nonlocal", help="module the ratios are relative to")
+    p.add_argument("--out", type=Path, default=None, help="folder for bench.md/json/csv/png")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    names = sorted({n for pat in args.patterns for n in list_modules(pat)})
+    if not names:
+        raise SystemExit(f"no registered module matches {args.patterns}; see `segattn modules`")
+    setting = BenchSetting(
+        in_channels=args.channels, height=args.size[0], width=args.size[1], batch=args.batch,
+        backward=args.backward, device=args.device, dtype=args.dtype, rounds=args.rounds,
+    )
+    print(f"timing {len(names)} modules in {setting.rounds} interleaved rounds ...", flush=True)
+    results = time_modules(names, setting)
+    if args.memory:
+        for i, name in enumerate(names, 1):
+            if not results[name].error:
+                print(f"[{i}/{len(names)}] peak memory of {name}", flush=True)
+                results[name].peak_mem_mb = peak_memory_mb(name, setting)
+    baseline = args.baseline if args.baseline in results else None
+    print(markdown_table(results, setting, baseline))
+    if args.out:
+        for kind, path in write_report(results, setting, args.out, baseline).items():
+            print(f"wrote {kind}: {path}")
+    return 0

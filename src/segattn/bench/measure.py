@@ -1,0 +1,151 @@
+"""Cost and latency of context modules, measured side by side in one run.
+
+* MACs: the module's analytic ``flops(H, W)`` (checked against FlopCounterMode by the tests);
+* parameters;
+* latency: all modules are timed in interleaved rounds (round r times every module once), so slow
+  drifts of a shared machine hit every module alike; the median over rounds is reported;
+* peak memory: on CUDA ``torch.cuda.max_memory_allocated`` around one step; on CPU the growth of the
+  process's peak resident set during one step, measured in a fresh subprocess per module (the
+  allocator returns large blocks to the OS, so the high-water mark is the step's footprint).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+
+from segattn.api import create_module
+
+
+@dataclass
+class BenchSetting:
+    """One benchmark configuration shared by every module of a run."""
+
+    in_channels: int = 512
+    height: int = 64
+    width: int = 64
+    batch: int = 1
+    backward: bool = False
+    device: str = "cpu"
+    dtype: str = "float32"
+    warmup: int = 1
+    rounds: int = 5
+    threads: Optional[int] = None
+
+
+@dataclass
+class BenchResult:
+    name: str
+    params: int
+    macs: int
+    latency_ms: float = float("nan")
+    latency_all_ms: List[float] = field(default_factory=list)
+    peak_mem_mb: float = float("nan")
+    error: str = ""
+
+
+def _dtype(name: str) -> torch.dtype:
+    table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if name not in table:
+        raise ValueError(f"unknown dtype {name!r}; expected one of {', '.join(table)}")
+    return table[name]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def make_step(name: str, setting: BenchSetting) -> Callable[[], None]:
+    """Build module ``name`` and its input; return a closure running one forward (and backward)."""
+    device = torch.device(setting.device)
+    module = create_module(name, setting.in_channels).to(device=device, dtype=_dtype(setting.dtype))
+    module.train(setting.backward)
+    x = torch.randn(
+        setting.batch, setting.in_channels, setting.height, setting.width, device=device, dtype=_dtype(setting.dtype)
+    )
+
+    def step() -> None:
+        if setting.backward:
+            x.requires_grad_(True)
+            y = module(x)
+            y.float().mean().backward()
+            module.zero_grad(set_to_none=True)
+            x.grad = None
+        else:
+            with torch.no_grad():
+                module(x)
+        _sync(device)
+
+    step.module = module  # type: ignore[attr-defined]
+    return step
+
+
+def time_modules(names: Sequence[str], setting: BenchSetting) -> Dict[str, BenchResult]:
+    """Latency of every module, timed in interleaved rounds. Failures are recorded, not raised."""
+    if setting.threads:
+        torch.set_num_threads(setting.threads)
+    results: Dict[str, BenchResult] = {}
+    steps: Dict[str, Callable[[], None]] = {}
+    for name in names:
+        try:
+            step = make_step(name, setting)
+            module = step.module  # type: ignore[attr-defined]
+            macs = int(module.flops(setting.height, setting.width)) * setting.batch
+            results[name] = BenchResult(name, sum(p.numel() for p in module.parameters()), macs)
+            for _ in range(setting.warmup):
+                step()
+            steps[name] = step
+        except Exception as exc:  # a module that cannot run at this setting is reported, not fatal
+            results[name] = BenchResult(name, 0, 0, error=f"{type(exc).__name__}: {exc}"[:200])
+    for _ in range(setting.rounds):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            results[name].latency_all_ms.append((time.perf_counter() - start) * 1e3)
+    for name in steps:
+        results[name].latency_ms = statistics.median(results[name].latency_all_ms)
+    return results
+
+
+def peak_memory_mb(name: str, setting: BenchSetting) -> float:
+    """Peak memory of one step of module ``name`` in MiB (see the module docstring for the method)."""
+    if setting.device.startswith("cuda"):
+        step = make_step(name, setting)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        step()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    cmd = [sys.executable, "-m", "segattn.bench.measure", name, json.dumps(asdict(setting))]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if proc.returncode != 0:
+        raise RuntimeError(f"memory probe for {name!r} failed: {proc.stderr.strip()[-500:]}")
+    return float(json.loads(proc.stdout.strip().splitlines()[-1])["peak_mb"])
+
+
+def _rss_peak_bytes() -> int:
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is KiB on Linux, bytes on macOS
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def _memory_probe(name: str, setting_json: str) -> None:
+    setting = BenchSetting(**json.loads(setting_json))
+    setting.warmup = 0
+    step = make_step(name, setting)
+    base = _rss_peak_bytes()
+    step()
+    print(json.dumps({"peak_mb": (_rss_peak_bytes() - base) / 2**20}))
+
+
+if __name__ == "__main__":  # the subprocess side of peak_memory_mb
+    _memory_probe(sys.argv[1], sys.argv[2])

@@ -1,0 +1,51 @@
+import json
+
+import pytest
+
+from segattn.bench.cli import parse_size
+from segattn.bench.measure import BenchSetting, peak_memory_mb, time_modules
+from segattn.bench.report import markdown_table, write_report
+from segattn.cli import main
+
+SETTING = BenchSetting(in_channels=16, height=12, width=10, rounds=3)
+
+
+def test_time_modules_side_by_side(tmp_path):
+    results = time_modules(["nonlocal", "ppm"], SETTING)
+    for r in results.values():
+        assert not r.error
+        assert len(r.latency_all_ms) == 3 and r.latency_ms > 0
+        assert r.params > 0 and r.macs > 0
+    table = markdown_table(results, SETTING, baseline="nonlocal")
+    assert "| nonlocal |" in table and "time ratio" in table and "1.00" in table
+    paths = write_report(results, SETTING, tmp_path, baseline="nonlocal")
+    data = json.loads(paths["json"].read_text())
+    assert {r["name"] for r in data["results"]} == {"nonlocal", "ppm"}
+    assert paths["csv"].read_text().startswith("name,params,macs")
+
+
+def test_failure_is_reported_not_raised():
+    results = time_modules(["nonlocal"], BenchSetting(in_channels=16, dtype="float32", device="no_such_device"))
+    assert results["nonlocal"].error
+
+
+def test_peak_memory_grows_with_size():
+    small = peak_memory_mb("nonlocal", BenchSetting(in_channels=16, height=8, width=8))
+    large = peak_memory_mb("nonlocal", BenchSetting(in_channels=64, height=96, width=96, backward=True))
+    assert small >= 0 and large > small
+
+
+def test_parse_size():
+    assert parse_size("64") == (64, 64) and parse_size("65x97") == (65, 97)
+    with pytest.raises(Exception, match="65x97"):
+        parse_size("big")
+
+
+def test_cli_bench_and_modules(tmp_path, capsys):
+    assert main(["bench", "nonlocal", "--channels", "8", "--size", "9x7", "--rounds", "2", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "bench.md").exists()
+    assert main(["modules", "nonlocal*"]) == 0
+    out = capsys.readouterr().out
+    assert "nonlocal_dot" in out
+    with pytest.raises(SystemExit, match="no registered module"):
+        main(["bench", "zzz*"])
