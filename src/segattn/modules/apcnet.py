@@ -1,1 +1,110 @@
-"""(to be written)"""
+"""APCNet: adaptive pyramid context (He, Deng, Zhou, Wang, Qiao, CVPR 2019), spec section 3.13."""
+
+from __future__ import annotations
+
+from typing import Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from segattn.layers import ConvNormAct
+from segattn.modules.base import ContextModule, ModuleOutput
+from segattn.ops.attention import upcast
+from segattn.registry import MODULES
+
+
+class AdaptiveContextModule(nn.Module):
+    """One ACM at scale ``s``: a learned N x s^2 sigmoid affinity reading s x s pooled cells.
+
+    ``Y_s = CBR(pool_s(X))`` (s^2 x c), ``x = CBR(X)`` (c x N), ``g = CBR(GAP(x))`` (c x 1),
+    ``alpha = sigmoid(W_a (x + g) + b)`` (N x s^2, not normalised), ``z = alpha Y_s`` (N x c),
+    ``out = CBR_f(relu(CBR_r(z) + x))`` (``fusion``) where CBR = 1x1 conv + BN + ReLU.
+    """
+
+    def __init__(self, in_channels: int, channels: int, scale: int, fusion: bool = True) -> None:
+        super().__init__()
+        self.scale, self.channels, self.fusion = scale, channels, fusion
+        self.pooled_conv = ConvNormAct(in_channels, channels)
+        self.input_conv = ConvNormAct(in_channels, channels)
+        self.global_conv = ConvNormAct(channels, channels)
+        self.gla = nn.Conv2d(channels, scale * scale, 1)
+        self.residual_conv = ConvNormAct(channels, channels)
+        self.fusion_conv = ConvNormAct(channels, channels) if fusion else nn.Identity()
+
+    def context(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """``(x_reduced (B, c, H, W), z (B, c, H, W), alpha (B, N, s^2))`` before the residual conv."""
+        b, _, h, w = x.shape
+        pooled = self.pooled_conv(F.adaptive_avg_pool2d(x, self.scale)).flatten(2).transpose(1, 2)
+        reduced = self.input_conv(x)
+        guide = self.global_conv(F.adaptive_avg_pool2d(reduced, 1))
+        alpha = torch.sigmoid(upcast(self.gla(reduced + guide))).flatten(2).transpose(1, 2)
+        z = torch.matmul(alpha, upcast(pooled)).transpose(1, 2).reshape(b, self.channels, h, w)
+        return reduced, z.to(x.dtype), alpha
+
+    def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        reduced, z, alpha = self.context(x)
+        out = F.relu(self.residual_conv(z) + reduced)
+        return self.fusion_conv(out), alpha
+
+    def macs(self, in_channels: int, height: int, width: int) -> int:
+        n, c, s2 = height * width, self.channels, self.scale * self.scale
+        convs = in_channels * c * (s2 + n) + c * c + c * s2 * n + c * c * n * (2 if self.fusion else 1)
+        return convs + n * s2 * c
+
+
+@MODULES.register("apcnet", paper="He et al., CVPR 2019", family="pooling", order="O(N C C' + N s^2 C')")
+class APCNet(ContextModule):
+    """Adaptive pyramid context: ACMs at scales (1, 2, 3, 6) with global-guided sigmoid affinities.
+
+    For each scale s an :class:`AdaptiveContextModule` computes, with c = C / reduction channels,
+    ``Y_s = CBR(AdaptiveAvgPool_s(X))`` (s^2 x c), ``x = CBR(X)`` (c x N), the global guidance
+    ``g = CBR(GAP(x))`` (c x 1, broadcast), the affinity ``alpha_s = sigmoid(conv1x1_{c->s^2}(x + g))``
+    (N x s^2; sigmoid, not softmax, so rows need not sum to 1), ``z = alpha_s Y_s`` (N x c), then
+    ``CBR_fuse(ReLU(CBR(z) + x))``. CBR = conv + BN + ReLU. The module output follows mmseg's APCHead
+    (the official implementation, open-mmlab/mmsegmentation ``apc_head.py``):
+    ``out = CBR_3x3(cat[X, ACM_1, ACM_2, ACM_3, ACM_6])`` with c output channels
+    (``bottleneck=False`` returns the concatenation itself, C + 4c channels).
+
+    Defaults: pool scales (1, 2, 3, 6), ``fusion=True``, reduction 4 (512 channels for a 2048-channel
+    res5 input, as mmseg). The global guidance is broadcast instead of bilinearly resized from 1x1
+    (identical values). Affinity and aggregation run in float32 under float16/bfloat16 input.
+    ``return_attention`` gives ``alpha_s`` (B, N, s^2) for each scale as ``affinity_s``.
+
+    Cost (MACs, batch 1) per scale: ``C c (s^2 + N) + c^2 + c s^2 N + N s^2 c + 2 c^2 N``; plus the
+    bottleneck ``9 (C + 4 c) c N``. Order O(N C c + N s^2 c): linear in N.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        *,
+        pool_scales: Sequence[int] = (1, 2, 3, 6),
+        reduction: int = 4,
+        fusion: bool = True,
+        bottleneck: bool = True,
+    ) -> None:
+        if not pool_scales or any(int(s) < 1 for s in pool_scales):
+            raise ValueError(f"APCNet pool_scales must be a non-empty sequence of ints >= 1, got {pool_scales!r}")
+        channels = max(in_channels // reduction, 1)
+        cat_channels = in_channels + len(pool_scales) * channels
+        super().__init__(in_channels, channels if bottleneck else cat_channels)
+        self.channels, self.pool_scales = channels, tuple(int(s) for s in pool_scales)
+        self.acms = nn.ModuleList(AdaptiveContextModule(in_channels, channels, s, fusion) for s in self.pool_scales)
+        self.bottleneck = ConvNormAct(cat_channels, channels, 3) if bottleneck else nn.Identity()
+
+    def forward(self, x: Tensor, return_attention: bool = False) -> ModuleOutput:
+        self.check_input(x)
+        outs, factors = [x], {}
+        for acm in self.acms:
+            y, alpha = acm(x)
+            outs.append(y)
+            factors[f"affinity_{acm.scale}"] = alpha
+        out = self.bottleneck(torch.cat(outs, dim=1))
+        return (out, factors) if return_attention else out
+
+    def flops(self, height: int, width: int) -> int:
+        total = sum(acm.macs(self.in_channels, height, width) for acm in self.acms)
+        if isinstance(self.bottleneck, ConvNormAct):
+            total += self.bottleneck.macs(height, width)
+        return total
