@@ -1,0 +1,270 @@
+"""Dilated ResNet-18/34/50/101/152 for segmentation (plain, V1c deep stem, V1d deep stem + avg-down).
+
+Written here so that neither torchvision nor timm is a dependency. Parameter names follow the
+torchvision / timm block layout (``layerN.i.conv1``, ``bn1``, ``downsample.0``...) so foreign
+checkpoints load with a small key remap (see :mod:`segattn.models.weights`); the stem is
+``stem.<k>`` = ConvNormAct blocks (one 7x7 conv for the plain form, three 3x3 convs for the deep
+stem of ResNetV1c, the backbone of the mmsegmentation / PSPNet / EMANet references).
+
+Output stride 8 / 16 / 32 replaces the stride of the last stages by dilation (the first block of a
+dilated stage uses half the stage dilation, mmseg's ``contract_dilation`` = torchvision's
+``replace_stride_with_dilation``); ``multi_grid`` multiplies the dilation of the blocks of stage 4
+(DeepLabV3 / EMANet (1, 2, 4)).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from segattn.layers import BatchNorm2d, ConvNormAct
+from segattn.registry import BACKBONES
+
+STAGE_DEPTHS: Dict[int, Tuple[int, int, int, int]] = {
+    18: (2, 2, 2, 2),
+    34: (3, 4, 6, 3),
+    50: (3, 4, 6, 3),
+    101: (3, 4, 23, 3),
+    152: (3, 8, 36, 3),
+}
+STRIDES_DILATIONS: Dict[int, Tuple[Tuple[int, ...], Tuple[int, ...]]] = {
+    8: ((1, 2, 1, 1), (1, 1, 2, 4)),
+    16: ((1, 2, 2, 1), (1, 1, 1, 2)),
+    32: ((1, 2, 2, 2), (1, 1, 1, 1)),
+}
+
+
+class FeatureInfo:
+    """timm-style description of the returned features: ``channels()``, ``reduction()``, ``module_names()``."""
+
+    def __init__(self, info: List[Dict[str, Any]], out_indices: Sequence[int]) -> None:
+        self.info = info
+        self.out_indices = tuple(out_indices)
+
+    def _select(self, key: str, idx: Optional[int]) -> Union[int, str, List[Any]]:
+        if idx is not None:
+            return self.info[self.out_indices[idx]][key]
+        return [self.info[i][key] for i in self.out_indices]
+
+    def channels(self, idx: Optional[int] = None) -> Any:
+        return self._select("num_chs", idx)
+
+    def reduction(self, idx: Optional[int] = None) -> Any:
+        return self._select("reduction", idx)
+
+    def module_names(self, idx: Optional[int] = None) -> Any:
+        return self._select("module", idx)
+
+    def __getitem__(self, idx: int) -> Dict[str, Any]:
+        return dict(self.info[self.out_indices[idx]])
+
+    def __len__(self) -> int:
+        return len(self.out_indices)
+
+    def __repr__(self) -> str:
+        return f"FeatureInfo(channels={self.channels()}, reduction={self.reduction()})"
+
+
+def _conv_bn(cin: int, cout: int, k: int, stride: int = 1, dilation: int = 1) -> Tuple[nn.Conv2d, BatchNorm2d]:
+    conv = nn.Conv2d(cin, cout, k, stride, dilation * (k - 1) // 2, dilation, bias=False)
+    return conv, BatchNorm2d(cout)
+
+
+def _downsample(cin: int, cout: int, stride: int, avg_down: bool) -> nn.Sequential:
+    """1x1 projection shortcut; V1d pools first (``downsample.0`` AvgPool, ``.1`` conv, ``.2`` BN)."""
+    if avg_down and stride > 1:
+        pool = nn.AvgPool2d(stride, stride, ceil_mode=True, count_include_pad=False)
+        conv, bn = _conv_bn(cin, cout, 1)
+        return nn.Sequential(pool, conv, bn)
+    conv, bn = _conv_bn(cin, cout, 1, stride)
+    return nn.Sequential(conv, bn)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs (ResNet-18/34)."""
+
+    expansion = 1
+
+    def __init__(self, cin: int, planes: int, stride: int, dilation: int, first_dilation: int,
+                 downsample: Optional[nn.Module]) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = _conv_bn(cin, planes, 3, stride, first_dilation)
+        self.conv2, self.bn2 = _conv_bn(planes, planes, 3, 1, dilation)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x: Tensor) -> Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        y = self.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        return self.relu(y + shortcut)
+
+
+class Bottleneck(nn.Module):
+    """1x1 -> 3x3 (stride and dilation here, "ResNet v1.5") -> 1x1 x4 (ResNet-50/101/152)."""
+
+    expansion = 4
+
+    def __init__(self, cin: int, planes: int, stride: int, dilation: int, first_dilation: int,
+                 downsample: Optional[nn.Module]) -> None:
+        super().__init__()
+        del dilation  # one 3x3 conv per block: it uses first_dilation
+        self.conv1, self.bn1 = _conv_bn(cin, planes, 1)
+        self.conv2, self.bn2 = _conv_bn(planes, planes, 3, stride, first_dilation)
+        self.conv3, self.bn3 = _conv_bn(planes, planes * 4, 1)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x: Tensor) -> Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        y = self.relu(self.bn1(self.conv1(x)))
+        y = self.relu(self.bn2(self.conv2(y)))
+        y = self.bn3(self.conv3(y))
+        return self.relu(y + shortcut)
+
+
+def _block_dilations(n: int, dilation: int, grid: Optional[Sequence[int]]) -> List[int]:
+    """Dilation of each block's 3x3 conv: the first block of a dilated stage uses dilation // 2."""
+    if grid is not None:
+        return [dilation * grid[i % len(grid)] for i in range(n)]
+    return [max(dilation // 2, 1)] + [dilation] * (n - 1)
+
+
+def _make_stage(block: type, cin: int, planes: int, n: int, stride: int, dilation: int,
+                grid: Optional[Sequence[int]], avg_down: bool) -> nn.Sequential:
+    cout = planes * block.expansion
+    down = _downsample(cin, cout, stride, avg_down) if stride != 1 or cin != cout else None
+    dils = _block_dilations(n, dilation, grid)
+    blocks = []
+    for i in range(n):
+        blocks.append(block(cin if i == 0 else cout, planes, stride if i == 0 else 1, dils[i], dils[i],
+                            down if i == 0 else None))
+    return nn.Sequential(*blocks)
+
+
+def _make_stem(in_chans: int, deep_stem: bool, stem_width: int) -> nn.Sequential:
+    if deep_stem:
+        return nn.Sequential(
+            ConvNormAct(in_chans, stem_width, 3, stride=2),
+            ConvNormAct(stem_width, stem_width, 3),
+            ConvNormAct(stem_width, stem_width * 2, 3),
+        )
+    return nn.Sequential(ConvNormAct(in_chans, 64, 7, stride=2))
+
+
+class ResNet(nn.Module):
+    """Dilated ResNet returning stage features (timm ``features_only`` style).
+
+    Args:
+        depth: 18, 34, 50, 101 or 152.
+        output_stride: 8, 16 or 32; the strides of stages 3/4 become dilations (2, 4) at OS 8 and
+            (1, 2) at OS 16.
+        multi_grid: multipliers of the stage-4 dilation per block (e.g. (1, 2, 4)); None = plain.
+        deep_stem: three 3x3 convs (32, 32, 64 ch) instead of one 7x7 (ResNetV1c / timm "c").
+        avg_down: average-pool in the projection shortcuts (ResNetV1d / timm "d").
+        features_only: return a list of features at ``out_indices`` (default); otherwise global
+            average pooling and a linear classifier of ``num_classes`` outputs.
+        out_indices: timm indices: 0 = stem (reduction 2), 1..4 = layer1..layer4.
+        pretrained: path or URL of a torchvision / timm / mmseg / segattn ResNet checkpoint
+            (loaded with :func:`segattn.models.weights.load_backbone_weights`; never fetched implicitly).
+    """
+
+    def __init__(
+        self,
+        depth: int = 50,
+        *,
+        in_chans: int = 3,
+        output_stride: int = 32,
+        multi_grid: Optional[Sequence[int]] = None,
+        deep_stem: bool = False,
+        avg_down: bool = False,
+        stem_width: int = 32,
+        features_only: bool = True,
+        out_indices: Sequence[int] = (1, 2, 3, 4),
+        num_classes: int = 1000,
+        pretrained: Optional[str] = None,
+    ) -> None:
+        super().__init__()
+        if depth not in STAGE_DEPTHS:
+            raise ValueError(f"ResNet depth must be one of {sorted(STAGE_DEPTHS)}, got {depth!r}")
+        if output_stride not in STRIDES_DILATIONS:
+            raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride!r}")
+        if any(i not in range(5) for i in out_indices):
+            raise ValueError(f"out_indices must lie in 0..4 (0 = stem, 1..4 = layer1..4), got {tuple(out_indices)}")
+        block = BasicBlock if depth < 50 else Bottleneck
+        self.depth, self.output_stride = depth, output_stride
+        self.features_only, self.out_indices = features_only, tuple(out_indices)
+        self.stem = _make_stem(in_chans, deep_stem, stem_width)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        strides, dilations = STRIDES_DILATIONS[output_stride]
+        cin, info = 64, [{"num_chs": 64, "reduction": 2, "module": "stem"}]
+        reduction = 4
+        for i, (n, planes) in enumerate(zip(STAGE_DEPTHS[depth], (64, 128, 256, 512))):
+            grid = multi_grid if i == 3 else None
+            stage = _make_stage(block, cin, planes, n, strides[i], dilations[i], grid, avg_down)
+            self.add_module(f"layer{i + 1}", stage)
+            cin = planes * block.expansion
+            reduction *= strides[i]
+            info.append({"num_chs": cin, "reduction": reduction, "module": f"layer{i + 1}"})
+        self.feature_info = FeatureInfo(info, self.out_indices)
+        self.num_features = cin
+        self.fc = None if features_only or num_classes <= 0 else nn.Linear(cin, num_classes)
+        self._init_weights()
+        if pretrained:
+            from segattn.models.weights import load_backbone_weights
+
+            load_backbone_weights(self, pretrained)
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def stages(self) -> List[nn.Module]:
+        return [self.stem, self.layer1, self.layer2, self.layer3, self.layer4]
+
+    def forward_features(self, x: Tensor) -> List[Tensor]:
+        """All five feature maps (stem, layer1..layer4)."""
+        x = self.stem(x)
+        feats = [x]
+        x = self.maxpool(x)
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            x = layer(x)
+            feats.append(x)
+        return feats
+
+    def forward(self, x: Tensor) -> Union[List[Tensor], Tensor]:
+        if x.dim() != 4:
+            raise ValueError(f"ResNet expects a (B, C, H, W) image batch, got shape {tuple(x.shape)}")
+        feats = self.forward_features(x)
+        if self.features_only:
+            return [feats[i] for i in self.out_indices]
+        pooled = torch.flatten(feats[-1].mean((2, 3), keepdim=True), 1)
+        return pooled if self.fc is None else self.fc(pooled)
+
+
+VARIANTS = {"": (False, False), "c": (True, False), "d": (True, True)}
+
+
+def _register(depth: int, suffix: str) -> None:
+    deep_stem, avg_down = VARIANTS[suffix]
+    name = f"resnet{depth}{suffix}"
+    form = {"": "plain 7x7 stem (torchvision/timm layout)", "c": "deep 3x3 stem, ResNetV1c (mmseg)",
+            "d": "deep stem + avg-down shortcuts, ResNetV1d"}[suffix]
+
+    def factory(**kwargs: Any) -> ResNet:
+        return ResNet(depth, deep_stem=deep_stem, avg_down=avg_down, **kwargs)
+
+    factory.__name__ = name
+    factory.__doc__ = f"ResNet-{depth}, {form}. Keywords: see :class:`ResNet`."
+    BACKBONES.register(name, depth=depth, deep_stem=deep_stem, avg_down=avg_down, form=form)(factory)
+
+
+for _depth in STAGE_DEPTHS:
+    for _suffix in VARIANTS:
+        _register(_depth, _suffix)
