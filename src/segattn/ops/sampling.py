@@ -68,7 +68,9 @@ def sampling_grid(offsets: Tensor, kernel_size: int, dilation: int, height: int,
         raise ValueError(
             f"offsets must have shape (B, 2*k^2, H, W) = ({b}, {2 * kk}, {height}, {width}), got {tuple(offsets.shape)}"
         )
-    rel = torch.tensor(window_offsets(kernel_size, dilation), dtype=offsets.dtype, device=offsets.device)  # (k^2, 2)
+    rel = torch.tensor(
+        window_offsets(kernel_size, dilation), dtype=offsets.dtype, device=offsets.device
+    )  # (k^2, 2)
     ys = torch.arange(height, dtype=offsets.dtype, device=offsets.device).view(1, 1, height, 1)
     xs = torch.arange(width, dtype=offsets.dtype, device=offsets.device).view(1, 1, 1, width)
     off = offsets.reshape(b, kk, 2, height, width)
@@ -90,7 +92,9 @@ def deform_unfold(x: Tensor, offsets: Tensor, kernel_size: int, dilation: int = 
     _check_kernel(kernel_size, dilation)
     b, c, h, w = x.shape
     if offsets.dim() != 4 or offsets.shape[0] != b:
-        raise ValueError(f"offsets must have shape ({b}, {2 * kernel_size**2}, {h}, {w}), got {tuple(offsets.shape)}")
+        raise ValueError(
+            f"offsets must have shape ({b}, {2 * kernel_size**2}, {h}, {w}), got {tuple(offsets.shape)}"
+        )
     dtype = torch.promote_types(x.dtype, torch.float32)
     grid = sampling_grid(offsets.to(dtype), kernel_size, dilation, h, w)
     out = F.grid_sample(x.to(dtype), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
