@@ -1,0 +1,64 @@
+"""Datasets, joint transforms, the synthetic context dataset, download helpers and mask colouring.
+
+``build_dataset(name, root=None, split="train", transform=None, **kw)`` builds a registered dataset;
+``list_datasets()`` names them. Without ``root`` the folder is looked up as ``$SEGATTN_DATA/<folder>``,
+then ``./data/<folder>``, then ``../shared/data/<folder>``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, List, Optional
+
+from segattn.data import datasets as _datasets  # noqa: F401  (registers the readers)
+from segattn.data import synthetic as _synthetic  # noqa: F401  (registers "synthetic")
+from segattn.data.datasets.base import DatasetError, SegmentationDataset, Transform
+from segattn.data.palette import colorize, overlay
+from segattn.data.synthetic import SyntheticContext
+from segattn.registry import DATASETS
+
+
+def list_datasets(pattern: str = "*") -> List[str]:
+    """Registered dataset names matching the shell-style ``pattern`` (sorted)."""
+    return DATASETS.list(pattern)
+
+
+def default_root(name: str) -> Optional[Path]:
+    """The first existing candidate folder for dataset ``name``, or None."""
+    folder = DATASETS.meta(name).get("folder")
+    if folder is None:
+        return None
+    candidates = []
+    if os.environ.get("SEGATTN_DATA"):
+        candidates.append(Path(os.environ["SEGATTN_DATA"]) / folder)
+    candidates += [Path("data") / folder, Path("..") / "shared" / "data" / folder]
+    for path in candidates:
+        if path.is_dir():
+            return path
+    raise FileNotFoundError(
+        f"no root given for dataset {name!r} and none of {', '.join(str(c) for c in candidates)} exists; "
+        f"pass root=... (CLI: --root DIR) or set SEGATTN_DATA"
+    )
+
+
+def build_dataset(
+    name: str, root: Optional[str] = None, split: str = "train", transform: Optional[Transform] = None, **kw: Any
+) -> Any:
+    """Build dataset ``name`` (see ``list_datasets``); unknown names/keywords raise with close matches."""
+    if root is None:
+        found = default_root(name)
+        root = str(found) if found is not None else None
+    return DATASETS.create(name, root=root, split=split, transform=transform, **kw)
+
+
+__all__ = [
+    "build_dataset",
+    "list_datasets",
+    "default_root",
+    "colorize",
+    "overlay",
+    "SegmentationDataset",
+    "SyntheticContext",
+    "DatasetError",
+]

@@ -1,0 +1,130 @@
+"""A procedurally generated dataset whose labels can only be read with long-range context."""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from segattn.data.datasets.base import Transform, to_tensor
+from segattn.registry import DATASETS
+
+Color = Tuple[int, int, int]
+
+CUE_COLORS: Tuple[Color, ...] = (
+    (230, 40, 40), (40, 200, 60), (50, 90, 235), (240, 210, 30),
+    (200, 60, 220), (30, 210, 210), (250, 130, 20), (130, 70, 30),
+)  # fmt: skip
+CUE_NAMES = ("red", "green", "blue", "yellow", "magenta", "cyan", "orange", "brown")
+TEXTURE_LOW, TEXTURE_HIGH = 70, 185
+
+
+@DATASETS.register("synthetic", paper="segattn (procedural)", classes=5, folder=None)
+class SyntheticContext(Dataset):
+    """Shapes whose class is decided by a colour cue far away: a test bed for context modules.
+
+    Rule, for image ``index`` (everything drawn from ``numpy.random.default_rng([seed, index])``, so an
+    item is a pure function of ``(seed, index)`` and the constructor arguments):
+
+    * background (class 0): grey pixel noise, every pixel an independent uniform grey level;
+    * one cue colour ``k`` in ``0..K-1`` is drawn (``K = num_classes - 1``, default 4: red, green,
+      blue, yellow); a ``cue_size`` x ``cue_size`` square of that colour is painted touching a randomly
+      chosen image border (the marker itself is labelled background);
+    * ``num_blobs`` axis-aligned rectangles are painted in the interior, at least ``margin`` pixels
+      away from every border, all with **the same** grey checkerboard texture (2x2-pixel cells, levels
+      70 and 185) anchored to the image grid, so their pixels are identical whatever their class;
+    * every rectangle pixel is labelled ``1 + k``: the class is the colour of the distant marker.
+
+    A pixel's label therefore cannot be read from any patch that misses the marker: two rectangles in
+    two images can be pixel-identical over a large window and differ in label. A classifier with a
+    receptive field smaller than the distance to the marker (up to about the image size) is at chance
+    among the K foreground classes, while a context module that aggregates over the whole image (global
+    pooling, attention) can solve it exactly. Default size 64 x 64, 5 classes, ignore_index 255 (unused).
+    """
+
+    def __init__(
+        self,
+        num_samples: int = 1000,
+        size: Sequence[int] = (64, 64),
+        seed: int = 0,
+        *,
+        num_classes: int = 5,
+        num_blobs: Tuple[int, int] = (2, 4),
+        blob_size: Tuple[int, int] = (10, 22),
+        cue_size: int = 6,
+        margin: int = 10,
+        transform: Optional[Transform] = None,
+        root: Optional[str] = None,
+        split: str = "train",
+    ) -> None:
+        h, w = int(size[0]), int(size[1])
+        if not 2 <= num_classes <= len(CUE_COLORS) + 1:
+            raise ValueError(f"num_classes must be in 2..{len(CUE_COLORS) + 1}, got {num_classes}")
+        if min(h, w) < 2 * margin + blob_size[0] or cue_size > margin:
+            raise ValueError(f"size {h}x{w} too small for margin {margin} and blob size {blob_size}, or cue {cue_size} > margin")
+        self.num_samples, self.size, self.seed = int(num_samples), (h, w), int(seed)
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"split must be train, val or test, got {split!r}")
+        self.split = split
+        self._stream = {"train": 0, "val": 1, "test": 2}[split]
+        self.num_blobs, self.blob_size, self.cue_size, self.margin = num_blobs, blob_size, cue_size, margin
+        self.transform = transform
+        self.num_classes = int(num_classes)
+        self.classes: List[str] = ["background"] + [f"{n} cue" for n in CUE_NAMES[: num_classes - 1]]
+        self.palette: List[Color] = [(0, 0, 0)] + list(CUE_COLORS[: num_classes - 1])
+        self.ignore_index = 255
+        self.files = None
+        self.root = root
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def _texture(self) -> np.ndarray:
+        h, w = self.size
+        yy, xx = np.mgrid[0:h, 0:w]
+        return np.where(((yy // 2) + (xx // 2)) % 2 == 0, TEXTURE_LOW, TEXTURE_HIGH).astype(np.uint8)
+
+    def _paint_cue(self, rng: np.random.Generator, image: np.ndarray, color: Color) -> None:
+        h, w = self.size
+        s = self.cue_size
+        side = int(rng.integers(4))
+        if side in (0, 1):  # top or bottom edge
+            top, left = (0 if side == 0 else h - s), int(rng.integers(0, w - s + 1))
+        else:  # left or right edge
+            top, left = int(rng.integers(0, h - s + 1)), (0 if side == 2 else w - s)
+        image[top : top + s, left : left + s] = color
+
+    def generate(self, index: int) -> Tuple[np.ndarray, np.ndarray]:
+        """The raw item ``index``: (image uint8 (H, W, 3), mask int64 (H, W))."""
+        if not 0 <= index < self.num_samples:
+            raise IndexError(f"index {index} out of range for {self.num_samples} samples")
+        rng = np.random.default_rng([self.seed, self._stream, index])
+        h, w = self.size
+        grey = rng.integers(0, 256, size=(h, w), dtype=np.uint8)
+        image = np.repeat(grey[..., None], 3, axis=2)
+        mask = np.zeros((h, w), dtype=np.int64)
+        k = int(rng.integers(self.num_classes - 1))
+        texture = self._texture()
+        for _ in range(int(rng.integers(self.num_blobs[0], self.num_blobs[1] + 1))):
+            bh, bw = (int(rng.integers(self.blob_size[0], self.blob_size[1] + 1)) for _ in range(2))
+            bh, bw = min(bh, h - 2 * self.margin), min(bw, w - 2 * self.margin)
+            top = int(rng.integers(self.margin, h - self.margin - bh + 1))
+            left = int(rng.integers(self.margin, w - self.margin - bw + 1))
+            region = (slice(top, top + bh), slice(left, left + bw))
+            image[region] = texture[region][..., None]
+            mask[region] = 1 + k
+        self._paint_cue(rng, image, CUE_COLORS[k])
+        return image, mask
+
+    def __getitem__(self, index: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        if index < 0:
+            index += self.num_samples
+        image, mask = self.generate(index)
+        if self.transform is not None:
+            image, mask = self.transform(image, mask)
+        return to_tensor(image, mask)
+
+    def __repr__(self) -> str:
+        return f"SyntheticContext(num_samples={self.num_samples}, size={self.size}, seed={self.seed}, split={self.split!r})"
