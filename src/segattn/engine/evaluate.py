@@ -1,0 +1,133 @@
+"""Evaluation as the papers do it: whole-image or sliding-window inference, optional multi-scale + flip.
+
+- ``whole``: one forward pass per image at its (possibly resized) size.
+- ``slide``: windows of ``crop_size`` every ``stride`` pixels (the last window is aligned with the
+  image border, as in mmsegmentation); overlapping logits are averaged.
+- ``scales`` / ``flip``: the image is resized by each scale (bilinear), optionally also flipped
+  horizontally; softmax probabilities of every pass are resized back to the image size, un-flipped
+  and averaged. With ``scales=[1.0]`` and no flip the logits themselves are returned.
+
+The dataset-level confusion matrix is summed over processes before the metrics are taken
+(see :mod:`segattn.engine.metrics` for the definitions and the NaN policy).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Dict, Iterable, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from segattn.engine.metrics import ConfusionMatrix
+
+
+def _pair(v: Optional[Sequence[int]], name: str) -> Tuple[int, int]:
+    if v is None:
+        raise ValueError(f"slide mode needs eval.{name}")
+    if isinstance(v, int):
+        return v, v
+    if len(v) == 1:
+        return int(v[0]), int(v[0])
+    return int(v[0]), int(v[1])
+
+
+def forward_logits(model: nn.Module, images: Tensor) -> Tensor:
+    """Eval-mode logits at the input size, float32 (a dict output uses its ``"out"`` entry)."""
+    out = model(images)
+    if isinstance(out, dict):
+        out = out["out"]
+    if out.shape[-2:] != images.shape[-2:]:
+        out = F.interpolate(out.float(), size=images.shape[-2:], mode="bilinear", align_corners=False)
+    return out.float()
+
+
+def slide_logits(model: nn.Module, images: Tensor, crop_size: Sequence[int], stride: Sequence[int],
+                 num_classes: int) -> Tensor:
+    """Average of window logits over a sliding grid covering the whole image."""
+    ch, cw = _pair(crop_size, "crop_size")
+    sh, sw = _pair(stride, "stride")
+    b, _, h, w = images.shape
+    rows = max(h - ch + sh - 1, 0) // sh + 1
+    cols = max(w - cw + sw - 1, 0) // sw + 1
+    logits = images.new_zeros((b, num_classes, h, w), dtype=torch.float32)
+    count = images.new_zeros((1, 1, h, w), dtype=torch.float32)
+    for r in range(rows):
+        for c in range(cols):
+            y1 = min(r * sh, max(h - ch, 0))
+            x1 = min(c * sw, max(w - cw, 0))
+            y2, x2 = min(y1 + ch, h), min(x1 + cw, w)
+            logits[:, :, y1:y2, x1:x2] += forward_logits(model, images[:, :, y1:y2, x1:x2])
+            count[:, :, y1:y2, x1:x2] += 1
+    return logits / count
+
+
+def single_pass(model: nn.Module, images: Tensor, mode: str, crop_size: Optional[Sequence[int]],
+                stride: Optional[Sequence[int]], num_classes: int) -> Tensor:
+    if mode == "whole":
+        return forward_logits(model, images)
+    if mode == "slide":
+        assert crop_size is not None and stride is not None
+        return slide_logits(model, images, crop_size, stride, num_classes)
+    raise ValueError(f"unknown eval mode {mode!r}; expected 'whole' or 'slide'")
+
+
+@torch.no_grad()
+def infer(model: nn.Module, images: Tensor, num_classes: int, mode: str = "whole",
+          crop_size: Optional[Sequence[int]] = None, stride: Optional[Sequence[int]] = None,
+          scales: Sequence[float] = (1.0,), flip: bool = False) -> Tensor:
+    """Scores (B, K, H, W) for ``images``: logits for a single pass, mean probabilities for TTA."""
+    scales = list(scales) or [1.0]
+    if scales == [1.0] and not flip:
+        return single_pass(model, images, mode, crop_size, stride, num_classes)
+    h, w = images.shape[-2:]
+    total = images.new_zeros((images.shape[0], num_classes, h, w), dtype=torch.float32)
+    passes = 0
+    for s in scales:
+        size = (max(1, int(round(h * s))), max(1, int(round(w * s))))
+        x = images if size == (h, w) else F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+        for flipped in ([False, True] if flip else [False]):
+            xi = x.flip(-1) if flipped else x
+            out = single_pass(model, xi, mode, crop_size, stride, num_classes)
+            out = out.flip(-1) if flipped else out
+            if out.shape[-2:] != (h, w):
+                out = F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)
+            total += out.softmax(1)
+            passes += 1
+    return total / passes
+
+
+def _autocast(device: torch.device, amp_dtype: Optional[torch.dtype]):  # noqa: ANN202
+    if amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=amp_dtype)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Iterable[Tuple[Tensor, Tensor]], num_classes: int,
+             ignore_index: int = 255, class_names: Optional[Sequence[str]] = None,
+             device: Optional[torch.device] = None, mode: str = "whole",
+             crop_size: Optional[Sequence[int]] = None, stride: Optional[Sequence[int]] = None,
+             scales: Sequence[float] = (1.0,), flip: bool = False, max_batches: Optional[int] = None,
+             amp_dtype: Optional[torch.dtype] = None) -> Dict[str, object]:
+    """Metrics of ``model`` over ``batches`` of (image, mask), confusion matrix all-reduced."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    cm = ConfusionMatrix(num_classes, ignore_index, device=device)
+    try:
+        for i, (images, masks) in enumerate(batches):
+            if max_batches is not None and i >= max_batches:
+                break
+            images = images.to(device, non_blocking=True)
+            masks = masks.to(device, non_blocking=True)
+            with _autocast(device, amp_dtype):
+                scores = infer(model, images, num_classes, mode, crop_size, stride, scales, flip)
+            if scores.shape[-2:] != masks.shape[-2:]:
+                scores = F.interpolate(scores.float(), size=masks.shape[-2:], mode="bilinear", align_corners=False)
+            cm.update(scores.argmax(1), masks)
+    finally:
+        model.train(was_training)
+    cm.all_reduce()
+    return cm.compute(class_names)

@@ -1,0 +1,418 @@
+"""Iteration-based training loop, single process or under ``torchrun`` with DistributedDataParallel.
+
+One step: forward in train mode (a dict of outputs, or a tensor treated as ``{"out": ...}``) under
+optional autocast -> ``loss = sum_k model.loss_weights[k] * criterion(out[k], target)`` -> backward
+(GradScaler for fp16 on CUDA) -> optional gradient clipping -> optimiser step -> per-iteration LR
+step -> ``call_step_hooks(model)`` (EMA bases and other post-step updates).
+
+Reproducibility and resume. The sampler permutation depends on (seed, epoch); every sample's
+augmentation is seeded from (seed, epoch, index) (:class:`segattn.engine.distributed.SeededDataset`);
+loaders use their own generators, so the global RNG streams (dropout, ...) are touched only by the
+model. A checkpoint stores model, optimiser, scheduler, scaler, iteration, best metric and all RNG
+states; resuming re-enters the epoch at the exact sample, so an interrupted-and-resumed run ends
+with the same weights as an uninterrupted one (exactly on CPU with ``deterministic: true``).
+
+Interrupts. SIGINT/SIGTERM set a flag; the loop finishes the current step, saves ``last.pt`` and
+returns with ``interrupted=True`` (a second SIGINT aborts at once). Under torchrun the flag is
+all-reduced every step so all ranks stop at the same iteration.
+
+Distributed. Each rank draws ``batch_size`` samples (global batch = world x batch_size); DDP
+averages gradients. BatchNorm statistics are per rank unless SyncBN is on (``train.sync_bn``,
+converted on CUDA only, since SyncBatchNorm needs CUDA). Metrics use an all-reduced confusion
+matrix; only rank 0 logs and writes checkpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import signal
+import threading
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from segattn.engine import build
+from segattn.engine.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
+from segattn.engine.config import Config, save_config
+from segattn.engine.distributed import (
+    DistInfo,
+    ResumableSampler,
+    SeededDataset,
+    ShardSampler,
+    barrier,
+    cleanup,
+    init_distributed,
+)
+from segattn.engine.evaluate import evaluate
+from segattn.engine.logger import RunLogger
+from segattn.engine.metrics import format_metrics, json_safe
+
+Callback = Callable[["Trainer", int], None]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def set_deterministic(on: bool) -> None:
+    """Deterministic kernels (warn-only where none exists) or cuDNN autotuning."""
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic = on
+    torch.backends.cudnn.benchmark = not on
+
+
+def dataset_meta(ds: Any) -> Dict[str, Any]:
+    """``num_classes``, ``ignore_index``, ``classes`` and ``palette`` of a dataset (with fallbacks)."""
+    k = int(ds.num_classes)
+    return {
+        "num_classes": k,
+        "ignore_index": int(getattr(ds, "ignore_index", 255)),
+        "classes": list(getattr(ds, "classes", [str(i) for i in range(k)])),
+        "palette": [list(c) for c in getattr(ds, "palette", [])] or None,
+    }
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM -> ``requested``; restores the previous handlers on exit."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: Dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> _StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handler)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+class Trainer:
+    """Holds one run. ``Trainer(cfg).fit()`` trains; objects may be injected (tests, notebooks)."""
+
+    def __init__(self, cfg: Config, model: Optional[nn.Module] = None, train_set: Any = None,
+                 val_set: Any = None, callbacks: Sequence[Callback] = ()) -> None:
+        self.cfg = cfg
+        self._model_in = model
+        self._train_in = train_set
+        self._val_in = val_set
+        self.callbacks: List[Callback] = list(callbacks)
+        self.iteration = 0
+        self.best: Optional[float] = None
+        self.stop = _StopFlag()
+        self.info = DistInfo()
+
+    # -------------------------------------------------------------------------------- setup
+    def _setup(self) -> None:
+        cfg = self.cfg
+        if cfg.train.threads:
+            torch.set_num_threads(int(cfg.train.threads))
+        self.info = init_distributed(cfg.train.device)
+        self.device = self.info.device
+        set_deterministic(cfg.train.deterministic)
+        seed_everything(cfg.train.seed)
+        if self._train_in is None:
+            self.train_set, self.val_set = build.build_datasets(cfg)
+        else:
+            self.train_set, self.val_set = self._train_in, self._val_in
+        self.meta = dataset_meta(self.train_set)
+        model = self._model_in if self._model_in is not None else build.build_model(cfg.model, self.meta["num_classes"])
+        model.to(self.device)
+        if cfg.train.channels_last:
+            model.to(memory_format=torch.channels_last)
+        if self.info.distributed and cfg.train.sync_bn and self.device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.model = model
+        seed_everything(cfg.train.seed + self.info.rank)  # per-rank streams for dropout etc.
+        self.criterion = build.build_criterion(cfg.loss, self.meta["ignore_index"], self._class_weight())
+        self.optimizer = build.build_optimizer(model, cfg.optim)
+        self.scheduler = build.build_scheduler(self.optimizer, cfg.schedule, cfg.optim.lr)
+        self.amp = build.amp_dtype(cfg.train.amp, cfg.train.amp_dtype, self.device)
+        use_scaler = self.amp == torch.float16 and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
+        if self.info.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp: nn.Module = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        else:
+            self.ddp = model
+        self.loss_weights: Dict[str, float] = dict(getattr(model, "loss_weights", None) or {"out": 1.0})
+        self._build_loaders()
+
+    def _class_weight(self) -> Optional[List[float]]:
+        cw = self.cfg.loss.class_weight
+        if cw is None or isinstance(cw, (list, tuple)):
+            return build.resolve_class_weight(self.cfg.loss, None, self.meta["num_classes"], self.meta["ignore_index"])
+        raw = self.train_set
+        if self._train_in is None:
+            from segattn.data import build_dataset
+
+            d = self.cfg.data
+            raw = build_dataset(d.dataset, root=d.root, split=d.train_split, transform=None,
+                                **{**d.dataset_kwargs, **d.train_kwargs})
+        weights = build.resolve_class_weight(self.cfg.loss, raw, self.meta["num_classes"], self.meta["ignore_index"])
+        return weights
+
+    def _build_loaders(self) -> None:
+        cfg, info = self.cfg, self.info
+        bs = cfg.data.batch_size
+        self.sampler = ResumableSampler(self.train_set, info.world_size, info.rank, shuffle=True,
+                                        seed=cfg.train.seed, drop_last=True)
+        self.iters_per_epoch = self.sampler.num_samples // bs
+        if self.iters_per_epoch < 1:
+            raise ValueError(f"dataset of {len(self.train_set)} samples is too small for batch {bs} x {info.world_size} ranks")
+        pin = self.device.type == "cuda"
+        workers = cfg.data.num_workers
+        self.train_loader = DataLoader(SeededDataset(self.train_set), batch_size=bs, sampler=self.sampler,
+                                       num_workers=workers, drop_last=True, pin_memory=pin,
+                                       generator=torch.Generator().manual_seed(cfg.train.seed))
+        self.val_loader = None
+        if self.val_set is not None:
+            shard = ShardSampler(len(self.val_set), info.world_size, info.rank)
+            self.val_loader = DataLoader(self.val_set, batch_size=cfg.data.val_batch_size, sampler=shard,
+                                         num_workers=workers, pin_memory=pin,
+                                         generator=torch.Generator().manual_seed(0))
+
+    # ------------------------------------------------------------------------------ resume
+    def checkpoint_state(self, rng_ranks: Optional[List[Any]] = None) -> Dict[str, Any]:
+        model = build.unwrap(self.model)
+        return {
+            "rng_ranks": rng_ranks,
+            "model": model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "iteration": self.iteration,
+            "best": self.best,
+            "rng": rng_state(),
+            "config": self.cfg.to_dict(),
+            "model_config": getattr(model, "config", None),
+            "meta": self.meta,
+        }
+
+    def save(self, name: str) -> Optional[str]:
+        """Write ``<work_dir>/<name>`` on rank 0; every rank waits for it."""
+        path = os.path.join(self.cfg.train.work_dir, name)
+        rng_ranks = None
+        if self.info.distributed:  # every rank's RNG streams, so a resumed run continues each of them
+            rng_ranks = [None] * self.info.world_size
+            dist.all_gather_object(rng_ranks, rng_state())
+        if self.info.is_main:
+            atomic_save(self.checkpoint_state(rng_ranks), path)
+        barrier()
+        return path
+
+    def _resume_path(self) -> Optional[str]:
+        r = self.cfg.train.resume
+        if not r:
+            return None
+        if r == "auto":
+            path = os.path.join(self.cfg.train.work_dir, "last.pt")
+            return path if os.path.isfile(path) else None
+        return r
+
+    def resume(self, path: str) -> None:
+        ckpt = load_checkpoint(path, map_location="cpu")
+        build.unwrap(self.model).load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.iteration = int(ckpt["iteration"])
+        self.best = ckpt.get("best")
+        ranks = ckpt.get("rng_ranks")
+        if ranks and len(ranks) == self.info.world_size:
+            set_rng_state(ranks[self.info.rank])
+        else:
+            set_rng_state(ckpt["rng"])
+            if self.info.distributed:  # world size changed: keep the ranks' streams distinct
+                torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,))) + self.info.rank)
+
+    # -------------------------------------------------------------------------------- step
+    def _autocast(self) -> Any:
+        if self.amp is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp)
+
+    def compute_loss(self, outputs: Any, target: Tensor) -> Dict[str, Tensor]:
+        """Weighted sum over supervised outputs; returns ``{"loss": total, "loss_<k>": term}``."""
+        if isinstance(outputs, Tensor):
+            outputs = {"out": outputs}
+        terms: Dict[str, Tensor] = {}
+        total: Optional[Tensor] = None
+        for key, logits in outputs.items():
+            w = float(self.loss_weights.get(key, 1.0))
+            if w == 0.0:
+                continue
+            term = self.criterion(logits.float(), target)
+            terms[f"loss_{key}"] = term.detach()
+            total = w * term if total is None else total + w * term
+        if total is None:
+            raise ValueError(f"no supervised output among {list(outputs)} (loss_weights {self.loss_weights})")
+        terms["loss"] = total
+        return terms
+
+    def train_step(self, images: Tensor, masks: Tensor) -> Dict[str, Tensor]:
+        images = images.to(self.device, non_blocking=True)
+        masks = masks.to(self.device, non_blocking=True).long()
+        if self.cfg.train.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        self.ddp.train()
+        with self._autocast():
+            outputs = self.ddp(images)
+        terms = self.compute_loss(outputs, masks)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(terms["loss"]).backward()
+        if self.cfg.train.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        build.call_step_hooks(build.unwrap(self.model))
+        return {k: v.detach() for k, v in terms.items()}
+
+    def _stop_requested(self) -> bool:
+        flag = self.stop.requested
+        if self.info.distributed:
+            t = torch.tensor([1.0 if flag else 0.0], device=self.device if dist.get_backend() == "nccl" else "cpu")
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            flag = bool(t.item() > 0)
+        return flag
+
+    # ---------------------------------------------------------------------------- evaluate
+    def validate(self) -> Optional[Dict[str, Any]]:
+        if self.val_loader is None:
+            return None
+        e = self.cfg.eval
+        return evaluate(build.unwrap(self.model), self.val_loader, self.meta["num_classes"], self.meta["ignore_index"],
+                        self.meta["classes"], self.device, e.mode, e.crop_size, e.stride, e.scales, e.flip,
+                        e.max_samples, self.amp)
+
+    def _evaluate_and_keep_best(self, log: RunLogger) -> Optional[Dict[str, Any]]:
+        saved = rng_state()
+        metrics = self.validate()
+        set_rng_state(saved)
+        if metrics is None:
+            return None
+        log.log("val", self.iteration, {k: v for k, v in metrics.items()})
+        log.info(f"iter {self.iteration}: mIoU {100 * metrics['mIoU']:.2f}  aAcc {100 * metrics['aAcc']:.2f}")
+        miou = metrics["mIoU"]
+        if isinstance(miou, float) and miou == miou and (self.best is None or miou > self.best):
+            self.best = miou
+            self.save("best.pt")
+        return metrics
+
+    # --------------------------------------------------------------------------------- fit
+    def fit(self) -> Dict[str, Any]:
+        """Train to ``schedule.iters`` (or until interrupted); returns a summary dict."""
+        self._setup()
+        cfg, info = self.cfg, self.info
+        os.makedirs(cfg.train.work_dir, exist_ok=True)
+        path = self._resume_path()
+        if path:
+            self.resume(path)
+        if info.is_main:
+            save_config(cfg, os.path.join(cfg.train.work_dir, "config.json"))
+        log = RunLogger(cfg.train.work_dir, cfg.schedule.iters, self.iteration, enabled=info.is_main,
+                        tensorboard=cfg.train.tensorboard, progress=cfg.train.progress)
+        if path:
+            log.info(f"resumed from {path} at iteration {self.iteration}")
+        try:
+            with self.stop:
+                summary = self._loop(log)
+        finally:
+            log.close()
+            cleanup(info)
+        return summary
+
+    def _loop(self, log: RunLogger) -> Dict[str, Any]:
+        cfg = self.cfg
+        total, bs = cfg.schedule.iters, cfg.data.batch_size
+        epoch, offset = divmod(self.iteration, self.iters_per_epoch)
+        self.sampler.set_epoch(epoch, skip=offset * bs)
+        data = iter(self.train_loader)
+        start_iter, t0 = self.iteration, time.time()
+        running: Dict[str, float] = {}
+        n_running = 0
+        metrics = None
+        interrupted = False
+        while self.iteration < total:
+            if self._stop_requested():
+                interrupted = True
+                break
+            try:
+                images, masks = next(data)
+            except StopIteration:
+                epoch += 1
+                self.sampler.set_epoch(epoch)
+                data = iter(self.train_loader)
+                continue
+            terms = self.train_step(images, masks)
+            self.iteration += 1
+            for k, v in terms.items():
+                running[k] = running.get(k, 0.0) + float(v)
+            n_running += 1
+            it = self.iteration
+            if it % max(1, cfg.train.log_interval) == 0 or it == total:
+                values = {k: v / n_running for k, v in running.items()}
+                values["lr"] = self.optimizer.param_groups[0]["lr"]
+                values["it_per_s"] = (it - start_iter) / max(1e-9, time.time() - t0)
+                log.log("train", it, values)
+                log.advance(it, {"loss": values["loss"], "lr": values["lr"]})
+                running, n_running = {}, 0
+            for cb in self.callbacks:
+                cb(self, it)
+            if cfg.train.eval_interval and it % cfg.train.eval_interval == 0 and it < total:
+                metrics = self._evaluate_and_keep_best(log)
+            if cfg.train.ckpt_interval and it % cfg.train.ckpt_interval == 0 and it < total:
+                self.save("last.pt")
+        wall = time.time() - t0
+        if interrupted:
+            ckpt = self.save("last.pt")
+            log.info(f"interrupted at iteration {self.iteration}; checkpoint {ckpt}; resume with --set train.resume=auto")
+        else:
+            metrics = self._evaluate_and_keep_best(log) if self.val_loader is not None else None
+            ckpt = self.save("last.pt")
+            if metrics is not None:
+                log.info(format_metrics(metrics))
+        summary = {
+            "iteration": self.iteration,
+            "interrupted": interrupted,
+            "metrics": metrics,
+            "best_mIoU": self.best,
+            "work_dir": cfg.train.work_dir,
+            "checkpoint": ckpt,
+            "wall_time_s": round(wall, 2),
+            "it_per_s": round((self.iteration - start_iter) / max(1e-9, wall), 4),
+            "world_size": self.info.world_size,
+        }
+        if self.info.is_main:
+            with open(os.path.join(cfg.train.work_dir, "summary.json"), "w") as f:
+                json.dump(json_safe(summary), f, indent=2)
+        return summary
+
+
+def train(cfg: Config, model: Optional[nn.Module] = None, train_set: Any = None, val_set: Any = None,
+          callbacks: Sequence[Callback] = ()) -> Dict[str, Any]:
+    """Train ``cfg`` (see :class:`Trainer`); returns the summary (iteration, metrics, best, paths)."""
+    return Trainer(cfg, model, train_set, val_set, callbacks).fit()
