@@ -28,7 +28,9 @@ def write_mask(path: Path, values: Iterable[int], size: Tuple[int, int] = (6, 8)
     return path
 
 
-def write_pair(image: Path, mask: Path, values: Iterable[int], size: Tuple[int, int] = (6, 8), seed: int = 0) -> None:
+def write_pair(
+    image: Path, mask: Path, values: Iterable[int], size: Tuple[int, int] = (6, 8), seed: int = 0
+) -> None:
     fmt = "JPEG" if image.suffix.lower() in (".jpg", ".jpeg") else "PNG"
     write_rgb(image, size, seed, fmt)
     write_mask(mask, values, size)

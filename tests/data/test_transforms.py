@@ -141,7 +141,9 @@ def test_resize_keep_ratio_mmcv_rule():
 def test_build_transforms_train_and_eval():
     torch.manual_seed(0)
     image, mask = coord_pair(40, 56)
-    train = T.build_transforms(True, crop_size=(24, 32), scale_range=(0.5, 1.5), mean=(0, 0, 0), std=(1, 1, 1))
+    train = T.build_transforms(
+        True, crop_size=(24, 32), scale_range=(0.5, 1.5), mean=(0, 0, 0), std=(1, 1, 1)
+    )
     img, msk = train(image, np.minimum(mask, 3))
     assert img.shape == (3, 24, 32) and msk.shape == (24, 32) and img.dtype == torch.float32
     evaluate = T.build_transforms(False, resize=(20, 28))

@@ -43,7 +43,11 @@ def default_root(name: str) -> Optional[Path]:
 
 
 def build_dataset(
-    name: str, root: Optional[str] = None, split: str = "train", transform: Optional[Transform] = None, **kw: Any
+    name: str,
+    root: Optional[str] = None,
+    split: str = "train",
+    transform: Optional[Transform] = None,
+    **kw: Any,
 ) -> Any:
     """Build dataset ``name`` (see ``list_datasets``); unknown names/keywords raise with close matches."""
     if root is None:

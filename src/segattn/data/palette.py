@@ -34,7 +34,9 @@ def _to_numpy(array: Any) -> np.ndarray:
     return np.asarray(array)
 
 
-def colorize(mask: Any, palette: Sequence[Sequence[int]], ignore_color: Sequence[int] = (0, 0, 0)) -> np.ndarray:
+def colorize(
+    mask: Any, palette: Sequence[Sequence[int]], ignore_color: Sequence[int] = (0, 0, 0)
+) -> np.ndarray:
     """Map an (H, W) integer label map (numpy or torch) to an (H, W, 3) uint8 RGB image.
 
     Label ``i`` gets ``palette[i]``; labels outside the palette (the ignore index 255, negatives)

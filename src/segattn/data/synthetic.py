@@ -63,7 +63,9 @@ class SyntheticContext(Dataset):
         if not 2 <= num_classes <= len(CUE_COLORS) + 1:
             raise ValueError(f"num_classes must be in 2..{len(CUE_COLORS) + 1}, got {num_classes}")
         if min(h, w) < 2 * margin + blob_size[0] or cue_size > margin:
-            raise ValueError(f"size {h}x{w} too small for margin {margin} and blob size {blob_size}, or cue {cue_size} > margin")
+            raise ValueError(
+                f"size {h}x{w} too small for margin {margin} and blob size {blob_size}, or cue {cue_size} > margin"
+            )
         self.num_samples, self.size, self.seed = int(num_samples), (h, w), int(seed)
         if split not in ("train", "val", "test"):
             raise ValueError(f"split must be train, val or test, got {split!r}")

@@ -69,7 +69,11 @@ def resize_image(image: np.ndarray, size: Size, interpolation: str = "bilinear")
         out = Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR)
         return np.asarray(out)
     channels = [
-        np.asarray(Image.fromarray(np.ascontiguousarray(image[..., c], dtype=np.float32)).resize((size[1], size[0]), Image.BILINEAR))
+        np.asarray(
+            Image.fromarray(np.ascontiguousarray(image[..., c], dtype=np.float32)).resize(
+                (size[1], size[0]), Image.BILINEAR
+            )
+        )
         for c in range(image.shape[2])
     ]
     return np.stack(channels, axis=-1).astype(image.dtype)
@@ -179,7 +183,11 @@ class RandomCrop:
         pad_value: float = 0.0,
     ) -> None:  # fmt: skip
         self.crop_size = _pair(crop_size)
-        self.cat_max_ratio, self.ignore_index, self.pad_value = float(cat_max_ratio), int(ignore_index), pad_value
+        self.cat_max_ratio, self.ignore_index, self.pad_value = (
+            float(cat_max_ratio),
+            int(ignore_index),
+            pad_value,
+        )
 
     def _window(self, shape: Tuple[int, int]) -> Tuple[int, int]:
         return _randint(shape[0] - self.crop_size[0] + 1), _randint(shape[1] - self.crop_size[1] + 1)
@@ -259,7 +267,11 @@ class PhotoMetricDistortion:
         saturation_range: Tuple[float, float] = (0.5, 1.5), hue_delta: int = 18,
     ) -> None:  # fmt: skip
         self.brightness_delta = brightness_delta
-        self.contrast_range, self.saturation_range, self.hue_delta = contrast_range, saturation_range, hue_delta
+        self.contrast_range, self.saturation_range, self.hue_delta = (
+            contrast_range,
+            saturation_range,
+            hue_delta,
+        )
 
     def _contrast(self, img: np.ndarray) -> np.ndarray:
         if _chance(0.5):

@@ -32,7 +32,9 @@ class CamVid(SegmentationDataset):
     LABEL_MAP = {11: 255}
     SPLITS = ("train", "val", "test")
 
-    def __init__(self, root: Union[str, Path], split: str = "train", transform: Optional[Transform] = None) -> None:
+    def __init__(
+        self, root: Union[str, Path], split: str = "train", transform: Optional[Transform] = None
+    ) -> None:
         if split not in self.SPLITS:
             raise ValueError(f"CamVid split must be one of {self.SPLITS}, got {split!r}")
         base = require_dir(Path(root), "CamVid root")
