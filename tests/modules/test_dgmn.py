@@ -1,0 +1,140 @@
+"""DGMN: zero offsets == fixed (nn.Unfold) neighbourhoods, the message formula, weights, errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import segattn
+from segattn.ops.attention import reference_attention
+from tests.helpers import perturb_
+
+D = torch.float64
+
+
+def build(c=16, **kw):
+    torch.manual_seed(0)
+    return perturb_(segattn.create_module("dgmn", c, **kw)).to(D).eval()
+
+
+def zero_offsets_(m):
+    with torch.no_grad():
+        for conv in m.offset_convs:
+            conv.weight.zero_()
+    return m
+
+
+def expected_from_unfold(m, x, weights):
+    """x + fuse([xd; sum_s w_s * nn.Unfold(xd)_s]) with the module's own layers and weights."""
+    xd = m.reduce(x)
+    b, cr, h, w = xd.shape
+    k = m.kernel_size
+    msgs = [xd]
+    for d in m.dilations:
+        cols = nn.Unfold(k, dilation=d, padding=d * (k - 1) // 2)(xd).view(
+            b, m.groups, cr // m.groups, k * k, h, w
+        )
+        msgs.append((cols * weights[f"weights_d{d}"].unsqueeze(2)).sum(3).reshape(b, cr, h, w))
+    return x + m.fuse(torch.cat(msgs, 1))
+
+
+def test_defaults_and_fresh_module_samples_fixed_grid():
+    m = segattn.create_module("dgmn", 64)
+    assert (m.groups, m.kernel_size, m.dilations, m.mid_channels) == (4, 3, (1, 4, 8, 12), 16)
+    assert m.deformable and m.affinity
+    assert all(torch.count_nonzero(c.weight) == 0 for c in m.offset_convs)
+
+
+@pytest.mark.parametrize("size", [(7, 13), (1, 1), (5, 4)])
+def test_zero_offsets_equal_fixed_neighbourhood(size):
+    deform = zero_offsets_(build(16))
+    fixed = segattn.create_module("dgmn", 16, deformable=False).to(D).eval()
+    missing, unexpected = fixed.load_state_dict(deform.state_dict(), strict=False)
+    assert not missing and all(k.startswith("offset_convs") for k in unexpected)
+    x = torch.randn(2, 16, *size, dtype=D)
+    y, att = deform(x, return_attention=True)
+    assert all(torch.count_nonzero(att[f"offsets_d{d}"]) == 0 for d in deform.dilations)
+    torch.testing.assert_close(y, fixed(x), atol=1e-10, rtol=0)
+    torch.testing.assert_close(y, expected_from_unfold(deform, x, att), atol=1e-10, rtol=0)
+
+
+def test_nonzero_offsets_change_output():
+    m = build(16)
+    x = torch.randn(1, 16, 6, 7, dtype=D)
+    y = m(x)
+    torch.testing.assert_close(y, m(x))
+    assert not torch.allclose(y, zero_offsets_(m)(x))
+
+
+def test_message_formula_with_offsets():
+    """One dilation, 2 groups of 2 channels: against explicit bilinear sampling of Xd."""
+    m = build(16, groups=2, dilations=(2,))
+    x = torch.randn(1, 16, 4, 5, dtype=D)
+    _, att = m(x, return_attention=True)
+    xd = m.reduce(x)
+    off, w = att["offsets_d2"], att["weights_d2"]
+    msg = torch.zeros_like(xd)
+    for i in range(4):
+        for j in range(5):
+            for s in range(9):
+                py = i + (s // 3 - 1) * 2 + off[0, 2 * s, i, j].item()
+                px = j + (s % 3 - 1) * 2 + off[0, 2 * s + 1, i, j].item()
+                sample = bilinear(xd[0], py, px)
+                msg[0, :, i, j] += w[0, :, s, i, j].repeat_interleave(2) * sample
+    expected = x + m.fuse(torch.cat([xd, msg], 1))
+    torch.testing.assert_close(m(x), expected)
+
+
+def bilinear(img, y, x):
+    h, w = img.shape[-2:]
+    y0, x0 = math.floor(y), math.floor(x)
+    val = torch.zeros(img.shape[0], dtype=img.dtype)
+    for yy, wy in ((y0, 1 - (y - y0)), (y0 + 1, y - y0)):
+        for xx, wx in ((x0, 1 - (x - x0)), (x0 + 1, x - x0)):
+            if 0 <= yy < h and 0 <= xx < w:
+                val = val + wy * wx * img[:, yy, xx]
+    return val
+
+
+def test_weights_are_softmax_times_sigmoid():
+    m = build(16)
+    x = torch.randn(2, 16, 5, 6, dtype=D)
+    _, att = m(x, return_attention=True)
+    for d in m.dilations:
+        w = att[f"weights_d{d}"]
+        assert w.shape == (2, 4, 9, 5, 6)
+        assert (w > 0).all() and (w.sum(2) < 1 + 1e-12).all()
+    m2 = build(16, affinity=False)
+    _, att2 = m2(x, return_attention=True)
+    torch.testing.assert_close(att2["weights_d1"].sum(2), torch.ones(2, 4, 5, 6, dtype=D))
+
+
+def test_reference_path_equals_fast_path():
+    m = build(16)
+    x = torch.randn(2, 16, 7, 5, dtype=D)
+    fast = m(x)
+    with reference_attention():
+        torch.testing.assert_close(m(x), fast)
+
+
+def test_compile_and_export():
+    m = build(16).float()
+    x = torch.randn(1, 16, 5, 6)
+    with torch.no_grad():
+        ref = m(x)
+        torch.testing.assert_close(torch.compile(m, fullgraph=True, backend="eager")(x), ref)
+    torch.testing.assert_close(torch.export.export(m, (x,)).module()(x), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="divisible by groups"):
+        segattn.create_module("dgmn", 16, groups=3)
+    with pytest.raises(ValueError, match="kernel_size must be a positive odd"):
+        segattn.create_module("dgmn", 16, kernel_size=2)
+    with pytest.raises(ValueError, match="dilations"):
+        segattn.create_module("dgmn", 16, dilations=())
+    with pytest.raises(ValueError, match="distinct"):
+        segattn.create_module("dgmn", 16, dilations=(1, 1))
