@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from segattn.engine.config import config_from_dict
+from segattn.engine.config import Config, config_from_dict
 
 
 class TinySeg(nn.Module):
@@ -57,7 +57,7 @@ class ToyDataset(torch.utils.data.Dataset):
     """Class = argmax colour channel (ignore where the image is dark); random flip + noise from global RNGs."""
 
     def __init__(self, n: int = 16, size: Tuple[int, int] = (12, 12), num_classes: int = 3, seed: int = 0,
-                 augment: bool = True) -> None:
+                 augment: bool = True, with_ignore: bool = True) -> None:
         g = torch.Generator().manual_seed(seed)
         self.images = torch.rand(n, 3, *size, generator=g)
         self.num_classes = num_classes
@@ -66,6 +66,7 @@ class ToyDataset(torch.utils.data.Dataset):
         self.palette = [(255, 0, 0), (0, 255, 0), (0, 0, 255)][:num_classes]
         self.files = None
         self.augment = augment
+        self.with_ignore = with_ignore
 
     def __len__(self) -> int:
         return len(self.images)
@@ -77,11 +78,12 @@ class ToyDataset(torch.utils.data.Dataset):
                 img = img.flip(-1)
             img = img + 0.05 * torch.randn(img.shape)
         mask = img.argmax(0)
-        mask[img.max(0).values < 0.15] = self.ignore_index
+        if self.with_ignore:
+            mask[img.max(0).values < 0.15] = self.ignore_index
         return img, mask
 
 
-def tiny_config(work_dir: str, **sections: Dict) -> "object":
+def tiny_config(work_dir: str, **sections: Dict) -> Config:
     """A fast CPU config (deterministic, no progress bar / TensorBoard) with section overrides."""
     base = {
         "model": {"name": "tiny"},
