@@ -54,6 +54,7 @@ class LoadReport:
     unexpected: List[str] = field(default_factory=list)
     mismatched: List[Tuple[str, Tuple[int, ...], Tuple[int, ...]]] = field(default_factory=list)
     ignored: List[str] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -69,7 +70,7 @@ class LoadReport:
             lines.append(f"{len(self.mismatched)} shape mismatches: " + ", ".join(items))
         if self.ignored:
             lines.append(f"{len(self.ignored)} ignored (classifier / non-backbone): " + ", ".join(_abbrev(self.ignored)))
-        return "\n".join(lines)
+        return "\n".join(lines + self.notes)
 
 
 def _abbrev(keys: List[str], n: int = 12) -> List[str]:
@@ -85,7 +86,7 @@ def read_checkpoint(source: Source) -> StateDict:
     if isinstance(source, Mapping):
         obj: object = dict(source)
     elif _is_url(source):
-        obj = torch.hub.load_state_dict_from_url(str(source), map_location="cpu", weights_only=True)
+        obj = torch.hub.load_state_dict_from_url(str(source), map_location="cpu", weights_only=True, progress=False)
     else:
         path = os.fspath(source)
         if not os.path.isfile(path):
@@ -196,6 +197,11 @@ def load_backbone_weights(model: nn.Module, source: Source, strict: bool = False
     report.missing = sorted(k for k in own if k not in usable and not k.endswith("num_batches_tracked")
                             and k not in {m[0] for m in report.mismatched})
     report.loaded = sorted(usable)
+    stem_deep = "stem.1.0.weight" in own
+    if any(k.startswith("stem.") for k in report.missing) and layout != "segattn":
+        want, have = ("deep (V1c)", "plain 7x7") if stem_deep else ("plain 7x7", "deep")
+        report.notes.append(f"hint: the checkpoint has a {have} stem but the model a {want} stem; "
+                            "choose the backbone variant that matches (resnetN = plain, resnetNc/resnetNd = deep)")
     if strict and not report.ok:
         raise RuntimeError(f"backbone checkpoint does not match the model:\n{report}")
     model.load_state_dict(usable, strict=False)

@@ -1,0 +1,176 @@
+"""Segmentation losses with an ignore index: cross entropy (class weights), OHEM, Dice, Lovasz-softmax.
+
+Every loss maps ``(logits (B, K, H, W), target (B, H, W) int64)`` to a scalar. Pixels whose target is
+``ignore_index`` (255 by default, or a dataset's own) take no part. A batch whose pixels are all
+ignored gives ``0`` (with a gradient of zeros), never NaN. No ``.item()`` or value-dependent Python
+branching, so the losses trace under ``torch.compile``. The per-pixel terms are computed in float32.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+LOSSES: Dict[str, Callable[..., nn.Module]] = {}
+
+
+def _check(logits: Tensor, target: Tensor) -> None:
+    if logits.dim() != 4 or target.dim() != 3:
+        raise ValueError(f"expected logits (B, K, H, W) and target (B, H, W), got {tuple(logits.shape)} "
+                         f"and {tuple(target.shape)}")
+    if logits.shape[0] != target.shape[0] or logits.shape[2:] != target.shape[1:]:
+        raise ValueError(f"logits {tuple(logits.shape)} and target {tuple(target.shape)} differ in batch or size")
+    if target.dtype not in (torch.int64, torch.int32, torch.uint8, torch.int16):
+        raise TypeError(f"target must be an integer label map, got {target.dtype}")
+
+
+class _SegLoss(nn.Module):
+    def __init__(self, ignore_index: int = 255, class_weight: Optional[Sequence[float]] = None) -> None:
+        super().__init__()
+        self.ignore_index = int(ignore_index)
+        weight = None if class_weight is None else torch.as_tensor(class_weight, dtype=torch.float32)
+        self.register_buffer("class_weight", weight, persistent=False)
+
+    def _valid(self, target: Tensor) -> Tensor:
+        return target != self.ignore_index
+
+    def _safe_target(self, target: Tensor) -> Tensor:
+        return torch.where(self._valid(target), target.long(), torch.zeros_like(target, dtype=torch.long))
+
+    def _pixel_weight(self, target: Tensor) -> Tensor:
+        """Weight of each pixel: 0 where ignored, the class weight (or 1) elsewhere."""
+        valid = self._valid(target).float()
+        if self.class_weight is None:
+            return valid
+        return self.class_weight.to(target.device)[self._safe_target(target)] * valid
+
+    def extra_repr(self) -> str:
+        return f"ignore_index={self.ignore_index}"
+
+
+class CrossEntropyLoss(_SegLoss):
+    """Mean cross entropy over non-ignored pixels, class-weighted like ``F.cross_entropy`` (sum of
+    weighted terms / sum of weights). ``label_smoothing`` as in torch."""
+
+    def __init__(self, ignore_index: int = 255, class_weight: Optional[Sequence[float]] = None,
+                 label_smoothing: float = 0.0) -> None:
+        super().__init__(ignore_index, class_weight)
+        self.label_smoothing = label_smoothing
+
+    def pixel_losses(self, logits: Tensor, target: Tensor) -> Tensor:
+        """Unweighted per-pixel cross entropy (0 at ignored pixels)."""
+        loss = F.cross_entropy(logits.float(), self._safe_target(target), reduction="none",
+                               label_smoothing=self.label_smoothing)
+        return loss * self._valid(target).float()
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        _check(logits, target)
+        w = self._pixel_weight(target)
+        return (self.pixel_losses(logits, target) * w).sum() / w.sum().clamp_min(1e-12)
+
+
+class OhemCrossEntropyLoss(CrossEntropyLoss):
+    """Online hard example mining (mmseg ``OHEMPixelSampler`` / CCNet / OCNet): keep the pixels whose
+    probability of the true class is below ``thresh`` (0.7); if fewer than ``min_kept`` (100000 in
+    the references) qualify, raise the threshold to the ``min_kept``-th smallest probability."""
+
+    def __init__(self, ignore_index: int = 255, class_weight: Optional[Sequence[float]] = None,
+                 thresh: float = 0.7, min_kept: int = 100000) -> None:
+        super().__init__(ignore_index, class_weight)
+        self.thresh, self.min_kept = float(thresh), int(min_kept)
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        _check(logits, target)
+        losses = self.pixel_losses(logits, target)
+        valid = self._valid(target).flatten()
+        with torch.no_grad():
+            prob = torch.exp(-losses.detach().flatten())
+            prob = torch.where(valid, prob, torch.full_like(prob, 2.0))  # ignored sort last
+            sorted_prob = torch.sort(prob).values
+            k = (valid.sum() - 1).clamp(min=0, max=self.min_kept - 1) if self.min_kept > 0 else valid.sum() * 0
+            kth = sorted_prob.gather(0, k.reshape(1)).squeeze(0)
+            threshold = torch.maximum(kth, torch.tensor(self.thresh, device=prob.device))
+            keep = (valid & (prob <= threshold)).float()
+        w = self._pixel_weight(target).flatten() * keep
+        return (losses.flatten() * w).sum() / w.sum().clamp_min(1e-12)
+
+    def extra_repr(self) -> str:
+        return f"ignore_index={self.ignore_index}, thresh={self.thresh}, min_kept={self.min_kept}"
+
+
+class DiceLoss(_SegLoss):
+    """Soft multi-class Dice: ``1 - (2 sum p y + s) / (sum p + sum y + s)`` per class over the batch,
+    averaged over classes (class weights, if given, weight that average). Ignored pixels are masked."""
+
+    def __init__(self, ignore_index: int = 255, class_weight: Optional[Sequence[float]] = None,
+                 smooth: float = 1.0) -> None:
+        super().__init__(ignore_index, class_weight)
+        self.smooth = smooth
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        _check(logits, target)
+        k = logits.shape[1]
+        valid = self._valid(target).unsqueeze(1).float()
+        prob = logits.float().softmax(1) * valid
+        onehot = F.one_hot(self._safe_target(target), k).permute(0, 3, 1, 2).float() * valid
+        inter = (prob * onehot).sum((0, 2, 3))
+        denom = prob.sum((0, 2, 3)) + onehot.sum((0, 2, 3))
+        dice = 1.0 - (2.0 * inter + self.smooth) / (denom + self.smooth)
+        if self.class_weight is None:
+            return dice.mean()
+        w = self.class_weight.to(dice.device)
+        return (dice * w).sum() / w.sum()
+
+
+def _lovasz_grad(gt_sorted: Tensor) -> Tensor:
+    """Gradient of the Lovasz extension of the Jaccard loss w.r.t. sorted errors (columns = classes)."""
+    gts = gt_sorted.sum(0, keepdim=True)
+    intersection = gts - gt_sorted.cumsum(0)
+    union = gts + (1.0 - gt_sorted).cumsum(0)
+    jaccard = 1.0 - intersection / union.clamp_min(1e-12)
+    return torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]], 0)
+
+
+class LovaszSoftmaxLoss(_SegLoss):
+    """Lovasz-softmax (Berman et al., CVPR 2018) over all pixels of the batch, averaged over the
+    classes present in the target (``classes="present"``) or all classes (``"all"``). Ignored pixels
+    get zero error, which is exactly equivalent to removing them."""
+
+    def __init__(self, ignore_index: int = 255, class_weight: Optional[Sequence[float]] = None,
+                 classes: str = "present") -> None:
+        super().__init__(ignore_index, class_weight)
+        if classes not in ("present", "all"):
+            raise ValueError(f"classes must be 'present' or 'all', got {classes!r}")
+        self.classes = classes
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        _check(logits, target)
+        k = logits.shape[1]
+        valid = self._valid(target).flatten().float().unsqueeze(1)  # (P, 1)
+        prob = logits.float().softmax(1).permute(0, 2, 3, 1).reshape(-1, k)
+        fg = F.one_hot(self._safe_target(target).flatten(), k).float() * valid
+        errors = (fg - prob).abs() * valid
+        errors_sorted, perm = torch.sort(errors, dim=0, descending=True)
+        fg_sorted = fg.gather(0, perm)
+        per_class = (errors_sorted * _lovasz_grad(fg_sorted)).sum(0)
+        w = torch.ones_like(per_class) if self.classes == "all" else (fg.sum(0) > 0).float()
+        if self.class_weight is not None:
+            w = w * self.class_weight.to(w.device)
+        return (per_class * w).sum() / w.sum().clamp_min(1e-12)
+
+
+LOSSES.update(ce=CrossEntropyLoss, ohem=OhemCrossEntropyLoss, dice=DiceLoss, lovasz=LovaszSoftmaxLoss)
+
+
+def build_loss(name: str = "ce", ignore_index: int = 255, class_weight: Optional[Sequence[float]] = None,
+               **kwargs: Any) -> nn.Module:
+    """Loss ``name`` in ``"ce"``, ``"ohem"``, ``"dice"``, ``"lovasz"``; callable ``(logits, target) -> scalar``."""
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; expected one of {sorted(LOSSES)}")
+    return LOSSES[name](ignore_index=ignore_index, class_weight=class_weight, **kwargs)
+
+
+__all__ = ["build_loss", "CrossEntropyLoss", "OhemCrossEntropyLoss", "DiceLoss", "LovaszSoftmaxLoss", "LOSSES"]

@@ -1,0 +1,179 @@
+"""Backbone + decode head (+ auxiliary FCN head) = a segmentation model.
+
+``model(x)`` in eval mode returns logits (B, K, H, W) at the input size; in train mode a dict with
+``"out"``, ``"aux"`` (FCN head on stage 4 = ``layer3``, when ``aux=True``) and any extra supervised
+outputs of the head (DANet's ``"pam"`` and ``"cam"``), all at the input size. ``loss_weights`` gives
+each key's weight. ``save_pretrained`` / :func:`from_pretrained` store ``config.json`` + weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from segattn.modules.base import check_feature_map
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.pt"
+FORMAT_VERSION = 1
+
+
+class SegmentationModel(nn.Module):
+    """A segmentation network: ``backbone`` features -> ``head`` (dict of logits) -> upsampling.
+
+    Args:
+        backbone: returns a list of feature maps (``features_only`` style) with ``feature_info``.
+        head: maps that list to ``{"out": logits, ...}`` at feature resolution; may define
+            ``loss_weights`` for its extra outputs.
+        num_classes: classifier outputs.
+        aux_head: auxiliary head (an FCN on ``feats[aux_index]``), used only in training.
+        aux_weight: weight of ``"aux"`` in :attr:`loss_weights` (0.4 as mmseg/PSPNet).
+        align_corners: bilinear upsampling convention (False as mmseg; True as the PSPNet/CCNet code).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: nn.Module,
+        num_classes: int,
+        aux_head: Optional[nn.Module] = None,
+        aux_index: int = 2,
+        aux_weight: float = 0.4,
+        align_corners: bool = False,
+    ) -> None:
+        super().__init__()
+        self.backbone, self.head, self.aux_head = backbone, head, aux_head
+        self.num_classes, self.aux_index, self.align_corners = num_classes, aux_index, align_corners
+        self.loss_weights: Dict[str, float] = {"out": 1.0}
+        if aux_head is not None:
+            self.loss_weights["aux"] = float(aux_weight)
+        self.loss_weights.update(getattr(head, "loss_weights", {}))
+        self.config: Dict[str, Any] = {}
+        self._backbone_frozen = False
+
+    def _resize(self, logits: Tensor, size: Tuple[int, int]) -> Tensor:
+        if tuple(logits.shape[-2:]) == tuple(size):
+            return logits
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=self.align_corners)
+
+    def forward(self, x: Tensor) -> Union[Tensor, Dict[str, Tensor]]:
+        check_feature_map(x, None, type(self).__name__)
+        size = (x.shape[-2], x.shape[-1])
+        feats = self.backbone(x)
+        outs: Dict[str, Tensor] = self.head(feats)
+        if not self.training:
+            return self._resize(outs["out"], size)
+        if self.aux_head is not None:
+            outs["aux"] = self.aux_head([feats[self.aux_index]])["out"]
+        return {k: self._resize(v, size) for k, v in outs.items()}
+
+    @torch.no_grad()
+    def predict(self, images: Tensor) -> Tensor:
+        """Labels (B, H, W) int64 from an eval-mode, no-grad forward; restores the training flag."""
+        was_training = self.training
+        self.eval()
+        try:
+            logits = self(images)
+        finally:
+            self.train(was_training)
+        return logits.argmax(1)
+
+    def compute_loss(self, outputs: Dict[str, Tensor], target: Tensor,
+                     criterion: Callable[[Tensor, Tensor], Tensor]) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """Weighted sum of ``criterion`` over the train-mode outputs; returns ``(total, per_key)``."""
+        parts = {k: criterion(v, target) for k, v in outputs.items()}
+        total = sum(self.loss_weights.get(k, 1.0) * v for k, v in parts.items())
+        return total, parts  # type: ignore[return-value]
+
+    # ----- backbone freezing ------------------------------------------------------------------
+    def freeze_backbone(self) -> SegmentationModel:
+        """Stop gradients to the backbone and keep its BatchNorm statistics fixed (also after ``.train()``)."""
+        for p in self.backbone.parameters():
+            p.requires_grad_(False)
+        self._backbone_frozen = True
+        self.backbone.eval()
+        return self
+
+    def unfreeze_backbone(self) -> SegmentationModel:
+        for p in self.backbone.parameters():
+            p.requires_grad_(True)
+        self._backbone_frozen = False
+        self.backbone.train(self.training)
+        return self
+
+    def train(self, mode: bool = True) -> SegmentationModel:
+        super().train(mode)
+        if self._backbone_frozen:
+            self.backbone.eval()
+        return self
+
+    # ----- persistence ------------------------------------------------------------------------
+    def save_pretrained(self, directory: Union[str, os.PathLike[str]]) -> None:
+        """Write ``config.json`` and ``model.pt`` (state dict) into ``directory``, each atomically."""
+        if not self.config:
+            raise RuntimeError("model has no config (build it with segattn.create_model to save it)")
+        directory = os.fspath(directory)
+        os.makedirs(directory, exist_ok=True)
+        config = {"format_version": FORMAT_VERSION, **self.config, "pretrained": None}
+        text = json.dumps(config, indent=2, sort_keys=True)
+        _atomic_write(os.path.join(directory, CONFIG_NAME), lambda f: f.write(text.encode()))
+        state = {k: v.detach().cpu() for k, v in self.state_dict().items()}
+        _atomic_write(os.path.join(directory, WEIGHTS_NAME), lambda f: torch.save(state, f))
+
+
+def _atomic_write(path: str, write: Callable[[Any], Any]) -> None:
+    """Write through a temporary file in the same directory, fsync, then ``os.replace``."""
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path) or ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _tuplify(value: Any) -> Any:
+    """JSON turns tuples into lists; constructors with tuple defaults get tuples back."""
+    if isinstance(value, list):
+        return tuple(_tuplify(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _tuplify(v) for k, v in value.items()}
+    return value
+
+
+def load_config(directory: Union[str, os.PathLike[str]]) -> Dict[str, Any]:
+    path = os.path.join(os.fspath(directory), CONFIG_NAME)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no {CONFIG_NAME} in {os.fspath(directory)!r} (written by model.save_pretrained)")
+    with open(path, encoding="utf-8") as f:
+        config = json.load(f)
+    config.pop("format_version", None)
+    return {k: _tuplify(v) for k, v in config.items()}
+
+
+def from_pretrained(directory: Union[str, os.PathLike[str]], map_location: Any = "cpu",
+                    strict: bool = True) -> SegmentationModel:
+    """Rebuild a model saved with :meth:`SegmentationModel.save_pretrained`; returned in eval mode."""
+    from segattn.models.factory import create_model
+
+    config = load_config(directory)
+    name, num_classes = config.pop("name"), config.pop("num_classes")
+    model = create_model(name, num_classes, **config)
+    state = torch.load(os.path.join(os.fspath(directory), WEIGHTS_NAME), map_location=map_location,
+                       weights_only=True)
+    model.load_state_dict(state, strict=strict)
+    return model.eval()
+
+
+def feature_channels(backbone: nn.Module) -> List[int]:
+    return list(backbone.feature_info.channels())
