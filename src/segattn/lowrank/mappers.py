@@ -106,22 +106,24 @@ class ProjectionMapper(nn.Module):
 class GridPoolingMapper(nn.Module):
     """Fixed adaptive-average-pooling grid(s) (PPM bins): ``map = P`` stacked over ``bins``.
 
-    ``bins`` is one grid (``b`` or ``(bh, bw)``) or a sequence of square bins (a pyramid, K = sum of
-    b^2). ``P_b`` (b^2, N) is the exact ``adaptive_avg_pool2d`` matrix (rows sum to 1; bins overlap
-    when the size is not divisible). Nodes are computed by pooling (no MACs); the explicit map is
-    built from shapes only (input-independent, ``assignment == map``). ``grid`` is set for one grid.
+    ``bins`` is one square bin ``b`` or a sequence of square bins (a pyramid, K = sum of b^2);
+    ``grid=(bh, bw)`` instead gives one rectangular grid. ``P_b`` (b^2, N) is the exact
+    ``adaptive_avg_pool2d`` matrix (rows sum to 1; bins overlap when the size is not divisible).
+    Nodes are computed by pooling (no MACs); the explicit map is built from shapes only
+    (input-independent, ``assignment == map``). ``result.grid`` is set when there is one grid.
     """
 
-    def __init__(self, bins: Union[int, Tuple[int, int], Sequence[int]] = 1) -> None:
+    def __init__(self, bins: Union[int, Sequence[int]] = 1, *, grid: Optional[Tuple[int, int]] = None) -> None:
         super().__init__()
-        if isinstance(bins, int) or (isinstance(bins, tuple) and len(bins) == 2 and not isinstance(bins[0], tuple)):
+        if grid is not None:
+            self.grids = [as_grid(grid)]
+        elif isinstance(bins, int):
             self.grids = [as_grid(bins)]
-            self.single = True
         else:
             self.grids = [as_grid(b) for b in bins]
-            self.single = len(self.grids) == 1
         if not self.grids:
             raise ValueError("GridPoolingMapper needs at least one bin")
+        self.single = len(self.grids) == 1
         self.num_nodes = sum(bh * bw for bh, bw in self.grids)
 
     def forward(self, x: Tensor, value: Optional[Tensor] = None) -> MapResult:
