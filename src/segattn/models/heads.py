@@ -34,17 +34,17 @@ def _call(module: nn.Module, *args: Tensor) -> Tensor:
 
 
 class ContextHead(nn.Module):
-    """mmseg's FCN-with-context layout (NLHead, CCHead, GCHead, FCNHead)::
+    """mmseg's FCN-with-context layout (NLHead, CCHead, FCNHead) with switchable stages::
 
         x   = feats[in_index]                                   (B, C_in, h, w)
-        r   = ConvBNReLU_k(C_in -> channels)(x)                 reduction conv ("reduce")
-        c   = context module(s) on r                            (skipped for FCN)
-        c   = ConvBNReLU_k(c -> channels)(c)                    ("post_conv")
-        y   = ConvBNReLU_k(cat[x, c] -> channels)               ("concat_input")
+        r   = ConvBNAct_k(C_in -> channels)(x)                  "reduce" (reduction conv)
+        c   = context module on r                               "context" (skipped for FCN)
+        c   = ConvBNAct_k(c -> post_channels)(c)                "post_conv"
+        y   = ConvBNAct_f(cat[x or r, c] -> channels)           "concat": "input" (x), "reduced" (r), None
         out = conv1x1(Dropout2d(y))
 
-    Every stage can be switched off (``reduce=False`` puts the module on the backbone feature itself,
-    e.g. PPM / ASPP / APCNet / PSANet, whose modules carry their own fusion).
+    ``reduce=False`` puts the module on the backbone feature itself (PPM, ASPP, APCNet, PSANet,
+    whose modules carry their own fusion convs).
     """
 
     def __init__(
@@ -57,33 +57,77 @@ class ContextHead(nn.Module):
         context_kw: Optional[Mapping[str, Any]] = None,
         reduce: bool = True,
         post_conv: bool = True,
-        concat_input: bool = True,
+        post_channels: Optional[int] = None,
+        concat: Optional[str] = "input",
         kernel_size: int = 3,
+        fuse_kernel: int = 3,
         dropout: float = 0.1,
         act: str = "relu",
         in_index: int = -1,
     ) -> None:
         super().__init__()
-        self.in_index, self.concat_input = in_index, concat_input
+        if concat not in ("input", "reduced", None):
+            raise ValueError(f"concat must be 'input', 'reduced' or None, got {concat!r}")
+        self.in_index, self.concat = in_index, concat
         self.reduce = ConvNormAct(in_channels, channels, kernel_size, act=act) if reduce else nn.Identity()
-        width = channels if reduce else in_channels
-        self.context = create_module(context, width, **dict(context_kw or {})) if context else nn.Identity()
-        width = _module_out(self.context, width) if context else width
-        self.post_conv = ConvNormAct(width, channels, kernel_size, act=act) if post_conv else nn.Identity()
-        width = channels if post_conv else width
-        self.fuse = ConvNormAct(in_channels + width, channels, kernel_size, act=act) if concat_input else None
-        width = channels if concat_input else width
+        reduced = channels if reduce else in_channels
+        self.context = create_module(context, reduced, **dict(context_kw or {})) if context else nn.Identity()
+        width = _module_out(self.context, reduced) if context else reduced
+        post = post_channels or channels
+        self.post_conv = ConvNormAct(width, post, kernel_size, act=act) if post_conv else nn.Identity()
+        width = post if post_conv else width
+        skip = {"input": in_channels, "reduced": reduced, None: 0}[concat]
+        self.fuse = ConvNormAct(skip + width, channels, fuse_kernel, act=act) if concat else None
+        width = channels if concat else width
         self.cls = classifier(width, num_classes, dropout)
 
     def features(self, feats: Sequence[Tensor]) -> Tensor:
         x = feats[self.in_index]
-        y = self.post_conv(_call(self.context, self.reduce(x)))
+        r = self.reduce(x)
+        y = self.post_conv(_call(self.context, r))
         if self.fuse is not None:
-            y = self.fuse(torch.cat([x, y], dim=1))
+            y = self.fuse(torch.cat([x if self.concat == "input" else r, y], dim=1))
         return y
 
     def forward(self, feats: Sequence[Tensor]) -> Dict[str, Tensor]:
         return {"out": self.cls(self.features(feats))}
+
+
+class DANetHead(nn.Module):
+    """DANet head (``encoding/models/sseg/danet.py`` = mmseg DAHead)::
+
+        PAM branch: conv5a 3x3 (C_in -> channels) -> danet_pam -> conv51 3x3      -> "pam" classifier
+        CAM branch: conv5c 3x3 (C_in -> channels) -> danet_cam -> conv52 3x3      -> "cam" classifier
+        out = classifier(pam_feat + cam_feat)                                      (Dropout2d 0.1 + 1x1)
+
+    In training the head also returns ``"pam"`` and ``"cam"`` logits, each with loss weight 1.0 (the
+    reference sums the three cross-entropies with equal weights).
+    """
+
+    def __init__(self, in_channels: int, channels: int, num_classes: int, *, dropout: float = 0.1,
+                 pam_kw: Optional[Mapping[str, Any]] = None, cam_kw: Optional[Mapping[str, Any]] = None,
+                 branch_weight: float = 1.0) -> None:
+        super().__init__()
+        self.pam_in = ConvNormAct(in_channels, channels, 3)
+        self.pam = create_module("danet_pam", channels, **dict(pam_kw or {}))
+        self.pam_out = ConvNormAct(_module_out(self.pam, channels), channels, 3)
+        self.cam_in = ConvNormAct(in_channels, channels, 3)
+        self.cam = create_module("danet_cam", channels, **dict(cam_kw or {}))
+        self.cam_out = ConvNormAct(_module_out(self.cam, channels), channels, 3)
+        self.cls = classifier(channels, num_classes, dropout)
+        self.pam_cls = classifier(channels, num_classes, dropout)
+        self.cam_cls = classifier(channels, num_classes, dropout)
+        self.loss_weights = {"pam": float(branch_weight), "cam": float(branch_weight)}
+
+    def forward(self, feats: Sequence[Tensor]) -> Dict[str, Tensor]:
+        x = feats[-1]
+        pam = self.pam_out(_call(self.pam, self.pam_in(x)))
+        cam = self.cam_out(_call(self.cam, self.cam_in(x)))
+        outs = {"out": self.cls(pam + cam)}
+        if self.training:
+            outs["pam"] = self.pam_cls(pam)
+            outs["cam"] = self.cam_cls(cam)
+        return outs
 
 
 def fcn_head(in_channels: int, channels: int, num_classes: int, num_convs: int = 2, concat_input: bool = True,
@@ -92,7 +136,7 @@ def fcn_head(in_channels: int, channels: int, num_classes: int, num_convs: int =
     if num_convs not in (1, 2):
         raise ValueError(f"num_convs must be 1 or 2, got {num_convs}")
     return ContextHead(in_channels, channels, num_classes, post_conv=num_convs == 2,
-                       concat_input=concat_input, dropout=dropout)
+                       concat="input" if concat_input else None, dropout=dropout)
 
 
 def aux_head(in_channels: int, channels: int, num_classes: int, dropout: float = 0.1) -> ContextHead:
@@ -100,4 +144,4 @@ def aux_head(in_channels: int, channels: int, num_classes: int, dropout: float =
     return fcn_head(in_channels, channels, num_classes, num_convs=1, concat_input=False, dropout=dropout)
 
 
-__all__ = ["ContextHead", "classifier", "fcn_head", "aux_head"]
+__all__ = ["ContextHead", "DANetHead", "classifier", "fcn_head", "aux_head"]

@@ -12,14 +12,16 @@ says otherwise.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, TypeVar
 
 from torch import nn
 
 from segattn.models.factory import build_segmentor
-from segattn.models.heads import ContextHead
+from segattn.models.heads import ContextHead, DANetHead
 from segattn.models.segmentor import SegmentationModel
-from segattn.registry import MODELS
+from segattn.registry import MODELS, MODULES
+
+F = TypeVar("F", bound=Callable[..., SegmentationModel])
 
 
 def _kw(context_kw: Optional[Mapping[str, Any]], **defaults: Any) -> Dict[str, Any]:
@@ -29,80 +31,239 @@ def _kw(context_kw: Optional[Mapping[str, Any]], **defaults: Any) -> Dict[str, A
     return out
 
 
-def _context_model(num_classes: int, context: Optional[str], context_kw: Optional[Mapping[str, Any]],
-                   dropout: float, head_opts: Mapping[str, Any], **kwargs: Any) -> SegmentationModel:
-    def make_head(chans: List[int], channels: int, k: int) -> nn.Module:
-        return ContextHead(chans[-1], channels, k, context=context, context_kw=context_kw, dropout=dropout,
-                           **dict(head_opts))
-
-    return build_segmentor(make_head, num_classes, **kwargs)
-
-
-def _on_backbone_model(num_classes: int, context: str, context_kw_fn: Any, context_kw: Optional[Mapping[str, Any]],
-                       dropout: float, **kwargs: Any) -> SegmentationModel:
-    """The module runs on the backbone feature itself and carries its own fusion; then the classifier."""
-
-    def make_head(chans: List[int], channels: int, k: int) -> nn.Module:
-        kw = _kw(context_kw, **context_kw_fn(chans[-1], channels))
-        return ContextHead(chans[-1], channels, k, context=context, context_kw=kw, dropout=dropout,
-                           reduce=False, post_conv=False, concat_input=False)
-
-    return build_segmentor(make_head, num_classes, **kwargs)
-
-
 def _ratio(in_channels: int, channels: int) -> int:
     return max(in_channels // channels, 1)
 
 
+def register_model(name: str, contexts: Tuple[str, ...], paper: str, **meta: Any) -> Callable[[F], F]:
+    """Register ``fn`` as model ``name`` once every context module it needs is registered."""
+
+    def decorator(fn: F) -> F:
+        if all(c in MODULES for c in contexts):
+            MODELS.register(name, paper=paper, context=contexts, **meta)(fn)
+        return fn
+
+    return decorator
+
+
+def _head_model(num_classes: int, head_kw: Callable[[int, int], Dict[str, Any]], dropout: float,
+                **kwargs: Any) -> SegmentationModel:
+    """A :class:`ContextHead` model; ``head_kw(c_in, channels)`` gives its layout and module keywords."""
+
+    def make_head(chans: List[int], channels: int, k: int) -> nn.Module:
+        return ContextHead(chans[-1], channels, k, dropout=dropout, **head_kw(chans[-1], channels))
+
+    return build_segmentor(make_head, num_classes, **kwargs)
+
+
+def _nl_layout(context: str, context_kw: Optional[Mapping[str, Any]], dropout: float, num_classes: int,
+               **kwargs: Any) -> SegmentationModel:
+    """mmseg NLHead layout: 3x3 reduce -> module -> 3x3 conv -> concat input -> 3x3 conv -> classifier."""
+    return _head_model(num_classes, lambda c, w: {"context": context, "context_kw": _kw(context_kw)}, dropout,
+                       **kwargs)
+
+
+ON_BACKBONE = {"reduce": False, "post_conv": False, "concat": None}
+
+
 # --------------------------------------------------------------------------------------------------
-@MODELS.register("fcn", paper="Long, Shelhamer, Darrell, CVPR 2015 (mmseg FCNHead)", context=())
+@register_model("fcn", (), paper="Long, Shelhamer, Darrell, CVPR 2015 (mmseg FCNHead)")
 def fcn(num_classes: int, *, dropout: float = 0.1, **kwargs: Any) -> SegmentationModel:
     """FCN baseline (no context module), mmseg ``FCNHead(num_convs=2, concat_input=True)``.
 
     Head: 3x3 ConvBNReLU 2048->512 -> 3x3 ConvBNReLU 512->512 -> concat with the input -> 3x3
-    ConvBNReLU -> Dropout2d(0.1) -> 1x1 classifier. The dilated-FCN baseline every method compares with.
+    ConvBNReLU -> Dropout2d(0.1) -> 1x1 classifier: the dilated-FCN baseline every method compares with.
     """
-    return _context_model(num_classes, None, None, dropout, {}, **kwargs)
+    return _head_model(num_classes, lambda c, w: {}, dropout, **kwargs)
 
 
-@MODELS.register("generic", paper="(any registered context module in the FCN/NL head layout)", context=("*",))
+@register_model("generic", (), paper="(any registered context module in mmseg's NLHead layout)")
 def generic(num_classes: int, *, context: str = "nonlocal", context_kw: Optional[Mapping[str, Any]] = None,
             dropout: float = 0.1, concat_input: bool = True, **kwargs: Any) -> SegmentationModel:
-    """Any registered context module dropped into mmseg's NLHead layout (``context="ema"``...).
+    """Any registered context module dropped into mmseg's NLHead layout (``context="ema"``, ...).
 
     Head: 3x3 ConvBNReLU 2048->512 -> ``create_module(context, 512, **context_kw)`` -> 3x3 ConvBNReLU
     -> (``concat_input``) concat with the input -> 3x3 ConvBNReLU -> Dropout2d(0.1) -> classifier.
-    This is the controlled setting for comparing modules: only the module changes.
+    The controlled setting for comparing modules: only the module changes.
     """
-    return _context_model(num_classes, context, context_kw, dropout, {"concat_input": concat_input}, **kwargs)
+    def head_kw(c: int, w: int) -> Dict[str, Any]:
+        return {"context": context, "context_kw": _kw(context_kw), "concat": "input" if concat_input else None}
+
+    return _head_model(num_classes, head_kw, dropout, **kwargs)
 
 
-@MODELS.register("ccnet", paper="Huang et al., ICCV 2019", context=("ccnet",))
+NONLOCAL_MODES = {"embedded_gaussian": "nonlocal", "gaussian": "nonlocal_gaussian", "dot": "nonlocal_dot",
+                  "concat": "nonlocal_concat"}
+
+
+@register_model("nonlocal", ("nonlocal",), paper="Wang, Girshick, Gupta, He, CVPR 2018 (mmseg NLHead)")
+def nonlocal_(num_classes: int, *, mode: str = "embedded_gaussian", context_kw: Optional[Mapping[str, Any]] = None,
+              dropout: float = 0.1, **kwargs: Any) -> SegmentationModel:
+    """Non-local network, mmseg NLHead (the paper has no segmentation network).
+
+    Head: 3x3 ConvBNReLU 2048->512 -> NonLocal2d(512, reduction 2, ``mode`` = embedded_gaussian (default,
+    scaled), gaussian, dot or concat; zero-initialised output BN) -> 3x3 ConvBNReLU -> concat with the
+    input -> 3x3 ConvBNReLU -> Dropout2d(0.1) -> classifier. Sub-sampling off (as mmseg).
+    """
+    if mode not in NONLOCAL_MODES:
+        raise ValueError(f"mode must be one of {sorted(NONLOCAL_MODES)}, got {mode!r}")
+    return _nl_layout(NONLOCAL_MODES[mode], context_kw, dropout, num_classes, **kwargs)
+
+
+@register_model("pspnet", ("ppm",), paper="Zhao, Shi, Qi, Wang, Jia, CVPR 2017")
+def pspnet(num_classes: int, *, context_kw: Optional[Mapping[str, Any]] = None, dropout: float = 0.1,
+           **kwargs: Any) -> SegmentationModel:
+    """PSPNet (hszhao/semseg ``model/pspnet.py``): PPM with bins (1, 2, 3, 6) on the res5 feature,
+    branches C/4 (512), ``cat[X, branches]`` -> 3x3 ConvBNReLU -> ``channels`` (512) inside the ``ppm``
+    module -> Dropout2d(0.1) -> classifier. PPM upsampling uses ``align_corners=True`` (semseg)."""
+    def head_kw(c: int, w: int) -> Dict[str, Any]:
+        return {"context": "ppm", "context_kw": _kw(context_kw, out_channels=w), **ON_BACKBONE}
+
+    return _head_model(num_classes, head_kw, dropout, **kwargs)
+
+
+@register_model("deeplabv3", ("aspp",), paper="Chen, Papandreou, Schroff, Adam, arXiv 2017")
+def deeplabv3(num_classes: int, *, context_kw: Optional[Mapping[str, Any]] = None, dropout: float = 0.1,
+              **kwargs: Any) -> SegmentationModel:
+    """DeepLabV3: ASPP on the res5 feature: 1x1 + three 3x3 atrous branches (rates (6, 12, 18) at
+    output stride 16, doubled at 8, halved at 32) + image pooling, each ``channels // 2`` (256) wide;
+    concat -> 1x1 ConvBNReLU -> ``channels // 2`` (the paper's 256) -> classifier. mmseg's ASPPHead
+    uses 512-wide branches and a 3x3 bottleneck: pass ``channels=1024`` and
+    ``context_kw={"bottleneck_kernel": 3}``. Dropout2d(0.1) before the classifier as mmseg."""
+    dilations = tuple(r * 16 // kwargs.get("output_stride", 8) for r in (6, 12, 18))
+
+    def head_kw(c: int, w: int) -> Dict[str, Any]:
+        half = max(w // 2, 1)
+        kw = _kw(context_kw, dilations=dilations, branch_channels=half, out_channels=half)
+        return {"context": "aspp", "context_kw": kw, **ON_BACKBONE}
+
+    return _head_model(num_classes, head_kw, dropout, **kwargs)
+
+
+@register_model("psanet", ("psanet",), paper="Zhao et al., ECCV 2018")
+def psanet(num_classes: int, *, context_kw: Optional[Mapping[str, Any]] = None, dropout: float = 0.1,
+           **kwargs: Any) -> SegmentationModel:
+    """PSANet (hszhao/semseg ``model/psanet.py``): bi-directional PSA on the res5 feature (collect and
+    distribute branches reduced to C/4 = 512 = ``channels``, shrink 2, projected back to C) -> concat
+    with the input (2C) -> 3x3 ConvBNReLU -> ``channels`` -> Dropout2d(0.1) -> classifier.
+    Mask size (59, 59) by default (465 crops); masks smaller than the over-complete one zero-fill."""
+    def head_kw(c: int, w: int) -> Dict[str, Any]:
+        return {"context": "psanet", "context_kw": _kw(context_kw, mid_reduction=_ratio(c, w)),
+                "reduce": False, "post_conv": False, "concat": "input"}
+
+    return _head_model(num_classes, head_kw, dropout, **kwargs)
+
+
+@register_model("danet", ("danet_pam", "danet_cam"), paper="Fu et al., CVPR 2019")
+def danet(num_classes: int, *, pam_kw: Optional[Mapping[str, Any]] = None, cam_kw: Optional[Mapping[str, Any]] = None,
+          dropout: float = 0.1, **kwargs: Any) -> SegmentationModel:
+    """DANet (junfu1115/DANet, = mmseg DAHead): two branches on res5, each 3x3 ConvBNReLU 2048->512 ->
+    attention (PAM: q/k C/8, no scaling, gamma 0; CAM: reference ``max - energy`` sign) -> 3x3
+    ConvBNReLU; summed -> Dropout2d(0.1) -> classifier. Training adds ``"pam"`` and ``"cam"`` logits
+    (weights 1.0 each, the reference's equal-weight sum of three losses). The reference uses
+    multi-grid (4, 8, 16) in res5: ``multi_grid=(1, 2, 4)``."""
+    def make_head(chans: List[int], channels: int, k: int) -> nn.Module:
+        return DANetHead(chans[-1], channels, k, dropout=dropout, pam_kw=pam_kw, cam_kw=cam_kw)
+
+    return build_segmentor(make_head, num_classes, **kwargs)
+
+
+OCNET_VARIANTS = {"base": "ocnet_base", "pyramid": "ocnet_pyramid", "asp": "ocnet_asp"}
+
+
+@register_model("ocnet", tuple(OCNET_VARIANTS.values()), paper="Yuan & Wang, arXiv 2018 / IJCV 2021")
+def ocnet(num_classes: int, *, oc: str = "base", context_kw: Optional[Mapping[str, Any]] = None, dropout: float = 0.0,
+          **kwargs: Any) -> SegmentationModel:
+    """OCNet (openseg-group/OCNet.pytorch ``network/resnet101_{base,pyramid,asp}_oc.py``): 3x3 conv
+    2048->512 + BN + LeakyReLU(0.01) -> object-context module ``oc`` = ``base`` (self-attention, concat
+    with its input, 1x1 conv, Dropout2d 0.05), ``pyramid`` (sub-region attention at sizes 1, 2, 3, 6)
+    or ``asp`` (ASPP whose image pooling is a pooled OC branch, Dropout2d 0.1) -> 1x1 classifier (no
+    further dropout, as the reference). Deviation: BN + LeakyReLU instead of InPlaceABNSync."""
+    if oc not in OCNET_VARIANTS:
+        raise ValueError(f"oc must be one of {sorted(OCNET_VARIANTS)}, got {oc!r}")
+
+    def head_kw(c: int, w: int) -> Dict[str, Any]:
+        return {"context": OCNET_VARIANTS[oc], "context_kw": _kw(context_kw), "post_conv": False, "concat": None,
+                "act": "leaky_relu"}
+
+    return _head_model(num_classes, head_kw, dropout, **kwargs)
+
+
+@register_model("ccnet", ("ccnet",), paper="Huang et al., ICCV 2019")
 def ccnet(num_classes: int, *, context_kw: Optional[Mapping[str, Any]] = None, dropout: float = 0.1,
           **kwargs: Any) -> SegmentationModel:
-    """CCNet: RCCAModule of ``networks/ccnet.py`` (= mmseg CCHead).
-
-    Head: ``conva`` 3x3 ConvBN(ReLU) 2048->512 -> criss-cross attention applied R = 2 times (shared
-    weights) -> ``convb`` 3x3 ConvBN -> concat with the input (2048+512) -> 3x3 ConvBN -> Dropout2d(0.1)
-    -> classifier. Deviation: BN + ReLU instead of InPlaceABNSync (LeakyReLU 0.01).
-    """
-    return _context_model(num_classes, "ccnet", context_kw, dropout, {}, **kwargs)
+    """CCNet (RCCAModule of ``networks/ccnet.py`` = mmseg CCHead): ``conva`` 3x3 ConvBN 2048->512 ->
+    criss-cross attention applied R = 2 times (shared weights) -> ``convb`` 3x3 ConvBN -> concat with
+    the input (2048+512) -> 3x3 ConvBN -> Dropout2d(0.1) -> classifier. Deviation: BN + ReLU instead
+    of InPlaceABNSync (LeakyReLU 0.01)."""
+    return _nl_layout("ccnet", context_kw, dropout, num_classes, **kwargs)
 
 
-@MODELS.register("cgnl", paper="Yue et al., NeurIPS 2018", context=("cgnl",))
-def cgnl(num_classes: int, *, context_kw: Optional[Mapping[str, Any]] = None, dropout: float = 0.1,
-         **kwargs: Any) -> SegmentationModel:
-    """CGNL in the NL head layout. The paper has no segmentation network (classification / detection,
-    one block in res4); here the block sits where mmseg's NLHead puts its non-local block: 3x3 reduce
-    2048->512 -> CGNL -> 3x3 conv -> concat input -> 3x3 conv -> classifier."""
-    return _context_model(num_classes, "cgnl", context_kw, dropout, {}, **kwargs)
+@register_model("isanet", ("isa",), paper="Huang et al., arXiv 2019 / IJCV 2021")
+def isanet(num_classes: int, *, context_kw: Optional[Mapping[str, Any]] = None, dropout: float = 0.1,
+           **kwargs: Any) -> SegmentationModel:
+    """ISANet (openseg ``ISA_Module`` = mmseg ISAHead): 3x3 ConvBNReLU 2048->512 -> interlaced sparse
+    self-attention (long-range then short-range, groups 8x8) -> concat with the reduced feature ->
+    1x1 ConvBNReLU -> 512 -> Dropout2d(0.1) -> classifier."""
+    def head_kw(c: int, w: int) -> Dict[str, Any]:
+        return {"context": "isa", "context_kw": _kw(context_kw), "post_conv": False, "concat": "reduced",
+                "fuse_kernel": 1}
+
+    return _head_model(num_classes, head_kw, dropout, **kwargs)
 
 
-@MODELS.register("apcnet", paper="He et al., CVPR 2019", context=("apcnet",))
+@register_model("emanet", ("ema",), paper="Li et al., ICCV 2019")
+def emanet(num_classes: int, *, context_kw: Optional[Mapping[str, Any]] = None, dropout: float = 0.1,
+           **kwargs: Any) -> SegmentationModel:
+    """EMANet (XiaLiPKU/EMANet ``network.py``): ``fc0`` 3x3 ConvBNReLU 2048->512 -> EMAU(512, K = 64,
+    T = 3; bases moved once per optimiser step by ``segattn.models.call_step_hooks``) -> ``fc1`` 3x3
+    ConvBNReLU 512->256 -> Dropout2d(0.1) -> classifier. The official network has no auxiliary head
+    and uses multi-grid (1, 2, 4): ``aux=False, multi_grid=(1, 2, 4)`` reproduce it (aux stays on by
+    default for the common protocol). mmseg's extra concat-input conv is not used."""
+    def head_kw(c: int, w: int) -> Dict[str, Any]:
+        return {"context": "ema", "context_kw": _kw(context_kw), "post_channels": max(w // 2, 1), "concat": None}
+
+    return _head_model(num_classes, head_kw, dropout, **kwargs)
+
+
+@register_model("apcnet", ("apcnet",), paper="He et al., CVPR 2019")
 def apcnet(num_classes: int, *, context_kw: Optional[Mapping[str, Any]] = None, dropout: float = 0.1,
            **kwargs: Any) -> SegmentationModel:
-    """APCNet (mmseg APCHead, the authors' code): ACMs at scales (1, 2, 3, 6) on the res5 feature
-    itself, ``cat[X, ACM_1..ACM_6]`` -> 3x3 ConvBNReLU -> 512 (inside the ``apcnet`` module, width =
-    ``channels`` via its ``reduction``) -> Dropout2d(0.1) -> classifier."""
-    return _on_backbone_model(num_classes, "apcnet", lambda c, w: {"reduction": _ratio(c, w)}, context_kw,
-                              dropout, **kwargs)
+    """APCNet (mmseg APCHead, the authors' code): ACMs at scales (1, 2, 3, 6) on the res5 feature itself,
+    ``cat[X, ACM_1..ACM_6]`` -> 3x3 ConvBNReLU -> ``channels`` (inside the ``apcnet`` module, width set
+    through its ``reduction``) -> Dropout2d(0.1) -> classifier."""
+    def head_kw(c: int, w: int) -> Dict[str, Any]:
+        return {"context": "apcnet", "context_kw": _kw(context_kw, reduction=_ratio(c, w)), **ON_BACKBONE}
+
+    return _head_model(num_classes, head_kw, dropout, **kwargs)
+
+
+def _nl_layout_family(name: str, module: str, paper: str, what: str) -> None:
+    """Register a model for a module whose paper has no segmentation head: the mmseg NLHead layout."""
+
+    def build(num_classes: int, *, context_kw: Optional[Mapping[str, Any]] = None, dropout: float = 0.1,
+              **kwargs: Any) -> SegmentationModel:
+        return _nl_layout(module, context_kw, dropout, num_classes, **kwargs)
+
+    build.__name__ = name
+    build.__doc__ = (f"{what} Head (mmseg NLHead layout): 3x3 ConvBNReLU 2048->512 -> ``{module}`` -> 3x3 "
+                     "ConvBNReLU -> concat with the input -> 3x3 ConvBNReLU -> Dropout2d(0.1) -> classifier.")
+    register_model(name, (module,), paper=paper)(build)
+
+
+_nl_layout_family("cgnl", "cgnl", "Yue et al., NeurIPS 2018",
+                  "CGNL. The paper has no segmentation network (one block in res4 for classification).")
+_nl_layout_family("dgmn", "dgmn", "Zhang, Xu, Arnab, Torr, CVPR 2020",
+                  "DGMN on a dilated FCN; the paper's segmentation head is not released.")
+_nl_layout_family("local_relation", "local_relation", "Hu, Zhang, Xie, Lin, ICCV 2019",
+                  "Local Relation layer as a context block; the paper has no segmentation network.")
+_nl_layout_family("a2net", "a2", "Chen et al., NeurIPS 2018",
+                  "A2-Net double attention; the paper has no segmentation network.")
+_nl_layout_family("glore", "glore", "Chen et al., CVPR 2019",
+                  "GloRe, 'FCN + 1 GloRe unit' (segmentation code not released).")
+_nl_layout_family("latentgnn", "latentgnn", "Zhang, Yan, He, ICML 2019",
+                  "LatentGNN; the paper has no semantic-segmentation network.")
+_nl_layout_family("sgr", "sgr", "Liang, Hu, Zhang, Lin, Xing, NeurIPS 2018",
+                  "Symbolic Graph Reasoning (placed after res5 as in the paper's DeepLab-v2 setting).")
+_nl_layout_family("graphrep", "graphrep", "Li & Gupta, NeurIPS 2018",
+                  "Beyond Grids graph representation; placed on res5 as a context block.")
