@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -32,10 +35,10 @@ def test_layout_round_trip_is_exact(size, factor):
     assert padded.shape[2] - size[0] < factor[0] and padded.shape[3] - size[1] < factor[1]
     hw = (padded.shape[2], padded.shape[3])
     long = isa.group_long(padded, factor)
-    assert long.shape == (2 * factor[0] * factor[1], hw[0] * hw[1] // (factor[0] * factor[1]), 3)
+    assert long.shape == (2, factor[0] * factor[1], hw[0] * hw[1] // (factor[0] * factor[1]), 3)
     back = isa.ungroup_long(long, 2, hw, factor)
     short = isa.group_short(back, factor)
-    assert short.shape == (2 * hw[0] * hw[1] // (factor[0] * factor[1]), factor[0] * factor[1], 3)
+    assert short.shape == (2, hw[0] * hw[1] // (factor[0] * factor[1]), factor[0] * factor[1], 3)
     back = isa.ungroup_short(short, 2, hw, factor)
     assert torch.equal(isa.crop_map(back, size, factor), x)
 
@@ -43,10 +46,10 @@ def test_layout_round_trip_is_exact(size, factor):
 def test_groups_are_lattices_and_cells():
     factor, (h, w) = (2, 3), (4, 6)
     coords = torch.stack(torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")).unsqueeze(0).double()
-    long = isa.group_long(coords, factor)  # (6 groups, 4 members, 2)
+    long = isa.group_long(coords, factor)[0]  # (6 groups, 4 members, 2)
     assert torch.equal(long[..., 0] % 2, long[:, :1, 0].expand(-1, 4) % 2)  # same row offset in group
     assert torch.equal(long[..., 1] % 3, long[:, :1, 1].expand(-1, 4) % 3)
-    short = isa.group_short(coords, factor)  # (4 groups, 6 members, 2)
+    short = isa.group_short(coords, factor)[0]  # (4 groups, 6 members, 2)
     assert torch.equal(short[..., 0] // 2, short[:, :1, 0].expand(-1, 6) // 2)  # same cell
     assert torch.equal(short[..., 1] // 3, short[:, :1, 1].expand(-1, 6) // 3)
 
@@ -165,3 +168,26 @@ def test_compile_fullgraph():
 def test_bad_arguments():
     with pytest.raises(ValueError, match="down_factor"):
         segattn.create_module("isa", C, down_factor=(0, 8))
+
+
+def _recorder():
+    """``LargestTensorRecorder`` from benchmarks/sparse_memory.py (not a package: load by path)."""
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "sparse_memory.py"
+    spec = importlib.util.spec_from_file_location("sparse_memory", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_no_n_by_n_tensor_forward_backward():
+    bench = _recorder()
+    module = segattn.create_module("isa", 16).train()
+    x = torch.randn(1, 16, 40, 40, requires_grad=True)
+    n = 40 * 40
+    rec = bench.largest_tensor(module, x)
+    assert 0 < rec.largest < n * n, rec.largest_op
+    assert rec.largest <= 16 * n  # the fused kernel: nothing beyond a feature map
+    weights = bench.LargestTensorRecorder()
+    with weights, torch.no_grad():  # with the weights requested the group affinities appear (B, G, S, S)
+        module(x, return_attention=True)
+    assert weights.largest == n * max(25, 64)  # N x g (64 groups of 25) and N x l (25 cells of 64)

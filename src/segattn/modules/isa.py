@@ -40,15 +40,15 @@ def crop_map(x: Tensor, size: Pair, factor: Pair) -> Tensor:
 
 
 def group_long(x: Tensor, factor: Pair) -> Tensor:
-    """(B, C, o_h d_h, o_w d_w) -> (B d_h d_w, o_h o_w, C): one group per offset inside a d_h x d_w cell."""
+    """(B, C, o_h d_h, o_w d_w) -> (B, d_h d_w, o_h o_w, C): one group per offset inside a d_h x d_w cell."""
     b, c, hp, wp = x.shape
     dh, dw = factor
     x = x.reshape(b, c, hp // dh, dh, wp // dw, dw).permute(0, 3, 5, 2, 4, 1)
-    return x.reshape(b * dh * dw, (hp // dh) * (wp // dw), c)
+    return x.reshape(b, dh * dw, (hp // dh) * (wp // dw), c)
 
 
 def ungroup_long(x: Tensor, batch: int, padded: Pair, factor: Pair) -> Tensor:
-    """Inverse of ``group_long``: (B d_h d_w, o_h o_w, C) -> (B, C, o_h d_h, o_w d_w)."""
+    """Inverse of ``group_long``: (B, d_h d_w, o_h o_w, C) -> (B, C, o_h d_h, o_w d_w)."""
     dh, dw = factor
     oh, ow = padded[0] // dh, padded[1] // dw
     x = x.reshape(batch, dh, dw, oh, ow, -1).permute(0, 5, 3, 1, 4, 2)
@@ -56,15 +56,15 @@ def ungroup_long(x: Tensor, batch: int, padded: Pair, factor: Pair) -> Tensor:
 
 
 def group_short(x: Tensor, factor: Pair) -> Tensor:
-    """(B, C, o_h d_h, o_w d_w) -> (B o_h o_w, d_h d_w, C): one group per contiguous d_h x d_w cell."""
+    """(B, C, o_h d_h, o_w d_w) -> (B, o_h o_w, d_h d_w, C): one group per contiguous d_h x d_w cell."""
     b, c, hp, wp = x.shape
     dh, dw = factor
     x = x.reshape(b, c, hp // dh, dh, wp // dw, dw).permute(0, 2, 4, 3, 5, 1)
-    return x.reshape(b * (hp // dh) * (wp // dw), dh * dw, c)
+    return x.reshape(b, (hp // dh) * (wp // dw), dh * dw, c)
 
 
 def ungroup_short(x: Tensor, batch: int, padded: Pair, factor: Pair) -> Tensor:
-    """Inverse of ``group_short``: (B o_h o_w, d_h d_w, C) -> (B, C, o_h d_h, o_w d_w)."""
+    """Inverse of ``group_short``: (B, o_h o_w, d_h d_w, C) -> (B, C, o_h d_h, o_w d_w)."""
     dh, dw = factor
     oh, ow = padded[0] // dh, padded[1] // dw
     x = x.reshape(batch, oh, ow, dh, dw, -1).permute(0, 5, 1, 3, 2, 4)
@@ -104,7 +104,9 @@ class InterlacedSparseSelfAttention(ContextModule):
         short : groups = one contiguous d_h x d_w cell                            (o_h o_w groups of l = d_h d_w)
         y = crop(SA_short(SA_long(pad(x))))                                          (B, C, H, W)
 
-    Each stage's attention is one ``softmax_attention`` call batched over (B x groups). Composed, the two
+    Each stage's attention is one ``softmax_attention`` call on (B, groups, S, C) tensors (4-D: the
+    fused CPU kernel of SDPA takes 4-D input only; 3-D input falls back to the materialising math
+    kernel). ``return_attention`` gives {"long": (B, d_h d_w, g, g), "short": (B, o_h o_w, l, l)}. Composed, the two
     block-diagonal permuted operators give every output pixel support on every input pixel (spec 1.7).
 
     Paper: Huang, Yuan, Guo, Zhang, Chen, Wang, "Interlaced Sparse Self-Attention for Semantic
@@ -167,8 +169,7 @@ class InterlacedSparseSelfAttention(ContextModule):
         if not return_attention:
             return z
         assert long_w is not None and short_w is not None
-        b = z.shape[0]
-        return z, {"long": long_w.unflatten(0, (b, -1)), "short": short_w.unflatten(0, (b, -1))}
+        return z, {"long": long_w, "short": short_w}
 
     def _stage(
         self,
@@ -203,10 +204,8 @@ class InterlacedSparseSelfAttention(ContextModule):
     def _exclude_padding(self, q: Tensor, k: Tensor, size: Pair, group: Grouping) -> Tuple[Tensor, Tensor]:
         """Append a key channel that is -1e4 at padded positions (0 elsewhere) and a query channel of 1."""
         valid = pad_map(torch.ones(1, 1, size[0], size[1], dtype=q.dtype, device=q.device), self.down_factor)
-        offset = group((1.0 - valid) * _PAD_LOGIT, self.down_factor)  # (groups, S, 1), shared by the batch
-        batch = k.shape[0] // offset.shape[0]
-        offset = offset.unsqueeze(0).expand(batch, -1, -1, -1).reshape(k.shape[0], k.shape[1], 1)
-        ones = torch.ones(q.shape[0], q.shape[1], 1, dtype=q.dtype, device=q.device)
+        offset = group((1.0 - valid) * _PAD_LOGIT, self.down_factor).expand(k.shape[0], -1, -1, -1)  # (B, G, S, 1)
+        ones = torch.ones(q.shape[0], q.shape[1], q.shape[2], 1, dtype=q.dtype, device=q.device)
         return torch.cat([q, ones], dim=-1), torch.cat([k, offset], dim=-1)
 
     def flops(self, height: int, width: int) -> int:
