@@ -215,3 +215,11 @@ def test_rectangular_grid():
     x = torch.randn(1, 2, 7, 11, dtype=D)
     y = LowRankBlock(GridPoolingMapper(grid=(2, 3)), None, UpsampleReverse())(x)
     torch.testing.assert_close(y, F.interpolate(F.adaptive_avg_pool2d(x, (2, 3)), size=(7, 11), mode="bilinear"))
+
+
+@pytest.mark.parametrize("name", ["grid", "gauss", "pyramid"])
+def test_block_compiles_fullgraph(name):
+    block, _ = blocks()[name]
+    x = torch.randn(2, 6, 5, 7)
+    compiled = torch.compile(block, fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(x), block(x))
