@@ -130,6 +130,35 @@ class DANetHead(nn.Module):
         return outs
 
 
+class ANNHead(nn.Module):
+    """ANN head (MendelXu/ANN ``models/seg/nets/annn.py``)::
+
+        f = AFNB(high = res5, low = res4)   queries on res5, pyramid-pooled keys/values from res4 (S = 110),
+                                            fused with res5: BN(conv1x1(cat[ctx, res5])) + Dropout2d(0.05)
+        f = ConvBNReLU_3x3(C5 -> channels)(f)
+        f = APNB(f)                         shared key/query, pooled anchors, concat + 1x1 + Dropout2d(0.05)
+        out = conv1x1(f)                    (``dropout`` 0 as the reference; mmseg uses 0.1)
+
+    Key/value widths ``channels // 2`` in both blocks (256 for 512, the official values).
+    """
+
+    def __init__(self, low_channels: int, in_channels: int, channels: int, num_classes: int, *,
+                 dropout: float = 0.0, afnb_kw: Optional[Mapping[str, Any]] = None,
+                 apnb_kw: Optional[Mapping[str, Any]] = None) -> None:
+        super().__init__()
+        kv = max(channels // 2, 1)
+        self.afnb = create_module("ann_afnb", in_channels, **{"low_channels": low_channels, "key_channels": kv,
+                                                              "value_channels": kv, **dict(afnb_kw or {})})
+        self.bottleneck = ConvNormAct(_module_out(self.afnb, in_channels), channels, 3)
+        self.apnb = create_module("ann_apnb", channels, **{"key_channels": kv, "value_channels": kv,
+                                                           **dict(apnb_kw or {})})
+        self.cls = classifier(_module_out(self.apnb, channels), num_classes, dropout)
+
+    def forward(self, feats: Sequence[Tensor]) -> Dict[str, Tensor]:
+        fused = _call(self.afnb, feats[-1], feats[-2])
+        return {"out": self.cls(_call(self.apnb, self.bottleneck(fused)))}
+
+
 def fcn_head(in_channels: int, channels: int, num_classes: int, num_convs: int = 2, concat_input: bool = True,
              dropout: float = 0.1) -> ContextHead:
     """mmseg FCNHead: ``num_convs`` (1 or 2) 3x3 ConvBNReLU, optional concat with the input."""
@@ -144,4 +173,4 @@ def aux_head(in_channels: int, channels: int, num_classes: int, dropout: float =
     return fcn_head(in_channels, channels, num_classes, num_convs=1, concat_input=False, dropout=dropout)
 
 
-__all__ = ["ContextHead", "DANetHead", "classifier", "fcn_head", "aux_head"]
+__all__ = ["ContextHead", "DANetHead", "ANNHead", "classifier", "fcn_head", "aux_head"]

@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, TypeVar
 from torch import nn
 
 from segattn.models.factory import build_segmentor
-from segattn.models.heads import ContextHead, DANetHead
+from segattn.models.heads import ANNHead, ContextHead, DANetHead
 from segattn.models.segmentor import SegmentationModel
 from segattn.registry import MODELS, MODULES
 
@@ -35,12 +35,15 @@ def _ratio(in_channels: int, channels: int) -> int:
     return max(in_channels // channels, 1)
 
 
-def register_model(name: str, contexts: Tuple[str, ...], paper: str, **meta: Any) -> Callable[[F], F]:
-    """Register ``fn`` as model ``name`` once every context module it needs is registered."""
+def register_model(name: str, contexts: Tuple[str, ...], paper: str, variants: Tuple[str, ...] = (),
+                   **meta: Any) -> Callable[[F], F]:
+    """Register ``fn`` as model ``name`` once every module in ``contexts`` is registered; ``variants``
+    are further modules it can use (keyword-selected), recorded with them in the ``context`` metadata."""
 
     def decorator(fn: F) -> F:
         if all(c in MODULES for c in contexts):
-            MODELS.register(name, paper=paper, context=contexts, **meta)(fn)
+            used = contexts + tuple(v for v in variants if v in MODULES)
+            MODELS.register(name, paper=paper, context=used, **meta)(fn)
         return fn
 
     return decorator
@@ -96,7 +99,8 @@ NONLOCAL_MODES = {"embedded_gaussian": "nonlocal", "gaussian": "nonlocal_gaussia
                   "concat": "nonlocal_concat"}
 
 
-@register_model("nonlocal", ("nonlocal",), paper="Wang, Girshick, Gupta, He, CVPR 2018 (mmseg NLHead)")
+@register_model("nonlocal", ("nonlocal",), paper="Wang, Girshick, Gupta, He, CVPR 2018 (mmseg NLHead)",
+                variants=("nonlocal_gaussian", "nonlocal_dot", "nonlocal_concat"))
 def nonlocal_(num_classes: int, *, mode: str = "embedded_gaussian", context_kw: Optional[Mapping[str, Any]] = None,
               dropout: float = 0.1, **kwargs: Any) -> SegmentationModel:
     """Non-local network, mmseg NLHead (the paper has no segmentation network).
@@ -154,14 +158,19 @@ def psanet(num_classes: int, *, context_kw: Optional[Mapping[str, Any]] = None, 
     return _head_model(num_classes, head_kw, dropout, **kwargs)
 
 
-@register_model("danet", ("danet_pam", "danet_cam"), paper="Fu et al., CVPR 2019")
+@register_model("danet", ("danet_pam", "danet_cam"), paper="Fu et al., CVPR 2019", variants=("danet",))
 def danet(num_classes: int, *, pam_kw: Optional[Mapping[str, Any]] = None, cam_kw: Optional[Mapping[str, Any]] = None,
-          dropout: float = 0.1, **kwargs: Any) -> SegmentationModel:
+          dropout: float = 0.1, fused: bool = False, **kwargs: Any) -> SegmentationModel:
     """DANet (junfu1115/DANet, = mmseg DAHead): two branches on res5, each 3x3 ConvBNReLU 2048->512 ->
     attention (PAM: q/k C/8, no scaling, gamma 0; CAM: reference ``max - energy`` sign) -> 3x3
     ConvBNReLU; summed -> Dropout2d(0.1) -> classifier. Training adds ``"pam"`` and ``"cam"`` logits
     (weights 1.0 each, the reference's equal-weight sum of three losses). The reference uses
-    multi-grid (4, 8, 16) in res5: ``multi_grid=(1, 2, 4)``."""
+    multi-grid (4, 8, 16) in res5: ``multi_grid=(1, 2, 4)``. ``fused=True`` instead applies the
+    combined ``danet`` module (PAM + CAM on one shared 3x3-reduced input, residuals summed) in the
+    NLHead layout, without the branch outputs."""
+    if fused:
+        return _nl_layout("danet", pam_kw, dropout, num_classes, **kwargs)
+
     def make_head(chans: List[int], channels: int, k: int) -> nn.Module:
         return DANetHead(chans[-1], channels, k, dropout=dropout, pam_kw=pam_kw, cam_kw=cam_kw)
 
@@ -187,6 +196,20 @@ def ocnet(num_classes: int, *, oc: str = "base", context_kw: Optional[Mapping[st
                 "act": "leaky_relu"}
 
     return _head_model(num_classes, head_kw, dropout, **kwargs)
+
+
+@register_model("ann", ("ann_afnb", "ann_apnb"), paper="Zhu, Xu, Bai, Huang, Bai, ICCV 2019")
+def ann(num_classes: int, *, afnb_kw: Optional[Mapping[str, Any]] = None, apnb_kw: Optional[Mapping[str, Any]] = None,
+        dropout: float = 0.0, **kwargs: Any) -> SegmentationModel:
+    """ANN (MendelXu/ANN ``annn.py``; mmseg ANNHead): AFNB fuses res5 queries with pyramid-pooled res4
+    keys/values (sizes 1, 3, 6, 8; key/value ``channels // 2`` = 256) back into res5 -> 3x3
+    ConvBNReLU 2048->512 -> APNB (shared key/query, pooled anchors, concat + 1x1 ConvBNReLU,
+    Dropout2d 0.05) -> 1x1 classifier (no further dropout; mmseg uses 0.1). The reference's "dsn"
+    head on res4 is the auxiliary FCN (dropout 0.1 here vs 0.05)."""
+    def make_head(chans: List[int], channels: int, k: int) -> nn.Module:
+        return ANNHead(chans[-2], chans[-1], channels, k, dropout=dropout, afnb_kw=afnb_kw, apnb_kw=apnb_kw)
+
+    return build_segmentor(make_head, num_classes, **kwargs)
 
 
 @register_model("ccnet", ("ccnet",), paper="Huang et al., ICCV 2019")
