@@ -9,9 +9,28 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segattn.layers import ConvNormAct
+from segattn.lowrank import GridPoolingMapper, LowRankBlock, ProjectionReverse
 from segattn.modules.base import ContextModule, ModuleOutput
-from segattn.ops.attention import upcast
 from segattn.registry import MODULES
+
+
+class NodeConvReasoner(nn.Module):
+    """A per-node ``ConvNormAct`` (1x1 conv + BN + ReLU) on (B, C, K) node features -> (B, C_out, K).
+
+    The nodes are viewed as a (B, C, K, 1) map, so BN statistics and the batch-1 rule are those of
+    the same layer applied to the pooled s x s grid. MACs: ``C C_out K``.
+    """
+
+    def __init__(self, channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.channels, self.out_channels = channels, out_channels
+        self.conv = ConvNormAct(channels, out_channels)
+
+    def forward(self, nodes: Tensor) -> Tensor:
+        return self.conv(nodes.unsqueeze(-1)).squeeze(-1)
+
+    def macs(self, num_nodes: int, channels: int) -> int:
+        return channels * self.out_channels * num_nodes
 
 
 class AdaptiveContextModule(nn.Module):
@@ -20,27 +39,37 @@ class AdaptiveContextModule(nn.Module):
     ``Y_s = CBR(pool_s(X))`` (s^2 x c), ``x = CBR(X)`` (c x N), ``g = CBR(GAP(x))`` (c x 1),
     ``alpha = sigmoid(W_a (x + g) + b)`` (N x s^2, not normalised), ``z = alpha Y_s`` (N x c),
     ``out = CBR_f(relu(CBR_r(z) + x))`` (``fusion``) where CBR = 1x1 conv + BN + ReLU.
+    ``z`` is ``LowRankBlock(GridPoolingMapper(s), NodeConvReasoner(C, c), ProjectionReverse(c, s^2,
+    "sigmoid"))`` with the reverse map reading ``x + g``.
     """
 
     def __init__(self, in_channels: int, channels: int, scale: int, fusion: bool = True) -> None:
         super().__init__()
         self.scale, self.channels, self.fusion = scale, channels, fusion
-        self.pooled_conv = ConvNormAct(in_channels, channels)
         self.input_conv = ConvNormAct(in_channels, channels)
         self.global_conv = ConvNormAct(channels, channels)
-        self.gla = nn.Conv2d(channels, scale * scale, 1)
+        self.block = LowRankBlock(
+            GridPoolingMapper(scale),
+            NodeConvReasoner(in_channels, channels),
+            ProjectionReverse(channels, scale * scale, "sigmoid"),
+        )
         self.residual_conv = ConvNormAct(channels, channels)
         self.fusion_conv = ConvNormAct(channels, channels) if fusion else nn.Identity()
 
+    @property
+    def pooled_conv(self) -> ConvNormAct:
+        return self.block.reasoner.conv
+
+    @property
+    def gla(self) -> nn.Conv2d:
+        return self.block.reverse.proj
+
     def context(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         """``(x_reduced (B, c, H, W), z (B, c, H, W), alpha (B, N, s^2))`` before the residual conv."""
-        b, _, h, w = x.shape
-        pooled = self.pooled_conv(F.adaptive_avg_pool2d(x, self.scale)).flatten(2).transpose(1, 2)
         reduced = self.input_conv(x)
         guide = self.global_conv(F.adaptive_avg_pool2d(reduced, 1))
-        alpha = torch.sigmoid(upcast(self.gla(reduced + guide))).flatten(2).transpose(1, 2)
-        z = torch.matmul(alpha, upcast(pooled)).transpose(1, 2).reshape(b, self.channels, h, w)
-        return reduced, z.to(x.dtype), alpha
+        z, factors = self.block(x, query=reduced + guide, return_factors=True)
+        return reduced, z, factors["reverse"]
 
     def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         reduced, z, alpha = self.context(x)
@@ -48,9 +77,9 @@ class AdaptiveContextModule(nn.Module):
         return self.fusion_conv(out), alpha
 
     def macs(self, in_channels: int, height: int, width: int) -> int:
-        n, c, s2 = height * width, self.channels, self.scale * self.scale
-        convs = in_channels * c * (s2 + n) + c * c + c * s2 * n + c * c * n * (2 if self.fusion else 1)
-        return convs + n * s2 * c
+        n, c = height * width, self.channels
+        convs = in_channels * c * n + c * c + c * c * n * (2 if self.fusion else 1)
+        return convs + self.block.macs(height, width, in_channels)
 
 
 @MODULES.register("apcnet", paper="He et al., CVPR 2019", family="pooling", order="O(N C C' + N s^2 C')")
@@ -64,7 +93,9 @@ class APCNet(ContextModule):
     ``CBR_fuse(ReLU(CBR(z) + x))``. CBR = conv + BN + ReLU. The module output follows mmseg's APCHead
     (the official implementation, open-mmlab/mmsegmentation ``apc_head.py``):
     ``out = CBR_3x3(cat[X, ACM_1, ACM_2, ACM_3, ACM_6])`` with c output channels
-    (``bottleneck=False`` returns the concatenation itself, C + 4c channels).
+    (``bottleneck=False`` returns the concatenation itself, C + 4c channels). Each ACM's ``alpha_s Y_s``
+    is ``LowRankBlock(GridPoolingMapper(s), NodeConvReasoner(C, c), ProjectionReverse(c, s^2, "sigmoid"))``
+    from ``segattn.lowrank`` (map = the s x s pooling matrix, reverse map = the sigmoid affinity).
 
     Defaults: pool scales (1, 2, 3, 6), ``fusion=True``, reduction 4 (512 channels for a 2048-channel
     res5 input, as mmseg). The global guidance is broadcast instead of bilinearly resized from 1x1
