@@ -99,7 +99,10 @@ def _fused_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
         q, k = F.pad(q, (0, dv - d)), F.pad(k, (0, dv - d))
     elif dv < d:
         v = F.pad(v, (0, d - dv))
-    out = F.scaled_dot_product_attention(q, k, v, scale=scale)
+    if q.dim() == 3:  # (B, N, d): the fused CPU kernel needs a head axis, else it falls back to N x M math
+        out = F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), scale=scale).squeeze(1)
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, scale=scale)
     return out[..., :dv].to(out_dtype)
 
 
