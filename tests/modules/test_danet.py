@@ -8,6 +8,7 @@ import torch
 import segattn
 from segattn.ops.attention import reference_attention
 from tests.helpers import perturb_
+from tests.modules.test_nonlocal import LargestOutput
 
 C = 16
 D64 = torch.float64
@@ -88,3 +89,11 @@ def test_dual_attention_sums_branch_contexts():
     torch.testing.assert_close(danet(x), pam_out + cam_out - x, atol=1e-12, rtol=0)
     _, f = danet(x, return_attention=True)
     assert f["position_attention"].shape == (2, 24, 24) and f["channel_attention"].shape == (2, C, C)
+
+
+def test_pam_fused_path_never_materialises_n_by_n():
+    module = build("danet_pam").float().train()
+    x = torch.randn(1, C, 24, 24, requires_grad=True)
+    with LargestOutput() as mode:
+        module(x).sum().backward()
+    assert mode.largest < 24**4 // 8

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import segattn
 from segattn.modules import nonlocal_
@@ -144,3 +145,41 @@ def test_compile_fullgraph():
     x = torch.randn(1, C, 5, 7)
     compiled = torch.compile(module, fullgraph=True, backend="eager")
     torch.testing.assert_close(compiled(x), module(x))
+
+
+class LargestOutput(TorchDispatchMode):
+    """Records the largest tensor any aten op produces (forward and backward)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+@pytest.mark.parametrize("name", ["nonlocal", "nonlocal_gaussian", "nonlocal_dot"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fused_path_never_materialises_n_by_n(name, channels_last):
+    module = build(name).float().train()
+    x = torch.randn(1, C, 24, 24, requires_grad=True)
+    if channels_last:
+        x = x.detach().to(memory_format=torch.channels_last).requires_grad_()
+    with LargestOutput() as mode:
+        module(x).sum().backward()
+    assert mode.largest < 24**4 // 8, f"an op produced {mode.largest} elements (N x N = {24**4})"
+    with LargestOutput() as mode, reference_attention():
+        module(x).sum().backward()
+    assert mode.largest >= 24**4  # the check can fail: the naive path does materialise it
+
+
+def test_concat_materialises_only_chunks(monkeypatch):
+    monkeypatch.setattr(nonlocal_, "CONCAT_CHUNK_ELEMENTS", 24**4 // 16)
+    module = build("nonlocal_concat").float().train()
+    with LargestOutput() as mode:
+        module(torch.randn(1, C, 24, 24, requires_grad=True)).sum().backward()
+    assert mode.largest <= 24**4 // 16

@@ -10,6 +10,7 @@ from segattn.modules.ocnet import region_attention
 from segattn.ops.attention import reference_attention
 from segattn.ops.flops import count_macs
 from tests.helpers import perturb_
+from tests.modules.test_nonlocal import LargestOutput
 
 C = 8
 D64 = torch.float64
@@ -112,3 +113,12 @@ def test_compile_fullgraph_pyramid():
     x = torch.randn(1, C, 7, 5)
     compiled = torch.compile(module, fullgraph=True, backend="eager")
     torch.testing.assert_close(compiled(x), module(x))
+
+
+@pytest.mark.parametrize("name", ["ocnet_base", "ocnet_pyramid"])
+def test_fused_path_never_materialises_n_by_n(name):
+    module = build(name).float().train()
+    x = torch.randn(1, C, 24, 24, requires_grad=True)
+    with LargestOutput() as mode:
+        module(x).sum().backward()
+    assert mode.largest < 24**4 // 8

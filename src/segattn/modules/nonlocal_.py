@@ -28,8 +28,12 @@ CONCAT_CHUNK_ELEMENTS = 1 << 22
 
 
 def to_tokens(x: Tensor) -> Tensor:
-    """(B, C, H, W) -> (B, 1, H*W, C): one head of position tokens for the attention kernels."""
-    return x.flatten(2).transpose(1, 2).unsqueeze(1)
+    """(B, C, H, W) -> (B, 1, H*W, C): one head of position tokens for the attention kernels.
+
+    The result has unit stride along C: the fused CPU kernel (flash attention) requires it and SDPA
+    otherwise silently falls back to the math kernel, which materialises the N x M matrix.
+    """
+    return x.flatten(2).transpose(1, 2).contiguous().unsqueeze(1)
 
 
 def from_tokens(t: Tensor, height: int, width: int) -> Tensor:

@@ -78,7 +78,8 @@ class SelfAttentionUnit(nn.Module):
         if self.key_pool_sizes is None:
             return to_tokens(key), to_tokens(value)
         pool = self.key_pool_sizes
-        return pyramid_pool(key, pool).transpose(1, 2).unsqueeze(1), pyramid_pool(value, pool).transpose(1, 2).unsqueeze(1)
+        k, v = (pyramid_pool(t, pool).transpose(1, 2).contiguous().unsqueeze(1) for t in (key, value))
+        return k, v
 
     def _pool(self, t: Optional[Tensor]) -> Optional[Tensor]:
         if t is None or self.pool_scale == 1:
@@ -180,7 +181,7 @@ def _to_blocks(t: Tensor, rs: int, rc: int, cs: int, cc: int) -> Tensor:
     """(B, C, rc*rs, cc*cs) -> (B, rc*cc, rs*cs, C): one token sequence per rs x cs region."""
     b, c = t.shape[:2]
     t = t.reshape(b, c, rc, rs, cc, cs).permute(0, 2, 4, 3, 5, 1)
-    return t.reshape(b, rc * cc, rs * cs, c)
+    return t.reshape(b, rc * cc, rs * cs, c).contiguous()  # unit stride along C for the fused kernel
 
 
 def _from_blocks(t: Tensor, rs: int, rc: int, cs: int, cc: int) -> Tensor:
