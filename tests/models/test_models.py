@@ -48,8 +48,9 @@ def test_train_forward_backward_all_parameters_get_gradients(name: str, size) ->
     assert not missing, f"no gradient for {missing}"
     bad = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
     assert not bad, f"non-finite gradient for {bad}"
-    zero = [n for n, p in model.named_parameters() if p.grad is not None and not p.grad.any()]
-    assert len(zero) <= 0.05 * len(list(model.parameters())), f"all-zero gradients: {zero}"
+    if size == (65, 97):  # at 41x57 ISA's 8x8 groups leave one pixel per long-range group (softmax = 1)
+        zero = [n for n, p in model.named_parameters() if p.grad is not None and not p.grad.any()]
+        assert not zero, f"all-zero gradients (context path dead?): {zero}"
 
 
 @pytest.mark.parametrize("name", MODELS_ALL)

@@ -145,3 +145,35 @@ def test_create_model_with_pretrained_backbone(tmp_path) -> None:
     sd = model.backbone.state_dict()
     torch.testing.assert_close(sd["layer4.1.conv2.weight"], src.state_dict()["layer4.1.conv2.weight"])
     torch.testing.assert_close(sd["stem.1.1.running_var"], src.state_dict()["stem.1.1.running_var"])
+
+
+def test_saved_model_does_not_need_the_backbone_checkpoint(tmp_path) -> None:
+    import segattn
+
+    path = tmp_path / "r18.pth"
+    torch.save(_foreign(_randomised(ResNet(18)), PLAIN), path)
+    model = segattn.create_model("fcn", 3, backbone="resnet18", channels=8, pretrained=str(path)).eval()
+    model.save_pretrained(tmp_path / "saved")
+    path.unlink()
+    loaded = segattn.from_pretrained(tmp_path / "saved")
+    x = torch.randn(1, 3, 33, 33)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+
+
+def test_save_is_atomic(tmp_path, monkeypatch) -> None:
+    import segattn
+    from segattn.models import segmentor
+
+    model = segattn.create_model("fcn", 3, backbone="resnet18", channels=8)
+    model.save_pretrained(tmp_path)
+    before = (tmp_path / "model.pt").read_bytes()
+
+    def broken_save(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(segmentor.torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        segattn.create_model("fcn", 3, backbone="resnet18", channels=8).save_pretrained(tmp_path)
+    assert (tmp_path / "model.pt").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.pt"]

@@ -120,7 +120,8 @@ class SegmentationModel(nn.Module):
             raise RuntimeError("model has no config (build it with segattn.create_model to save it)")
         directory = os.fspath(directory)
         os.makedirs(directory, exist_ok=True)
-        config = {"format_version": FORMAT_VERSION, **self.config, "pretrained": None}
+        # the weights file holds the backbone too: the pretrained source is not needed to rebuild
+        config = {"format_version": FORMAT_VERSION, **{k: v for k, v in self.config.items() if k != "pretrained"}}
         text = json.dumps(config, indent=2, sort_keys=True)
         _atomic_write(os.path.join(directory, CONFIG_NAME), lambda f: f.write(text.encode()))
         state = {k: v.detach().cpu() for k, v in self.state_dict().items()}
