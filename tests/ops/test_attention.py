@@ -43,10 +43,8 @@ def test_half_inputs_keep_dtype(dtype):
 def test_linear_attention_equals_quadratic():
     q, k, v = (torch.randn(2, 40, 5, dtype=torch.float64) for _ in range(3))
     fast = linear_attention(q, k, v)
-    with reference_attention():
-        slow = linear_attention(q, k, v)
-    torch.testing.assert_close(fast, slow)
     torch.testing.assert_close(fast, (q @ k.transpose(1, 2) / 40) @ v)
+    assert count_macs(linear_attention, q, k, v) == 2 * (40 * 5 * 5 + 40 * 5 * 5)  # batch 2, linear, not 40 x 40
 
 
 def test_shape_errors():
@@ -83,10 +81,13 @@ def _largest_output_numel(fn):
 
 
 @pytest.mark.parametrize("rank", [3, 4])
-def test_fused_path_never_materialises_n_by_m(rank):
+@pytest.mark.parametrize("transposed", [False, True])
+def test_fused_path_never_materialises_n_by_m(rank, transposed):
     n, m = 600, 500
     shape = (1, n, 8) if rank == 3 else (1, 2, n, 8)
     q = torch.randn(shape, requires_grad=True)
+    if transposed:  # tokens as x.flatten(2).transpose(1, 2) gives them: channels not contiguous
+        q = torch.randn(shape[:-2] + (8, n), requires_grad=True).transpose(-1, -2)
     k = torch.randn(shape[:-2] + (m, 8), requires_grad=True)
     v = torch.randn(shape[:-2] + (m, 16), requires_grad=True)
 

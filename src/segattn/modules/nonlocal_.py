@@ -164,14 +164,9 @@ class NonLocalBase(ContextModule):
         factors["value"] = upcast(v.squeeze(1))
         return z, factors
 
-    def flops(self, height: int, width: int, fused: bool = False) -> int:
-        """MACs of one forward at (1, C, height, width).
-
-        ``fused=False`` (what the contract checks against FlopCounterMode under
-        ``reference_attention()``) counts the reference path; it differs from the default path only
-        for ``nonlocal_dot``, whose reference path is the quadratic form ``(theta phi^T / M) g``
-        (2 N M C' MACs) while the default linear form costs ``M C' C_v + N C' C_v``.
-        """
+    def flops(self, height: int, width: int) -> int:
+        """MACs of one forward at (1, C, height, width); ``nonlocal_dot`` costs ``(M + N) C' C_v``
+        for its attention (linear form), the others ``N M (C' + C_v)``."""
         n = height * width
         m = n if not self.sub_sample else math.prod(subsampled_size(height, width))
         c, d, dv = self.in_channels, self.key_channels, self.value_channels
@@ -182,7 +177,7 @@ class NonLocalBase(ContextModule):
         if self.mode in ("embedded_gaussian", "gaussian"):
             macs += n * m * (d + dv)
         elif self.mode == "dot":
-            macs += (m * d * dv + n * d * dv) if fused else n * m * (d + dv)
+            macs += m * d * dv + n * d * dv
         else:
             macs += n * d + m * d + n * m * dv
         return macs
@@ -276,8 +271,7 @@ class NonLocalDot2d(NonLocalBase):
     Computed as linear attention ``theta (phi^T g) / M`` (segattn.ops.attention.linear_attention):
     O(N C' C_v) time and O(C' C_v) extra memory, never an N x M matrix. The normaliser M is the number
     of key positions, a shape constant (the official code's stop-gradient on it is therefore implicit).
-    Default cost 2 C C' N + C C_v N + (N + M) C' C_v MACs; ``flops(H, W)`` reports the reference
-    (quadratic) form the contract counts, ``flops(H, W, fused=True)`` the default path's.
+    Cost 2 C C' N + C C_v N + (N + M) C' C_v MACs (``flops(H, W)``), on every path.
 """
         + _COMMON_DOC
     )
