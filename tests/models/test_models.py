@@ -205,3 +205,45 @@ def test_timm_backbone() -> None:
         pytest.skip("timm is not importable")
     model = create_model("fcn", 3, backbone="timm:resnet18", channels=16).eval()
     assert model(torch.randn(1, 3, 33, 33)).shape == (1, 3, 33, 33)
+
+
+def test_timm_adapter_with_a_stand_in_timm(monkeypatch) -> None:
+    """The adapter's contract with timm (features_only, output_stride, feature_info) on a stand-in module."""
+    import sys
+    import types
+
+    from segattn.models.backbones import ResNet
+
+    calls = {}
+
+    class FakeInfo:
+        def __init__(self, net: ResNet) -> None:
+            self.net = net
+
+        def channels(self):
+            return self.net.feature_info.channels()
+
+        def reduction(self):
+            return self.net.feature_info.reduction()
+
+        def module_name(self):
+            return ["act1", "layer1", "layer2", "layer3", "layer4"]
+
+    class FakeModel(torch.nn.Module):
+        def __init__(self, **kw) -> None:
+            super().__init__()
+            self.net = ResNet(18, output_stride=kw.get("output_stride", 32), out_indices=(0, 1, 2, 3, 4))
+            self.feature_info = FakeInfo(self.net)
+
+        def forward(self, x):
+            return self.net(x)
+
+    def create(name, **kw):
+        calls.update(kw, name=name)
+        return FakeModel(**kw)
+
+    monkeypatch.setitem(sys.modules, "timm", types.SimpleNamespace(create_model=create))
+    model = create_model("fcn", 3, backbone="timm:resnet18", channels=8).eval()
+    assert calls["features_only"] is True and calls["pretrained"] is False and calls["output_stride"] == 8
+    assert model.backbone.feature_info.channels() == [64, 128, 256, 512]
+    assert model(torch.randn(1, 3, 33, 33)).shape == (1, 3, 33, 33)

@@ -37,7 +37,9 @@ def build_segmentor(
     if not isinstance(channels, int) or channels < 1:
         raise ValueError(f"channels must be a positive int, got {channels!r}")
     bb_kw: Dict[str, Any] = dict(output_stride=output_stride, in_chans=in_chans, pretrained=pretrained,
-                                 out_indices=(1, 2, 3, 4), **(backbone_kw or {}))
+                                 **(backbone_kw or {}))
+    if not backbone.startswith("timm:"):
+        bb_kw.setdefault("out_indices", (1, 2, 3, 4))
     if multi_grid is not None:
         bb_kw["multi_grid"] = tuple(multi_grid)
     net = create_backbone(backbone, **bb_kw)

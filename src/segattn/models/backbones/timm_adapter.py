@@ -31,7 +31,7 @@ class TimmBackbone(nn.Module):
         *,
         in_chans: int = 3,
         output_stride: int = 32,
-        out_indices: Sequence[int] = (1, 2, 3, 4),
+        out_indices: Optional[Sequence[int]] = None,
         pretrained: Optional[str] = None,
         **kwargs: Any,
     ) -> None:
@@ -40,15 +40,17 @@ class TimmBackbone(nn.Module):
             raise ImportError(f"backbone 'timm:{name}' needs timm (pip install 'segattn[timm]')")
         import timm
 
-        kw = dict(features_only=True, out_indices=tuple(out_indices), in_chans=in_chans, pretrained=False, **kwargs)
+        kw: dict = dict(features_only=True, in_chans=in_chans, pretrained=False, **kwargs)
         if output_stride != 32:
             kw["output_stride"] = output_stride
         self.model = timm.create_model(name, **kw)
-        info = [{"num_chs": c, "reduction": r, "module": m} for c, r, m in zip(
-            self.model.feature_info.channels(), self.model.feature_info.reduction(),
-            self.model.feature_info.module_name())]
-        self.feature_info = FeatureInfo(info, range(len(info)))
-        self.output_stride, self.out_indices, self.features_only = output_stride, tuple(out_indices), True
+        fi = self.model.feature_info
+        info = [{"num_chs": c, "reduction": r, "module": m} for c, r, m in zip(fi.channels(), fi.reduction(),
+                                                                               fi.module_name())]
+        # segattn heads expect four stages (aux head on the third): by default the last four levels
+        take = tuple(out_indices) if out_indices is not None else tuple(range(len(info)))[-4:]
+        self.feature_info = FeatureInfo(info, take)
+        self.output_stride, self.out_indices, self.features_only = output_stride, take, True
         if pretrained:
             from segattn.models.weights import read_checkpoint
 
@@ -60,4 +62,5 @@ class TimmBackbone(nn.Module):
                               stacklevel=2)
 
     def forward(self, x: Tensor) -> List[Tensor]:
-        return list(self.model(x))
+        feats = self.model(x)
+        return [feats[i] for i in self.out_indices]
