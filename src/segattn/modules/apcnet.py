@@ -82,7 +82,7 @@ class AdaptiveContextModule(nn.Module):
         return convs + self.block.macs(height, width, in_channels)
 
 
-@MODULES.register("apcnet", paper="He et al., CVPR 2019", family="pooling", order="O(N C C' + N s^2 C')")
+@MODULES.register("apcnet", paper="He et al., CVPR 2019", family="lowrank", order="O(N C C' + N s^2 C')")
 class APCNet(ContextModule):
     """Adaptive pyramid context: ACMs at scales (1, 2, 3, 6) with global-guided sigmoid affinities.
 

@@ -15,7 +15,7 @@ from segattn.ops.sampling import window_aggregate
 from segattn.registry import UPSAMPLERS
 
 
-@UPSAMPLERS.register("carafe", paper="Wang et al., ICCV 2019", family="pairwise", order="O(s^2 N k_up^2 C)")
+@UPSAMPLERS.register("carafe", paper="Wang et al., ICCV 2019", family="sparse", order="O(s^2 N k_up^2 C)")
 class CARAFE(ContextModule):
     """Content-aware reassembly upsampling (Wang, Chen, Xu, Liu, Loy, Lin — ICCV 2019), pure PyTorch.
 

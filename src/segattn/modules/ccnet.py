@@ -37,7 +37,7 @@ def criss_cross_aggregate(attn: Tensor, v: Tensor) -> Tensor:
     return out + torch.einsum("byxj,bcyj->bcyx", a_row, v)
 
 
-@MODULES.register("ccnet", paper="Huang et al., ICCV 2019", family="pairwise", order="O(R N (H+W) (C'+C))")
+@MODULES.register("ccnet", paper="Huang et al., ICCV 2019", family="sparse", order="O(R N (H+W) (C'+C))")
 class CrissCrossAttention(ContextModule):
     """Recurrent criss-cross attention (RCCA) of CCNet, one CCA module applied ``recurrence`` times.
 

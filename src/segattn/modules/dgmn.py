@@ -15,7 +15,7 @@ from segattn.ops.sampling import aggregate_columns, deform_unfold, unfold_window
 from segattn.registry import MODULES
 
 
-@MODULES.register("dgmn", paper="Zhang et al., CVPR 2020", family="pairwise", order="O(N D k^2 C)")
+@MODULES.register("dgmn", paper="Zhang et al., CVPR 2020", family="sparse", order="O(N D k^2 C)")
 class DGMN2d(ContextModule):
     """Dynamic graph message passing (Zhang, Xu, Arnab, Torr — CVPR 2020), the ``DynamicWeightsCat11``
     block of lzrobots/dgmn with ``deform='deformatt'``, in pure PyTorch (``grid_sample`` replaces the

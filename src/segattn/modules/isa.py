@@ -92,7 +92,7 @@ class SelfAttentionStage(nn.Module):
         return 2 * q + self.value.in_channels * self.value.out_channels + self.out.macs(1, 1)
 
 
-@MODULES.register("isa", paper="Huang et al., arXiv 2019 / IJCV 2021", family="pairwise", order="O(N (g+l) C)")
+@MODULES.register("isa", paper="Huang et al., arXiv 2019 / IJCV 2021", family="sparse", order="O(N (g+l) C)")
 class InterlacedSparseSelfAttention(ContextModule):
     """Interlaced sparse self-attention: a long-range then a short-range grouped self-attention.
 

@@ -12,7 +12,7 @@ from segattn.ops.sampling import unfold_window, window_aggregate
 from segattn.registry import MODULES
 
 
-@MODULES.register("local_relation", paper="Hu et al., ICCV 2019", family="pairwise", order="O(N k^2 C)")
+@MODULES.register("local_relation", paper="Hu et al., ICCV 2019", family="sparse", order="O(N k^2 C)")
 class LocalRelation2d(ContextModule):
     """Local Relation layer (Hu, Zhang, Xie, Lin — "Local Relation Networks for Image Recognition", ICCV 2019).
 
