@@ -247,3 +247,12 @@ def test_timm_adapter_with_a_stand_in_timm(monkeypatch) -> None:
     assert calls["features_only"] is True and calls["pretrained"] is False and calls["output_stride"] == 8
     assert model.backbone.feature_info.channels() == [64, 128, 256, 512]
     assert model(torch.randn(1, 3, 33, 33)).shape == (1, 3, 33, 33)
+
+
+def test_round_trip_keeps_nested_config(tmp_path) -> None:
+    model = _tiny("generic", context="ccnet", context_kw={"recurrence": 1}, multi_grid=(1, 2), aux=False).eval()
+    model.save_pretrained(tmp_path)
+    loaded = from_pretrained(tmp_path)
+    assert loaded.config == model.config and loaded.config["multi_grid"] == (1, 2)
+    assert loaded.head.context.recurrence == 1 and loaded.aux_head is None
+    assert [b.conv2.dilation[0] for b in loaded.backbone.layer4] == [4, 8]
