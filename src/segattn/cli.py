@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import List, Optional
 
 
@@ -16,6 +17,119 @@ def _cmd_modules(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_configs(args: argparse.Namespace) -> int:
+    from segattn.engine.config import list_configs
+
+    for name in list_configs(args.pattern):
+        print(name)
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from segattn.engine.config import load_config
+    from segattn.engine.train import train
+
+    overrides = list(args.set)
+    if args.work_dir:
+        overrides.append(f"train.work_dir={args.work_dir}")
+    if args.resume:
+        overrides.append(f"train.resume={args.resume}")
+    cfg = load_config(args.config, overrides)
+    summary = train(cfg)
+    if summary.get("interrupted"):
+        print(f"interrupted at iteration {summary['iteration']}; resume with "
+              f"`segattn train --config {args.config} --resume auto` (same work dir)", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from segattn.engine.run import run_evaluation
+
+    metrics = run_evaluation(args.checkpoint, args.config, list(args.set), args.out)
+    from segattn.engine.metrics import format_metrics
+
+    if metrics is not None:
+        print(format_metrics(metrics))
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from segattn.engine.predict import predict
+
+    written = predict(args.checkpoint, args.inputs, args.out, list(args.set), args.device, args.alpha)
+    for w in written:
+        print(w["overlay"])
+    print(f"{len(written)} image(s) -> {args.out}", file=sys.stderr)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from segattn.engine.demo import run_demo
+
+    report = run_demo(args.out, quick=args.quick, context=args.context, iters=args.iters, threads=args.threads)
+    print(report["markdown"])
+    print(f"report: {report['paths']['markdown']}", file=sys.stderr)
+    return 0
+
+
+def _add_data_parser(sub: argparse._SubParsersAction) -> None:
+    data = sub.add_parser("data", help="dataset utilities")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    p = dsub.add_parser("download", help="download, verify and extract a public dataset archive")
+    try:
+        from segattn.data.download import add_arguments, run
+    except ImportError:  # data layer without download helpers
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=lambda a: (print("segattn.data.download is not available", file=sys.stderr), 2)[1])
+        return
+    add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def _add_set(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value with dotted keys, e.g. --set schedule.iters=100 (repeatable)")
+
+
+def _add_engine_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model from a config (torchrun-aware)")
+    p.add_argument("--config", required=True, help="YAML/JSON file or a shipped name (see `segattn configs`)")
+    p.add_argument("--work-dir", help="output folder (checkpoints, metrics.jsonl, tb/)")
+    p.add_argument("--resume", help="checkpoint path, or 'auto' for <work_dir>/last.pt")
+    _add_set(p)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint: mIoU, per-class IoU, aAcc, mAcc")
+    p.add_argument("--checkpoint", required=True, help="last.pt / best.pt written by `segattn train`")
+    p.add_argument("--config", help="config to use instead of the one stored in the checkpoint")
+    p.add_argument("--out", help="write the metrics as JSON here")
+    _add_set(p)
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("predict", help="images or folders -> colourised masks and overlays")
+    p.add_argument("inputs", nargs="+", help="image files and/or folders")
+    p.add_argument("--checkpoint", required=True, help="training checkpoint or save_pretrained folder")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--device", default=None)
+    p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
+    _add_set(p)
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("demo", help="train a context model and the FCN baseline on synthetic data; write a report")
+    p.add_argument("--out", default="demo_out", help="report folder")
+    p.add_argument("--quick", action="store_true", help="seconds-long smoke run (tiny models, few iterations)")
+    p.add_argument("--context", default="ccnet", help="context model to compare with fcn")
+    p.add_argument("--iters", type=int, default=None, help="training iterations per model")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("configs", help="list shipped configs")
+    p.add_argument("pattern", nargs="?", default="*")
+    p.set_defaults(func=_cmd_configs)
+    _add_data_parser(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="segattn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -27,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     from segattn.bench.cli import add_parser as add_bench_parser
 
     add_bench_parser(sub)
+    _add_engine_parsers(sub)
     return parser
 
 
@@ -34,3 +149,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)
+
+
+__all__ = ["main", "build_parser"]

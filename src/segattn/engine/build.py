@@ -26,22 +26,24 @@ def _size(v: Optional[List[int]]) -> Optional[Tuple[int, int]]:
 def build_dataset_split(data: DataConfig, split: str, train: bool) -> Any:
     """One split of ``data.dataset`` with the training or test transforms of ``data``.
 
-    ``dataset_kwargs`` go to both splits, ``train_kwargs``/``val_kwargs`` to one. Without a
-    ``crop_size`` (and no ``resize``) no transform is applied: the dataset returns [0, 1] images,
-    which is what the synthetic dataset is made for.
+    ``dataset_kwargs`` go to both splits, ``train_kwargs``/``val_kwargs`` to one. With
+    ``transforms: false`` no transform is applied: the dataset returns [0, 1] images, which is what
+    the synthetic dataset is made for.
     """
     from segattn.data import build_dataset
 
     kwargs = {**data.dataset_kwargs, **(data.train_kwargs if train else data.val_kwargs)}
     resize = _size(data.resize if train else (data.val_resize or data.resize))
     crop = _size(data.crop_size)
-    if crop is None and resize is None:
+    if not data.transforms:
         return build_dataset(data.dataset, root=data.root, split=split, transform=None, **kwargs)
     from segattn.data.transforms import build_transforms
 
     probe = build_dataset(data.dataset, root=data.root, split=split, transform=None, **kwargs)
-    tf = build_transforms(train=train, crop_size=crop, scale_range=tuple(data.scale_range), mean=tuple(data.mean),
-                          std=tuple(data.std), ignore_index=probe.ignore_index, resize=resize)
+    scale = tuple(data.scale_range) if data.scale_range else None
+    tf = build_transforms(train=train, crop_size=crop, scale_range=scale, mean=tuple(data.mean), std=tuple(data.std),
+                          ignore_index=probe.ignore_index, resize=resize, cat_max_ratio=data.cat_max_ratio,
+                          flip_prob=data.flip_prob, photometric=data.photometric)
     return build_dataset(data.dataset, root=data.root, split=split, transform=tf, **kwargs)
 
 

@@ -42,7 +42,12 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    """Dataset, augmentation and loader settings (see ``segattn.data.transforms.build_transforms``)."""
+    """Dataset, augmentation and loader settings (see ``segattn.data.transforms.build_transforms``).
+
+    ``transforms: false`` passes no transform: the dataset returns [0, 1] images (synthetic data).
+    ``resize`` is the (h, w) box images are fitted into (keep ratio) before random scaling;
+    ``val_resize`` (default: ``resize``) does the same for validation images and masks.
+    """
 
     dataset: str = "synthetic"
     root: Optional[str] = None
@@ -51,8 +56,12 @@ class DataConfig:
     dataset_kwargs: Dict[str, Any] = field(default_factory=dict)
     train_kwargs: Dict[str, Any] = field(default_factory=dict)
     val_kwargs: Dict[str, Any] = field(default_factory=dict)
+    transforms: bool = True
     crop_size: Optional[List[int]] = None
-    scale_range: List[float] = field(default_factory=lambda: [0.5, 2.0])
+    scale_range: Optional[List[float]] = field(default_factory=lambda: [0.5, 2.0])
+    cat_max_ratio: float = 0.75
+    flip_prob: float = 0.5
+    photometric: bool = True
     resize: Optional[List[int]] = None
     val_resize: Optional[List[int]] = None
     mean: List[float] = field(default_factory=lambda: [123.675, 116.28, 103.53])
@@ -123,6 +132,7 @@ class EvalConfig:
     """``mode``: ``whole`` or ``slide`` (``crop_size``/``stride``); ``scales`` + ``flip`` for TTA."""
 
     mode: str = "whole"
+    transforms: bool = True
     crop_size: Optional[List[int]] = None
     stride: Optional[List[int]] = None
     scales: List[float] = field(default_factory=lambda: [1.0])
