@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segattn.io import atomic_write, atomic_write_text
 from segattn.modules.base import check_feature_map
 
 CONFIG_NAME = "config.json"
@@ -123,24 +123,9 @@ class SegmentationModel(nn.Module):
         # the weights file holds the backbone too: the pretrained source is not needed to rebuild
         config = {"format_version": FORMAT_VERSION, **{k: v for k, v in self.config.items() if k != "pretrained"}}
         text = json.dumps(config, indent=2, sort_keys=True)
-        _atomic_write(os.path.join(directory, CONFIG_NAME), lambda f: f.write(text.encode()))
+        atomic_write_text(os.path.join(directory, CONFIG_NAME), text)
         state = {k: v.detach().cpu() for k, v in self.state_dict().items()}
-        _atomic_write(os.path.join(directory, WEIGHTS_NAME), lambda f: torch.save(state, f))
-
-
-def _atomic_write(path: str, write: Callable[[Any], Any]) -> None:
-    """Write through a temporary file in the same directory, fsync, then ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path) or ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+        atomic_write(os.path.join(directory, WEIGHTS_NAME), lambda f: torch.save(state, f))
 
 
 def _tuplify(value: Any) -> Any:
