@@ -33,7 +33,7 @@ def build_dataset_split(data: DataConfig, split: str, train: bool) -> Any:
     from segattn.data import build_dataset
 
     kwargs = {**data.dataset_kwargs, **(data.train_kwargs if train else data.val_kwargs)}
-    resize = _size(data.resize if train else (data.val_resize or data.resize))
+    resize = _size(data.resize if train else data.val_resize)
     crop = _size(data.crop_size)
     if not data.transforms:
         return build_dataset(data.dataset, root=data.root, split=split, transform=None, **kwargs)

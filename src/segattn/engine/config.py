@@ -45,8 +45,9 @@ class DataConfig:
     """Dataset, augmentation and loader settings (see ``segattn.data.transforms.build_transforms``).
 
     ``transforms: false`` passes no transform: the dataset returns [0, 1] images (synthetic data).
-    ``resize`` is the (h, w) box images are fitted into (keep ratio) before random scaling;
-    ``val_resize`` (default: ``resize``) does the same for validation images and masks.
+    ``resize`` is the (h, w) box training images are fitted into (keep ratio) before random scaling;
+    ``val_resize`` (default: none) fits validation images *and masks*; to score full-resolution masks
+    while running the model smaller, leave it unset and use ``eval.scales: [0.5]`` instead.
     """
 
     dataset: str = "synthetic"

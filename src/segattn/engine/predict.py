@@ -73,7 +73,7 @@ def list_images(inputs: Sequence[str]) -> List[Path]:
 
 def preprocess(image: np.ndarray, cfg: Config) -> torch.Tensor:
     """(1, 3, H, W) float tensor as the training pipeline feeds the model (normalised or [0, 1])."""
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
+    x = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1).float()
     if cfg.data.transforms:
         mean = torch.tensor(cfg.data.mean).view(3, 1, 1)
         std = torch.tensor(cfg.data.std).view(3, 1, 1)
@@ -84,8 +84,8 @@ def preprocess(image: np.ndarray, cfg: Config) -> torch.Tensor:
 
 
 def inference_scales(shape: Tuple[int, int], cfg: Config) -> List[float]:
-    """Eval scales, times the keep-ratio factor of ``data.val_resize`` (or ``data.resize``) if set."""
-    box = cfg.data.val_resize or cfg.data.resize
+    """Eval scales, times the keep-ratio factor of ``data.val_resize`` if set (as in validation)."""
+    box = cfg.data.val_resize
     factor = 1.0
     if box:
         long_side, short_side = max(box), min(box)
