@@ -3,7 +3,8 @@
 - ``whole``: one forward pass per image at its (possibly resized) size.
 - ``slide``: windows of ``crop_size`` every ``stride`` pixels (the last window is aligned with the
   image border, as in mmsegmentation); overlapping logits are averaged.
-- ``scales`` / ``flip``: the image is resized by each scale (bilinear), optionally also flipped
+- ``scales`` / ``flip``: the image is resized by each scale (bilinear, antialiased when shrinking, like
+  the Pillow resize of the data pipeline), optionally also flipped
   horizontally; softmax probabilities of every pass are resized back to the image size, un-flipped
   and averaged. With ``scales=[1.0]`` and no flip the logits themselves are returned.
 
@@ -86,7 +87,9 @@ def infer(model: nn.Module, images: Tensor, num_classes: int, mode: str = "whole
     passes = 0
     for s in scales:
         size = (max(1, int(round(h * s))), max(1, int(round(w * s))))
-        x = images if size == (h, w) else F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+        # antialias when shrinking, as Pillow's bilinear resize in the data pipeline does
+        x = images if size == (h, w) else F.interpolate(images, size=size, mode="bilinear", align_corners=False,
+                                                        antialias=s < 1)
         for flipped in ([False, True] if flip else [False]):
             xi = x.flip(-1) if flipped else x
             out = single_pass(model, xi, mode, crop_size, stride, num_classes)
