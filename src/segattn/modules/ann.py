@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from segattn.layers import ConvNormAct
 from segattn.modules.base import ContextModule, ModuleOutput, check_feature_map
-from segattn.modules.ocnet import SelfAttentionUnit
+from segattn.modules.ocnet import BaseOC, SelfAttentionUnit
 from segattn.registry import MODULES
 
 PAPER = "Zhu, Xu, Bai, Huang, Bai, ICCV 2019"
@@ -25,7 +25,7 @@ def _default(value: Optional[int], fallback: int) -> int:
 
 
 @MODULES.register("ann_apnb", paper=PAPER, family="pairwise", order="O(N S C), S = 110")
-class APNB(ContextModule):
+class APNB(BaseOC):
     """ANN asymmetric pyramid non-local block: ``out = Dropout(ConvBNReLU_{2C -> C_out}([ctx ; X]))``.
 
     Shapes: X (B, C, H, W), N = H*W. Shared key/query = 1x1 conv C -> C_k (bias) -> BN -> ReLU (the
@@ -51,21 +51,10 @@ class APNB(ContextModule):
         dropout: float = 0.05,
         act: Optional[str] = "relu",
     ) -> None:
-        super().__init__(in_channels, _default(out_channels, in_channels))
-        kc, vc = _default(key_channels, in_channels // 2), _default(value_channels, in_channels // 2)
-        self.attention = SelfAttentionUnit(in_channels, kc, vc, in_channels, act=act, key_pool_sizes=pool_sizes)
-        self.bottleneck = ConvNormAct(2 * in_channels, self.out_channels, 1, act=act)
-        self.dropout = nn.Dropout2d(dropout)
-
-    def forward(self, x: Tensor, return_attention: bool = False) -> ModuleOutput:
-        self.check_input(x)
-        ctx, weights = self.attention(x, return_attention=return_attention)
-        y = self.dropout(self.bottleneck(torch.cat([ctx, x], dim=1)))
-        return (y, {"attention": weights, "context": ctx}) if return_attention else y
-
-    def flops(self, height: int, width: int) -> int:
-        """MACs of the unit (S anchors) and the fusion conv (batch 1)."""
-        return self.attention.macs(height, width) + self.bottleneck.macs(height, width)
+        super().__init__(
+            in_channels, key_channels=key_channels, value_channels=value_channels, out_channels=out_channels,
+            dropout=dropout, act=act, key_pool_sizes=pool_sizes,
+        )
 
 
 @MODULES.register("ann_afnb", paper=PAPER, family="pairwise", order="O(N S C), S = 110")

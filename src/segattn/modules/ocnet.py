@@ -135,7 +135,8 @@ class BaseOC(ContextModule):
     (bilinear, align_corners=True). Then concat [ctx, X] (2C) -> 1x1 conv -> BN -> LeakyReLU ->
     Dropout2d(0.05). Defaults (openseg-group/OCNet.pytorch base-OC on 512 channels): C_k = C_v = C/2,
     out_channels C, pool_scale 1, dropout 0.05, act 'leaky_relu'. Deviation: max-pooling uses ceil
-    mode (the official floor mode fails on maps smaller than s). Equals the non-local block with
+    mode (the official floor mode fails on maps smaller than s). ``key_pool_sizes`` pools the keys and
+    values to pyramid anchors instead (ANN's APNB is this block with (1, 3, 6, 8)). Equals the non-local block with
     shared key/query and concatenation instead of residual (spec 1.5.5). Cost (MACs, batch 1):
     N C (C_k + C_v) + N^2 (C_k + C_v) + N C_v C + 2 N C C_out (N -> N/s^2 in the unit); order O(N^2 C).
     """
@@ -150,10 +151,13 @@ class BaseOC(ContextModule):
         pool_scale: int = 1,
         dropout: float = 0.05,
         act: Optional[str] = "leaky_relu",
+        key_pool_sizes: Optional[Sequence[int]] = None,
     ) -> None:
         super().__init__(in_channels, _default(out_channels, in_channels))
         kc, vc = _default(key_channels, in_channels // 2), _default(value_channels, in_channels // 2)
-        self.attention = SelfAttentionUnit(in_channels, kc, vc, in_channels, act=act, pool_scale=pool_scale)
+        self.attention = SelfAttentionUnit(
+            in_channels, kc, vc, in_channels, act=act, pool_scale=pool_scale, key_pool_sizes=key_pool_sizes
+        )
         self.bottleneck = ConvNormAct(2 * in_channels, self.out_channels, 1, act=act)
         self.dropout = nn.Dropout2d(dropout)
 
