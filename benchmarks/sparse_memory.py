@@ -22,66 +22,11 @@ import resource
 import subprocess
 import sys
 import time
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
-
-class LargestTensorRecorder(TorchDispatchMode):
-    """Record the largest numel of any op output and of any tensor saved for backward.
-
-    Use as a context manager around forward and backward::
-
-        with LargestTensorRecorder() as rec:
-            module(x).sum().backward()
-        rec.largest, rec.largest_op
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.largest = 0
-        self.largest_op = ""
-        self.largest_saved = 0
-        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
-
-    def _note(self, numel: int, what: str) -> None:
-        if numel > self.largest:
-            self.largest, self.largest_op = numel, what
-
-    def _pack(self, t: torch.Tensor) -> torch.Tensor:
-        self.largest_saved = max(self.largest_saved, t.numel())
-        self._note(t.numel(), "saved for backward")
-        return t
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: Tuple[Any, ...] = (), kwargs: Any = None) -> Any:
-        out = func(*args, **(kwargs or {}))
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor):
-                self._note(t.numel(), f"{func}{tuple(t.shape)}")
-        return out
-
-    def __enter__(self) -> LargestTensorRecorder:
-        self._hooks.__enter__()
-        return super().__enter__()
-
-    def __exit__(self, *exc: Any) -> None:
-        super().__exit__(*exc)
-        self._hooks.__exit__(*exc)
-
-
-def forward_backward(module: torch.nn.Module, x: torch.Tensor) -> None:
-    """One training-mode forward and backward to the input and every parameter."""
-    y = module(x)
-    y.backward(torch.ones_like(y))
-
-
-def largest_tensor(module: torch.nn.Module, x: torch.Tensor) -> LargestTensorRecorder:
-    """Run ``forward_backward`` under the recorder and return it."""
-    with LargestTensorRecorder() as rec:
-        forward_backward(module, x)
-    return rec
+from segattn.bench.tensors import LargestTensorRecorder, forward_backward, largest_tensor  # noqa: F401
 
 
 def measure(name: str, channels: int, height: int, width: int) -> Dict[str, Any]:

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import segattn
+from segattn.bench.tensors import LargestTensorRecorder
 from segattn.ops.attention import reference_attention
 from tests.helpers import perturb_
 
@@ -88,20 +89,10 @@ def test_no_k2_copy_of_upsampled_map():
     """The largest tensor alive in forward is far below k^2 times the upsampled map."""
     m = segattn.create_upsampler("carafe", 16).eval()  # k_up = 5, s = 2
     x = torch.randn(1, 16, 24, 24)
-    sizes = []
-
-    class Track(torch.utils._python_dispatch.TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            for t in out if isinstance(out, (tuple, list)) else (out,):
-                if isinstance(t, torch.Tensor):
-                    sizes.append(t.numel())
-            return out
-
-    with torch.no_grad(), Track():
+    with torch.no_grad(), LargestTensorRecorder() as rec:
         m(x)
     upsampled = 16 * 48 * 48
-    assert max(sizes) <= 2 * upsampled, max(sizes) / upsampled
+    assert rec.largest <= 2 * upsampled, rec.largest_op
 
 
 def test_default_config_and_errors():

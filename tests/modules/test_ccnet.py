@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
 import segattn
+from segattn.bench.tensors import LargestTensorRecorder, largest_tensor
 from segattn.ops.attention import softmax_attention
 from tests.helpers import perturb_
 
@@ -143,25 +141,15 @@ def test_bad_arguments():
         segattn.create_module("ccnet", C, recurrence=0)
 
 
-def _recorder():
-    """``LargestTensorRecorder`` from benchmarks/sparse_memory.py (not a package: load by path)."""
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "sparse_memory.py"
-    spec = importlib.util.spec_from_file_location("sparse_memory", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_no_n_by_n_tensor_forward_backward():
-    bench = _recorder()
     module = segattn.create_module("ccnet", 16).train()
     x = torch.randn(1, 16, 40, 40, requires_grad=True)
     n = 40 * 40
-    rec = bench.largest_tensor(module, x)
+    rec = largest_tensor(module, x)
     assert 0 < rec.largest < n * n, rec.largest_op
     assert rec.largest <= n * 80  # the (H + W) logits per pixel
     with torch.no_grad():  # the recorder does see a dense N x N attention
         q = x.detach().flatten(2).transpose(1, 2)
-        with bench.LargestTensorRecorder() as dense:
+        with LargestTensorRecorder() as dense:
             softmax_attention(q, q, q, return_weights=True)
     assert dense.largest >= n * n

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import segattn
+from segattn.bench.tensors import LargestTensorRecorder
 from segattn.ops.attention import reference_attention
 from tests.helpers import perturb_
-from tests.modules.test_nonlocal import LargestOutput
 
 C = 16
 D64 = torch.float64
@@ -94,6 +94,6 @@ def test_dual_attention_sums_branch_contexts():
 def test_pam_fused_path_never_materialises_n_by_n():
     module = build("danet_pam").float().train()
     x = torch.randn(1, C, 24, 24, requires_grad=True)
-    with LargestOutput() as mode:
+    with LargestTensorRecorder() as mode:
         module(x).sum().backward()
     assert mode.largest < 24**4 // 8

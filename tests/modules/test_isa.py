@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 from torch import nn
 
 import segattn
+from segattn.bench.tensors import LargestTensorRecorder, largest_tensor
 from segattn.modules import isa
 from segattn.ops.attention import softmax_attention
 from segattn.ops.flops import count_macs
@@ -170,24 +168,14 @@ def test_bad_arguments():
         segattn.create_module("isa", C, down_factor=(0, 8))
 
 
-def _recorder():
-    """``LargestTensorRecorder`` from benchmarks/sparse_memory.py (not a package: load by path)."""
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "sparse_memory.py"
-    spec = importlib.util.spec_from_file_location("sparse_memory", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_no_n_by_n_tensor_forward_backward():
-    bench = _recorder()
     module = segattn.create_module("isa", 16).train()
     x = torch.randn(1, 16, 40, 40, requires_grad=True)
     n = 40 * 40
-    rec = bench.largest_tensor(module, x)
+    rec = largest_tensor(module, x)
     assert 0 < rec.largest < n * n, rec.largest_op
     assert rec.largest <= 16 * n  # the fused kernel: nothing beyond a feature map
-    weights = bench.LargestTensorRecorder()
+    weights = LargestTensorRecorder()
     with weights, torch.no_grad():  # with the weights requested the group affinities appear (B, G, S, S)
         module(x, return_attention=True)
     assert weights.largest == n * max(25, 64)  # N x g (64 groups of 25) and N x l (25 cells of 64)

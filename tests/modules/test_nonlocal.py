@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import segattn
+from segattn.bench.tensors import LargestTensorRecorder
 from segattn.modules import nonlocal_
 from segattn.ops.attention import linear_attention, reference_attention
 from segattn.ops.flops import count_macs
@@ -150,21 +150,6 @@ def test_compile_fullgraph():
     torch.testing.assert_close(compiled(x), module(x))
 
 
-class LargestOutput(TorchDispatchMode):
-    """Records the largest tensor any aten op produces (forward and backward)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
-                self.largest = max(self.largest, t.numel())
-        return out
-
-
 @pytest.mark.parametrize("name", ["nonlocal", "nonlocal_gaussian", "nonlocal_dot"])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_fused_path_never_materialises_n_by_n(name, channels_last):
@@ -172,12 +157,12 @@ def test_fused_path_never_materialises_n_by_n(name, channels_last):
     x = torch.randn(1, C, 24, 24, requires_grad=True)
     if channels_last:
         x = x.detach().to(memory_format=torch.channels_last).requires_grad_()
-    with LargestOutput() as mode:
+    with LargestTensorRecorder() as mode:
         module(x).sum().backward()
     assert mode.largest < 24**4 // 8, f"an op produced {mode.largest} elements (N x N = {24**4})"
     if name == "nonlocal_dot":
         return  # linear attention has no quadratic path at all
-    with LargestOutput() as mode, reference_attention():
+    with LargestTensorRecorder() as mode, reference_attention():
         module(x).sum().backward()
     assert mode.largest >= 24**4  # the check can fail: the naive path does materialise it
 
@@ -185,6 +170,6 @@ def test_fused_path_never_materialises_n_by_n(name, channels_last):
 def test_concat_materialises_only_chunks(monkeypatch):
     monkeypatch.setattr(nonlocal_, "CONCAT_CHUNK_ELEMENTS", 24**4 // 16)
     module = build("nonlocal_concat").float().train()
-    with LargestOutput() as mode:
+    with LargestTensorRecorder() as mode:
         module(torch.randn(1, C, 24, 24, requires_grad=True)).sum().backward()
     assert mode.largest <= 24**4 // 16

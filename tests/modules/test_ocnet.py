@@ -6,11 +6,11 @@ import pytest
 import torch
 
 import segattn
+from segattn.bench.tensors import LargestTensorRecorder
 from segattn.modules.ocnet import region_attention
 from segattn.ops.attention import reference_attention
 from segattn.ops.flops import count_macs
 from tests.helpers import perturb_
-from tests.modules.test_nonlocal import LargestOutput
 
 C = 8
 D64 = torch.float64
@@ -119,6 +119,6 @@ def test_compile_fullgraph_pyramid():
 def test_fused_path_never_materialises_n_by_n(name):
     module = build(name).float().train()
     x = torch.randn(1, C, 24, 24, requires_grad=True)
-    with LargestOutput() as mode:
+    with LargestTensorRecorder() as mode:
         module(x).sum().backward()
     assert mode.largest < 24**4 // 8

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from segattn.bench.tensors import LargestTensorRecorder
 from segattn.ops.attention import linear_attention, reference_attention, softmax_attention
 from segattn.ops.flops import count_macs
 
@@ -63,21 +64,9 @@ def test_flop_counter_sees_fused_cpu_kernel():
 
 
 def _largest_output_numel(fn):
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Recorder(TorchDispatchMode):
-        largest = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            for t in out if isinstance(out, (tuple, list)) else [out]:
-                if isinstance(t, torch.Tensor):
-                    Recorder.largest = max(Recorder.largest, t.numel())
-            return out
-
-    with Recorder():
+    with LargestTensorRecorder() as rec:
         fn()
-    return Recorder.largest
+    return rec.largest
 
 
 @pytest.mark.parametrize("rank", [3, 4])
