@@ -9,7 +9,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, IO, Union
+from typing import IO, Any, Callable, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
 

@@ -20,7 +20,7 @@ def parse_size(text: str) -> tuple:
     return h, int(m.group(2) or h)
 
 
-def add_parser(sub: "argparse._SubParsersAction") -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmark context modules (MACs, params, latency, peak memory)")
     p.add_argument("patterns", nargs="*", default=["*"], help="module name patterns (default: all)")
     p.add_argument("--channels", type=int, default=512, help="input channels (default 512, the heads' width)")
