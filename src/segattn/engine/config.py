@@ -126,6 +126,7 @@ class TrainConfig:
     device: str = "auto"
     threads: Optional[int] = None
     channels_last: bool = False
+    find_unused_parameters: bool = False
 
 
 @dataclass

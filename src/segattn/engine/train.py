@@ -153,7 +153,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         if self.info.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.ddp: nn.Module = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+            self.ddp: nn.Module = nn.parallel.DistributedDataParallel(
+                model, device_ids=ids, find_unused_parameters=cfg.train.find_unused_parameters)
         else:
             self.ddp = model
         self.loss_weights: Dict[str, float] = dict(getattr(model, "loss_weights", None) or {"out": 1.0})
