@@ -67,8 +67,8 @@ def test_resume_flag_continues(trained, tmp_path):
 def test_demo_quick(tmp_path):
     assert main(["demo", "--quick", "--out", str(tmp_path), "--threads", "1"]) == 0
     report = json.load(open(tmp_path / "report.json"))
-    assert [r["model"] for r in report["rows"]] == ["ccnet", "fcn"]
-    assert "| ccnet |" in open(tmp_path / "report.md").read()
+    assert [r["model"] for r in report["rows"]] == ["pspnet", "fcn"]
+    assert "| pspnet |" in open(tmp_path / "report.md").read()
     assert Image.open(tmp_path / "predictions.png").size[0] > 100
 
 

@@ -1,6 +1,7 @@
 """``segattn demo``: why context modules matter, in a few minutes on a CPU.
 
-Trains a context model (default ``ccnet``) and the ``fcn`` baseline with the same backbone, schedule
+Trains a context model (default ``pspnet``: its pyramid pooling sees the whole image from the first
+step, and it learns the rule within the budget; any registered model name works) and the ``fcn`` baseline with the same backbone, schedule
 and data on the built-in synthetic dataset, where a shape's class is the colour of a marker at the
 image border (far outside a local receptive field). Evaluates both on the validation split and
 writes to the output folder:
@@ -32,7 +33,7 @@ from segattn.engine.train import train
 QUICK = [
     "schedule.iters=4", "schedule.warmup_iters=0", "data.batch_size=2", "data.val_batch_size=4",
     "model.kwargs.channels=16", "train.log_interval=2", "train.ckpt_interval=0",
-    "data.dataset_kwargs={size: [32, 32], blob_size: [8, 10], margin: 8, cue_size: 6, num_blobs: [1, 2]}",
+    "data.dataset_kwargs={size: [32, 32], num_classes: 3, blob_size: [8, 10], margin: 8, cue_size: 6, num_blobs: [1, 2]}",
     "data.train_kwargs.num_samples=8", "data.val_kwargs.num_samples=4",
 ]
 
@@ -122,7 +123,7 @@ def _markdown(rows: List[Dict[str, Any]], classes: List[str]) -> str:
     return "\n".join(lines)
 
 
-def run_demo(out_dir: str = "demo_out", quick: bool = False, context: str = "ccnet", iters: Optional[int] = None,
+def run_demo(out_dir: str = "demo_out", quick: bool = False, context: str = "pspnet", iters: Optional[int] = None,
              threads: Optional[int] = None, samples: int = 6) -> Dict[str, Any]:
     """Train ``context`` and ``fcn``, evaluate both, write the report; returns numbers, markdown and paths."""
     os.makedirs(out_dir, exist_ok=True)
