@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
+
+from segattn.io import atomic_torch_save
 
 
 def rng_state() -> Dict[str, Any]:
@@ -44,19 +45,7 @@ def set_rng_state(state: Dict[str, Any]) -> None:
 
 def atomic_save(obj: Any, path: str) -> None:
     """``torch.save`` to a temporary file beside ``path``, fsync, then rename over ``path``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_torch_save(path, obj)
 
 
 def load_checkpoint(path: str, map_location: Optional[str] = "cpu") -> Dict[str, Any]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple
@@ -281,9 +280,9 @@ def load_config(path: Optional[str] = None, overrides: Iterable[str] = ()) -> Co
 
 def save_config(cfg: Config, path: str) -> None:
     """Write ``cfg`` as JSON (always readable back with :func:`load_config`)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(cfg.to_dict(), f, indent=2)
+    from segattn.io import atomic_write_json
+
+    atomic_write_json(path, cfg.to_dict())
 
 
 def list_configs(pattern: str = "*") -> List[str]:

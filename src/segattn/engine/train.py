@@ -25,7 +25,6 @@ matrix; only rank 0 logs and writes checkpoints.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import random
 import signal
@@ -54,6 +53,7 @@ from segattn.engine.distributed import (
 from segattn.engine.evaluate import evaluate
 from segattn.engine.logger import RunLogger
 from segattn.engine.metrics import format_metrics, json_safe
+from segattn.io import atomic_write_json
 
 Callback = Callable[["Trainer", int], None]
 
@@ -408,8 +408,7 @@ class Trainer:
             "world_size": self.info.world_size,
         }
         if self.info.is_main:
-            with open(os.path.join(cfg.train.work_dir, "summary.json"), "w") as f:
-                json.dump(json_safe(summary), f, indent=2)
+            atomic_write_json(os.path.join(cfg.train.work_dir, "summary.json"), json_safe(summary))
         return summary
 
 
