@@ -3,7 +3,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYBIN=${PYBIN:-.venv/bin/python}
-"$PYBIN" -m ruff check src tests benchmarks || exit 1
+"$PYBIN" -m ruff check src tests benchmarks scripts || exit 1
 "$PYBIN" -m pytest -q "$@"
 rc=$?
 [ "$rc" -eq 5 ] && { echo "no tests collected"; exit 0; }
