@@ -121,7 +121,8 @@ def _add_engine_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="seconds-long smoke run (tiny models, few iterations)")
     p.add_argument("--context", default="pspnet", help="context model to compare with fcn (any model name)")
     p.add_argument("--iters", type=int, default=None, help="training iterations per model")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (1 is robust on a busy machine; 2 is faster on an idle 2-core one)")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("configs", help="list shipped configs")

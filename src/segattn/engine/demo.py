@@ -124,7 +124,7 @@ def _markdown(rows: List[Dict[str, Any]], classes: List[str]) -> str:
 
 
 def run_demo(out_dir: str = "demo_out", quick: bool = False, context: str = "pspnet", iters: Optional[int] = None,
-             threads: Optional[int] = None, samples: int = 6) -> Dict[str, Any]:
+             threads: Optional[int] = 1, samples: int = 6) -> Dict[str, Any]:
     """Train ``context`` and ``fcn``, evaluate both, write the report; returns numbers, markdown and paths."""
     os.makedirs(out_dir, exist_ok=True)
     start = time.time()
