@@ -117,7 +117,7 @@ def _add_engine_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("demo", help="train a context model and the FCN baseline on synthetic data; write a report")
-    p.add_argument("--out", default="demo_out", help="report folder")
+    p.add_argument("--out", default="outputs/demo", help="report folder")
     p.add_argument("--quick", action="store_true", help="seconds-long smoke run (tiny models, few iterations)")
     p.add_argument("--context", default="pspnet", help="context model to compare with fcn (any model name)")
     p.add_argument("--iters", type=int, default=None, help="training iterations per model")

@@ -123,7 +123,7 @@ def _markdown(rows: List[Dict[str, Any]], classes: List[str]) -> str:
     return "\n".join(lines)
 
 
-def run_demo(out_dir: str = "demo_out", quick: bool = False, context: str = "pspnet", iters: Optional[int] = None,
+def run_demo(out_dir: str = "outputs/demo", quick: bool = False, context: str = "pspnet", iters: Optional[int] = None,
              threads: Optional[int] = 1, samples: int = 6) -> Dict[str, Any]:
     """Train ``context`` and ``fcn``, evaluate both, write the report; returns numbers, markdown and paths."""
     os.makedirs(out_dir, exist_ok=True)
