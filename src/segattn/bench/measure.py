@@ -5,8 +5,8 @@
 * latency: all modules are timed in interleaved rounds (round r times every module once), so slow
   drifts of a shared machine hit every module alike; the median over rounds is reported;
 * peak memory: on CUDA ``torch.cuda.max_memory_allocated`` around one step; on CPU the growth of the
-  process's peak resident set during one step, measured in a fresh subprocess per module (the
-  allocator returns large blocks to the OS, so the high-water mark is the step's footprint).
+  resident set during one step (peak mark reset before it), measured in a fresh subprocess per
+  module (the allocator returns large blocks to the OS, so the high-water mark is the step's footprint).
 """
 
 from __future__ import annotations
@@ -133,18 +133,56 @@ def peak_memory_mb(name: str, setting: BenchSetting) -> float:
     return float(json.loads(proc.stdout.strip().splitlines()[-1])["peak_mb"])
 
 
-def _rss_peak_bytes() -> int:
-    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is KiB on Linux, bytes on macOS
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+def _status_kib(field_name: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    raise KeyError(field_name)
+
+
+def _reset_peak() -> bool:
+    """Reset the kernel's peak-RSS mark (VmHWM; Linux >= 4.0). False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _first_call_warmup(module: torch.nn.Module, setting: BenchSetting) -> None:
+    """One step on a 2x2 input: thread pools and kernel caches are set up outside the measurement."""
+    p = next(module.parameters(), None)
+    dtype = p.dtype if p is not None else torch.float32
+    tiny = torch.randn(1, setting.in_channels, 2, 2, device=setting.device, dtype=dtype, requires_grad=setting.backward)
+    if setting.backward:
+        module(tiny).float().mean().backward()
+        module.zero_grad(set_to_none=True)
+    else:
+        with torch.no_grad():
+            module(tiny)
 
 
 def _memory_probe(name: str, setting_json: str) -> None:
+    """Growth of resident memory during one step: VmHWM after the step minus VmRSS before it.
+
+    The peak mark is reset first, so transient peaks of imports and model construction do not hide
+    the step's own; without /proc (macOS) the process-lifetime ``ru_maxrss`` is used instead.
+    """
     setting = BenchSetting(**json.loads(setting_json))
-    setting.warmup = 0
     step = make_step(name, setting)
-    base = _rss_peak_bytes()
-    step()
-    print(json.dumps({"peak_mb": (_rss_peak_bytes() - base) / 2**20}))
+    _first_call_warmup(step.module, setting)  # type: ignore[attr-defined]
+    if _reset_peak():
+        base = _status_kib("VmRSS")
+        step()
+        peak_kib = _status_kib("VmHWM") - base
+    else:
+        scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        step()
+        peak_kib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * scale / 1024
+    print(json.dumps({"peak_mb": max(peak_kib, 0) / 1024}))
 
 
 if __name__ == "__main__":  # the subprocess side of peak_memory_mb
