@@ -74,21 +74,6 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
-def call_step_hooks(model: nn.Module) -> None:
-    """``after_optimizer_step()`` of every submodule that has it (EMA bases etc.)."""
-    try:
-        from segattn.models import call_step_hooks as hooks
-    except ImportError:
-        hooks = None
-    if hooks is not None:
-        hooks(model)
-        return
-    for m in model.modules():
-        fn = getattr(m, "after_optimizer_step", None)
-        if callable(fn):
-            fn()
-
-
 # ----------------------------------------------------------------------------------------- loss
 def class_frequencies(dataset: Any, num_classes: int, ignore_index: int, max_items: Optional[int] = None) -> Tensor:
     """Pixel count per class over ``dataset`` masks (float64)."""

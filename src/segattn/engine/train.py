@@ -54,6 +54,7 @@ from segattn.engine.evaluate import evaluate
 from segattn.engine.logger import RunLogger
 from segattn.engine.metrics import format_metrics, json_safe
 from segattn.io import atomic_write_json
+from segattn.lowrank.hooks import call_step_hooks
 
 Callback = Callable[["Trainer", int], None]
 
@@ -289,7 +290,7 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        build.call_step_hooks(build.unwrap(self.model))
+        call_step_hooks(build.unwrap(self.model))
         return {k: v.detach() for k, v in terms.items()}
 
     def _stop_requested(self) -> bool:
