@@ -16,7 +16,7 @@ import torch
 
 import segattn
 from segattn.models import SegmentationModel, build_loss, call_step_hooks, create_model, from_pretrained
-from segattn.registry import MODELS, MODULES
+from segattn.registry import MODELS, MODULES, UPSAMPLERS
 from tests.helpers import perturb_
 
 MODELS_ALL = segattn.list_models()
@@ -103,6 +103,8 @@ def test_generic_head_takes_every_module(module: str) -> None:
 def test_every_registered_module_has_a_model() -> None:
     used = {c for n in MODELS.list() for c in MODELS.meta(n)["context"]}
     assert set(MODULES.list()) - used == set(), "a registered context module has no model in the zoo"
+    upsamplers = {MODELS.meta(n).get("upsampler") for n in MODELS.list()}
+    assert set(UPSAMPLERS.list()) - upsamplers == set(), "a registered upsampler has no model in the zoo"
     assert "fcn" in MODELS_ALL and "generic" in MODELS_ALL
     for name in MODELS_ALL:
         doc = MODELS.get(name).__doc__ or ""

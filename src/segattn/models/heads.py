@@ -13,7 +13,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from segattn.api import create_module
+from segattn.api import create_module, create_upsampler
 from segattn.layers import ConvNormAct
 
 
@@ -41,6 +41,7 @@ class ContextHead(nn.Module):
         c   = context module on r                               "context" (skipped for FCN)
         c   = ConvBNAct_k(c -> post_channels)(c)                "post_conv"
         y   = ConvBNAct_f(cat[x or r, c] -> channels)           "concat": "input" (x), "reduced" (r), None
+        y   = upsampler(y)  (B, channels, s h, s w)            "upsampler": e.g. "carafe" (optional)
         out = conv1x1(Dropout2d(y))
 
     ``reduce=False`` puts the module on the backbone feature itself (PPM, ASPP, APCNet, PSANet,
@@ -64,6 +65,8 @@ class ContextHead(nn.Module):
         dropout: float = 0.1,
         act: str = "relu",
         in_index: int = -1,
+        upsampler: Optional[str] = None,
+        upsampler_kw: Optional[Mapping[str, Any]] = None,
     ) -> None:
         super().__init__()
         if concat not in ("input", "reduced", None):
@@ -79,6 +82,7 @@ class ContextHead(nn.Module):
         skip = {"input": in_channels, "reduced": reduced, None: 0}[concat]
         self.fuse = ConvNormAct(skip + width, channels, fuse_kernel, act=act) if concat else None
         width = channels if concat else width
+        self.upsample = create_upsampler(upsampler, width, **dict(upsampler_kw or {})) if upsampler else nn.Identity()
         self.cls = classifier(width, num_classes, dropout)
 
     def features(self, feats: Sequence[Tensor]) -> Tensor:
@@ -90,7 +94,7 @@ class ContextHead(nn.Module):
         return y
 
     def forward(self, feats: Sequence[Tensor]) -> Dict[str, Tensor]:
-        return {"out": self.cls(self.features(feats))}
+        return {"out": self.cls(_call(self.upsample, self.features(feats)))}
 
 
 class DANetHead(nn.Module):
