@@ -34,3 +34,14 @@ def test_shipped_configs_load():
     for name in names:
         cfg = load_config(name)
         assert cfg.schedule.iters > 0 and cfg.model.name, name
+
+
+def test_every_model_has_shipped_configs():
+    import segattn
+
+    names = set(list_configs())
+    models = {load_config(n).model.name for n in names}
+    assert models <= set(segattn.list_models()), models - set(segattn.list_models())
+    for model in set(segattn.list_models()) - {"generic"}:
+        for folder in ("camvid", "cityscapes", "ade20k", "voc12aug"):
+            assert any(n.startswith(f"{folder}/{model}_") for n in names), f"no {folder} config for {model}"
