@@ -1,8 +1,10 @@
-"""The context-module contract, run for every registered module.
+"""The context-module contract, run for every registered module and upsampler.
 
 Registering a module is enough for it to be tested here: shapes at odd sizes, batch independence,
 input left unchanged, gradients for every parameter, dtypes, channels_last, eval determinism,
 gradcheck in float64, analytic FLOPs against FlopCounterMode, returned attention, clear errors.
+Upsamplers (ids ``upsampler:<name>``) follow the same contract with the output scaled by
+``module.scale_factor``; their own extra checks are in test_upsampler_contract.py.
 """
 
 from __future__ import annotations
@@ -12,16 +14,28 @@ import torch
 
 import segattn
 from segattn.ops.flops import count_macs
+from segattn.registry import MODULES, UPSAMPLERS
 from tests.helpers import perturb_
 
 C = 16
-NAMES = segattn.list_modules()
+UPSAMPLER = "upsampler:"
+NAMES = segattn.list_modules() + [UPSAMPLER + n for n in segattn.list_upsamplers()]
+
+
+def create(name: str) -> torch.nn.Module:
+    if name.startswith(UPSAMPLER):
+        return segattn.create_upsampler(name[len(UPSAMPLER):], C)
+    return segattn.create_module(name, C)
 
 
 def build(name: str, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     torch.manual_seed(0)
-    module = segattn.create_module(name, C)
-    return perturb_(module).to(dtype)
+    return perturb_(create(name)).to(dtype)
+
+
+def out_shape(module: torch.nn.Module, batch: int, height: int, width: int) -> tuple:
+    s = getattr(module, "scale_factor", 1)  # 1 for context modules
+    return (batch, module.out_channels, s * height, s * width)
 
 
 def output(result):
@@ -30,10 +44,11 @@ def output(result):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_registry_metadata(name):
-    info = segattn.module_info(name)
+    registry = UPSAMPLERS if name.startswith(UPSAMPLER) else MODULES
+    info = registry.meta(name.removeprefix(UPSAMPLER))
     for key in ("paper", "family", "order"):
         assert info.get(key), f"{name} lacks registry metadata {key!r}"
-    module = segattn.create_module(name, C)
+    module = create(name)
     assert module.__doc__ and len(module.__doc__) > 200, f"{name} needs a docstring with equation and shapes"
     assert module.in_channels == C and isinstance(module.out_channels, int)
 
@@ -47,7 +62,7 @@ def test_shapes_train_and_eval(name, size):
         module.train(train)
         with torch.no_grad():
             y = module(x)
-        assert y.shape == (2, module.out_channels, *size)
+        assert y.shape == out_shape(module, 2, *size)
         assert torch.isfinite(y).all()
 
 
@@ -55,7 +70,7 @@ def test_shapes_train_and_eval(name, size):
 def test_batch_one_train(name):
     module = build(name).train()
     y = module(torch.randn(1, C, 5, 6))
-    assert y.shape == (1, module.out_channels, 5, 6)
+    assert y.shape == out_shape(module, 1, 5, 6)
 
 
 @pytest.mark.parametrize("name", NAMES)
