@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -110,7 +111,7 @@ def test_default_root_message(tmp_path, monkeypatch):
     assert len(build_dataset("camvid")) == 3
 
 
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "camvid"
+SHARED = Path(os.environ.get("SEGATTN_DATA") or Path(__file__).resolve().parents[3] / "shared" / "data") / "camvid"
 
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason="shared CamVid copy not present")
