@@ -103,10 +103,3 @@ def test_gradcheck_log_softmax_variant():
     a2 = DoubleAttention(6, gather_log_softmax=True).double()
     x = torch.randn(1, 6, 3, 3, dtype=D, requires_grad=True)
     assert torch.autograd.gradcheck(a2, (x,), fast_mode=True)
-
-
-def test_compile_fullgraph_and_export():
-    m = segattn.create_module("a2", C).eval()
-    x = torch.randn(2, C, 5, 7)
-    torch.testing.assert_close(torch.compile(m, fullgraph=True, backend="eager")(x), m(x))
-    torch.testing.assert_close(torch.export.export(m, (x,)).module()(x), m(x))

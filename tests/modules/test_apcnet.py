@@ -66,14 +66,6 @@ def test_no_bottleneck_channels_gradcheck_flops():
     assert m.flops(7, 13) == count_macs(m.float(), torch.randn(1, 16, 7, 13))
 
 
-def test_compile_and_export():
-    m = perturb_(segattn.create_module("apcnet", 16)).eval()
-    x = torch.randn(2, 16, 5, 7)
-    ref = m(x)
-    torch.testing.assert_close(torch.compile(m, fullgraph=True, backend="eager")(x), ref)
-    torch.testing.assert_close(torch.export.export(m, (x,)).module()(x), ref)
-
-
 def test_bad_scales():
     with pytest.raises(ValueError, match="pool_scales"):
         segattn.create_module("apcnet", 16, pool_scales=(0, 2))

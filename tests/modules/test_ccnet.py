@@ -128,14 +128,6 @@ def test_flops_formula():
     assert module.flops(h, w) == 2 * (n * 64 * (16 + 64) + n * (h + w) * (8 + 64))
 
 
-def test_compile_fullgraph():
-    module = make(recurrence=2, dtype=torch.float32)
-    x = torch.randn(1, C, 5, 6)
-    compiled = torch.compile(module, fullgraph=True, backend="eager")
-    with torch.no_grad():
-        torch.testing.assert_close(compiled(x), module(x))
-
-
 def test_bad_arguments():
     with pytest.raises(ValueError, match="recurrence"):
         segattn.create_module("ccnet", C, recurrence=0)

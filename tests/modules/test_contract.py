@@ -170,3 +170,15 @@ def test_clear_errors(name):
         module(torch.randn(1, C + 1, 5, 5))
     with pytest.raises(TypeError, match="floating-point"):
         module(torch.ones(1, C, 5, 5, dtype=torch.long))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_compile_fullgraph_and_export(name):
+    module = build(name).eval()
+    x = torch.randn(2, C, 5, 7)
+    with torch.no_grad():
+        ref = module(x)
+        compiled = torch.compile(module, fullgraph=True, backend="eager")
+        torch.testing.assert_close(compiled(x), ref, atol=1e-5, rtol=1e-5)
+        exported = torch.export.export(module, (x,)).module()
+        torch.testing.assert_close(exported(x), ref, atol=1e-5, rtol=1e-5)

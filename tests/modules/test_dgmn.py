@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from torch import nn
 
 import segattn
 from segattn.ops.attention import reference_attention
-from tests.helpers import perturb_
+from tests.helpers import naive_bilinear, perturb_
 
 D = torch.float64
 
@@ -82,21 +80,10 @@ def test_message_formula_with_offsets():
             for s in range(9):
                 py = i + (s // 3 - 1) * 2 + off[0, 2 * s, i, j].item()
                 px = j + (s % 3 - 1) * 2 + off[0, 2 * s + 1, i, j].item()
-                sample = bilinear(xd[0], py, px)
+                sample = naive_bilinear(xd[0], py, px)
                 msg[0, :, i, j] += w[0, :, s, i, j].repeat_interleave(2) * sample
     expected = x + m.fuse(torch.cat([xd, msg], 1))
     torch.testing.assert_close(m(x), expected)
-
-
-def bilinear(img, y, x):
-    h, w = img.shape[-2:]
-    y0, x0 = math.floor(y), math.floor(x)
-    val = torch.zeros(img.shape[0], dtype=img.dtype)
-    for yy, wy in ((y0, 1 - (y - y0)), (y0 + 1, y - y0)):
-        for xx, wx in ((x0, 1 - (x - x0)), (x0 + 1, x - x0)):
-            if 0 <= yy < h and 0 <= xx < w:
-                val = val + wy * wx * img[:, yy, xx]
-    return val
 
 
 def test_weights_are_softmax_times_sigmoid():

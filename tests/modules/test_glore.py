@@ -84,10 +84,3 @@ def test_small_channel_counts():
     m = GloRe(2).eval()
     assert m.state_channels == 1 and m.num_nodes == 1
     assert m(torch.randn(1, 2, 3, 3)).shape == (1, 2, 3, 3)
-
-
-def test_compile_fullgraph_and_export():
-    m = segattn.create_module("glore", C).eval()
-    x = torch.randn(2, C, 5, 7)
-    torch.testing.assert_close(torch.compile(m, fullgraph=True, backend="eager")(x), m(x))
-    torch.testing.assert_close(torch.export.export(m, (x,)).module()(x), m(x))

@@ -70,14 +70,6 @@ def test_gradcheck_flops_odd_sizes():
     assert m.flops(7, 13) == count_macs(m.float(), torch.randn(1, 16, 7, 13))
 
 
-def test_compile_and_export():
-    m = perturb_(segattn.create_module("graphrep", 16)).eval()
-    x = torch.randn(2, 16, 5, 7)
-    ref = m(x)
-    torch.testing.assert_close(torch.compile(m, fullgraph=True, backend="eager")(x), ref)
-    torch.testing.assert_close(torch.export.export(m, (x,)).module()(x), ref)
-
-
 def test_bad_arguments():
     with pytest.raises(ValueError, match="num_anchors"):
         segattn.create_module("graphrep", 16, num_anchors=0)

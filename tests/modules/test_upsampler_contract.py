@@ -38,21 +38,3 @@ def test_other_scale_factors(name, scale):
     with torch.no_grad():
         y = module(torch.randn(1, C, 5, 4))
     assert y.shape == (1, C, 5 * scale, 4 * scale)
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_compile_fullgraph(name):
-    module = build(name).eval()
-    x = torch.randn(1, C, 5, 6)
-    compiled = torch.compile(module, fullgraph=True, backend="eager")
-    with torch.no_grad():
-        torch.testing.assert_close(compiled(x), module(x))
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_export(name):
-    module = build(name).eval()
-    x = torch.randn(1, C, 5, 6)
-    exported = torch.export.export(module, (x,))
-    with torch.no_grad():
-        torch.testing.assert_close(exported.module()(x), module(x))

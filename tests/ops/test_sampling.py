@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from torch import nn
@@ -17,6 +15,7 @@ from segattn.ops.sampling import (
     window_aggregate,
     window_offsets,
 )
+from tests.helpers import naive_bilinear
 
 D = torch.float64
 
@@ -30,18 +29,6 @@ def naive_unfold(x, k, d):
                 if 0 <= i + dy < h and 0 <= j + dx < w:
                     out[:, :, s, i, j] = x[:, :, i + dy, j + dx]
     return out
-
-
-def naive_bilinear(img, y, x):
-    """Zero-padded bilinear sample of img (C, H, W) at real (y, x)."""
-    h, w = img.shape[-2:]
-    y0, x0 = math.floor(y), math.floor(x)
-    val = torch.zeros(img.shape[0], dtype=img.dtype)
-    for yy, wy in ((y0, 1 - (y - y0)), (y0 + 1, y - y0)):
-        for xx, wx in ((x0, 1 - (x - x0)), (x0 + 1, x - x0)):
-            if 0 <= yy < h and 0 <= xx < w:
-                val = val + wy * wx * img[:, yy, xx]
-    return val
 
 
 def naive_deform(x, off, k, d):
