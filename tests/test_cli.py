@@ -41,7 +41,7 @@ def test_eval_subcommand(trained, tmp_path, capsys):
     assert "mIoU" in capsys.readouterr().out
 
 
-def test_predict_subcommand(trained, tmp_path):
+def test_predict_subcommand(trained, tmp_path, capsys, monkeypatch):
     folder = tmp_path / "imgs"
     folder.mkdir()
     rng = np.random.default_rng(0)
@@ -54,8 +54,12 @@ def test_predict_subcommand(trained, tmp_path):
     assert np.asarray(mask).max() < 5
     overlay = Image.open(out / "b_overlay.png")
     assert overlay.mode == "RGB" and overlay.size == (24, 40)
-    with pytest.raises(FileNotFoundError):
-        main(["predict", str(tmp_path / "missing"), "--checkpoint", str(trained / "best.pt"), "--out", str(out)])
+    missing = tmp_path / "missing"
+    assert main(["predict", str(missing), "--checkpoint", str(trained / "best.pt"), "--out", str(out)]) == 2
+    assert "segattn predict: error:" in capsys.readouterr().err
+    monkeypatch.setenv("SEGATTN_DEBUG", "1")
+    with pytest.raises(FileNotFoundError, match="missing"):
+        main(["predict", str(missing), "--checkpoint", str(trained / "best.pt"), "--out", str(out)])
 
 
 def test_resume_flag_continues(trained, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import List, Optional
 
@@ -146,10 +147,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+USER_ERRORS = (FileNotFoundError, NotADirectoryError, ValueError, KeyError, TypeError, ImportError)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    """Run one subcommand. Bad input (missing files, unknown names or keys, corrupt data) is reported as
+    one line on stderr with exit code 2; ``SEGATTN_DEBUG=1`` shows the traceback instead."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except USER_ERRORS as exc:
+        if os.environ.get("SEGATTN_DEBUG"):
+            raise
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        print(f"segattn {args.command}: error: {message}", file=sys.stderr)
+        return 2
 
 
 __all__ = ["main", "build_parser"]
