@@ -55,3 +55,34 @@ def atomic_torch_save(path: PathLike, obj: Any) -> Path:
     import torch
 
     return atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def safe_torch_load(path: PathLike, map_location: Any = "cpu", what: str = "checkpoint") -> Any:
+    """``torch.load(path, weights_only=True)``: plain data only (tensors, numbers, strings, lists, dicts).
+
+    Unpickling arbitrary objects can run code, so a file holding anything else is refused with a
+    ``ValueError`` naming the file and the first foreign object; a truncated or non-PyTorch file is a
+    ``ValueError`` too. A missing file is a ``FileNotFoundError``.
+    """
+    import pickle
+    import re
+
+    import torch
+
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"{what} {path!r} is a folder, expected a file")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} {path!r} does not exist")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        if found is None:
+            raise ValueError(f"{what} {path!r} is not a readable PyTorch file (truncated or another format)") from None
+        raise ValueError(f"{what} {path!r} holds a Python object ({found.group(1)}), not only tensors and plain data; "
+                         "refusing to load it because unpickling it could run code "
+                         "(files written by segattn hold plain data only)") from None
+    except Exception as exc:  # a corrupt file fails anywhere in the reader (KeyError, struct.error, ...)
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{what} {path!r} is not a readable PyTorch file (truncated or another format): {reason}") from None

@@ -320,7 +320,7 @@ class Trainer:
         log.info(f"iter {self.iteration}: mIoU {100 * metrics['mIoU']:.2f}  aAcc {100 * metrics['aAcc']:.2f}")
         miou = metrics["mIoU"]
         if isinstance(miou, float) and miou == miou and (self.best is None or miou > self.best):
-            self.best = miou
+            self.best = float(miou)
             self.save("best.pt")
         return metrics
 

@@ -102,7 +102,9 @@ def _load_file(path: str) -> object:
         except ImportError as err:  # pragma: no cover - depends on the environment
             raise ImportError(f"reading {path!r} needs the 'safetensors' package") from err
         return load_file(path, device="cpu")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    from segattn.io import safe_torch_load
+
+    return safe_torch_load(path, map_location="cpu", what="weights file")
 
 
 def _unwrap(obj: object) -> StateDict:

@@ -1,0 +1,131 @@
+"""Loading a file never runs code: checkpoints hold plain data and are read with weights_only=True."""
+
+import builtins
+import random
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from segattn.cli import main
+from segattn.engine import build
+from segattn.engine.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state, to_plain
+from segattn.engine.config import ModelConfig
+from segattn.engine.run import run_evaluation
+from segattn.engine.train import train
+from segattn.models.weights import read_checkpoint
+from tests.engine.standins import TinySeg, ToyDataset, tiny_config
+
+
+class _Payload:
+    """Unpickling this creates ``marker``: stands in for any code a crafted file could run."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (builtins.open, (self.marker, "w"))
+
+
+@pytest.fixture
+def evil(tmp_path):
+    marker = tmp_path / "code_ran"
+    path = tmp_path / "evil.pt"
+    fake = {"model": {"w": torch.ones(1)}, "config": {"model": {"name": "fcn"}}, "meta": {"num_classes": 3},
+            "iteration": 0, "payload": _Payload(marker)}
+    torch.save(fake, path)
+    return path, marker
+
+
+def test_crafted_file_would_run_code_if_unpickled(evil):
+    path, marker = evil  # guards the tests below: the file really is malicious
+    torch.load(path, weights_only=False)
+    assert marker.exists()
+
+
+def test_load_checkpoint_refuses_crafted_file(evil):
+    path, marker = evil
+    with pytest.raises(ValueError, match="refusing to load"):
+        load_checkpoint(str(path))
+    with pytest.raises(ValueError, match="refusing to load"):
+        read_checkpoint(str(path))  # model.pretrained / backbone weights
+    assert not marker.exists()
+
+
+def test_eval_and_predict_refuse_crafted_file(evil, tmp_path, capsys):
+    path, marker = evil
+    with pytest.raises(ValueError):
+        run_evaluation(str(path))
+    assert main(["eval", "--checkpoint", str(path)]) == 2
+    image = tmp_path / "img.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
+    assert main(["predict", str(image), "--checkpoint", str(path), "--out", str(tmp_path / "pred")]) == 2
+    err = capsys.readouterr().err
+    assert "segattn eval: error:" in err and "segattn predict: error:" in err and "evil.pt" in err
+    assert not marker.exists()
+
+
+def test_resume_refuses_crafted_file(evil, tmp_path):
+    path, marker = evil
+    cfg = tiny_config(str(tmp_path / "run"), train={"resume": str(path)})
+    with pytest.raises(ValueError, match="refusing to load"):
+        train(cfg, model=TinySeg(), train_set=ToyDataset(8), val_set=None)
+    assert not marker.exists()
+
+
+def test_truncated_and_foreign_files_are_clear_errors(tmp_path):
+    good = tmp_path / "good.pt"
+    atomic_save({"model": {"w": torch.ones(3)}}, str(good))
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(good.read_bytes()[:50])
+    text = tmp_path / "notes.pt"
+    text.write_text("hello")
+    for p in (cut, text):
+        with pytest.raises(ValueError, match="not a readable PyTorch file"):
+            load_checkpoint(str(p))
+    plain = tmp_path / "tensor.pt"
+    torch.save(torch.ones(2), plain)
+    with pytest.raises(ValueError, match="expected a mapping"):
+        load_checkpoint(str(plain))
+
+
+def test_training_checkpoint_is_plain_data(tmp_path):
+    cfg = tiny_config(str(tmp_path), schedule={"iters": 2}, train={"eval_interval": 1})
+    train(cfg, model=TinySeg(), train_set=ToyDataset(8), val_set=ToyDataset(4, seed=1, augment=False))
+    for name in ("last.pt", "best.pt"):
+        ckpt = torch.load(tmp_path / name, weights_only=True)
+        assert ckpt["iteration"] in (1, 2) and isinstance(ckpt["config"], dict)
+        assert ckpt["best"] is None or type(ckpt["best"]) is float
+    set_rng_state(ckpt["rng"])  # the stored streams restore
+    a = (random.random(), np.random.rand(), torch.rand(1))
+    set_rng_state(ckpt["rng"])
+    assert (random.random(), np.random.rand(), torch.rand(1)) == a
+
+
+def test_rng_state_survives_weights_only_roundtrip(tmp_path):
+    np.random.randn()  # a cached gaussian in numpy's state
+    state = rng_state()
+    atomic_save({"rng": state}, str(tmp_path / "r.pt"))
+    expected = (random.random(), np.random.randn(), torch.rand(1))
+    set_rng_state(load_checkpoint(str(tmp_path / "r.pt"))["rng"])
+    assert (random.random(), np.random.randn(), torch.rand(1)) == expected
+
+
+def test_to_plain_converts_numpy_and_rejects_objects():
+    out = to_plain({"a": np.float64(0.5), "b": [np.arange(3)], "c": (1, "x")})
+    assert type(out["a"]) is float and torch.equal(out["b"][0], torch.arange(3))
+    with pytest.raises(TypeError, match=r"checkpoint\['o'\] is a"):
+        to_plain({"o": object()})
+
+
+def test_training_checkpoint_as_pretrained_backbone(tmp_path):
+    cfg = ModelConfig(name="fcn", backbone="resnet18", kwargs={"channels": 8})
+    source = build.build_model(cfg, 3)
+    path = tmp_path / "last.pt"
+    atomic_save({"model": source.state_dict(), "config": {"model": {"name": "fcn"}}, "rng": rng_state(),
+                 "iteration": 5, "meta": {"num_classes": 3}}, str(path))
+    tuned = build.build_model(ModelConfig(name="fcn", backbone="resnet18", pretrained=str(path),
+                                          kwargs={"channels": 8}), 5)
+    for key, value in source.backbone.state_dict().items():
+        assert torch.equal(tuned.backbone.state_dict()[key], value), key
