@@ -201,15 +201,28 @@ def deep_merge(base: Dict[str, Any], top: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def _read_file(path: Path) -> Dict[str, Any]:
-    text = path.read_text()
+    """The mapping in a YAML/JSON file; a syntax error is a ``ValueError`` naming the file and line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"config {path} is not a UTF-8 text file") from None
     if path.suffix.lower() == ".json":
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: JSON syntax error at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
     else:
         try:
             import yaml
         except ImportError as exc:  # pragma: no cover - exercised only without PyYAML
             raise ImportError(f"reading {path} needs PyYAML (pip install 'segattn[yaml]'); or use JSON") from exc
-        data = yaml.safe_load(text) or {}
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ValueError(f"{path}: YAML syntax error{where}: {problem}") from None
     if not isinstance(data, dict):
         raise TypeError(f"{path}: a config file must hold a mapping, got {type(data).__name__}")
     return data
