@@ -188,3 +188,33 @@ def test_bad_arguments():
         segattn.create_module("psanet", C, mask_fill="nan")
     with pytest.raises(ValueError, match="psa_type"):
         psa_mask(torch.zeros(1, 3, 3, 2, 2), "bi-direction")
+
+
+def test_mask_index_is_cached_per_size_and_gradients_match_loops():
+    psanet._INDEX_CACHE.clear()
+    mask = torch.randn(2, 5, 3, 4, 3, dtype=torch.float64, requires_grad=True)
+    first = psanet.psa_index(4, 3, 5, 3, mask.device)
+    assert psanet.psa_index(4, 3, 5, 3, mask.device) is first  # no rebuild for the same size
+    assert psanet.psa_index(3, 4, 5, 3, mask.device) is not first
+    for kind in ("collect", "distribute"):
+        weight = torch.randn(2, 12, 12, dtype=torch.float64)
+        (g_fast,) = torch.autograd.grad((psa_mask(mask, kind) * weight).sum(), mask)
+        (g_loop,) = torch.autograd.grad((loop_psa_mask(mask, kind) * weight).sum(), mask)
+        torch.testing.assert_close(g_fast, g_loop, atol=0, rtol=0)
+    for size in [(1, 1), (2, 2), (3, 3), (4, 4), (5, 5)]:
+        psanet.psa_index(*size, 3, 3, mask.device)
+    assert len(psanet._INDEX_CACHE) == psanet._INDEX_CACHE_SIZE  # bounded
+
+
+def test_normalization_factor_none_divides_by_mask_area():
+    torch.manual_seed(0)
+    ref = make(torch.float64, mask_size=(5, 3))
+    module = make(torch.float64, mask_size=(5, 3), normalization_factor=None)
+    module.load_state_dict(ref.state_dict())
+    assert module.normalization_factor == 15.0
+    x = torch.randn(1, C, 6, 5, dtype=torch.float64)
+    z_ref = torch.cat([ref._branch(k, x, (3, 3))[0] for k in ref.kinds], 1)
+    z = torch.cat([module._branch(k, x, (3, 3))[0] for k in module.kinds], 1)
+    torch.testing.assert_close(z, z_ref / 15.0)
+    with pytest.raises(ValueError, match="normalization_factor"):
+        segattn.create_module("psanet", C, normalization_factor=0.0)

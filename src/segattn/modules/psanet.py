@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import List, Tuple
+from collections import OrderedDict
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,40 @@ PSA_TYPES = ("collect", "distribute", "bi-direction")
 MASK_FILLS = ("zero", "-inf")
 
 
+_INDEX_CACHE: OrderedDict[Tuple[int, int, int, int, str], Tensor] = OrderedDict()
+_INDEX_CACHE_SIZE = 4
+
+
+def _build_psa_index(h: int, w: int, mh: int, mw: int, device: torch.device) -> Tensor:
+    """(N, N) int64 index [source j, target i] -> ``(j_h - i_h + hm) m_w + (j_w - i_w + wm)``, or the
+    fill slot ``m_h m_w`` where that offset is outside the (m_h, m_w) window. Built from (h, h) and
+    (w, w) tables with one N x N allocation (codes of out-of-window offsets exceed the fill slot and
+    are clamped to it)."""
+    fill = mh * mw
+    ar_h, ar_w = torch.arange(h, device=device), torch.arange(w, device=device)
+    dh = ar_h[:, None] - ar_h[None, :] + (mh - 1) // 2  # [j_h, i_h]
+    dw = ar_w[:, None] - ar_w[None, :] + (mw - 1) // 2  # [j_w, i_w]
+    dh_code = torch.where((dh >= 0) & (dh < mh), dh * mw, torch.full_like(dh, fill))
+    dw_code = torch.where((dw >= 0) & (dw < mw), dw, torch.full_like(dw, fill))
+    index = dh_code[:, None, :, None] + dw_code[None, :, None, :]  # (j_h, j_w, i_h, i_w)
+    return index.reshape(h * w, h * w).clamp_(max=fill)
+
+
+def psa_index(h: int, w: int, mh: int, mw: int, device: torch.device) -> Tensor:
+    """The gather index of :func:`psa_mask`, cached per (size, mask size, device) (last 4 kept)."""
+    if torch.compiler.is_compiling():
+        return _build_psa_index(h, w, mh, mw, device)
+    key = (h, w, mh, mw, str(device))
+    index = _INDEX_CACHE.get(key)
+    if index is None:
+        index = _INDEX_CACHE[key] = _build_psa_index(h, w, mh, mw, device)
+        while len(_INDEX_CACHE) > _INDEX_CACHE_SIZE:
+            _INDEX_CACHE.popitem(last=False)
+    else:
+        _INDEX_CACHE.move_to_end(key)
+    return index
+
+
 def psa_mask(mask: Tensor, psa_type: str, fill: float = 0.0) -> Tensor:
     """The PSA mask op in pure PyTorch: relative-position masks -> (B, N, N) attention buffer.
 
@@ -27,8 +62,9 @@ def psa_mask(mask: Tensor, psa_type: str, fill: float = 0.0) -> Tensor:
     collect:    ``buf[b, j, i] = mask[b, j_h - i_h + hm, j_w - i_w + wm, i]`` (mask predicted at the
                 target i; channel index = source j, last index = target i);
     distribute: ``buf[b, i, j]`` = the same value, i.e. the transpose (mask predicted at the source).
-    Sources outside the window get ``fill`` (0 in the reference). One gather with a precomputed
-    (N, N) index, no loop over pixels; N x N memory is inherent to PSANet.
+    Sources outside the window get ``fill`` (0 in the reference). One gather from the mask with a
+    ``fill`` slot appended, through an (N, N) index cached per size (:func:`psa_index`); no loop over
+    pixels, and the (B, N, N) buffer is the only N x N allocation (inherent to PSANet).
     """
     if mask.dim() != 5:
         raise ValueError(f"psa_mask expects a (B, m_h, m_w, h, w) mask, got shape {tuple(mask.shape)}")
@@ -36,14 +72,9 @@ def psa_mask(mask: Tensor, psa_type: str, fill: float = 0.0) -> Tensor:
         raise ValueError(f"psa_type must be 'collect' or 'distribute', got {psa_type!r}")
     b, mh, mw, h, w = mask.shape
     n = h * w
-    rows = torch.arange(h, device=mask.device).repeat_interleave(w)  # position p -> (p_h, p_w)
-    cols = torch.arange(w, device=mask.device).repeat(h)
-    dh = rows[:, None] - rows[None, :] + (mh - 1) // 2  # [source j, target i]
-    dw = cols[:, None] - cols[None, :] + (mw - 1) // 2
-    inside = (dh >= 0) & (dh < mh) & (dw >= 0) & (dw < mw)
-    index = dh.clamp(0, mh - 1) * mw + dw.clamp(0, mw - 1)
-    buf = mask.reshape(b, mh * mw, n).gather(1, index.unsqueeze(0).expand(b, n, n))
-    buf = buf.masked_fill(~inside, fill)
+    index = psa_index(h, w, mh, mw, mask.device)
+    ext = torch.cat([mask.reshape(b, mh * mw, n), mask.new_full((b, 1, n), fill)], dim=1)
+    buf = ext.gather(1, index.unsqueeze(0).expand(b, n, n))
     return buf if psa_type == "collect" else buf.transpose(1, 2)
 
 
@@ -74,7 +105,7 @@ class PointwiseSpatialAttention(ContextModule):
     ``A`` (B, N', N') (row = source j, column = target i)::
 
         collect:     A[j, i] = mask_i[j - i + centre]     (target i says how much it reads from j)
-        distribute:  A[i, j] = mask_j[i - j + centre]     (source j says how much it sends to i)
+        distribute:  A[j, i] = mask_j[i - j + centre]     (source j says how much it sends to i)
         A <- softmax over the sources j (dim 1, float32); out_i = sum_j z_j A[j, i] / normalization_factor
 
     ``bi-direction`` concatenates both (2 C_m channels); ``proj`` (1x1 conv-BN-ReLU -> C) maps back
@@ -84,7 +115,8 @@ class PointwiseSpatialAttention(ContextModule):
     Scene Parsing", ECCV 2018. Defaults (hszhao/semseg): ``psa_type='bi-direction'``, C_m = C / 4
     (512 for 2048), ``shrink_factor=2``, ``mask_size=(59, 59)`` (the over-complete (2h'-1, 2w'-1) mask
     of 465 crops at output stride 8, i.e. feature maps up to 59 x 59; larger masks than needed are
-    cropped to the window), ``psa_softmax=True``, ``normalization_factor=1.0``.
+    cropped to the window), ``psa_softmax=True``, ``normalization_factor=1.0`` (``None`` divides by
+    ``m_h m_w``, as ``None`` does in semseg's PSA module and mmseg's PSAHead).
     ``compact=True`` predicts an N'-channel map in absolute coordinates instead (no mask op; needs
     ``mask_size == (h', w')``): collect uses it as is, distribute transposes it.
 
@@ -110,7 +142,7 @@ class PointwiseSpatialAttention(ContextModule):
         compact: bool = False,
         mask_fill: str = "zero",
         psa_softmax: bool = True,
-        normalization_factor: float = 1.0,
+        normalization_factor: Optional[float] = 1.0,
     ) -> None:
         super().__init__(in_channels)
         if psa_type not in PSA_TYPES:
@@ -125,6 +157,10 @@ class PointwiseSpatialAttention(ContextModule):
         self.psa_type, self.compact, self.mask_fill = psa_type, compact, mask_fill
         self.shrink_factor, self.psa_softmax = shrink_factor, psa_softmax
         self.mask_size: Pair = (int(mask_size[0]), int(mask_size[1]))
+        if normalization_factor is None:
+            normalization_factor = self.mask_size[0] * self.mask_size[1]
+        if not normalization_factor > 0:
+            raise ValueError(f"normalization_factor must be positive or None (m_h * m_w), got {normalization_factor}")
         self.normalization_factor = float(normalization_factor)
         self.mid_channels = max(1, in_channels // mid_reduction)
         kinds = ["collect", "distribute"] if psa_type == "bi-direction" else [psa_type]
