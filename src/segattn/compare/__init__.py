@@ -1,0 +1,16 @@
+"""``segattn compare``: train every entry of an experiment plan over several seeds under one protocol,
+and report accuracy with error bars, cost, paired differences and claim-by-claim verdicts.
+
+    from segattn.compare import run_plan
+    run_plan("survey-table", dataset="synthetic", seeds=3, out="outputs/compare/survey-table-synthetic")
+
+Plans: :mod:`segattn.compare.plan`; runs and resume: :mod:`segattn.compare.runner`; statistics:
+:mod:`segattn.compare.stats`; report: :mod:`segattn.compare.report`.
+"""
+
+from segattn.compare.plan import Claim, Entry, Plan, PlanError, list_plans, load_plan, plan_from_dict
+from segattn.compare.report import aggregate, collect, write_report
+from segattn.compare.runner import ablate_reasoners, run_plan
+
+__all__ = ["Claim", "Entry", "Plan", "PlanError", "list_plans", "load_plan", "plan_from_dict", "aggregate",
+           "collect", "write_report", "ablate_reasoners", "run_plan"]

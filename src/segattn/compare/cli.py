@@ -1,0 +1,54 @@
+"""``segattn compare PLAN [--dataset synthetic|camvid] [--seeds N] [--out DIR]``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from segattn.compare.plan import list_plans
+
+    p = sub.add_parser("compare", help="train a plan's entries over seeds; report mIoU with error bars, cost and claims",
+                       description="Run (or resume) every (entry, seed) of an experiment plan and write the report "
+                                   f"(compare.md/json/csv/png). Shipped plans: {', '.join(list_plans())}.")
+    p.add_argument("plan", help="a shipped plan name or a plan file (YAML/JSON)")
+    p.add_argument("--dataset", default="synthetic", help="which of the plan's protocols to run (default synthetic)")
+    p.add_argument("--seeds", type=int, default=None, help="seeds per entry (default: the plan's)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="folder of the runs and the report (default outputs/compare/<plan>-<dataset>); "
+                        "finished runs in it are skipped, interrupted ones resumed")
+    p.add_argument("--report-dir", type=Path, default=None,
+                   help="write the report (and copies of the runs' result.json) here instead of --out")
+    p.add_argument("--report-only", action="store_true", help="only aggregate the runs already finished")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads per run (default 1)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra config override for every run, after the protocol's (repeatable)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from segattn.compare.plan import PlanError, load_plan, validate_plan
+    from segattn.compare.report import write_report
+    from segattn.compare.runner import run_plan
+
+    plan = load_plan(args.plan)
+    if args.seeds is not None and args.seeds < 1:
+        raise PlanError(f"--seeds must be >= 1, got {args.seeds}")
+    out = args.out or Path("outputs") / "compare" / f"{plan.name}-{args.dataset}"
+    if args.report_only:
+        plan.protocol(args.dataset)
+        validate_plan(plan, args.dataset, args.set)
+        rep = write_report(plan, out, args.dataset, report_dir=args.report_dir, seeds=args.seeds)
+        print(open(rep["paths"]["markdown"]).read())
+        return 0
+    summary = run_plan(plan, args.dataset, args.seeds, out, extra=args.set, threads=args.threads,
+                       report_dir=args.report_dir)
+    if summary["interrupted"]:
+        cmd = f"segattn compare {args.plan} --dataset {args.dataset} --out {out}"
+        if args.seeds is not None:
+            cmd += f" --seeds {args.seeds}"
+        print(f"interrupted; {summary['done']}/{summary['total']} runs finished; resume with `{cmd}`", file=sys.stderr)
+        return 130
+    return 0

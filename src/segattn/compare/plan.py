@@ -1,0 +1,292 @@
+"""Experiment plans: one training protocol per dataset, a list of entries, and the claims to test.
+
+A plan is a YAML or JSON mapping (shipped ones live in ``segattn/configs/plans/``; a user's own file
+works the same way)::
+
+    name: survey-table
+    description: one line shown in the report
+    reference: fcn                 # entry the paired differences are taken against
+    seeds: 3                       # default number of seeds (seed values 0 .. seeds-1)
+    margin: 1.0                    # mIoU points: differences smaller than this are "equivalent"
+    protocols:                     # one training config per dataset; only the entry changes
+      synthetic:
+        config: synthetic/fcn_r18_synthetic.yaml   # a shipped config name or a path
+        set: {schedule.iters: 200}                 # dotted overrides (as ``segattn train --set``)
+    entries:
+      - {name: fcn, model: fcn}
+      - {name: ema-T3, model: generic, context: ema, context_kw: {num_stages: 3}}
+      - {name: glore-noreason, model: generic, context: glore, reasoner: identity}
+    claims:
+      - {id: "1b", text: "EMA with T = 3 beats T = 1", kind: better, a: ema-T3, b: ema-T1}
+
+Entry keys: ``name`` (unique, ``[A-Za-z0-9._-]``), ``model`` (a registered model), ``context`` /
+``context_kw`` (the ``generic`` model's module and its keywords), ``kwargs`` (further model
+keywords), ``reasoner: identity`` (every ``LowRankBlock`` reasoner in the model replaced by
+``IdentityReasoner``, all else equal) and ``note``. Claim kinds: ``better`` (``a`` beats ``b``),
+``no_gain`` (``a`` adds nothing over ``b``), ``equivalent`` (every pair of ``entries`` within the
+margin). Everything is checked when the plan is loaded, before any run starts.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from segattn.engine.config import CONFIG_DIR, apply_overrides, config_from_dict, load_config_dict
+
+PLAN_DIR = CONFIG_DIR / "plans"
+NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
+ENTRY_KEYS = ("name", "model", "context", "context_kw", "kwargs", "reasoner", "note")
+CLAIM_KINDS = ("better", "no_gain", "equivalent")
+PLAN_KEYS = ("name", "description", "reference", "seeds", "margin", "protocols", "entries", "claims")
+
+
+class PlanError(ValueError):
+    """A plan that cannot run; the message names the file, the key and what was expected."""
+
+
+@dataclass
+class Entry:
+    """One row of the comparison: a model (and context module) trained under the plan's protocol."""
+
+    name: str
+    model: str
+    context: Optional[str] = None
+    context_kw: Dict[str, Any] = field(default_factory=dict)
+    kwargs: Dict[str, Any] = field(default_factory=dict)
+    reasoner: Optional[str] = None
+    note: str = ""
+
+    def model_kwargs(self) -> Dict[str, Any]:
+        """Keywords of ``create_model`` beyond the protocol's (``context``, ``context_kw``, ``kwargs``)."""
+        kw = copy.deepcopy(self.kwargs)
+        if self.context is not None:
+            kw["context"] = self.context
+        if self.context_kw:
+            kw["context_kw"] = copy.deepcopy(self.context_kw)
+        return kw
+
+    def describe(self) -> str:
+        parts = [self.model]
+        if self.context:
+            parts.append(self.context)
+        parts += [f"{k}={v}" for k, v in sorted(self.context_kw.items())]
+        parts += [f"{k}={v}" for k, v in sorted(self.kwargs.items())]
+        if self.reasoner:
+            parts.append(f"reasoner={self.reasoner}")
+        return " ".join(parts)
+
+
+@dataclass
+class Claim:
+    """A statement the numbers decide: ``better``/``no_gain`` (``a`` vs ``b``) or ``equivalent``."""
+
+    id: str
+    text: str
+    kind: str
+    a: Optional[str] = None
+    b: Optional[str] = None
+    entries: List[str] = field(default_factory=list)
+
+
+@dataclass
+class Protocol:
+    """The training config of one dataset: a config file plus overrides."""
+
+    config: str
+    set: Dict[str, Any] = field(default_factory=dict)
+
+    def overrides(self) -> List[str]:
+        return [f"{k}={json.dumps(v)}" for k, v in self.set.items()]
+
+
+@dataclass
+class Plan:
+    name: str
+    entries: List[Entry]
+    protocols: Dict[str, Protocol]
+    reference: str
+    seeds: int = 3
+    margin: float = 1.0
+    description: str = ""
+    claims: List[Claim] = field(default_factory=list)
+    source: str = ""
+
+    def entry(self, name: str) -> Entry:
+        for e in self.entries:
+            if e.name == name:
+                return e
+        raise KeyError(name)
+
+    def protocol(self, dataset: str) -> Protocol:
+        if dataset not in self.protocols:
+            raise PlanError(f"plan {self.name!r} has no protocol for dataset {dataset!r}; "
+                            f"it has {sorted(self.protocols)}")
+        return self.protocols[dataset]
+
+
+def list_plans() -> List[str]:
+    """Names of the shipped plans."""
+    return sorted(p.stem for p in PLAN_DIR.glob("*.yaml"))
+
+
+def resolve_plan_path(plan: str) -> Path:
+    """A file path as given, else a shipped plan name (``survey-table``)."""
+    for candidate in (Path(plan), PLAN_DIR / plan, PLAN_DIR / f"{plan}.yaml"):
+        if candidate.is_file():
+            return candidate
+    raise PlanError(f"plan {plan!r} not found: not a file and not a shipped plan ({', '.join(list_plans())})")
+
+
+def _read(path: Path) -> Dict[str, Any]:
+    text = path.read_text()
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except ImportError as exc:
+        raise PlanError(f"reading {path} needs PyYAML (pip install 'segattn[yaml]'); or write the plan as JSON") from exc
+    except Exception as exc:  # YAML / JSON syntax errors: name the file, keep one line
+        raise PlanError(f"plan {path} is not valid {path.suffix[1:].upper() or 'YAML'}: "
+                        f"{' '.join(str(exc).split())[:300]}") from None
+    if not isinstance(data, dict):
+        raise PlanError(f"plan {path} must hold a mapping, got {type(data).__name__}")
+    return data
+
+
+def _check_keys(data: Dict[str, Any], allowed: Sequence[str], where: str) -> None:
+    if not isinstance(data, dict):
+        raise PlanError(f"{where} must be a mapping, got {type(data).__name__}")
+    unknown = [k for k in data if k not in allowed]
+    if unknown:
+        raise PlanError(f"unknown key(s) {unknown} in {where}; accepted: {list(allowed)}")
+
+
+def _entry(data: Any, where: str) -> Entry:
+    _check_keys(data, ENTRY_KEYS, where)
+    for key in ("name", "model"):
+        if not isinstance(data.get(key), str) or not data[key]:
+            raise PlanError(f"{where}: '{key}' must be a non-empty string")
+    if not NAME_RE.match(data["name"]):
+        raise PlanError(f"{where}: name {data['name']!r} may only use letters, digits, '.', '_' and '-'")
+    for key in ("context_kw", "kwargs"):
+        if not isinstance(data.get(key, {}), dict):
+            raise PlanError(f"{where}: '{key}' must be a mapping")
+    if data.get("reasoner") not in (None, "identity"):
+        raise PlanError(f"{where}: reasoner must be 'identity' (or absent), got {data['reasoner']!r}")
+    return Entry(**{k: copy.deepcopy(v) for k, v in data.items()})
+
+
+def _claim(data: Any, where: str, names: Sequence[str]) -> Claim:
+    _check_keys(data, ("id", "text", "kind", "a", "b", "entries"), where)
+    kind = data.get("kind")
+    if kind not in CLAIM_KINDS:
+        raise PlanError(f"{where}: kind must be one of {list(CLAIM_KINDS)}, got {kind!r}")
+    refs = list(data.get("entries") or []) if kind == "equivalent" else [data.get("a"), data.get("b")]
+    if kind == "equivalent" and len(refs) < 2:
+        raise PlanError(f"{where}: an 'equivalent' claim needs 'entries' with at least two names")
+    missing = [r for r in refs if r not in names]
+    if missing:
+        raise PlanError(f"{where}: unknown entr{'y' if len(missing) == 1 else 'ies'} {missing}; plan entries: {list(names)}")
+    return Claim(id=str(data.get("id", "")), text=str(data.get("text", "")), kind=kind, a=data.get("a"),
+                 b=data.get("b"), entries=[str(r) for r in data.get("entries") or []])
+
+
+def plan_from_dict(data: Dict[str, Any], source: str = "<plan>") -> Plan:
+    """Build and check a :class:`Plan` (names, kinds, references, protocol configs)."""
+    _check_keys(data, PLAN_KEYS, f"plan {source}")
+    entries_raw = data.get("entries")
+    if not isinstance(entries_raw, list) or not entries_raw:
+        raise PlanError(f"plan {source}: 'entries' must be a non-empty list")
+    entries = [_entry(e, f"plan {source}, entry {i + 1}") for i, e in enumerate(entries_raw)]
+    names = [e.name for e in entries]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise PlanError(f"plan {source}: entry names must be unique, repeated: {dup}")
+    reference = data.get("reference", names[0])
+    if reference not in names:
+        raise PlanError(f"plan {source}: reference {reference!r} is not an entry; entries: {names}")
+    seeds = data.get("seeds", 3)
+    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
+        raise PlanError(f"plan {source}: seeds must be an integer >= 1, got {seeds!r}")
+    margin = data.get("margin", 1.0)
+    if not isinstance(margin, (int, float)) or isinstance(margin, bool) or margin <= 0:
+        raise PlanError(f"plan {source}: margin must be a positive number of mIoU points, got {margin!r}")
+    protocols_raw = data.get("protocols")
+    if not isinstance(protocols_raw, dict) or not protocols_raw:
+        raise PlanError(f"plan {source}: 'protocols' must map dataset names to {{config, set}}")
+    protocols = {}
+    for ds, p in protocols_raw.items():
+        _check_keys(p, ("config", "set"), f"plan {source}, protocol {ds!r}")
+        if not isinstance(p.get("config"), str):
+            raise PlanError(f"plan {source}, protocol {ds!r}: 'config' must be a config name or path")
+        if not isinstance(p.get("set", {}), dict):
+            raise PlanError(f"plan {source}, protocol {ds!r}: 'set' must map dotted keys to values")
+        protocols[str(ds)] = Protocol(p["config"], dict(p.get("set") or {}))
+    claims = [_claim(c, f"plan {source}, claim {i + 1}", names) for i, c in enumerate(data.get("claims") or [])]
+    return Plan(name=str(data.get("name", Path(source).stem)), entries=entries, protocols=protocols,
+                reference=reference, seeds=seeds, margin=float(margin), description=str(data.get("description", "")),
+                claims=claims, source=source)
+
+
+def load_plan(plan: str) -> Plan:
+    """Read a plan file or shipped plan name and check it (see the module docstring)."""
+    path = resolve_plan_path(plan)
+    return plan_from_dict(_read(path), str(path))
+
+
+def protocol_dict(plan: Plan, dataset: str) -> Dict[str, Any]:
+    """The protocol's merged config data (base chain + overrides), before any entry is applied."""
+    proto = plan.protocol(dataset)
+    try:
+        data = load_config_dict(proto.config)
+    except FileNotFoundError as exc:
+        raise PlanError(f"plan {plan.name!r}, protocol {dataset!r}: {exc}") from None
+    return apply_overrides(data, proto.overrides())
+
+
+def entry_config_dict(plan: Plan, dataset: str, entry: Entry, seed: int, work_dir: str,
+                      extra: Sequence[str] = ()) -> Dict[str, Any]:
+    """Config data of one run: the protocol with the entry's model, the seed and the work dir."""
+    data = protocol_dict(plan, dataset)
+    data = apply_overrides(data, list(extra))
+    model = data.setdefault("model", {})
+    model["name"] = entry.model
+    kwargs = {k: v for k, v in dict(model.get("kwargs") or {}).items() if k not in ("context", "context_kw")}
+    kwargs.update(entry.model_kwargs())
+    model["kwargs"] = kwargs
+    train = data.setdefault("train", {})
+    train["seed"] = int(seed)
+    train["work_dir"] = work_dir
+    data["name"] = f"{plan.name}-{entry.name}-seed{seed}"
+    return data
+
+
+def validate_plan(plan: Plan, dataset: str, extra: Sequence[str] = ()) -> None:
+    """Check before any run: the protocol config loads, every model and context module exists and
+    takes the entry's keywords (modules are built at 16 channels, which costs nothing)."""
+    from segattn.api import create_module
+    from segattn.models import list_models
+
+    models = set(list_models())
+    for e in plan.entries:
+        where = f"plan {plan.name!r}, entry {e.name!r}"
+        if e.model not in models:
+            raise PlanError(f"{where}: unknown model {e.model!r}; registered: {sorted(models)}")
+        if e.context is not None:
+            try:
+                create_module(e.context, 16, **e.context_kw)
+            except (TypeError, ValueError, KeyError) as exc:
+                raise PlanError(f"{where}: context {e.context!r} with {e.context_kw}: {exc}") from None
+        try:
+            config_from_dict(entry_config_dict(plan, dataset, e, 0, "unused", extra))
+        except (TypeError, ValueError, KeyError) as exc:
+            msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+            raise PlanError(f"{where}: its training config is invalid: {msg}") from None

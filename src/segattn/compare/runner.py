@@ -1,0 +1,414 @@
+"""Run a plan: every (entry, seed) is one ``segattn.engine.train.train`` run in its own folder.
+
+Layout under the output folder ``OUT``::
+
+    OUT/runs/<entry>/seed<k>/compare_config.json   the run's full training config (written first)
+    OUT/runs/<entry>/seed<k>/train/                the engine's work dir (last.pt, metrics.jsonl, ...)
+    OUT/runs/<entry>/seed<k>/result.json           written last, atomically: the run is finished
+
+Resume: a run with ``result.json`` is skipped; one with ``train/last.pt`` continues from it
+(``train.resume=auto``) after checking that its stored config equals the one the plan gives now;
+one without either starts fresh. Runs go seed-major (seed 0 of every entry, then seed 1, ...), so
+an interrupted plan already has every entry at some seeds. SIGINT/SIGTERM stop the current run at
+the next step with a checkpoint; run the same command again to continue.
+
+Seeds change the initialisation (``seed_everything(seed)`` before the model is built) and the data
+order (``train.seed``); the dataset itself (for the synthetic set, its own ``seed`` keyword) does not
+change. After training, in the same process: per-image intersection / ground-truth / prediction
+counts on the validation set (for the metrics and the bootstrap), parameters, MACs (whole model:
+``FlopCounterMode``; context modules: their analytic ``flops(H, W)`` at the size they see), forward
+latency (batch 1, eval size, median of 5) and the peak memory of one training step.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from segattn.compare.plan import Entry, Plan, PlanError, entry_config_dict, load_plan, validate_plan
+from segattn.engine import build
+from segattn.engine.config import config_from_dict
+from segattn.io import atomic_write_json
+
+RESULT = "result.json"
+RUN_CONFIG = "compare_config.json"
+Log = Callable[[str], None]
+
+
+def _print(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def run_dir(out: Union[str, Path], entry: str, seed: int) -> Path:
+    return Path(out) / "runs" / entry / f"seed{seed}"
+
+
+def source_commit() -> Optional[str]:
+    """Git commit of the source tree segattn is imported from (``+dirty`` with local changes), or None."""
+    root = Path(__file__).resolve().parents[3]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "src"], capture_output=True,
+                               text=True, timeout=10)
+        return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+# --------------------------------------------------------------------------------------- model
+def ablate_reasoners(model: nn.Module) -> int:
+    """Replace every ``LowRankBlock``'s reasoner by ``IdentityReasoner``; returns how many were replaced.
+
+    Only shape-preserving reasoners can go (their output channels equal their input's), which holds
+    for GloRe, SGR, Beyond Grids and LatentGNN; anything else raises ``ValueError``.
+    """
+    from segattn.lowrank import IdentityReasoner, LowRankBlock
+
+    count = 0
+    for name, module in model.named_modules():
+        if isinstance(module, LowRankBlock) and not isinstance(module.reasoner, IdentityReasoner):
+            r = module.reasoner
+            cin, cout = getattr(r, "channels", None), getattr(r, "out_channels", None)
+            if cin is not None and cout is not None and cin != cout:
+                raise ValueError(f"reasoner of {name} maps {cin} -> {cout} channels; an identity cannot replace it")
+            module.reasoner = IdentityReasoner()
+            count += 1
+    if count == 0:
+        raise ValueError("reasoner: identity was asked, but the model has no LowRankBlock with a reasoner")
+    return count
+
+
+def build_entry_model(cfg: Any, entry: Entry, num_classes: int, seed: int) -> nn.Module:
+    """The entry's model, initialised from ``seed`` (and its reasoners ablated if asked)."""
+    from segattn.engine.train import seed_everything
+
+    seed_everything(seed)
+    model = build.build_model(cfg.model, num_classes)
+    if entry.reasoner == "identity":
+        ablate_reasoners(model)
+    return model
+
+
+# ---------------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def per_image_counts(model: nn.Module, val_set: Any, cfg: Any, num_classes: int, ignore_index: int,
+                     device: torch.device) -> Dict[str, np.ndarray]:
+    """Per validation image and class: true positives, ground-truth and predicted pixel counts."""
+    from torch.utils.data import DataLoader
+
+    from segattn.engine.evaluate import infer
+
+    e = cfg.eval
+    model.eval()
+    loader = DataLoader(val_set, batch_size=cfg.data.val_batch_size, shuffle=False, num_workers=cfg.data.num_workers)
+    rows: Dict[str, List[np.ndarray]] = {"tp": [], "gt": [], "pred": []}
+    k = num_classes
+    seen = 0
+    for images, masks in loader:
+        if e.max_samples is not None and seen >= e.max_samples:
+            break
+        scores = infer(model, images.to(device), k, e.mode, e.crop_size, e.stride, e.scales, e.flip)
+        if scores.shape[-2:] != masks.shape[-2:]:
+            scores = torch.nn.functional.interpolate(scores.float(), size=masks.shape[-2:], mode="bilinear",
+                                                     align_corners=False)
+        preds = scores.argmax(1).cpu()
+        for p, t in zip(preds, masks):
+            keep = (t != ignore_index) & (t >= 0) & (t < k)
+            p, t = p[keep].long(), t[keep].long()
+            rows["tp"].append(torch.bincount(t[p == t], minlength=k).numpy())
+            rows["gt"].append(torch.bincount(t, minlength=k).numpy())
+            rows["pred"].append(torch.bincount(p.clamp(0, k - 1), minlength=k).numpy())
+            seen += 1
+    return {key: np.stack(v).astype(np.int64) for key, v in rows.items()}
+
+
+def metrics_from_counts(counts: Dict[str, np.ndarray], classes: Sequence[str]) -> Dict[str, Any]:
+    """Dataset-level metrics from per-image counts summed over images (the engine's definitions and
+    NaN policy, :mod:`segattn.engine.metrics`): ``IoU_c = tp / (gt + pred - tp)`` (NaN for an empty
+    union, left out of mIoU), ``Acc_c = tp / gt`` (NaN without ground truth), ``aAcc = sum tp / sum gt``."""
+    tp, gt, pr = (counts[k].sum(0).astype(np.float64) for k in ("tp", "gt", "pred"))
+    union = gt + pr - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(union > 0, tp / np.maximum(union, 1), np.nan)
+        acc = np.where(gt > 0, tp / np.maximum(gt, 1), np.nan)
+
+    def nanmean(v: np.ndarray) -> float:
+        return float(np.nanmean(v)) if np.any(~np.isnan(v)) else math.nan
+
+    total = float(gt.sum())
+    return {"mIoU": nanmean(iou), "aAcc": float(tp.sum()) / total if total > 0 else math.nan, "mAcc": nanmean(acc),
+            "IoU": {str(n): float(v) for n, v in zip(classes, iou)},
+            "Acc": {str(n): float(v) for n, v in zip(classes, acc)}, "pixels": int(total)}
+
+
+# ----------------------------------------------------------------------------------------- cost
+def _context_modules(model: nn.Module) -> List[Tuple[str, nn.Module]]:
+    from segattn.modules.base import ContextModule
+
+    found: List[Tuple[str, nn.Module]] = []
+    for name, m in model.named_modules():
+        if isinstance(m, ContextModule) and not any(name.startswith(f + ".") for f, _ in found):
+            found.append((name, m))
+    return found
+
+
+@torch.no_grad()
+def model_macs(model: nn.Module, image: torch.Tensor) -> Tuple[int, int]:
+    """(whole-model MACs by FlopCounterMode, sum of context modules' ``flops(H, W)``) for one image."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    sizes: Dict[str, Tuple[int, int]] = {}
+    hooks = []
+    for name, m in _context_modules(model):
+        hooks.append(m.register_forward_pre_hook(lambda mod, args, n=name: sizes.__setitem__(n, tuple(args[0].shape[-2:]))))
+    model.eval()
+    try:
+        with FlopCounterMode(display=False) as counter:
+            model(image)
+    finally:
+        for h in hooks:
+            h.remove()
+    mods = dict(_context_modules(model))
+    context = sum(int(mods[n].flops(*hw)) for n, hw in sizes.items())
+    return int(counter.get_total_flops()) // 2, context
+
+
+@torch.no_grad()
+def latency_ms(model: nn.Module, image: torch.Tensor, rounds: int = 5) -> float:
+    """Median eval-mode forward time of one image (after one warm-up pass)."""
+    model.eval()
+    model(image)
+    times = []
+    for _ in range(rounds):
+        if image.is_cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        model(image)
+        if image.is_cuda:
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return float(statistics.median(times))
+
+
+def train_step_memory_mb(model: nn.Module, images: torch.Tensor, masks: torch.Tensor) -> float:
+    """Peak memory of one training step (forward + backward) of a copy of ``model``, in MiB.
+
+    CUDA: ``max_memory_allocated`` growth. CPU: growth of the resident set's high-water mark (the
+    kernel's mark is reset first, see :mod:`segattn.bench.measure`); measured in the run's own process,
+    so it is indicative (allocator caching can hide part of a step), not exact.
+    """
+    from segattn.bench.measure import _reset_peak, _status_kib
+
+    net = copy.deepcopy(model).train()
+    rng = torch.get_rng_state()
+
+    def step() -> None:
+        out = net(images)
+        logits = out["out"] if isinstance(out, dict) else out
+        loss = torch.nn.functional.cross_entropy(logits.float(), masks, ignore_index=255)
+        loss.backward()
+
+    try:
+        if images.is_cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            step()
+            torch.cuda.synchronize()
+            return (torch.cuda.max_memory_allocated() - base) / 2**20
+        if not _reset_peak():
+            return math.nan
+        base = _status_kib("VmRSS")
+        step()
+        return max(_status_kib("VmHWM") - base, 0) / 1024
+    finally:
+        torch.set_rng_state(rng)
+
+
+def measure_cost(model: nn.Module, train_set: Any, val_set: Any, cfg: Any, device: torch.device) -> Dict[str, Any]:
+    """Parameters, MACs, latency and training-step memory, all at the run's own sizes."""
+    image = val_set[0][0].unsqueeze(0).to(device)
+    bs = cfg.data.batch_size
+    batch = [train_set[i] for i in range(min(bs, len(train_set)))]
+    images = torch.stack([b[0] for b in batch]).to(device)
+    masks = torch.stack([b[1] for b in batch]).to(device).long()
+    macs, context_macs = model_macs(model, image)
+    return {
+        "params": int(sum(p.numel() for p in model.parameters())),
+        "macs": macs,
+        "context_macs": context_macs,
+        "eval_size": list(image.shape[-2:]),
+        "latency_ms": latency_ms(model, image),
+        "train_step_mem_mb": train_step_memory_mb(model, images, masks),
+        "train_batch": [int(images.shape[0]), *images.shape[-2:]],
+    }
+
+
+# ------------------------------------------------------------------------------------------ runs
+def _diff_keys(a: Any, b: Any, prefix: str = "") -> List[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: List[str] = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [f"{prefix[:-1]}: stored {a!r}, now {b!r}"]
+
+
+def prepare_run(out: Path, plan: Plan, dataset: str, entry: Entry, seed: int, threads: Optional[int],
+                extra: Sequence[str]) -> Tuple[Path, Dict[str, Any]]:
+    """The run's folder and config data; refuses to resume a run whose stored config differs."""
+    rdir = run_dir(out, entry.name, seed)
+    data = entry_config_dict(plan, dataset, entry, seed, str(rdir / "train"), extra)
+    tr = data.setdefault("train", {})
+    tr.update({"progress": False, "tensorboard": False, "resume": None})
+    if threads:
+        tr["threads"] = int(threads)
+    data["_entry"] = {"name": entry.name, "reasoner": entry.reasoner}
+    stored = rdir / RUN_CONFIG
+    if stored.is_file():
+        old = json.loads(stored.read_text())
+        ignore = ("train",)  # threads / paths may differ between machines; the rest must match
+        diffs = [d for d in _diff_keys({k: v for k, v in old.items() if k not in ignore},
+                                       {k: v for k, v in data.items() if k not in ignore})]
+        if diffs:
+            raise PlanError(f"{rdir} was started with another config ({'; '.join(diffs[:4])}); "
+                            "use another --out folder or delete that run")
+    return rdir, data
+
+
+def train_run(rdir: Path, data: Dict[str, Any], entry: Entry, seed: int, dataset: str, plan: Plan,
+              callbacks: Sequence[Any] = (), log: Log = _print) -> Optional[Dict[str, Any]]:
+    """Train (or resume) one run and measure it; returns the result, or None when interrupted."""
+    from segattn.engine.train import dataset_meta, train
+
+    rdir.mkdir(parents=True, exist_ok=True)
+    if not (rdir / RUN_CONFIG).is_file():
+        atomic_write_json(rdir / RUN_CONFIG, data)
+    work = rdir / "train"
+    resumable = (work / "last.pt").is_file()
+    if work.exists() and not resumable:
+        shutil.rmtree(work)  # an attempt that died before its first checkpoint: nothing to resume
+    cfg_data = {k: v for k, v in data.items() if not k.startswith("_")}
+    if resumable:
+        cfg_data["train"]["resume"] = "auto"
+    cfg = config_from_dict(cfg_data)
+    train_set, val_set = build.build_datasets(cfg)
+    if val_set is None:
+        raise PlanError(f"protocol {dataset!r} has no validation split (data.val_split); a comparison needs one")
+    meta = dataset_meta(train_set)
+    model = build_entry_model(cfg, entry, meta["num_classes"], seed)
+    t0 = time.time()
+    summary = train(cfg, model=model, train_set=train_set, val_set=None, callbacks=callbacks)
+    if summary.get("interrupted"):
+        return None
+    train_wall = time.time() - t0
+    device = next(model.parameters()).device
+    counts = per_image_counts(model, val_set, cfg, meta["num_classes"], meta["ignore_index"], device)
+    metrics = metrics_from_counts(counts, meta["classes"])
+    cost = measure_cost(model, train_set, val_set, cfg, device)
+    result = {
+        "plan": plan.name, "dataset": dataset, "entry": entry.name, "describe": entry.describe(), "seed": seed,
+        "metrics": metrics, "per_image": {k: v.tolist() for k, v in counts.items()}, "classes": meta["classes"],
+        "cost": cost,
+        "train": {"iterations": summary.get("iteration"), "wall_s": round(train_wall, 2),
+                  "it_per_s": summary.get("it_per_s"), "resumed": resumable, "threads": torch.get_num_threads(),
+                  "device": str(device)},
+        "provenance": {"commit": source_commit(), "torch": torch.__version__, "python": sys.version.split()[0]},
+        "config": cfg_data,
+    }
+    from segattn.engine.metrics import json_safe
+
+    atomic_write_json(rdir / RESULT, json_safe(result))
+    return result
+
+
+def _fmt_time(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    h, rem = divmod(seconds, 3600)
+    return f"{h}h{rem // 60:02d}m" if h else f"{rem // 60}m{rem % 60:02d}s"
+
+
+def run_plan(plan: Union[str, Plan], dataset: str = "synthetic", seeds: Optional[int] = None,
+             out: Optional[Union[str, Path]] = None, extra: Sequence[str] = (), threads: Optional[int] = 1,
+             report: bool = True, report_dir: Optional[Union[str, Path]] = None, callbacks: Sequence[Any] = (),
+             log: Log = _print) -> Dict[str, Any]:
+    """Run every missing (entry, seed) of ``plan`` on ``dataset`` and write the report.
+
+    Returns ``{"out", "done", "trained", "skipped", "interrupted", "total", "report"}``; ``interrupted``
+    is True when a stop signal ended the current run (its checkpoint is kept; call again to resume).
+    ``extra`` are further ``key=value`` config overrides applied to every run (after the protocol's).
+    """
+    plan = load_plan(plan) if isinstance(plan, str) else plan
+    n_seeds = plan.seeds if seeds is None else int(seeds)
+    if n_seeds < 1:
+        raise PlanError(f"--seeds must be >= 1, got {n_seeds}")
+    out = Path(out) if out is not None else Path("outputs") / "compare" / f"{plan.name}-{dataset}"
+    validate_plan(plan, dataset, extra)
+    jobs = [(seed, e) for seed in range(n_seeds) for e in plan.entries]
+    prepared = [(seed, e, *prepare_run(out, plan, dataset, e, seed, threads, extra)) for seed, e in jobs]
+    try:  # newer segattn.io checks writability up front
+        from segattn.io import check_writable_dir
+    except ImportError:  # pragma: no cover
+        check_writable_dir = None
+    if check_writable_dir is not None:
+        check_writable_dir(out, "--out folder")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "plan.json", {"plan": plan.name, "source": plan.source, "dataset": dataset,
+                                          "seeds": n_seeds, "extra": list(extra),
+                                          "entries": [e.describe() for e in plan.entries]})
+    total = len(prepared)
+    done = sum((rdir / RESULT).is_file() for _, _, rdir, _ in prepared)
+    log(f"compare {plan.name} on {dataset}: {total} runs ({len(plan.entries)} entries x {n_seeds} seeds), "
+        f"{done} already finished, output {out}")
+    walls: List[float] = []
+    stored_walls = []
+    for _, _, rdir, _ in prepared:
+        if (rdir / RESULT).is_file():
+            try:
+                stored_walls.append(float(json.loads((rdir / RESULT).read_text())["train"]["wall_s"]))
+            except (ValueError, KeyError, TypeError):
+                pass
+    trained = skipped = 0
+    interrupted = False
+    for i, (seed, entry, rdir, data) in enumerate(prepared, 1):
+        tag = f"[{i}/{total}] {entry.name} seed {seed}"
+        if (rdir / RESULT).is_file():
+            skipped += 1
+            continue
+        state = "resuming" if (rdir / "train" / "last.pt").is_file() else "starting"
+        log(f"{tag}: {state}")
+        t0 = time.time()
+        result = train_run(rdir, data, entry, seed, dataset, plan, callbacks, log)
+        if result is None:
+            interrupted = True
+            log(f"{tag}: interrupted; checkpoint kept in {rdir / 'train'}; run the same command again to resume")
+            break
+        trained += 1
+        done += 1
+        walls.append(time.time() - t0)
+        per_run = statistics.mean(walls or stored_walls or [0.0])
+        left = (total - done) * per_run
+        log(f"{tag}: mIoU {100 * result['metrics']['mIoU']:.2f} in {_fmt_time(walls[-1])}; "
+            f"{done}/{total} done, about {_fmt_time(left)} left")
+    rep = None
+    if report:
+        from segattn.compare.report import write_report
+
+        rep = write_report(plan, out, dataset, report_dir=report_dir, seeds=n_seeds)
+        log(f"report: {rep['paths']['markdown']}")
+    return {"out": str(out), "done": done, "trained": trained, "skipped": skipped, "interrupted": interrupted,
+            "total": total, "report": rep}

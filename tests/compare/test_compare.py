@@ -1,0 +1,190 @@
+"""`segattn compare`: a tiny plan end to end (interrupt, resume, skip) and the report's numbers by hand."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from segattn.cli import main
+from segattn.compare import PlanError, ablate_reasoners, load_plan, plan_from_dict, run_plan
+from segattn.compare.plan import list_plans, validate_plan
+from segattn.compare.report import collect
+from segattn.compare.runner import RESULT, run_dir
+
+TINY_SET = {
+    "schedule.iters": 3, "schedule.warmup_iters": 0, "data.batch_size": 2, "data.val_batch_size": 2,
+    "model.kwargs.channels": 16, "train.log_interval": 1, "train.ckpt_interval": 1,
+    "data.dataset_kwargs": {"size": [32, 32], "num_classes": 3, "blob_size": [8, 10], "margin": 8, "cue_size": 6,
+                            "num_blobs": [1, 2]},
+    "data.train_kwargs.num_samples": 8, "data.val_kwargs.num_samples": 5,
+}
+TINY = {
+    "name": "tiny", "reference": "fcn", "seeds": 2, "margin": 1.0,
+    "protocols": {"synthetic": {"config": "synthetic/fcn_r18_synthetic.yaml", "set": TINY_SET}},
+    "entries": [{"name": "fcn", "model": "fcn"}, {"name": "nl", "model": "generic", "context": "nonlocal"}],
+    "claims": [{"id": "x", "text": "nl beats fcn", "kind": "better", "a": "nl", "b": "fcn"}],
+}
+T_975 = {1: 12.706204736, 2: 4.302652730}  # Student t quantiles, from any statistics table
+
+
+class StopAt:
+    """Training callback: request a stop at iteration ``at`` of the ``nth`` run it sees (1-based)."""
+
+    def __init__(self, nth: int, at: int) -> None:
+        self.nth, self.at, self.runs, self.last = nth, at, 0, None
+
+    def __call__(self, trainer, it):
+        if trainer is not self.last:
+            self.runs, self.last = self.runs + 1, trainer
+        if self.runs == self.nth and it == self.at:
+            trainer.stop.requested = True
+
+
+@pytest.mark.slow
+def test_tiny_plan_interrupt_resume_and_report(tmp_path):
+    plan = plan_from_dict(json.loads(json.dumps(TINY)), "tiny")
+    out = tmp_path / "cmp"
+    logs = []
+    first = run_plan(plan, "synthetic", out=out, threads=1, callbacks=[StopAt(nth=3, at=2)], log=logs.append)
+    assert first["interrupted"] and first["done"] == 2 and first["total"] == 4
+    # seed-major order: fcn s0, nl s0 finished; fcn s1 stopped at iteration 2 with a checkpoint
+    assert (run_dir(out, "fcn", 0) / RESULT).is_file() and (run_dir(out, "nl", 0) / RESULT).is_file()
+    assert not (run_dir(out, "fcn", 1) / RESULT).exists()
+    assert (run_dir(out, "fcn", 1) / "train" / "last.pt").is_file()
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob(f"runs/*/seed0/{RESULT}")}
+
+    logs.clear()
+    second = run_plan(plan, "synthetic", out=out, threads=1, log=logs.append)
+    assert not second["interrupted"] and second["done"] == 4
+    assert second["skipped"] == 2 and second["trained"] == 2
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # finished runs untouched
+    assert any("fcn seed 1: resuming" in line for line in logs)
+    resumed = json.loads((run_dir(out, "fcn", 1) / RESULT).read_text())
+    assert resumed["train"]["resumed"] and resumed["train"]["iterations"] == 3
+
+    # a third call trains nothing
+    third = run_plan(plan, "synthetic", out=out, threads=1, log=logs.append, report=False)
+    assert third["trained"] == 0 and third["skipped"] == 4
+
+    # the report's numbers, recomputed by hand from the runs' result.json
+    results = {(r["entry"], r["seed"]): r for r in collect(out)}
+    assert len(results) == 4
+    agg = json.loads((out / "compare.json").read_text())
+    nl = [100 * results[("nl", s)]["metrics"]["mIoU"] for s in (0, 1)]
+    fc = [100 * results[("fcn", s)]["metrics"]["mIoU"] for s in (0, 1)]
+    mean = (nl[0] + nl[1]) / 2
+    std = math.sqrt(((nl[0] - mean) ** 2 + (nl[1] - mean) ** 2) / 1)
+    half = T_975[1] * std / math.sqrt(2)
+    row = {e["name"]: e for e in agg["entries"]}["nl"]
+    assert row["mIoU"]["mean"] == pytest.approx(mean, abs=1e-9)
+    assert row["mIoU"]["std"] == pytest.approx(std, abs=1e-9)
+    assert row["mIoU"]["ci_low"] == pytest.approx(mean - half, abs=1e-6)
+    assert row["mIoU"]["ci_high"] == pytest.approx(mean + half, abs=1e-6)
+    d = [nl[0] - fc[0], nl[1] - fc[1]]
+    dmean = sum(d) / 2
+    dstd = abs(d[0] - d[1]) / math.sqrt(2)
+    assert row["vs_reference"]["mean"] == pytest.approx(dmean, abs=1e-9)
+    assert row["vs_reference"]["std"] == pytest.approx(dstd, abs=1e-9)
+    dhalf = T_975[1] * dstd / math.sqrt(2)
+    assert row["vs_reference"]["ci_low"] == pytest.approx(dmean - dhalf, abs=1e-6)
+    # the per-run mIoU is the dataset-level one of the stored per-image counts
+    r = results[("nl", 0)]
+    tp, gt, pr = (np.asarray(r["per_image"][k]).sum(0) for k in ("tp", "gt", "pred"))
+    union = gt + pr - tp
+    iou = [t / u for t, u in zip(tp, union) if u > 0]
+    assert r["metrics"]["mIoU"] == pytest.approx(sum(iou) / len(iou), abs=1e-12)
+    assert r["cost"]["params"] == sum(p.numel() for p in torch.nn.Module().parameters()) or r["cost"]["params"] > 0
+    assert r["cost"]["macs"] > r["cost"]["context_macs"] > 0
+    fc_row = {e["name"]: e for e in agg["entries"]}["fcn"]
+    assert fc_row["cost"]["context_macs"] == 0
+    md = (out / "compare.md").read_text()
+    assert f"{mean:.1f} ± {std:.1f}" in md and "## Claims" in md
+    assert agg["claims"][0]["verdict"] in ("holds", "does not hold", "cannot tell")
+    assert (out / "compare.csv").read_text().startswith("entry,")
+
+
+def test_resume_refuses_a_changed_config(tmp_path):
+    plan = plan_from_dict(json.loads(json.dumps(TINY)), "tiny")
+    out = tmp_path / "cmp"
+    rdir = run_dir(out, "fcn", 0)
+    rdir.mkdir(parents=True)
+    from segattn.compare.runner import prepare_run
+
+    _, data = prepare_run(out, plan, "synthetic", plan.entries[0], 0, 1, [])
+    data["schedule"]["iters"] = 99
+    (rdir / "compare_config.json").write_text(json.dumps(data))
+    with pytest.raises(PlanError, match="schedule.iters"):
+        prepare_run(out, plan, "synthetic", plan.entries[0], 0, 1, [])
+
+
+@pytest.mark.parametrize("name", list_plans())
+def test_shipped_plans_validate(name):
+    plan = load_plan(name)
+    assert plan.entries and plan.reference in [e.name for e in plan.entries]
+    for dataset in plan.protocols:
+        validate_plan(plan, dataset)
+
+
+def test_shipped_plan_names():
+    assert {"survey-table", "reasoning-ablation", "pairwise-functions", "all-modules"} <= set(list_plans())
+
+
+@pytest.mark.parametrize("mutate, match", [
+    (lambda p: p["entries"].append({"name": "fcn", "model": "fcn"}), "unique"),
+    (lambda p: p["entries"][1].update(colour=1), "unknown key"),
+    (lambda p: p.update(reference="nope"), "reference"),
+    (lambda p: p["claims"][0].update(a="nope"), "unknown entr"),
+    (lambda p: p["claims"][0].update(kind="maybe"), "kind"),
+    (lambda p: p.update(seeds=0), "seeds"),
+    (lambda p: p["entries"][1].update(reasoner="graph"), "reasoner"),
+])
+def test_plan_errors_name_the_problem(mutate, match):
+    data = json.loads(json.dumps(TINY))
+    mutate(data)
+    with pytest.raises(PlanError, match=match):
+        plan_from_dict(data, "tiny")
+
+
+@pytest.mark.parametrize("entry, match", [
+    ({"name": "x", "model": "nosuchmodel"}, "unknown model"),
+    ({"name": "x", "model": "generic", "context": "ema", "context_kw": {"num_basis": 3}}, "num_basis"),
+])
+def test_validation_catches_bad_entries_before_running(entry, match):
+    data = json.loads(json.dumps(TINY))
+    data["entries"].append(entry)
+    plan = plan_from_dict(data, "tiny")
+    with pytest.raises(PlanError, match=match):
+        validate_plan(plan, "synthetic")
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert main(["compare", "no-such-plan", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("segattn compare: error:") and "survey-table" in err[0]
+    assert main(["compare", "survey-table", "--dataset", "voc", "--out", str(tmp_path)]) == 2
+    assert "no protocol for dataset 'voc'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("context", ["glore", "sgr", "graphrep", "latentgnn"])
+def test_reasoner_ablation_keeps_shapes_and_removes_the_reasoner(context):
+    from segattn import create_model
+    from segattn.lowrank import IdentityReasoner, LowRankBlock
+
+    torch.manual_seed(0)
+    model = create_model("generic", num_classes=3, backbone="resnet18", aux=False, channels=32, context=context)
+    before = sum(p.numel() for p in model.parameters())
+    x = torch.rand(1, 3, 32, 32)
+    assert ablate_reasoners(model) >= 1
+    blocks = [m for m in model.modules() if isinstance(m, LowRankBlock)]
+    assert blocks and all(isinstance(b.reasoner, IdentityReasoner) for b in blocks)
+    assert sum(p.numel() for p in model.parameters()) < before or context == "latentgnn"
+    assert model.eval()(x).shape == (1, 3, 32, 32)
+
+
+def test_reasoner_ablation_refuses_a_model_without_reasoner():
+    from segattn import create_model
+
+    with pytest.raises(ValueError, match="no LowRankBlock"):
+        ablate_reasoners(create_model("fcn", num_classes=3, backbone="resnet18", aux=False, channels=16))
