@@ -144,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_bench_parser(sub)
     _add_engine_parsers(sub)
+    from segattn.compare.cli import add_parser as add_compare_parser
+
+    add_compare_parser(sub)
     return parser
 
 
