@@ -143,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     from segattn.bench.cli import add_parser as add_bench_parser
 
     add_bench_parser(sub)
+    __import__("segattn.viz.cli", fromlist=["add_parser"]).add_parser(sub)
     _add_engine_parsers(sub)
     from segattn.compare.cli import add_parser as add_compare_parser
 

@@ -1,0 +1,118 @@
+"""``segattn viz``: pictures of what a trained model's context module does, and a report page.
+
+    segattn viz --checkpoint runs/ema/last.pt IMAGE... --out viz/ [--labels FOLDER] [--query Y,X ...]
+
+Every input is checked before the model runs: the images exist, the queries are inside them, the
+checkpoint holds a model with a context module that has weights to show, and the output folder
+holds no earlier report (``--force`` replaces it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+Pair = Tuple[int, int]
+
+
+def parse_query(text: str) -> Pair:
+    """'120,200' -> (120, 200): a pixel (y, x) of the input image."""
+    try:
+        y, x = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a query is 'Y,X' (two integers, row then column), got {text!r}") from None
+    return y, x
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("viz", help="pictures of what the context module does + a self-contained HTML report")
+    p.add_argument("inputs", nargs="+", help="image files and/or folders")
+    p.add_argument("--checkpoint", required=True, help="training checkpoint (last.pt / best.pt) or save_pretrained folder")
+    p.add_argument("--out", required=True, help="output folder (PNGs + report.html)")
+    p.add_argument("--labels", nargs="*", default=[],
+                   help="ground-truth masks (files or folders, matched to the images by file name) for the error maps")
+    p.add_argument("--query", type=parse_query, action="append", default=[], metavar="Y,X",
+                   help="query pixel (row, column) of the input image; repeatable (default: 3 across the middle row)")
+    p.add_argument("--max-images", type=int, default=8, help="use at most this many images (default 8)")
+    p.add_argument("--no-page", action="store_true", help="pictures only, no report.html")
+    p.add_argument("--force", action="store_true", help="replace an existing report in --out")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    p.set_defaults(func=run)
+
+
+def _labels_by_name(paths: List[str]) -> Dict[str, Path]:
+    from segattn.engine.predict import list_images
+
+    return {p.name: p for p in list_images(paths)} if paths else {}
+
+
+def _load_rgb(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def _resize(arr: np.ndarray, size: Pair, nearest: bool) -> np.ndarray:
+    from PIL import Image
+
+    if arr.shape[:2] == size:
+        return arr
+    mode = Image.NEAREST if nearest else Image.BILINEAR
+    return np.asarray(Image.fromarray(arr).resize((size[1], size[0]), mode))
+
+
+def _check_out(out: str, force: bool) -> None:
+    report = os.path.join(out, "report.html")
+    if os.path.exists(report) and not force:
+        raise ValueError(f"{out!r} already holds a report ({report}); pass --force to replace it or pick another --out")
+
+
+def run(args: argparse.Namespace) -> int:
+    from segattn.engine.predict import inference_scales, list_images, load_model, predict_labels, preprocess
+    from segattn.viz.model import require_context
+    from segattn.viz.run import Item, visualize
+    from segattn.viz.weights import check_query
+
+    _check_out(args.out, args.force)
+    images = list_images(args.inputs)[: max(1, args.max_images)]
+    labels = _labels_by_name(args.labels)
+    pictures = []
+    for path in images:
+        img = _load_rgb(path)
+        for q in args.query:
+            check_query(q, img.shape[:2], f"image {path.name}")
+        pictures.append((path, img))
+    if not os.path.exists(args.checkpoint):
+        raise FileNotFoundError(f"checkpoint {args.checkpoint!r} does not exist")
+    model, cfg, meta = load_model(args.checkpoint, list(args.set))
+    found = require_context(model, "checkpoint's model")
+    num_classes, palette = int(meta["num_classes"]), meta["palette"]
+    items = []
+    for path, img in pictures:
+        scale = inference_scales(img.shape[:2], cfg)[0]
+        size = (max(1, round(img.shape[0] * scale)), max(1, round(img.shape[1] * scale)))
+        shown = _resize(img, size, nearest=False)
+        pred = _resize(predict_labels(model, img, cfg, num_classes).astype(np.uint8), size, nearest=True)
+        gt: Optional[np.ndarray] = None
+        if path.name in labels:
+            from segattn.data.datasets.base import load_mask
+
+            raw = load_mask(str(labels[path.name]))
+            gt = _resize(np.where(raw >= num_classes, 255, raw).astype(np.uint8), size, nearest=True)
+        queries = [(min(size[0] - 1, int(q[0] * scale)), min(size[1] - 1, int(q[1] * scale))) for q in args.query]
+        items.append(Item(path.stem, preprocess(shown, cfg), shown, pred.astype(np.int64),
+                          None if gt is None else gt.astype(np.int64), queries or None))
+    names = ", ".join(f"{p or 'model'} ({n})" for p, n, _ in found)
+    title = f"segattn viz: {Path(args.checkpoint).name}: {names}"
+    notes = (f"Model input at scale {inference_scales(pictures[0][1].shape[:2], cfg)[0]:g} of the image "
+             f"(the config's eval scale); weights are max-normalised per map. Checkpoint: {args.checkpoint}")
+    written = visualize(model, items, palette, args.out, title, page=not args.no_page, notes=notes)
+    for w in written:
+        print(w)
+    print(f"{len(written)} file(s) -> {args.out}", file=sys.stderr)
+    return 0
