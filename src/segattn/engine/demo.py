@@ -9,6 +9,8 @@ writes to the output folder:
 - ``report.md``: a table (mIoU, aAcc, mAcc, per-class IoU, train time, parameters);
 - ``report.json``: the same numbers plus the configs;
 - ``predictions.png``: validation images, ground truth and both models' predictions;
+- ``attention/``: ``segattn.viz`` pictures of the context model (where a pixel looks, per module family)
+  and ``attention/report.html``, a self-contained page where clicking a pixel shows its weights;
 - ``runs/<model>/``: each run's checkpoints and ``metrics.jsonl``.
 
 ``quick=True`` shrinks everything (32x32 images, 16-channel heads, a few iterations) to a
@@ -123,6 +125,22 @@ def _markdown(rows: List[Dict[str, Any]], classes: List[str]) -> str:
     return "\n".join(lines)
 
 
+def _attention_pictures(model: torch.nn.Module, images: torch.Tensor, columns: Dict[str, np.ndarray], context: str,
+                        palette: Any, out_dir: str, count: int = 2) -> str:
+    """``segattn.viz`` pictures and page of the context model for the first validation images (markdown line)."""
+    from segattn.viz.run import Item, visualize
+
+    items = [Item(f"val{i}", images[i:i + 1], columns["image"][i], columns[context][i], columns["ground truth"][i])
+             for i in range(min(count, len(images)))]
+    try:
+        visualize(model, items, [list(c) for c in palette], os.path.join(out_dir, "attention"),
+                  f"segattn demo: where the {context} model looks")
+    except ValueError as exc:  # a context module without weights to show (e.g. ASPP)
+        return f"\n(no attention pictures: {exc})\n"
+    return (f"\nWhere the {context} model looks, per query pixel: [attention/report.html](attention/report.html) "
+            f"(click a pixel); pictures in `attention/`.\n")
+
+
 def run_demo(out_dir: str = "outputs/demo", quick: bool = False, context: str = "pspnet", iters: Optional[int] = None,
              threads: Optional[int] = 1, samples: int = 6) -> Dict[str, Any]:
     """Train ``context`` and ``fcn``, evaluate both, write the report; returns numbers, markdown and paths."""
@@ -156,6 +174,7 @@ def run_demo(out_dir: str = "outputs/demo", quick: bool = False, context: str = 
     paths = {k: os.path.join(out_dir, f) for k, f in
              (("markdown", "report.md"), ("json", "report.json"), ("image", "predictions.png"))}
     _grid_png(paths["image"], columns, [list(c) for c in val_set.palette])
+    viz_note = _attention_pictures(models[context], images, columns, context, val_set.palette, out_dir)
     table = _markdown(rows, classes)
     gain = rows[0]["metrics"]["mIoU"] - rows[1]["metrics"]["mIoU"]
     text = (f"# segattn demo: {context} vs fcn on the synthetic context dataset\n\n"
@@ -163,7 +182,7 @@ def run_demo(out_dir: str = "outputs/demo", quick: bool = False, context: str = 
             f"long-range context. Same backbone, data and schedule for both models; validation split "
             f"({len(val_set)} images).\n\n{table}\n\n"
             f"mIoU gain of {context} over fcn: {100 * gain:+.1f} points. Total time {time.time() - start:.0f} s.\n\n"
-            f"![predictions](predictions.png)\n")
+            f"![predictions](predictions.png)\n{viz_note}")
     with open(paths["markdown"], "w") as f:
         f.write(text)
     report = {"rows": rows, "classes": classes, "gain_mIoU": gain, "total_s": time.time() - start,
