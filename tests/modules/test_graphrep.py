@@ -27,9 +27,9 @@ def test_matches_spec_equations():
     scaled = (xf.unsqueeze(-1) - w.unsqueeze(1)) / sigma.unsqueeze(1)  # (B, C, N, K)
     q = torch.softmax(-0.5 * (scaled**2).sum(1), dim=2)  # (B, N, K) over anchors
     z = (scaled * q.unsqueeze(1)).sum(2) / q.sum(1).unsqueeze(1)  # (B, C, K), the paper's form
-    # the mapper normalises over pixels with q / (1e-6 + sum q), so sum_i map_ki = 1 - O(1e-6 / sum q)
-    mean = xf @ (q / (1e-6 + q.sum(1, keepdim=True)))
-    z_eps = (mean - w) / sigma
+    # the mapper normalises over pixels with q / (1e-6 + sum q) (sum_i map_ki = 1 - O(1e-6 / sum q))
+    # and takes z_k = sum_i map_ki (x_i - w_k) / sigma_k exactly
+    z_eps = (scaled * (q / (1e-6 + q.sum(1, keepdim=True))).unsqueeze(1)).sum(2)
     assert (z - z_eps).abs().max() < 1e-2  # ~1e-3 here: anchors with a small total weight (reported)
     zn = F.normalize(z_eps, dim=1)
     adj = torch.softmax(zn.transpose(1, 2) @ zn, dim=2)  # (B, K, K)

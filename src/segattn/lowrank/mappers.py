@@ -310,8 +310,9 @@ class GaussianAnchorMapper(nn.Module):
 
     ``assignment_ik = softmax_K(-1/2 ||(x_i - w_k) / sigma_k||^2)`` (K, N), computed with two
     products (``-1/2 [(x^2)^T s - 2 x^T (w s) + sum_c w^2 s]`` with ``s = 1 / sigma^2``);
-    ``map = assignment / (eps + sum_N assignment)``; nodes ``z_k = (sum_i map_ki x_i - w_k) / sigma_k``
-    (the mean residual to the anchor; equals ``sum_i map_ki (x_i - w_k) / sigma_k``), or
+    ``map = assignment / (eps + sum_N assignment)``; nodes ``z_k = sum_i map_ki (x_i - w_k) / sigma_k``
+    computed exactly as ``(x map^T - w sum_i map_ki) / sigma_k`` (also for anchors whose total weight
+    is below ``eps``, where ``sum_i map_ki < 1``), or
     ``value @ map^T`` when a separate ``value`` is given. Anchors ``w`` (C, K) ~ N(0, 1),
     ``log_sigma`` (C, K) = 0. ``anchors`` in the result is ``w``. MACs: ``3 C K N`` (``2 C K N`` +
     ``C_v K N`` with a separate value).
@@ -332,8 +333,8 @@ class GaussianAnchorMapper(nn.Module):
         assignment = torch.softmax(-0.5 * dist2, dim=2).transpose(1, 2)
         map_ = normalize(assignment, 2, "sum", self.eps)
         if value is None:
-            mean = torch.matmul(xf, map_.transpose(1, 2))
-            nodes = (mean - w) * torch.exp(-log_sigma)
+            mass = map_.sum(dim=2).unsqueeze(1)  # (B, 1, K): 1 up to eps
+            nodes = (torch.matmul(xf, map_.transpose(1, 2)) - w * mass) * torch.exp(-log_sigma)
         else:
             nodes = aggregate(value, map_)
         anchors = w.unsqueeze(0).expand(x.shape[0], -1, -1).clone()
