@@ -24,11 +24,14 @@ Blocks (``layerN.i.conv1/bn1/.../downsample.*``) share one layout everywhere. Pr
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
+import tempfile
 import warnings
-from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Tuple, Union
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -210,3 +213,450 @@ def load_backbone_weights(model: nn.Module, source: Source, strict: bool = False
     if verbose and not report.ok:
         warnings.warn(f"backbone weights loaded with differences:\n{report}", stacklevel=2)
     return report
+
+
+# ----- Hub-format model folders: save_pretrained / from_pretrained / push_to_hub -------------------
+#
+# A folder the Hugging Face ecosystem understands (and a ``segattn predict`` / ``eval`` input):
+#
+#   config.json        model name and keywords, class names (id2label), palette, normalisation
+#                      mean/std, training crop, eval settings, dataset, metrics, weights file
+#   model.safetensors  the state dict (``model.pt`` through torch.save when safetensors is absent)
+#   README.md          model card: dataset, metrics, the training command, how to load
+#   training_config.json   the full run config, when the model comes from `segattn train`
+#
+# The folder is written to a temporary sibling and renamed into place, so a reader sees the old
+# folder or the complete new one, never a mixture.
+
+CONFIG_FILE = "config.json"
+SAFETENSORS_FILE = "model.safetensors"
+TORCH_FILE = "model.pt"
+CARD_FILE = "README.md"
+TRAINING_CONFIG_FILE = "training_config.json"
+HUB_FORMAT_VERSION = 2
+_OWN_FILES = (CONFIG_FILE, SAFETENSORS_FILE, TORCH_FILE, CARD_FILE, TRAINING_CONFIG_FILE)
+_CARD_KEYS = ("classes", "palette", "mean", "std", "crop_size", "eval", "dataset", "metrics", "command",
+              "run_config", "source")
+
+
+@dataclass
+class WeightsInfo:
+    """What a set of segmentation weights is: shown by ``segattn models --info NAME``.
+
+    ``mean``/``std`` are in 0-255 pixel units (``None``: the model takes [0, 1] images);
+    ``crop_size`` is the training crop (H, W); ``eval`` the evaluation settings (mode, scales, flip);
+    ``miou`` a fraction in [0, 1] as the engine reports it;
+    ``macs`` multiply-accumulates of one forward at ``macs_size``; ``file_size`` bytes of the weights.
+    """
+
+    model: str
+    source: str = "random init"
+    dataset: Optional[str] = None
+    classes: List[str] = field(default_factory=list)
+    mean: Optional[List[float]] = None
+    std: Optional[List[float]] = None
+    crop_size: Optional[List[int]] = None
+    eval: Dict[str, Any] = field(default_factory=dict)
+    miou: Optional[float] = None
+    command: Optional[str] = None
+    macs: Optional[int] = None
+    macs_size: Optional[List[int]] = None
+    file_size: Optional[int] = None
+    kwargs: Dict[str, Any] = field(default_factory=dict)
+
+    def lines(self) -> List[str]:
+        """``key: value`` lines for a terminal."""
+        out = []
+        for key, value in asdict(self).items():
+            if key == "classes" and value:
+                value = f"{len(value)}: " + ", ".join(value)
+            elif key == "macs" and value is not None:
+                value = f"{value / 1e9:.2f} G at {self.macs_size[0]}x{self.macs_size[1]}" if self.macs_size else value
+            elif key == "file_size" and value is not None:
+                value = f"{value / 2 ** 20:.1f} MiB"
+            elif key == "miou" and value is not None:
+                value = f"{100 * value:.2f} % (val)"
+            if key != "macs_size" and value not in (None, [], {}):
+                out.append(f"{key:<10} {value}")
+        return out
+
+
+def safetensors_available() -> bool:
+    try:
+        import safetensors.torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, Tensor):
+        return value.tolist()
+    if hasattr(value, "item") and callable(value.item):  # numpy scalars
+        return value.item()
+    return value
+
+
+def _tuplify(value: Any) -> Any:
+    """JSON turns tuples into lists; constructors with tuple defaults get tuples back."""
+    if isinstance(value, list):
+        return tuple(_tuplify(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _tuplify(v) for k, v in value.items()}
+    return value
+
+
+def hub_config(model: nn.Module, *, classes: Optional[List[str]] = None, palette: Optional[List[Any]] = None,
+               mean: Optional[List[float]] = None, std: Optional[List[float]] = None,
+               crop_size: Optional[List[int]] = None, eval: Optional[Dict[str, Any]] = None,
+               dataset: Optional[str] = None, metrics: Optional[Dict[str, Any]] = None,
+               command: Optional[str] = None, source: Optional[str] = None,
+               weights_file: str = SAFETENSORS_FILE) -> Dict[str, Any]:
+    """The ``config.json`` dict of a Hub-format folder for ``model`` (built with ``create_model``)."""
+    mc = dict(getattr(model, "config", {}) or {})
+    if "name" not in mc or "num_classes" not in mc:
+        raise RuntimeError("model has no config (build it with segattn.create_model to save it)")
+    k = int(mc["num_classes"])
+    classes = [str(c) for c in (classes or [str(i) for i in range(k)])]
+    if len(classes) != k:
+        raise ValueError(f"{len(classes)} class names given for a model with {k} classes")
+    kwargs = {key: v for key, v in mc.items() if key not in ("name", "num_classes", "pretrained")}
+    scalar_metrics = {key: float(v) for key, v in (metrics or {}).items() if isinstance(v, (int, float))}
+    return _jsonable({
+        "model_type": "segattn",
+        "architectures": [type(model).__name__],
+        "format_version": HUB_FORMAT_VERSION,
+        "name": mc["name"],
+        "num_classes": k,
+        "kwargs": kwargs,
+        "id2label": {str(i): c for i, c in enumerate(classes)},
+        "label2id": {c: i for i, c in enumerate(classes)},
+        "palette": palette,
+        "mean": mean,
+        "std": std,
+        "crop_size": crop_size,
+        "eval": eval or {},
+        "dataset": dataset,
+        "metrics": scalar_metrics,
+        "command": command,
+        "source": source,
+        "weights": weights_file,
+    })
+
+
+def model_card(config: Dict[str, Any], metrics: Optional[Dict[str, Any]] = None) -> str:
+    """README.md for the folder: Hub metadata header, what the model is, its numbers, how to use it."""
+    name, k = config["name"], config["num_classes"]
+    dataset = config.get("dataset")
+    m = dict(config.get("metrics") or {})
+    header = ["---", "library_name: segattn", "pipeline_tag: image-segmentation",
+              "tags: [semantic-segmentation, segattn, " + name + "]"]
+    if dataset:
+        header.append(f"datasets: [{dataset}]")
+    header.append("---")
+    kw = config.get("kwargs") or {}
+    lines = [*header, "", f"# {name} ({kw.get('backbone', 'resnet50')}) for {k}-class segmentation"
+             + (f" on {dataset}" if dataset else ""), "",
+             f"A `segattn` model: `segattn.create_model({name!r}, {k}, **kwargs)` with the keywords in "
+             "`config.json`.", ""]
+    lines += ["| item | value |", "|---|---|"]
+    lines.append(f"| dataset | {dataset or 'not recorded'} |")
+    if config.get("crop_size"):
+        lines.append(f"| training crop | {config['crop_size'][0]}x{config['crop_size'][1]} |")
+    if config.get("mean") is not None:
+        lines.append(f"| input normalisation | mean {config['mean']}, std {config['std']} (0-255 pixels) |")
+    if config.get("eval"):
+        ev = config["eval"]
+        lines.append(f"| evaluation | mode {ev.get('mode')}, scales {ev.get('scales')}, flip {ev.get('flip')} |")
+    for key in ("mIoU", "aAcc", "mAcc"):
+        if isinstance(m.get(key), (int, float)):
+            lines.append(f"| {key} (val) | {100 * m[key]:.2f} |")
+    if "iteration" in m:
+        lines.append(f"| training iterations | {int(m['iteration'])} |")
+    classes = [config["id2label"][str(i)] for i in range(k)]
+    per_class = (metrics or {}).get("IoU")
+    if isinstance(per_class, Mapping) and per_class:
+        lines += ["", "Per-class IoU (val, %):", "", "| class | IoU |", "|---|---|"]
+        lines += [f"| {c} | {100 * float(v):.2f} |" for c, v in per_class.items()]
+    lines += ["", "## Use", "", "```python", "import segattn, torch",
+              "model = segattn.from_pretrained(\"PATH_OR_REPO\")      # eval mode",
+              "# images: (B, 3, H, W) float; (pixels - mean) / std with config.json's mean/std (0-255 pixels)",
+              "labels = model.predict(images)                         # (B, H, W) class ids", "```", "",
+              "```bash", "segattn predict images/ --checkpoint PATH_OR_FOLDER --out masks/", "```", ""]
+    if config.get("command"):
+        lines += ["## Training", "", "```bash", str(config["command"]), "```", ""]
+    if config.get("source"):
+        lines += [f"Weights from `{config['source']}`.", ""]
+    lines += ["Classes: " + ", ".join(classes), ""]
+    return "\n".join(lines)
+
+
+def _state_for_saving(model: nn.Module) -> StateDict:
+    # contiguous, unshared copies: safetensors refuses tensors that share storage
+    return {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+
+
+def _write_weights(state: StateDict, path: str) -> None:
+    if path.endswith(".safetensors"):
+        from safetensors.torch import save_file
+
+        save_file(state, path, metadata={"format": "pt"})
+    else:
+        torch.save(state, path)
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_pretrained(model: nn.Module, directory: Union[str, os.PathLike[str]], *, overwrite: bool = False,
+                    safe_serialization: Optional[bool] = None, metrics: Optional[Dict[str, Any]] = None,
+                    run_config: Optional[Dict[str, Any]] = None, **card: Any) -> str:
+    """Write a Hub-format folder for ``model`` (see above) as one unit; returns the folder path.
+
+    Args:
+        overwrite: replace an existing segattn folder at ``directory`` (refused otherwise); a folder
+            holding anything else is never replaced.
+        safe_serialization: ``model.safetensors`` (default when the package is installed) or ``model.pt``.
+        metrics: evaluation metrics (scalars go to ``config.json``, per-class IoU to the card).
+        run_config: the training run's config (written as ``training_config.json``).
+        **card: ``classes``, ``palette``, ``mean``, ``std``, ``crop_size``, ``eval``, ``dataset``,
+            ``command``, ``source`` (see :func:`hub_config`).
+    """
+    unknown = set(card) - set(_CARD_KEYS)
+    if unknown:
+        raise TypeError(f"save_pretrained got unknown keywords {sorted(unknown)}; accepted: {sorted(_CARD_KEYS)}")
+    if safe_serialization is None:
+        safe_serialization = safetensors_available()
+    elif safe_serialization and not safetensors_available():
+        raise ImportError("safe_serialization=True needs the 'safetensors' package (pip install 'segattn[hub]')")
+    weights_file = SAFETENSORS_FILE if safe_serialization else TORCH_FILE
+    config = hub_config(model, weights_file=weights_file, metrics=metrics, **card)
+    target = os.path.abspath(os.fspath(directory))
+    if os.path.isfile(target):
+        raise FileExistsError(f"{target} is a file, expected a folder for save_pretrained")
+    if os.path.isdir(target) and os.listdir(target):
+        entries = set(os.listdir(target))
+        if not entries <= set(_OWN_FILES):
+            raise FileExistsError(f"{target} is a non-empty folder with other files "
+                                  f"({sorted(entries - set(_OWN_FILES))[:5]}); choose a new folder")
+        if not overwrite:
+            raise FileExistsError(f"{target} already holds a saved model; pass overwrite=True to replace it")
+    parent = os.path.dirname(target)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=parent)
+    try:
+        _write_weights(_state_for_saving(model), os.path.join(tmp, weights_file))
+        with open(os.path.join(tmp, CONFIG_FILE), "w", encoding="utf-8") as f:
+            f.write(json.dumps(config, indent=2) + "\n")
+        with open(os.path.join(tmp, CARD_FILE), "w", encoding="utf-8") as f:
+            f.write(model_card(config, metrics))
+        if run_config is not None:
+            with open(os.path.join(tmp, TRAINING_CONFIG_FILE), "w", encoding="utf-8") as f:
+                f.write(json.dumps(_jsonable(run_config), indent=2) + "\n")
+        for name in os.listdir(tmp):
+            with open(os.path.join(tmp, name), "rb") as f:
+                os.fsync(f.fileno())
+        os.chmod(tmp, 0o777 & ~_umask())
+        _swap_in(tmp, target)
+        _fsync_dir(parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _swap_in(tmp: str, target: str) -> None:
+    """Rename ``tmp`` to ``target``; an existing ``target`` is moved aside first and removed after."""
+    if not os.path.exists(target):
+        os.rename(tmp, target)
+        return
+    old = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.", suffix=".old", dir=os.path.dirname(target))
+    os.rmdir(old)
+    os.rename(target, old)
+    try:
+        os.rename(tmp, target)
+    except BaseException:
+        os.rename(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def resolve_pretrained(source: Union[str, os.PathLike[str]], revision: Optional[str] = None,
+                       cache_dir: Optional[str] = None, token: Optional[str] = None) -> str:
+    """A local folder for ``source``: the folder itself, or a Hub repo id (``user/repo``) downloaded
+    through ``huggingface_hub.snapshot_download`` (only when such an id is passed; needs ``[hub]``)."""
+    path = os.fspath(source)
+    if os.path.isdir(path):
+        return path
+    if os.path.exists(path):
+        raise NotADirectoryError(f"{path!r} is a file; from_pretrained takes a save_pretrained folder or a Hub repo id")
+    if not _REPO_ID.match(path) or path.startswith((".", "/")):
+        raise FileNotFoundError(f"no model folder {path!r} (written by save_pretrained) and not a Hub repo id 'user/repo'")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as err:
+        raise ImportError(f"{path!r} is not a local folder; loading it from the Hugging Face Hub needs "
+                          "huggingface_hub (pip install 'segattn[hub]')") from err
+    return snapshot_download(repo_id=path, revision=revision, cache_dir=cache_dir, token=token,
+                             allow_patterns=[CONFIG_FILE, SAFETENSORS_FILE, TORCH_FILE, CARD_FILE, TRAINING_CONFIG_FILE])
+
+
+def read_pretrained_config(directory: Union[str, os.PathLike[str]]) -> Dict[str, Any]:
+    """``config.json`` of a saved folder, in the current layout (format 1 folders are converted)."""
+    path = os.path.join(os.fspath(directory), CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no {CONFIG_FILE} in {os.fspath(directory)!r} (written by model.save_pretrained)")
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: line {err.lineno} column {err.colno}: {err.msg}") from None
+    if not isinstance(config, dict) or "name" not in config or "num_classes" not in config:
+        raise ValueError(f"{path} is not a segattn model config (needs 'name' and 'num_classes')")
+    if int(config.get("format_version", 1)) < 2:  # format 1: flat create_model keywords, model.pt
+        kwargs = {k: v for k, v in config.items() if k not in ("name", "num_classes", "format_version")}
+        k = int(config["num_classes"])
+        config = {"name": config["name"], "num_classes": k, "kwargs": kwargs, "weights": TORCH_FILE,
+                  "id2label": {str(i): str(i) for i in range(k)}, "format_version": 1}
+    return config
+
+
+def load_pretrained_state(directory: Union[str, os.PathLike[str]], config: Dict[str, Any],
+                          map_location: Any = "cpu") -> StateDict:
+    directory = os.fspath(directory)
+    name = config.get("weights") or SAFETENSORS_FILE
+    path = os.path.join(directory, name)
+    if not os.path.isfile(path):
+        others = [n for n in (SAFETENSORS_FILE, TORCH_FILE) if os.path.isfile(os.path.join(directory, n))]
+        if not others:
+            raise FileNotFoundError(f"no weights in {directory!r} (expected {name})")
+        path = os.path.join(directory, others[0])
+    if path.endswith(".safetensors"):
+        if not safetensors_available():
+            raise ImportError(f"{path} needs the 'safetensors' package (pip install 'segattn[hub]')")
+        from safetensors.torch import load_file
+
+        return load_file(path, device=str(map_location) if isinstance(map_location, (str, torch.device)) else "cpu")
+    from segattn.io import safe_torch_load
+
+    state = safe_torch_load(path, map_location=map_location, what="weights file")
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{path} does not hold a state dict")
+    return dict(state)
+
+
+def from_pretrained(source: Union[str, os.PathLike[str]], map_location: Any = "cpu", strict: bool = True,
+                    revision: Optional[str] = None, cache_dir: Optional[str] = None,
+                    token: Optional[str] = None) -> nn.Module:
+    """Rebuild a model from a :func:`save_pretrained` folder or a Hub repo id; returned in eval mode.
+
+    The model's ``config`` is the ``create_model`` call; ``model.pretrained_config`` holds the whole
+    ``config.json`` (class names, palette, normalisation, eval settings, metrics).
+    """
+    from segattn.models.factory import create_model
+
+    directory = resolve_pretrained(source, revision, cache_dir, token)
+    config = read_pretrained_config(directory)
+    kwargs = {k: _tuplify(v) for k, v in (config.get("kwargs") or {}).items()}
+    model = create_model(config["name"], int(config["num_classes"]), **kwargs)
+    model.load_state_dict(load_pretrained_state(directory, config, map_location), strict=strict)
+    model.pretrained_config = config
+    return model.eval()
+
+
+def pretrained_run_config(directory: Union[str, os.PathLike[str]]) -> Dict[str, Any]:
+    """A run config (as `segattn train` writes) for a saved folder: ``training_config.json`` when
+    present, else one built from ``config.json`` (model, normalisation, eval settings)."""
+    directory = os.fspath(directory)
+    path = os.path.join(directory, TRAINING_CONFIG_FILE)
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    config = read_pretrained_config(directory)
+    data: Dict[str, Any] = {}
+    if config.get("mean") is not None and config.get("std") is not None:
+        data.update(transforms=True, mean=config["mean"], std=config["std"])
+    elif config.get("format_version", 1) >= 2:
+        data.update(transforms=False)
+    run: Dict[str, Any] = {"data": data} if data else {}
+    ev = {k: v for k, v in (config.get("eval") or {}).items() if v is not None}
+    if ev:
+        run["eval"] = ev
+    return run
+
+
+def weights_info(source: Union[str, os.PathLike[str]], macs_size: Optional[List[int]] = None) -> WeightsInfo:
+    """:class:`WeightsInfo` of a saved folder (or Hub repo id); MACs at ``macs_size`` (default: the
+    training crop, else 512x512)."""
+    directory = resolve_pretrained(source)
+    config = read_pretrained_config(directory)
+    weights = os.path.join(directory, config.get("weights") or SAFETENSORS_FILE)
+    size = list(macs_size or config.get("crop_size") or [512, 512])
+    k = int(config["num_classes"])
+    info = WeightsInfo(
+        model=config["name"], source=os.fspath(source), dataset=config.get("dataset"),
+        classes=[config.get("id2label", {}).get(str(i), str(i)) for i in range(k)],
+        mean=config.get("mean"), std=config.get("std"), crop_size=config.get("crop_size"),
+        eval=config.get("eval") or {}, miou=(config.get("metrics") or {}).get("mIoU"),
+        command=config.get("command"), file_size=os.path.getsize(weights) if os.path.isfile(weights) else None,
+        kwargs=config.get("kwargs") or {},
+    )
+    info.macs, info.macs_size = model_macs(config["name"], k, size, **{kk: _tuplify(v) for kk, v in info.kwargs.items()}), size
+    return info
+
+
+def model_macs(name: str, num_classes: int, size: List[int], **kwargs: Any) -> int:
+    """Multiply-accumulates of one eval forward of a batch-1 image of ``size`` (FlopCounterMode)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from segattn.models.factory import create_model
+
+    model = create_model(name, num_classes, **kwargs).eval()
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(torch.zeros(1, 3, int(size[0]), int(size[1])))
+    return int(counter.get_total_flops() // 2)
+
+
+def push_to_hub(model: nn.Module, repo_id: str, *, private: Optional[bool] = None, token: Optional[str] = None,
+                commit_message: str = "Upload segattn model", revision: Optional[str] = None,
+                **save_kw: Any) -> Any:
+    """:func:`save_pretrained` into a temporary folder, then ``create_repo`` + ``upload_folder`` through
+    ``huggingface_hub`` (the ``[hub]`` extra); returns the commit info of the upload."""
+    try:
+        from huggingface_hub import HfApi
+    except ImportError as err:
+        raise ImportError("push_to_hub needs huggingface_hub (pip install 'segattn[hub]')") from err
+    if not _REPO_ID.match(repo_id):
+        raise ValueError(f"repo_id must look like 'user/name', got {repo_id!r}")
+    api = HfApi(token=token)
+    with tempfile.TemporaryDirectory(prefix="segattn-push-") as tmp:
+        folder = save_pretrained(model, os.path.join(tmp, "model"), **save_kw)
+        api.create_repo(repo_id=repo_id, private=private, exist_ok=True, repo_type="model")
+        return api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message,
+                                 revision=revision, repo_type="model")

@@ -1,0 +1,178 @@
+"""``segattn export`` (ONNX / torch.export / Hub-format folder) and ``segattn models`` (list, ``--info``).
+
+    segattn export --checkpoint runs/fcn/last.pt --format onnx --size 360x480 --dynamic --out fcn.onnx
+    segattn export --checkpoint runs/fcn/last.pt --format hub --out fcn-camvid/      # save_pretrained folder
+    segattn export --model pspnet --num-classes 19 --format pt2 --size 512x512 --out psp.pt2
+    segattn models --info fcn-camvid/          # weights metadata of a saved folder (or a model name)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any, Dict, List, Optional
+
+FORMATS = ("onnx", "pt2", "hub")
+
+
+def _kw_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _model_from_args(args: argparse.Namespace) -> Any:
+    if bool(args.checkpoint) == bool(args.model):
+        raise ValueError("give exactly one of --checkpoint (trained model) and --model NAME (random weights)")
+    if args.model:
+        import segattn
+
+        kwargs: Dict[str, Any] = {}
+        for item in args.kw:
+            if "=" not in item:
+                raise ValueError(f"--kw expects KEY=VALUE, got {item!r}")
+            key, value = item.split("=", 1)
+            kwargs[key.strip()] = _kw_value(value)
+        return segattn.create_model(args.model, args.num_classes, **kwargs)
+    from segattn.engine.predict import load_model
+
+    model, _cfg, _meta = load_model(args.checkpoint, (), "cpu")
+    return model
+
+
+def checkpoint_to_pretrained(checkpoint: str, out: str, overwrite: bool = False) -> str:
+    """A Hub-format folder (:func:`segattn.models.weights.save_pretrained`) from a ``segattn train``
+    checkpoint: class names and palette from the checkpoint, normalisation, crop and eval settings
+    from its run config, metrics from ``summary.json`` beside it (else the checkpoint's best)."""
+    from segattn.engine.predict import load_model
+    from segattn.models.weights import save_pretrained
+
+    if os.path.isdir(checkpoint):
+        raise ValueError(f"{checkpoint} is already a folder; --format hub converts a training checkpoint file")
+    model, cfg, meta = load_model(checkpoint, (), "cpu")
+    data, ev = cfg.data, cfg.eval
+    metrics = _summary_metrics(checkpoint)
+    run = cfg.to_dict() if hasattr(cfg, "to_dict") else None
+    name = (run or {}).get("name") or getattr(cfg, "name", None)
+    command = f"segattn train --config training_config.json  # run {name!r}" if run else None
+    eval_settings = {k: getattr(ev, k) for k in ("mode", "crop_size", "stride", "scales", "flip") if hasattr(ev, k)}
+    return save_pretrained(
+        model, out, overwrite=overwrite, classes=list(meta["classes"]), palette=[list(c) for c in meta["palette"]],
+        mean=list(data.mean) if data.transforms else None, std=list(data.std) if data.transforms else None,
+        crop_size=list(data.crop_size) if getattr(data, "crop_size", None) else None, eval=eval_settings,
+        dataset=getattr(data, "dataset", None), metrics=metrics, command=command, run_config=run,
+        source=os.path.abspath(checkpoint))
+
+
+def _summary_metrics(checkpoint: str) -> Optional[Dict[str, Any]]:
+    path = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "summary.json")
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            summary = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None
+    metrics = dict(summary.get("metrics") or {})
+    if "iteration" in summary:
+        metrics["iteration"] = summary["iteration"]
+    return metrics or None
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    if args.format == "hub":
+        if not args.checkpoint or args.model:
+            raise ValueError("--format hub converts a training checkpoint: give --checkpoint (not --model)")
+        if args.dynamic or args.opset or args.size:
+            raise ValueError("--size, --dynamic and --opset apply to --format onnx|pt2 only")
+        folder = checkpoint_to_pretrained(args.checkpoint, args.out, overwrite=args.overwrite)
+        print(f"{folder}: Hub-format folder ({', '.join(sorted(os.listdir(folder)))})")
+        return 0
+    from segattn.export import DEFAULT_SIZE, export
+
+    if os.path.exists(args.out) and not args.overwrite:  # before loading anything
+        raise ValueError(f"output {args.out} already exists; pass --overwrite to replace it")
+    model = _model_from_args(args)
+    result = export(model, args.out, format=args.format, size=args.size or DEFAULT_SIZE, dynamic=args.dynamic,
+                    opset=args.opset, pooling=args.pooling, overwrite=args.overwrite, atol=args.atol, rtol=args.rtol)
+    print(result)
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    if args.info:
+        for line in model_info_lines(args.info, args.size):
+            print(line)
+        return 0
+    from segattn.models import list_models
+    from segattn.registry import MODELS
+
+    print(f"{'name':<16} {'context modules':<48} paper")
+    for name in list_models(args.pattern):
+        meta = MODELS.meta(name)
+        ctx = ", ".join(meta.get("context", ())) or ("(upsampler " + meta["upsampler"] + ")" if meta.get("upsampler")
+                                                     else "-")
+        print(f"{name:<16} {ctx:<48} {meta.get('paper', '')}")
+    return 0
+
+
+def model_info_lines(name: str, size: Optional[str] = None) -> List[str]:
+    """Lines for ``segattn models --info NAME``: a saved folder / Hub id shows its :class:`WeightsInfo`;
+    a registered model name shows its defaults, MACs and shipped recipes (no weights are shipped)."""
+    from segattn.export import _parse_size
+    from segattn.models.weights import WeightsInfo, model_macs, weights_info
+
+    hw = list(_parse_size(size)) if size else None
+    if os.path.isdir(name) or ("/" in name and not os.path.exists(name)):
+        return weights_info(name, hw).lines()
+    from segattn.engine.config import list_configs
+    from segattn.models import list_models
+    from segattn.registry import MODELS
+
+    if name not in list_models():
+        import difflib
+
+        close = difflib.get_close_matches(name, list_models(), n=3)
+        raise ValueError(f"unknown model or folder {name!r}" + (f"; did you mean {', '.join(close)}?" if close else
+                                                               "; see `segattn models`"))
+    hw = hw or [512, 512]
+    info = WeightsInfo(model=name, source="none shipped: random init (train one with a recipe below)",
+                       macs=model_macs(name, 19, hw), macs_size=hw)
+    recipes = [c for c in list_configs(f"*/{name}_*")]
+    meta = MODELS.meta(name)
+    lines = info.lines()
+    lines.insert(1, f"{'paper':<10} {meta.get('paper', '')}")
+    lines.insert(2, f"{'context':<10} {', '.join(meta.get('context', ())) or '-'}")
+    lines.append(f"{'defaults':<10} create_model({name!r}, 19): resnet50 backbone, output stride 8 (MACs for 19 classes)")
+    lines += [f"{'recipe':<10} segattn train --config {c}" for c in recipes]
+    return lines
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``export`` and ``models``."""
+    p = sub.add_parser("export", help="export a model to ONNX / torch.export (verified) or a Hub-format folder")
+    p.add_argument("--checkpoint", help="training checkpoint (last.pt/best.pt), save_pretrained folder or Hub repo id")
+    p.add_argument("--model", help="registered model name, exported with random weights (instead of --checkpoint)")
+    p.add_argument("--num-classes", type=int, default=19, help="classes for --model (default 19)")
+    p.add_argument("--kw", action="append", default=[], metavar="KEY=VALUE",
+                   help="create_model keyword for --model, JSON value (repeatable), e.g. --kw backbone=resnet18c")
+    p.add_argument("--format", choices=FORMATS, default="onnx",
+                   help="onnx (ONNX Runtime-checked), pt2 (torch.export program) or hub (save_pretrained folder)")
+    p.add_argument("--size", help="export size HxW (default 512x512)")
+    p.add_argument("--dynamic", action="store_true", help="symbolic height and width (checked at a second size)")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 20; 23 = fused Attention op)")
+    p.add_argument("--pooling", choices=("generic", "refuse"), default="generic",
+                   help="with --dynamic: size-generic adaptive pooling (default) or refuse models that have it")
+    p.add_argument("--atol", type=float, default=1e-4, help="verification: absolute tolerance on the logits")
+    p.add_argument("--rtol", type=float, default=1e-3, help="verification: relative tolerance on the logits")
+    p.add_argument("--out", required=True, help="output file (.onnx / .pt2) or folder (hub)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("models", help="list registered segmentation models; --info NAME for weights metadata")
+    p.add_argument("pattern", nargs="?", default="*")
+    p.add_argument("--info", metavar="NAME", help="a model name, a save_pretrained folder or a Hub repo id")
+    p.add_argument("--size", help="HxW for the MACs figure (default: the training crop, else 512x512)")
+    p.set_defaults(func=_cmd_models)
