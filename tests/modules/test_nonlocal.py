@@ -173,3 +173,22 @@ def test_concat_materialises_only_chunks(monkeypatch):
     with LargestTensorRecorder() as mode:
         module(torch.randn(1, C, 24, 24, requires_grad=True)).sum().backward()
     assert mode.largest <= 24**4 // 16
+
+
+def test_concat_chunked_matches_naive_and_saves_no_n_by_m(monkeypatch):
+    """The chunked concat aggregation (forward and its own backward) equals the materialised formula, and
+    autograd keeps no tensor of the N x M map for the backward."""
+    from segattn.bench.tensors import LargestTensorRecorder
+    from segattn.modules import nonlocal_ as nl
+
+    monkeypatch.setattr(nl, "CONCAT_CHUNK_ELEMENTS", 7 * 11)  # several chunks, the last one partial
+    a = torch.randn(2, 1, 30, 1, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(2, 1, 1, 11, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(2, 1, 11, 5, dtype=torch.float64, requires_grad=True)
+    naive = torch.matmul(torch.relu(a + b) / 11, v)
+    torch.testing.assert_close(nl.ConcatAggregate.apply(a, b, v), naive, atol=1e-12, rtol=0)
+    assert torch.autograd.gradcheck(nl.ConcatAggregate.apply, (a, b, v))
+    with LargestTensorRecorder() as rec:
+        nl.ConcatAggregate.apply(a, b, v).sum().backward()
+    assert rec.largest_saved <= max(a.numel(), v.numel())  # only a, b, v are saved, never a chunk of the map
+    assert rec.largest < 2 * 30 * 11  # nothing as large as the whole map, forward or backward

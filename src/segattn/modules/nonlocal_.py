@@ -9,7 +9,7 @@ ANN modules.
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import Any, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +25,37 @@ PAPER = "Wang, Girshick, Gupta, He, CVPR 2018"
 MODES = ("embedded_gaussian", "gaussian", "dot", "concat")
 # Largest number of N x M logits the concatenation form holds at once (chunks over queries).
 CONCAT_CHUNK_ELEMENTS = 1 << 22
+
+
+class ConcatAggregate(torch.autograd.Function):
+    """``y = (ReLU(a + b) / M) v`` for a (..., N, 1), b (..., 1, M), v (..., M, C_v), in query chunks.
+
+    Forward and backward hold at most ``CONCAT_CHUNK_ELEMENTS`` of the N x M map at a time: only
+    ``a``, ``b`` and ``v`` are saved, and the backward recomputes each chunk's map (element-wise work;
+    the matmuls are the two of plain autograd: ``dv += P^T dy``, ``dP = dy v^T``).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, a: Tensor, b: Tensor, v: Tensor) -> Tensor:
+        ctx.save_for_backward(a, b, v)
+        m = b.shape[-1]
+        chunk = max(1, CONCAT_CHUNK_ELEMENTS // m)
+        return torch.cat([torch.matmul(F.relu(a_c + b) / m, v) for a_c in a.split(chunk, dim=-2)], dim=-2)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        a, b, v = ctx.saved_tensors
+        m = b.shape[-1]
+        chunk = max(1, CONCAT_CHUNK_ELEMENTS // m)
+        grad_a, grad_b, grad_v = [], torch.zeros_like(b), torch.zeros_like(v)
+        for a_c, g_c in zip(a.split(chunk, dim=-2), grad.split(chunk, dim=-2)):
+            logits = a_c + b  # (..., n, M)
+            grad_v += torch.matmul((F.relu(logits) / m).transpose(-1, -2), g_c)
+            g_logits = torch.matmul(g_c, v.transpose(-1, -2)).mul_(logits > 0).div_(m)
+            grad_a.append(g_logits.sum(-1, keepdim=True))
+            grad_b += g_logits.sum(-2, keepdim=True)
+        return torch.cat(grad_a, dim=-2), grad_b, grad_v
 
 
 def to_tokens(x: Tensor) -> Tensor:
@@ -119,11 +150,7 @@ class NonLocalBase(ContextModule):
         weight = upcast(self.concat_weight)
         a = torch.matmul(upcast(q), weight[:d])  # (B, 1, N, 1)
         b = torch.matmul(upcast(k), weight[d:]).transpose(-1, -2)  # (B, 1, 1, M)
-        m = k.shape[-2]
-        chunk = max(1, CONCAT_CHUNK_ELEMENTS // m)
-        value = upcast(v)
-        parts = [torch.matmul(F.relu(a_part + b) / m, value) for a_part in a.split(chunk, dim=-2)]
-        return torch.cat(parts, dim=-2).to(v.dtype)
+        return ConcatAggregate.apply(a, b, upcast(v)).to(v.dtype)
 
     def _weights(self, q: Tensor, k: Tensor) -> Tensor:
         """The (B, N, M) pairwise weights, materialised (only when requested)."""
@@ -300,7 +327,7 @@ class NonLocalConcat2d(NonLocalBase):
 
     ``w_f`` (2C') is split as ``w_f . [theta_i ; phi_j] = w_q . theta_i + w_k . phi_j``, so no
     N x M x 2C' tensor is built; the N x M ReLU map is computed in query chunks of at most 2^22
-    entries. w_f has no bias (as mmcv) and is initialised normal(std (2C')^{-1/2}).
+    entries, in the forward and (recomputed) in the backward, which saves no part of it. w_f has no bias (as mmcv) and is initialised normal(std (2C')^{-1/2}).
     Cost: 2 C C' N + C C_v N + (N + M) C' + N M C_v MACs, order O(N^2 C').
 """
         + _COMMON_DOC
