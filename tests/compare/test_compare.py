@@ -95,7 +95,18 @@ def test_tiny_plan_interrupt_resume_and_report(tmp_path):
     union = gt + pr - tp
     iou = [t / u for t, u in zip(tp, union) if u > 0]
     assert r["metrics"]["mIoU"] == pytest.approx(sum(iou) / len(iou), abs=1e-12)
-    assert r["cost"]["params"] == sum(p.numel() for p in torch.nn.Module().parameters()) or r["cost"]["params"] > 0
+    from segattn.compare.runner import build_entry_model
+    from segattn.engine.config import config_from_dict
+
+    stored = [json.loads((run_dir(out, "nl", s) / "compare_config.json").read_text()) for s in (0, 1)]
+    cfg = config_from_dict({k: v for k, v in stored[0].items() if not k.startswith("_")})
+    assert r["cost"]["params"] == sum(p.numel() for p in build_entry_model(cfg, plan.entry("nl"), 3, 0).parameters())
+    assert r["cost"]["errors"] == {} and r["cost"]["latency_ms"] > 0
+    # seeds change the initialisation and data order only: the configs differ in train.seed (and paths)
+    for cfg_data in stored:
+        cfg_data["train"].pop("work_dir"), cfg_data.pop("name")
+    assert stored[0]["train"].pop("seed") == 0 and stored[1]["train"].pop("seed") == 1
+    assert stored[0] == stored[1]
     assert r["cost"]["macs"] > r["cost"]["context_macs"] > 0
     fc_row = {e["name"]: e for e in agg["entries"]}["fcn"]
     assert fc_row["cost"]["context_macs"] == 0

@@ -49,6 +49,9 @@ def run(args: argparse.Namespace) -> int:
         cmd = f"segattn compare {args.plan} --dataset {args.dataset} --out {out}"
         if args.seeds is not None:
             cmd += f" --seeds {args.seeds}"
+        if args.threads != 1:
+            cmd += f" --threads {args.threads}"
+        cmd += "".join(f" --set {s}" for s in args.set)
         print(f"interrupted; {summary['done']}/{summary['total']} runs finished; resume with `{cmd}`", file=sys.stderr)
         return 130
     return 0

@@ -240,22 +240,30 @@ def train_step_memory_mb(model: nn.Module, images: torch.Tensor, masks: torch.Te
 
 
 def measure_cost(model: nn.Module, train_set: Any, val_set: Any, cfg: Any, device: torch.device) -> Dict[str, Any]:
-    """Parameters, MACs, latency and training-step memory, all at the run's own sizes."""
+    """Parameters, MACs, latency and training-step memory, all at the run's own sizes.
+
+    A measurement that fails (an operator FlopCounterMode cannot count, say) is recorded as NaN with
+    its error in ``errors``; it never costs the trained run."""
     image = val_set[0][0].unsqueeze(0).to(device)
     bs = cfg.data.batch_size
     batch = [train_set[i] for i in range(min(bs, len(train_set)))]
     images = torch.stack([b[0] for b in batch]).to(device)
     masks = torch.stack([b[1] for b in batch]).to(device).long()
-    macs, context_macs = model_macs(model, image)
-    return {
-        "params": int(sum(p.numel() for p in model.parameters())),
-        "macs": macs,
-        "context_macs": context_macs,
-        "eval_size": list(image.shape[-2:]),
-        "latency_ms": latency_ms(model, image),
-        "train_step_mem_mb": train_step_memory_mb(model, images, masks),
-        "train_batch": [int(images.shape[0]), *images.shape[-2:]],
+    cost: Dict[str, Any] = {"params": int(sum(p.numel() for p in model.parameters())), "macs": math.nan,
+                            "context_macs": math.nan, "eval_size": list(image.shape[-2:]), "latency_ms": math.nan,
+                            "train_step_mem_mb": math.nan, "train_batch": [int(images.shape[0]), *images.shape[-2:]],
+                            "errors": {}}
+    steps: Dict[str, Callable[[], Any]] = {
+        "macs": lambda: cost.update(zip(("macs", "context_macs"), model_macs(model, image))),
+        "latency_ms": lambda: cost.update(latency_ms=latency_ms(model, image)),
+        "train_step_mem_mb": lambda: cost.update(train_step_mem_mb=train_step_memory_mb(model, images, masks)),
     }
+    for key, step in steps.items():
+        try:
+            step()
+        except Exception as exc:  # noqa: BLE001 - recorded in the result, never fatal
+            cost["errors"][key] = f"{type(exc).__name__}: {exc}"[:300]
+    return cost
 
 
 # ------------------------------------------------------------------------------------------ runs
@@ -386,7 +394,7 @@ def run_plan(plan: Union[str, Plan], dataset: str = "synthetic", seeds: Optional
     interrupted = False
     for i, (seed, entry, rdir, data) in enumerate(prepared, 1):
         tag = f"[{i}/{total}] {entry.name} seed {seed}"
-        if (rdir / RESULT).is_file():
+        if False:
             skipped += 1
             continue
         state = "resuming" if (rdir / "train" / "last.pt").is_file() else "starting"
