@@ -394,7 +394,7 @@ def run_plan(plan: Union[str, Plan], dataset: str = "synthetic", seeds: Optional
     interrupted = False
     for i, (seed, entry, rdir, data) in enumerate(prepared, 1):
         tag = f"[{i}/{total}] {entry.name} seed {seed}"
-        if False:
+        if (rdir / RESULT).is_file():
             skipped += 1
             continue
         state = "resuming" if (rdir / "train" / "last.pt").is_file() else "starting"
