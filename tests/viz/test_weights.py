@@ -253,25 +253,23 @@ def test_picture_equals_jacobian_probe(name):
         torch.testing.assert_close(got.double(), want.double(), rtol=1e-6, atol=1e-9)
 
 
+# softmax (or other convex) weights: every map >= 0, summing to 1 over the pixels it covers
+CONVEX = {"nonlocal", "nonlocal_gaussian", "danet_pam", "danet", "ocnet_base", "ocnet_asp", "ocnet_pyramid",
+          "ann_apnb", "ann_afnb", "psanet", "ccnet", "isa", "local_relation", "carafe", "ema", "a2", "graphrep", "ppm"}
+
+
 @pytest.mark.parametrize("name", WITH_WEIGHTS)
 def test_convex_maps_are_nonnegative_and_sum_to_one(name):
     m = build(name).float()
     picture = pixel_weights(m, make_input().float(), QUERY)  # interior query: windows lie inside the map
     assert picture.maps
+    assert picture.convex == (name in CONVEX)
     for label, weights in picture.maps.items():
         assert torch.isfinite(weights).all(), label
         if picture.convex:
             assert weights.min() >= 0, label
             torch.testing.assert_close(weights.sum().double(), torch.tensor(1.0, dtype=torch.float64),
                                        rtol=1e-5, atol=1e-5)
-
-
-def test_softmax_modules_are_flagged_convex():
-    convex = {n for n in WITH_WEIGHTS if pixel_weights(build(n), make_input(), QUERY).convex}
-    softmax = {"nonlocal", "nonlocal_gaussian", "danet_pam", "danet", "ocnet_base", "ocnet_asp",
-               "ocnet_pyramid", "ann_apnb", "ann_afnb", "psanet", "ccnet", "isa", "local_relation",
-               "carafe", "ema", "a2", "graphrep", "ppm"}
-    assert convex == softmax
 
 
 def test_ccnet_two_recurrences_cover_the_whole_image():

@@ -39,7 +39,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--query", type=parse_query, action="append", default=[], metavar="Y,X",
                    help="query pixel (row, column) of the input image; repeatable (default: 3 across the middle row)")
     p.add_argument("--max-images", type=int, default=8, help="use at most this many images (default 8)")
+    p.add_argument("--bases", type=int, default=8, help="EMA bases / low-rank nodes shown, by mass (default 8)")
     p.add_argument("--no-page", action="store_true", help="pictures only, no report.html")
+    p.add_argument("--compact", action="store_true", help="256-colour PNGs (about a third of the size, for docs)")
     p.add_argument("--force", action="store_true", help="replace an existing report in --out")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     p.set_defaults(func=run)
@@ -111,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
     title = f"segattn viz: {Path(args.checkpoint).name}: {names}"
     notes = (f"Model input at scale {inference_scales(pictures[0][1].shape[:2], cfg)[0]:g} of the image "
              f"(the config's eval scale); weights are max-normalised per map. Checkpoint: {args.checkpoint}")
-    written = visualize(model, items, palette, args.out, title, page=not args.no_page, notes=notes)
+    written = visualize(model, items, palette, args.out, title, page=not args.no_page, notes=notes,
+                        max_bases=args.bases, compact=args.compact)
     for w in written:
         print(w)
     print(f"{len(written)} file(s) -> {args.out}", file=sys.stderr)

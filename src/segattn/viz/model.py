@@ -167,21 +167,27 @@ def module_views(path: str, module: nn.Module, inputs: Tuple[tuple, dict]) -> Li
 
 
 def query_figure(image: np.ndarray, module: nn.Module, x: Tensor, queries_img: Sequence[Pair], qgrid: Pair,
-                 title: str, extra: Dict[str, Any]) -> np.ndarray:
-    """Rows = query pixels, columns = the module's maps, each over the image with the query marked."""
+                 extra: Dict[str, Any]) -> np.ndarray:
+    """Rows = the module's maps, columns = the query pixels, each over the image with the query marked."""
     size: Pair = (int(x.shape[2]), int(x.shape[3]))
     hw: Pair = (image.shape[0], image.shape[1])
     factors = run_with_attention(module, x, **extra)
-    tiles = []
-    columns = 1
+    by_label: Dict[str, List[np.ndarray]] = {}
     for q_img in queries_img:
         cell = to_feature(q_img, hw, qgrid)
+        centre = to_image(cell, hw, qgrid)
         pw = pixel_weights(module, x, cell, factors=factors, **extra)
-        columns = len(pw.maps)
         for label, m in pw.maps.items():
-            tile = render.heat_overlay(image, _to_grid(m, size), to_image(cell, hw, qgrid))
-            tiles.append(render.caption(tile, f"{title} {label} @ {cell}"))
-    return render.grid(tiles, columns)
+            tile = render.heat_overlay(image, _to_grid(m, size), centre)
+            by_label.setdefault(label, []).append(
+                render.caption(tile, f"{label}, query ({int(centre[0])}, {int(centre[1])})"))
+    return render.grid([t for tiles in by_label.values() for t in tiles], len(queries_img))
+
+
+def _by_area(assignment: Tensor, count: int) -> List[int]:
+    """Indices of the (K, h, w) assignment's channels that are the argmax on the most pixels."""
+    area = torch.bincount(assignment.argmax(0).flatten(), minlength=assignment.shape[0])
+    return [int(k) for k in area.argsort(descending=True)[:count] if area[k] > 0]
 
 
 def family_figures(image: np.ndarray, name: str, module: nn.Module, x: Tensor, max_bases: int = 8
@@ -192,20 +198,19 @@ def family_figures(image: np.ndarray, name: str, module: nn.Module, x: Tensor, m
     if name == "ema":
         zs = em_responsibilities(module, x)
         final = zs[-1]
-        mass = final.flatten(1).sum(1)
-        top = mass.argsort(descending=True)[:max_bases].tolist()
+        top = _by_area(final, max_bases)
         tiles = []
         for t, z in enumerate(zs):
             tiles.append(render.caption(render.label_map(z, hw), f"iteration {t + 1}: argmax base"))
             for k in top:
                 tiles.append(render.caption(render.heat_overlay(image, z[k]), f"it {t + 1}: base {k}"))
-        out.append(("EM responsibilities Z per iteration (bases ranked by mass)", render.grid(tiles, len(top) + 1)))
+        out.append(("EM responsibilities Z per iteration (the bases that win the largest areas)", render.grid(tiles, len(top) + 1)))
         sim = base_similarity(module, x)
         out.append(("cosine similarity of the final bases", render.matrix_picture(sim, 4, signed=True)))
     if name in ASSIGNMENT_KEYS and name != "ema":
         rev = run_with_attention(module, x)[ASSIGNMENT_KEYS[name]][0]
         nodes = rev.transpose(0, 1).reshape(-1, x.shape[2], x.shape[3])
-        top = nodes.flatten(1).abs().sum(1).argsort(descending=True)[:max_bases].tolist()
+        top = _by_area(nodes, max_bases)
         tiles = [render.caption(render.label_map(nodes, hw), "argmax node")]
         tiles += [render.caption(render.heat_overlay(image, nodes[k]), f"node {k}") for k in top]
         out.append(("node assignment M_rev (each pixel's weights over the nodes)", render.grid(tiles, len(tiles))))
@@ -217,7 +222,7 @@ def family_figures(image: np.ndarray, name: str, module: nn.Module, x: Tensor, m
 
 
 def analyse(model: nn.Module, x: Tensor, image: np.ndarray, name: str = "image",
-            queries: Optional[Sequence[Pair]] = None, page: bool = True) -> Analysis:
+            queries: Optional[Sequence[Pair]] = None, page: bool = True, max_bases: int = 8) -> Analysis:
     """Pictures of every context module of ``model`` for the network input ``x`` (1, 3, h, w), drawn
     over ``image`` (h, w, 3) uint8 (the input as seen). ``queries``: image pixels (y, x)."""
     hw: Pair = (image.shape[0], image.shape[1])
@@ -234,10 +239,9 @@ def analyse(model: nn.Module, x: Tensor, image: np.ndarray, name: str = "image",
             qgrid: Pair = (int(fx.shape[2]), int(fx.shape[3]))
             if reg == "carafe":
                 qgrid = (qgrid[0] * module.scale_factor, qgrid[1] * module.scale_factor)
-            title = reg if not path else f"{path}"
             result.figures.append((f"{path} ({reg}): where a pixel looks",
-                                   query_figure(image, module, fx, queries or default_queries(hw), qgrid, title, extra)))
+                                   query_figure(image, module, fx, queries or default_queries(hw), qgrid, extra)))
             if page:
                 result.views += module_views(path, module, inp)
-        result.figures += [(f"{path} ({reg}): {t}", f) for t, f in family_figures(image, reg, module, fx)]
+        result.figures += [(f"{path} ({reg}): {t}", f) for t, f in family_figures(image, reg, module, fx, max_bases)]
     return result

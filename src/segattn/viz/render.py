@@ -62,11 +62,15 @@ def heat(values: torch.Tensor) -> Array:
 
 
 def heat_overlay(image: Array, weights: torch.Tensor, query: Optional[Tuple[float, float]] = None,
-                 dim: float = 0.35, smooth: bool = True) -> Array:
-    """The weight map (max-normalised, upsampled) in inferno over the dimmed image, query marked."""
+                 floor: float = 0.15, smooth: bool = True) -> Array:
+    """The weight map (max-normalised, upsampled) in inferno over the image, query marked: a pixel
+    of normalised weight v is ``(1 - a) image + a colour(v)`` with ``a = floor + (0.9 - floor) v``,
+    so the image stays readable where the weights are small."""
     h, w = image.shape[:2]
-    colour = heat(resize_map(normalized(weights), (h, w), smooth)).astype(np.float32)
-    out = (image.astype(np.float32) * dim + colour * (1.0 - dim)).round().clip(0, 255).astype(np.uint8)
+    values = resize_map(normalized(weights), (h, w), smooth)
+    colour = heat(values).astype(np.float32)
+    a = (floor + (0.9 - floor) * values.clamp(0, 1).numpy())[..., None]
+    out = (image.astype(np.float32) * (1.0 - a) + colour * a).round().clip(0, 255).astype(np.uint8)
     return mark(out, query) if query is not None else out
 
 
@@ -139,9 +143,14 @@ def png_bytes(image: Array) -> bytes:
     return buf.getvalue()
 
 
-def save_png(path: str, image: Array) -> str:
-    """Write ``image`` as a PNG atomically; returns the path."""
-    atomic_write_bytes(path, png_bytes(image))
+def save_png(path: str, image: Array, compact: bool = False) -> str:
+    """Write ``image`` as a PNG atomically (``compact``: 256 colours, a third of the size); returns the path."""
+    if compact:
+        buf = io.BytesIO()
+        Image.fromarray(image).quantize(256, method=Image.Quantize.MEDIANCUT).save(buf, format="PNG", optimize=True)
+        atomic_write_bytes(path, buf.getvalue())
+    else:
+        atomic_write_bytes(path, png_bytes(image))
     return path
 
 
