@@ -98,3 +98,140 @@ def test_torchrun_two_processes(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.load(open(tmp_path / "summary.json"))
     assert summary["world_size"] == 2 and summary["iteration"] == 4
+
+
+# ----- issue 12: every failure is one `segattn <cmd>: error: ...` line, exit 2, no traceback ------------------
+def _bad_inputs(root, ckpt):
+    """Broken, truncated and foreign checkpoints, a file where a folder belongs, images, a bad YAML."""
+    import torch
+
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "trunc.pt").write_bytes(ckpt.read_bytes()[:5000])
+    (root / "text.pt").write_text("hello\n")
+    torch.save({"weights": torch.zeros(3)}, root / "foreign.pt")
+    torch.save({"conv.weight": torch.zeros(3)}, root / "statedict.pt")
+    (root / "afile").write_text("x")
+    (root / "imgs").mkdir(exist_ok=True)
+    Image.fromarray(np.zeros((20, 24, 3), np.uint8)).save(root / "imgs" / "a.png")
+    (root / "broken").mkdir(exist_ok=True)
+    (root / "broken" / "b.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    (root / "existing").mkdir(exist_ok=True)
+    (root / "existing" / "a_mask.png").write_bytes(b"keep")
+    (root / "bad.yaml").write_text("model: {name: fcn\nschedule:\n  iters: 3\n")
+    (root / "bad.json").write_text('{"model": {"name": "fcn",}}')
+
+
+NO_CUDA = not __import__("torch").cuda.is_available()
+BAD_CALLS = [  # (id, argv with {t} = folder of bad inputs, {ckpt} = a good checkpoint, {ro} = read-only folder, must contain)
+    ("eval-truncated-ckpt", "eval --checkpoint {t}/trunc.pt", "trunc.pt"),
+    ("eval-text-file-ckpt", "eval --checkpoint {t}/text.pt", "text.pt"),
+    ("eval-foreign-ckpt", "eval --checkpoint {t}/foreign.pt", "foreign.pt holds no config"),
+    ("eval-other-weights", "eval --checkpoint {t}/statedict.pt --config synthetic/fcn_r18_synthetic.yaml",
+     "statedict.pt does not fit model 'fcn'"),
+    ("eval-missing-ckpt", "eval --checkpoint {t}/nope.pt", "nope.pt' does not exist"),
+    ("eval-ckpt-is-folder", "eval --checkpoint {t}", "is a folder"),
+    ("eval-out-under-a-file", "eval --checkpoint {ckpt} --out {t}/afile/m.json", "afile/m.json cannot be written"),
+    ("eval-out-is-folder", "eval --checkpoint {ckpt} --out {t}", "is a folder, expected a file name"),
+    ("eval-out-exists", "eval --checkpoint {ckpt} --out {t}/afile", "already exists; pass --overwrite"),
+    ("eval-out-read-only", "eval --checkpoint {ckpt} --out {ro}/m.json", "cannot write"),
+    ("eval-no-cuda", "eval --checkpoint {ckpt} --device cuda", "'cuda' is not available"),
+    ("eval-unknown-device", "eval --checkpoint {ckpt} --device gpu", "unknown device 'gpu'"),
+    ("predict-truncated-ckpt", "predict {t}/imgs --checkpoint {t}/trunc.pt --out {t}/p", "trunc.pt"),
+    ("predict-foreign-ckpt", "predict {t}/imgs --checkpoint {t}/foreign.pt --out {t}/p",
+     "foreign.pt is not a segattn training checkpoint"),
+    ("predict-out-is-file", "predict {t}/imgs --checkpoint {ckpt} --out {t}/afile", "afile is not usable"),
+    ("predict-out-read-only", "predict {t}/imgs --checkpoint {ckpt} --out {ro}", "cannot write"),
+    ("predict-no-cuda", "predict {t}/imgs --checkpoint {ckpt} --out {t}/p --device cuda", "'cuda' is not available"),
+    ("predict-missing-input", "predict {t}/nothing --checkpoint {ckpt} --out {t}/p", "nothing' is neither"),
+    ("predict-outputs-exist", "predict {t}/imgs --checkpoint {ckpt} --out {t}/existing", "already exist"),
+    ("predict-alpha", "predict {t}/imgs --checkpoint {ckpt} --out {t}/p --alpha 2", "--alpha must be in [0, 1]"),
+    ("predict-strict", "predict {t}/broken --checkpoint {ckpt} --out {t}/p --strict", "b.png"),
+    ("train-yaml-syntax", "train --config {t}/bad.yaml --work-dir {t}/w", "bad.yaml: YAML syntax error at line 2"),
+    ("train-json-syntax", "train --config {t}/bad.json --work-dir {t}/w", "bad.json: JSON syntax error at line 1"),
+    ("train-missing-config", "train --config {t}/none.yaml --work-dir {t}/w", "none.yaml' not found"),
+    ("bench-out-is-file", "bench nonlocal --channels 8 --size 8 --rounds 1 --out {t}/afile", "afile is not usable"),
+    ("bench-out-read-only", "bench nonlocal --channels 8 --size 8 --rounds 1 --out {ro}/b", "cannot write"),
+    ("bench-no-module", "bench zzz*", "no registered module"),
+    ("bench-no-cuda", "bench nonlocal --device cuda", "'cuda' is not available"),
+    ("demo-out-is-file", "demo --quick --out {t}/afile", "afile is not usable"),
+    ("demo-out-read-only", "demo --quick --out {ro}", "cannot write"),
+]
+
+
+@pytest.mark.parametrize("argv,fragment", [c[1:] for c in BAD_CALLS], ids=[c[0] for c in BAD_CALLS])
+def test_bad_invocations_end_in_one_error_line(argv, fragment, trained, tmp_path, capsys, monkeypatch):
+    from tests.readonly import read_only_dir
+
+    if "cuda" in argv and not NO_CUDA:
+        pytest.skip("CUDA is available here")
+    monkeypatch.delenv("SEGATTN_DEBUG", raising=False)
+    _bad_inputs(tmp_path / "t", trained / "best.pt")
+    with read_only_dir(tmp_path / "ro", monkeypatch) as ro:
+        args = argv.format(t=tmp_path / "t", ckpt=trained / "best.pt", ro=ro).split()
+        code = main(args)
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    prefix = f"segattn {args[0]}: error: "
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert [ln for ln in lines if ": error:" in ln] == [lines[-1]], err  # exactly one error line, the last
+    assert all(ln.startswith("segattn predict: warning:") for ln in lines[:-1]), err  # only warnings before it
+    assert lines[-1].startswith(prefix) and fragment in lines[-1], lines[-1]
+    assert not any((tmp_path / "t" / d).exists() for d in ("p", "w")), "nothing is created on failure"
+
+
+def test_unreadable_inputs_skipped_and_counted(trained, tmp_path, capsys):
+    _bad_inputs(tmp_path, trained / "best.pt")
+    (tmp_path / "imgs" / "b.png").write_bytes(b"broken")
+    out = tmp_path / "out"
+    assert main(["predict", str(tmp_path / "imgs"), "--checkpoint", str(trained / "best.pt"), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "segattn predict: warning: skipped" in err and "b.png" in err
+    assert "1 image(s)" in err and "1 unreadable input(s) skipped" in err
+    assert sorted(p.name for p in out.iterdir()) == ["a_mask.png", "a_overlay.png"]
+    assert main(["predict", str(tmp_path / "broken"), "--checkpoint", str(trained / "best.pt"), "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("segattn predict: error: no input could be read")
+
+
+def test_predict_shared_stems_reports_what_it_wrote(trained, tmp_path, capsys):
+    for folder, ext in (("x", "png"), ("x", "jpg"), ("y", "png")):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / folder / f"a.{ext}")
+    out = tmp_path / "out"
+    argv = ["predict", str(tmp_path / "x"), str(tmp_path / "y"), "--checkpoint", str(trained / "best.pt"), "--out", str(out)]
+    assert main(argv) == 0
+    assert "3 image(s)" in capsys.readouterr().err
+    assert len(list(out.glob("*_mask.png"))) == 3 and len(list(out.glob("*_overlay.png"))) == 3
+    assert main(argv) == 2  # a second run does not overwrite silently
+    assert main([*argv, "--overwrite"]) == 0
+
+
+def test_eval_out_is_atomic_json_and_max_samples_counts_images(trained, tmp_path):
+    out = tmp_path / "m.json"
+    assert main(["eval", "--checkpoint", str(trained / "last.pt"), "--out", str(out), "--set", "eval.max_samples=3"]) == 0
+    assert json.load(open(out))["samples"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json"]  # no temporary left beside it
+
+
+def test_unexpected_errors_and_interrupts_are_one_line(monkeypatch, capsys):
+    import segattn.engine.predict as predict_mod
+
+    def boom(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        raise RuntimeError("deep inside\nsecond line")
+
+    monkeypatch.setattr(predict_mod, "predict", boom)
+    argv = ["predict", "x.png", "--checkpoint", "c.pt", "--out", "o"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("segattn predict: error: RuntimeError: deep inside second line")
+
+    def interrupted(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(predict_mod, "predict", interrupted)
+    assert main(argv) == 130
+    assert capsys.readouterr().err == "segattn predict: error: interrupted\n"
+    monkeypatch.setenv("SEGATTN_DEBUG", "1")
+    monkeypatch.setattr(predict_mod, "predict", boom)
+    with pytest.raises(RuntimeError, match="deep inside"):
+        main(argv)

@@ -27,3 +27,47 @@ def test_failed_write_leaves_old_file_and_no_temporaries(tmp_path):
         atomic_write(path, broken)
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+
+
+# ----- output checks made before long work starts (issue 12) -----------------------------------------------
+def test_check_writable_dir_creates_nothing_and_accepts_new_nested_folders(tmp_path):
+    from segattn.io import check_writable_dir
+
+    assert check_writable_dir(tmp_path / "new" / "deeper") == tmp_path / "new" / "deeper"
+    assert list(tmp_path.iterdir()) == []  # nothing created, no probe left behind
+
+
+@pytest.mark.parametrize("target", ["file", "file/sub"])
+def test_check_writable_dir_refuses_a_file(tmp_path, target):
+    from segattn.errors import SegattnError
+    from segattn.io import check_writable_dir
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SegattnError, match="is a file, not a folder"):
+        check_writable_dir(tmp_path / target)
+
+
+def test_check_writable_dir_refuses_a_read_only_folder(tmp_path, monkeypatch):
+    from segattn.errors import SegattnError
+    from segattn.io import check_writable_dir
+    from tests.readonly import read_only_dir
+
+    with read_only_dir(tmp_path / "ro", monkeypatch) as ro:
+        with pytest.raises(SegattnError, match="not usable: cannot write"):
+            check_writable_dir(ro)
+        with pytest.raises(SegattnError, match=f"cannot write in {ro}"):
+            check_writable_dir(ro / "new")
+
+
+def test_check_writable_file(tmp_path):
+    from segattn.errors import SegattnError
+    from segattn.io import check_writable_file
+
+    (tmp_path / "old.json").write_text("{}")
+    assert check_writable_file(tmp_path / "old.json") == tmp_path / "old.json"
+    with pytest.raises(SegattnError, match="already exists; pass --overwrite"):
+        check_writable_file(tmp_path / "old.json", overwrite=False)
+    with pytest.raises(SegattnError, match="is a folder"):
+        check_writable_file(tmp_path)
+    with pytest.raises(SegattnError, match="is a file, not a folder"):
+        check_writable_file(tmp_path / "old.json" / "m.json")

@@ -45,11 +45,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    from segattn.engine.metrics import format_metrics
     from segattn.engine.run import run_evaluation
 
-    metrics = run_evaluation(args.checkpoint, args.config, list(args.set), args.out)
-    from segattn.engine.metrics import format_metrics
-
+    metrics = run_evaluation(args.checkpoint, args.config, list(args.set), args.out, overwrite=args.overwrite,
+                             device=args.device)
     if metrics is not None:
         print(format_metrics(metrics))
     return 0
@@ -58,10 +58,16 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from segattn.engine.predict import predict
 
-    written = predict(args.checkpoint, args.inputs, args.out, list(args.set), args.device, args.alpha)
-    for w in written:
+    result = predict(args.checkpoint, args.inputs, args.out, list(args.set), args.device, args.alpha,
+                     strict=args.strict, overwrite=args.overwrite)
+    if not result.written:
+        from segattn.errors import SegattnError
+
+        raise SegattnError(f"no input could be read ({len(result.skipped)} skipped); nothing was written")
+    for w in result.written:
         print(w["overlay"])
-    print(f"{len(written)} image(s) -> {args.out}", file=sys.stderr)
+    skipped = f", {len(result.skipped)} unreadable input(s) skipped" if result.skipped else ""
+    print(f"{len(result.written)} image(s) -> {args.out}{skipped}", file=sys.stderr)
     return 0
 
 
@@ -104,7 +110,9 @@ def _add_engine_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint: mIoU, per-class IoU, aAcc, mAcc")
     p.add_argument("--checkpoint", required=True, help="last.pt / best.pt written by `segattn train`")
     p.add_argument("--config", help="config to use instead of the one stored in the checkpoint")
-    p.add_argument("--out", help="write the metrics as JSON here")
+    p.add_argument("--out", help="write the metrics as JSON here (checked before the evaluation starts)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: the config's train.device)")
     _add_set(p)
     p.set_defaults(func=_cmd_eval)
 
@@ -112,8 +120,10 @@ def _add_engine_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", help="image files and/or folders")
     p.add_argument("--checkpoint", required=True, help="training checkpoint or save_pretrained folder")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--device", default=None)
-    p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available, else cpu)")
+    p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity in [0, 1]")
+    p.add_argument("--strict", action="store_true", help="stop at the first unreadable input (default: skip it, warn)")
+    p.add_argument("--overwrite", action="store_true", help="replace output files that already exist")
     _add_set(p)
     p.set_defaults(func=_cmd_predict)
 
@@ -151,21 +161,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-USER_ERRORS = (FileNotFoundError, NotADirectoryError, ValueError, KeyError, TypeError, ImportError)
+def _debug() -> bool:
+    return os.environ.get("SEGATTN_DEBUG", "") not in ("", "0")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Run one subcommand. Bad input (missing files, unknown names or keys, corrupt data) is reported as
-    one line on stderr with exit code 2; ``SEGATTN_DEBUG=1`` shows the traceback instead."""
+    """Run one subcommand. Every failure is one line on stderr, ``segattn <cmd>: error: <message>``,
+    with exit code 2 (an interrupt: exit 130); ``SEGATTN_DEBUG=1`` re-raises to show the traceback.
+
+    Messages come from :func:`segattn.errors.error_message`: errors raised for bad input name the
+    file, key or value at fault; an ``OSError`` names its path; other exceptions are prefixed with
+    their type.
+    """
+    from segattn.errors import error_message
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    prog = f"segattn {args.command}"
     try:
         return int(args.func(args) or 0)
-    except USER_ERRORS as exc:
-        if os.environ.get("SEGATTN_DEBUG"):
+    except KeyboardInterrupt:
+        if _debug():
             raise
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        print(f"segattn {args.command}: error: {message}", file=sys.stderr)
+        print(f"{prog}: error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if _debug():
+            raise
+        print(f"{prog}: error: {error_message(exc)}", file=sys.stderr)
         return 2
 
 

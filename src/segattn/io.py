@@ -86,3 +86,61 @@ def safe_torch_load(path: PathLike, map_location: Any = "cpu", what: str = "chec
     except Exception as exc:  # a corrupt file fails anywhere in the reader (KeyError, struct.error, ...)
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"{what} {path!r} is not a readable PyTorch file (truncated or another format): {reason}") from None
+
+
+def _nearest_existing(path: Path) -> Path:
+    """``path`` or its closest ancestor that exists (absolute)."""
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _dir_problem(path: Path) -> str:
+    """Why no file can be written in folder ``path`` (created if missing), or ``""`` if one can."""
+    target = Path(os.path.abspath(path))
+    existing = _nearest_existing(target)
+    if not existing.is_dir():
+        return "it is a file, not a folder" if existing == target else f"{existing} is a file, not a folder"
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".segattn-write-test.", dir=existing)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        where = "" if existing == target else f" in {existing}"
+        return f"cannot write{where} ({exc.strerror or exc})"
+    return ""
+
+
+def check_writable_dir(path: PathLike, what: str = "output folder") -> Path:
+    """Make sure ``path`` is, or can be created as, a folder a file can be written into; creates nothing.
+
+    Call it before long work starts, so a run does not fail at its very end. Raises
+    :class:`segattn.errors.SegattnError` naming ``path`` when it (or a parent) is a file or when
+    writing in it (or in its closest existing parent) is refused; the check writes and removes a
+    temporary file, so read-only mounts and ACLs count, not only the mode bits.
+    """
+    from segattn.errors import SegattnError
+
+    problem = _dir_problem(Path(path))
+    if problem:
+        raise SegattnError(f"{what} {os.fspath(path)} is not usable: {problem}")
+    return Path(path)
+
+
+def check_writable_file(path: PathLike, what: str = "output file", overwrite: bool = True) -> Path:
+    """Make sure a file can be written at ``path`` (see :func:`check_writable_dir`); creates nothing.
+
+    A folder at ``path`` is refused; so is an existing file when ``overwrite`` is False.
+    """
+    from segattn.errors import SegattnError
+
+    path = Path(path)
+    if path.is_dir():
+        raise SegattnError(f"{what} {path} is a folder, expected a file name")
+    if path.exists() and not overwrite:
+        raise SegattnError(f"{what} {path} already exists; pass --overwrite to replace it")
+    problem = _dir_problem(Path(os.path.abspath(path)).parent)
+    if problem:
+        raise SegattnError(f"{what} {path} cannot be written: {problem}")
+    return path

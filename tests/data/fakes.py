@@ -40,3 +40,23 @@ def corrupt(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"\x89PNG\r\n\x1a\nthis is not really a png")
     return path
+
+
+def write_png16(path: Path, array: np.ndarray) -> Path:
+    """A 16-bit PNG (grey for (H, W), RGB for (H, W, 3) arrays) written byte by byte, no extra library."""
+    import struct
+    import zlib
+
+    arr = np.asarray(array, dtype=">u2")
+    h, w = arr.shape[:2]
+    colour = 2 if arr.ndim == 3 else 0
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    raw = b"".join(b"\x00" + arr[y].tobytes() for y in range(h))
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, colour, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(png)
+    return path

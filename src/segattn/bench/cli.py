@@ -7,29 +7,40 @@ import re
 from pathlib import Path
 
 from segattn.api import list_modules
-from segattn.bench.measure import BenchSetting, peak_memory_mb, time_modules
+from segattn.bench.measure import BenchSetting, add_throughput, peak_memory_mb, time_modules
 from segattn.bench.report import markdown_table, write_report
 
 
 def parse_size(text: str) -> tuple:
-    """'64' -> (64, 64); '65x97' -> (65, 97)."""
+    """'64' -> (64, 64); '65x97' -> (65, 97); sides must be >= 1."""
     m = re.fullmatch(r"(\d+)(?:x(\d+))?", text.strip())
-    if not m:
-        raise argparse.ArgumentTypeError(f"size must look like 64 or 65x97, got {text!r}")
+    if not m or int(m.group(1)) < 1 or int(m.group(2) or 1) < 1:
+        raise argparse.ArgumentTypeError(f"size must look like 64 or 65x97 with sides >= 1, got {text!r}")
     h = int(m.group(1))
     return h, int(m.group(2) or h)
+
+
+def positive_int(text: str) -> int:
+    """An int >= 1 (argparse type)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmark context modules (MACs, params, latency, peak memory)")
     p.add_argument("patterns", nargs="*", default=["*"], help="module name patterns (default: all)")
-    p.add_argument("--channels", type=int, default=512, help="input channels (default 512, the heads' width)")
+    p.add_argument("--channels", type=positive_int, default=512, help="input channels (default 512, the heads' width)")
     p.add_argument("--size", type=parse_size, default=(64, 64), help="feature-map size HxW (default 64x64)")
-    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--batch", type=positive_int, default=1)
     p.add_argument("--backward", action="store_true", help="time forward+backward in train mode")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (median reported)")
+    p.add_argument("--rounds", type=positive_int, default=5, help="interleaved timing rounds (median reported)")
     p.add_argument("--memory", action="store_true", help="also measure peak memory (one subprocess per module on CPU)")
     p.add_argument("--baseline", default="nonlocal", help="module the ratios are relative to")
     p.add_argument("--out", type=Path, default=None, help="folder for bench.md/json/csv/png")
@@ -37,23 +48,31 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from segattn.engine.distributed import pick_device
+    from segattn.errors import SegattnError
+    from segattn.io import check_writable_dir
+
     names = sorted({n for pat in args.patterns for n in list_modules(pat)})
     if not names:
-        raise SystemExit(f"no registered module matches {args.patterns}; see `segattn modules`")
+        raise SegattnError(f"no registered module matches {args.patterns}; see `segattn modules`")
+    pick_device(args.device)  # an unavailable device fails here, not once per module
+    if args.out:
+        check_writable_dir(args.out, "bench --out")  # before the timing, not after it
     setting = BenchSetting(
         in_channels=args.channels, height=args.size[0], width=args.size[1], batch=args.batch,
         backward=args.backward, device=args.device, dtype=args.dtype, rounds=args.rounds,
     )
     print(f"timing {len(names)} modules in {setting.rounds} interleaved rounds ...", flush=True)
-    results = time_modules(names, setting)
+    results = time_modules(names, setting, show_progress=True)
     if args.memory:
         for i, name in enumerate(names, 1):
             if not results[name].error:
                 print(f"[{i}/{len(names)}] peak memory of {name}", flush=True)
                 results[name].peak_mem_mb = peak_memory_mb(name, setting)
     baseline = args.baseline if args.baseline in results else None
-    print(markdown_table(results, setting, baseline))
+    rate = add_throughput(results, setting)  # executed MACs and the machine's matmul rate, for GMAC/s
+    print(markdown_table(results, setting, baseline, rate))
     if args.out:
-        for kind, path in write_report(results, setting, args.out, baseline).items():
+        for kind, path in write_report(results, setting, args.out, baseline, rate).items():
             print(f"wrote {kind}: {path}")
     return 0

@@ -51,6 +51,7 @@ class BenchResult:
     latency_all_ms: List[float] = field(default_factory=list)
     peak_mem_mb: float = float("nan")
     error: str = ""
+    executed_macs: int = 0  # what the kernels run (FlopCounterMode on the fused paths), forward, batch included
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -90,13 +91,18 @@ def make_step(name: str, setting: BenchSetting) -> Callable[[], None]:
     return step
 
 
-def time_modules(names: Sequence[str], setting: BenchSetting) -> Dict[str, BenchResult]:
-    """Latency of every module, timed in interleaved rounds. Failures are recorded, not raised."""
+def time_modules(names: Sequence[str], setting: BenchSetting, show_progress: bool = False) -> Dict[str, BenchResult]:
+    """Latency of every module, timed in interleaved rounds. Failures are recorded, not raised.
+
+    ``show_progress`` reports the warm-up and the rounds on stderr (:mod:`segattn.progress`).
+    """
+    from segattn.progress import progress
+
     if setting.threads:
         torch.set_num_threads(setting.threads)
     results: Dict[str, BenchResult] = {}
     steps: Dict[str, Callable[[], None]] = {}
-    for name in names:
+    for name in progress(names, desc="bench warm-up", unit="module", enabled=show_progress):
         try:
             step = make_step(name, setting)
             module = step.module  # type: ignore[attr-defined]
@@ -107,7 +113,7 @@ def time_modules(names: Sequence[str], setting: BenchSetting) -> Dict[str, Bench
             steps[name] = step
         except Exception as exc:  # a module that cannot run at this setting is reported, not fatal
             results[name] = BenchResult(name, 0, 0, error=f"{type(exc).__name__}: {exc}"[:200])
-    for _ in range(setting.rounds):
+    for _ in progress(range(setting.rounds), desc="bench rounds", unit="round", enabled=show_progress):
         for name, step in steps.items():
             start = time.perf_counter()
             step()
@@ -131,6 +137,48 @@ def peak_memory_mb(name: str, setting: BenchSetting) -> float:
     if proc.returncode != 0:
         raise RuntimeError(f"memory probe for {name!r} failed: {proc.stderr.strip()[-500:]}")
     return float(json.loads(proc.stdout.strip().splitlines()[-1])["peak_mb"])
+
+
+def executed_macs(name: str, setting: BenchSetting) -> int:
+    """MACs one forward of ``name`` executes on its fast path (FlopCounterMode, fused kernels counted with
+    their real operand sizes, e.g. DANet PAM's query/key padded to the value width), batch included."""
+    from segattn.ops.flops import count_macs
+
+    device = torch.device(setting.device)
+    module = create_module(name, setting.in_channels).to(device=device, dtype=_dtype(setting.dtype)).eval()
+    x = torch.randn(setting.batch, setting.in_channels, setting.height, setting.width, device=device,
+                    dtype=_dtype(setting.dtype))
+    return count_macs(module, x, reference=False)
+
+
+def matmul_rate(setting: BenchSetting, size: int = 1024, repeats: int = 5) -> float:
+    """This machine's square-matmul rate in GMAC/s (best of ``repeats``, ``size`` x ``size`` operands) at the
+    setting's device, dtype and threads: the ceiling that matmul-bound modules are compared with."""
+    if setting.threads:
+        torch.set_num_threads(setting.threads)
+    device = torch.device(setting.device)
+    a = torch.randn(size, size, device=device, dtype=_dtype(setting.dtype))
+    b = torch.randn(size, size, device=device, dtype=_dtype(setting.dtype))
+    torch.matmul(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        torch.matmul(a, b)
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return size**3 / best / 1e9
+
+
+def add_throughput(results: Dict[str, BenchResult], setting: BenchSetting) -> float:
+    """Fill ``executed_macs`` of every successful result; return the matmul rate (GMAC/s) measured now."""
+    for name, r in results.items():
+        if not r.error:
+            try:
+                r.executed_macs = executed_macs(name, setting)
+            except Exception:  # counting is a report extra; a module FlopCounterMode cannot run keeps 0
+                r.executed_macs = 0
+    return matmul_rate(setting)
 
 
 def _status_kib(field_name: str) -> int:

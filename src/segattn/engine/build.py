@@ -77,9 +77,11 @@ def unwrap(model: nn.Module) -> nn.Module:
 # ----------------------------------------------------------------------------------------- loss
 def class_frequencies(dataset: Any, num_classes: int, ignore_index: int, max_items: Optional[int] = None) -> Tensor:
     """Pixel count per class over ``dataset`` masks (float64)."""
+    from segattn.progress import progress
+
     counts = torch.zeros(num_classes, dtype=torch.float64)
     n = len(dataset) if max_items is None else min(max_items, len(dataset))
-    for i in range(n):
+    for i in progress(range(n), desc="class frequencies (dataset scan)", unit="mask"):
         mask = torch.as_tensor(dataset[i][1]).reshape(-1).long()
         mask = mask[(mask != ignore_index) & (mask >= 0) & (mask < num_classes)]
         counts += torch.bincount(mask, minlength=num_classes).double()

@@ -19,7 +19,6 @@ seconds-long smoke test of the whole path.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Any, Dict, List, Optional
@@ -31,6 +30,7 @@ from segattn.engine import build
 from segattn.engine.config import Config, load_config, resolve_config_path
 from segattn.engine.metrics import json_safe
 from segattn.engine.train import train
+from segattn.io import atomic_write, atomic_write_json, atomic_write_text, check_writable_dir
 
 QUICK = [
     "schedule.iters=4", "schedule.warmup_iters=0", "data.batch_size=2", "data.val_batch_size=4",
@@ -94,7 +94,8 @@ def _grid_png(path: str, columns: Dict[str, np.ndarray], palette: List[List[int]
             for r, tile in enumerate(col):
                 y, x = pad + r * (h + pad), pad + c * (w + pad)
                 canvas[y:y + h, x:x + w] = tile
-        Image.fromarray(canvas).resize((canvas.shape[1] * 3, canvas.shape[0] * 3), Image.NEAREST).save(path)
+        big = Image.fromarray(canvas).resize((canvas.shape[1] * 3, canvas.shape[0] * 3), Image.NEAREST)
+        atomic_write(path, lambda f: big.save(f, format="PNG"))
         return
     fig, axes = plt.subplots(rows, len(names), figsize=(1.8 * len(names), 1.8 * rows), squeeze=False)
     for c, col in enumerate(tiles):
@@ -106,7 +107,7 @@ def _grid_png(path: str, columns: Dict[str, np.ndarray], palette: List[List[int]
             if r == 0:
                 ax.set_title(names[c], fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda f: fig.savefig(f, dpi=110, format="png"))
     plt.close(fig)
 
 
@@ -143,7 +144,11 @@ def _attention_pictures(model: torch.nn.Module, images: torch.Tensor, columns: D
 
 def run_demo(out_dir: str = "outputs/demo", quick: bool = False, context: str = "pspnet", iters: Optional[int] = None,
              threads: Optional[int] = 1, samples: int = 6) -> Dict[str, Any]:
-    """Train ``context`` and ``fcn``, evaluate both, write the report; returns numbers, markdown and paths."""
+    """Train ``context`` and ``fcn``, evaluate both, write the report; returns numbers, markdown and paths.
+
+    ``out_dir`` is checked to be writable before training starts; every report file is written atomically.
+    """
+    check_writable_dir(out_dir, "demo --out")
     os.makedirs(out_dir, exist_ok=True)
     start = time.time()
     rows: List[Dict[str, Any]] = []
@@ -183,10 +188,8 @@ def run_demo(out_dir: str = "outputs/demo", quick: bool = False, context: str = 
             f"({len(val_set)} images).\n\n{table}\n\n"
             f"mIoU gain of {context} over fcn: {100 * gain:+.1f} points. Total time {time.time() - start:.0f} s.\n\n"
             f"![predictions](predictions.png)\n{viz_note}")
-    with open(paths["markdown"], "w") as f:
-        f.write(text)
+    atomic_write_text(paths["markdown"], text)
     report = {"rows": rows, "classes": classes, "gain_mIoU": gain, "total_s": time.time() - start,
               "quick": quick, "torch_threads": torch.get_num_threads()}
-    with open(paths["json"], "w") as f:
-        json.dump(json_safe(report), f, indent=2)
+    atomic_write_json(paths["json"], json_safe(report))
     return {**report, "markdown": text, "paths": paths}

@@ -38,12 +38,30 @@ class DistInfo:
 
 
 def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    """``auto`` is ``cuda:<local_rank>`` when CUDA is available, else CPU."""
+    """``auto`` is ``cuda:<local_rank>`` when CUDA is available, else CPU; an unknown or unavailable
+    device raises :class:`segattn.errors.SegattnError` saying which devices there are."""
+    from segattn.errors import SegattnError
+
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise SegattnError(f"unknown device {name!r}; expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this PyTorch build has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise SegattnError(f"device {name!r} is not available: {why}; use cpu")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+        if device.index >= torch.cuda.device_count():
+            raise SegattnError(f"device {str(device)!r} is not available: {torch.cuda.device_count()} CUDA GPU(s) visible")
+    elif device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise SegattnError(f"device {name!r} is not available: no Apple MPS device; use cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        backend = getattr(torch, device.type, None)
+        if backend is None or not getattr(backend, "is_available", lambda: False)():
+            raise SegattnError(f"device {name!r} is not available here; expected auto, cpu or cuda")
     return device
 
 

@@ -22,16 +22,30 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segattn.engine.metrics import ConfusionMatrix
+from segattn.progress import Progress
 
 
 def _pair(v: Optional[Sequence[int]], name: str) -> Tuple[int, int]:
+    """``eval.<name>`` as (h, w) positive ints; ``ValueError`` naming the key otherwise."""
     if v is None:
-        raise ValueError(f"slide mode needs eval.{name}")
-    if isinstance(v, int):
-        return v, v
-    if len(v) == 1:
-        return int(v[0]), int(v[0])
-    return int(v[0]), int(v[1])
+        raise ValueError(f"slide mode needs eval.{name} (h, w), e.g. [512, 1024]")
+    vals = [v] if isinstance(v, int) else list(v)
+    if len(vals) not in (1, 2) or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in vals):
+        raise ValueError(f"eval.{name} must be one or two positive integers (h, w), got {v!r}")
+    return (vals[0], vals[-1])
+
+
+def check_settings(mode: str, crop_size: Optional[Sequence[int]], stride: Optional[Sequence[int]],
+                   scales: Sequence[float]) -> None:
+    """Raise ``ValueError`` naming the ``eval.*`` key for settings that cannot work (before any image is read)."""
+    if mode not in ("whole", "slide"):
+        raise ValueError(f"unknown eval.mode {mode!r}; expected 'whole' or 'slide'")
+    if mode == "slide":
+        _pair(crop_size, "crop_size")
+        _pair(stride, "stride")
+    for s in scales:
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 < s <= 8:
+            raise ValueError(f"eval.scales must be numbers in (0, 8], got {list(scales)!r}")
 
 
 def forward_logits(model: nn.Module, images: Tensor) -> Tensor:
@@ -69,7 +83,6 @@ def single_pass(model: nn.Module, images: Tensor, mode: str, crop_size: Optional
     if mode == "whole":
         return forward_logits(model, images)
     if mode == "slide":
-        assert crop_size is not None and stride is not None
         return slide_logits(model, images, crop_size, stride, num_classes)
     raise ValueError(f"unknown eval mode {mode!r}; expected 'whole' or 'slide'")
 
@@ -107,22 +120,47 @@ def _autocast(device: torch.device, amp_dtype: Optional[torch.dtype]):  # noqa: 
     return torch.autocast(device_type=device.type, dtype=amp_dtype)
 
 
+def _local_limit(max_samples: Optional[int]) -> Optional[int]:
+    """This process's share of the first ``max_samples`` images under the ``ShardSampler`` split."""
+    if max_samples is None:
+        return None
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return len(range(dist.get_rank(), int(max_samples), dist.get_world_size()))
+    return int(max_samples)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable[Tuple[Tensor, Tensor]], num_classes: int,
              ignore_index: int = 255, class_names: Optional[Sequence[str]] = None,
              device: Optional[torch.device] = None, mode: str = "whole",
              crop_size: Optional[Sequence[int]] = None, stride: Optional[Sequence[int]] = None,
-             scales: Sequence[float] = (1.0,), flip: bool = False, max_batches: Optional[int] = None,
-             amp_dtype: Optional[torch.dtype] = None) -> Dict[str, object]:
-    """Metrics of ``model`` over ``batches`` of (image, mask), confusion matrix all-reduced."""
+             scales: Sequence[float] = (1.0,), flip: bool = False, max_samples: Optional[int] = None,
+             amp_dtype: Optional[torch.dtype] = None, show_progress: bool = True) -> Dict[str, object]:
+    """Metrics of ``model`` over ``batches`` of (image, mask), confusion matrix all-reduced.
+
+    ``max_samples`` counts images (all processes together, taken from the start of a
+    ``ShardSampler`` split): the last batch is cut to fit. ``show_progress`` reports progress on
+    stderr (:mod:`segattn.progress`).
+    """
+    check_settings(mode, crop_size, stride, list(scales) or [1.0])
+    if max_samples is not None and (isinstance(max_samples, bool) or int(max_samples) < 1):
+        raise ValueError(f"eval.max_samples must be a positive integer or null, got {max_samples!r}")
     device = device or next(model.parameters()).device
+    limit = _local_limit(max_samples)
     was_training = model.training
     model.eval()
     cm = ConfusionMatrix(num_classes, ignore_index, device=device)
+    seen = 0
+    bar = Progress(batches, desc="eval", unit="batch", enabled=show_progress)
     try:
-        for i, (images, masks) in enumerate(batches):
-            if max_batches is not None and i >= max_batches:
-                break
+        for images, masks in bar:
+            if limit is not None:
+                if seen >= limit:
+                    break
+                images, masks = images[: limit - seen], masks[: limit - seen]
+            seen += images.shape[0]
             images = images.to(device, non_blocking=True)
             masks = masks.to(device, non_blocking=True)
             with _autocast(device, amp_dtype):
@@ -131,6 +169,7 @@ def evaluate(model: nn.Module, batches: Iterable[Tuple[Tensor, Tensor]], num_cla
                 scores = F.interpolate(scores.float(), size=masks.shape[-2:], mode="bilinear", align_corners=False)
             cm.update(scores.argmax(1), masks)
     finally:
+        bar.close()
         model.train(was_training)
     cm.all_reduce()
     return cm.compute(class_names)

@@ -6,13 +6,20 @@ For every input image ``NAME.ext`` two files are written to the output folder:
   palette is the dataset's colours (open it as labels or look at it as a picture);
 - ``NAME_overlay.png``: the image with the colourised mask blended over it (``alpha``).
 
-A model comes from a training checkpoint (``last.pt`` / ``best.pt``: the config, class names and
-palette travel with it) or a ``save_pretrained`` folder.
+Inputs that share a stem get distinct names (``a.png`` + ``a.jpg`` -> ``a_png_*`` / ``a_jpg_*``;
+the same name in two folders -> ``a_png`` / ``a_png_2``), so no result overwrites another. Existing
+output files are refused unless ``overwrite=True``; every file is written atomically. An input that
+cannot be decoded is skipped with a warning and counted (``strict=True`` stops at it instead).
+Images are decoded as the datasets do (:func:`segattn.data.datasets.base.load_image`: 16-bit images
+are scaled to 8 bits). A model comes from a training checkpoint (``last.pt`` / ``best.pt``: the
+config, class names and palette travel with it) or a ``save_pretrained`` folder.
 """
 
 from __future__ import annotations
 
 import os
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -20,13 +27,26 @@ import numpy as np
 import torch
 from torch import nn
 
+from segattn.data.datasets.base import DatasetError, load_image
 from segattn.data.palette import bit_palette, overlay
 from segattn.engine import build
-from segattn.engine.checkpoint import load_checkpoint, model_state
 from segattn.engine.config import Config, apply_overrides, config_from_dict
+from segattn.engine.distributed import pick_device
 from segattn.engine.evaluate import infer
+from segattn.engine.run import load_weights, read_checkpoint
+from segattn.errors import SegattnError
+from segattn.io import atomic_write, check_writable_dir
+from segattn.progress import Progress
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+@dataclass
+class PredictResult:
+    """What :func:`predict` did: one entry per image written, and the inputs skipped with the reason."""
+
+    written: List[Dict[str, str]] = field(default_factory=list)
+    skipped: List[Tuple[str, str]] = field(default_factory=list)
 
 
 def load_model(checkpoint: str, overrides: Sequence[str] = (), device: str = "cpu"
@@ -42,33 +62,59 @@ def load_model(checkpoint: str, overrides: Sequence[str] = (), device: str = "cp
                 "palette": mc.get("palette"), "ignore_index": 255}
         cfg = config_from_dict(apply_overrides({}, overrides))
     else:
-        ckpt = load_checkpoint(checkpoint)
-        if "config" not in ckpt:
-            raise ValueError(f"{checkpoint} is not a segattn training checkpoint (no 'config'); "
-                             "use a save_pretrained folder or a checkpoint written by `segattn train`")
+        ckpt = read_checkpoint(checkpoint)
+        if not isinstance(ckpt.get("config"), dict) or not isinstance(ckpt.get("meta"), dict) \
+                or "num_classes" not in ckpt["meta"]:
+            raise SegattnError(f"{checkpoint} is not a segattn training checkpoint (no 'config' and 'meta' with "
+                               "'num_classes'); use a save_pretrained folder or a checkpoint written by `segattn train`")
         cfg = config_from_dict(apply_overrides(ckpt["config"], overrides))
         meta = dict(ckpt["meta"])
         model = build.build_model(cfg.model, int(meta["num_classes"]))
-        model.load_state_dict(model_state(ckpt))
+        load_weights(model, ckpt, checkpoint)
     if not meta.get("palette"):
         meta["palette"] = bit_palette(int(meta["num_classes"]))
     return model.to(device).eval(), cfg, meta
 
 
 def list_images(inputs: Sequence[str]) -> List[Path]:
-    """Files given directly plus the images inside given folders (sorted)."""
+    """Files given directly plus the images inside given folders (sorted); a path given twice counts once."""
     out: List[Path] = []
+    seen = set()
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            out += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
         elif p.is_file():
-            out.append(p)
+            found = [p]
         else:
             raise FileNotFoundError(f"input {item!r} is neither an image file nor a folder")
+        for f in found:
+            key = os.path.realpath(f)
+            if key not in seen:
+                seen.add(key)
+                out.append(f)
     if not out:
-        raise FileNotFoundError(f"no images found in {list(inputs)}")
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {list(inputs)}")
     return out
+
+
+def output_names(paths: Sequence[Path]) -> List[str]:
+    """One distinct output stem per input (case-insensitively distinct, for case-insensitive file systems).
+
+    A stem used by one input stays as it is; inputs sharing a stem get their extension appended
+    (``a_png``, ``a_jpg``) and, if still equal (same name in two folders), ``_2``, ``_3``, ...
+    """
+    counts = Counter(p.stem.lower() for p in paths)
+    used: set = set()
+    names = []
+    for p in paths:
+        base = p.stem if counts[p.stem.lower()] == 1 else f"{p.stem}_{p.suffix.lstrip('.').lower()}"
+        name, k = base, 2
+        while name.lower() in used:
+            name, k = f"{base}_{k}", k + 1
+        used.add(name.lower())
+        names.append(name)
+    return names
 
 
 def preprocess(image: np.ndarray, cfg: Config) -> torch.Tensor:
@@ -104,37 +150,76 @@ def predict_labels(model: nn.Module, image: np.ndarray, cfg: Config, num_classes
 
 
 def save_mask(labels: np.ndarray, palette: Sequence[Sequence[int]], path: str) -> None:
-    """Palette PNG: pixel value = class id (values above 255 are clipped)."""
+    """Palette PNG, written atomically: pixel value = class id (values above 255 are clipped)."""
     from PIL import Image
 
     img = Image.fromarray(np.clip(labels, 0, 255).astype(np.uint8), mode="P")
     flat = [int(v) for c in palette for v in c][: 256 * 3]
     img.putpalette(flat + [0] * (768 - len(flat)))
-    img.save(path)
+    atomic_write(path, lambda f: img.save(f, format="PNG"))
+
+
+def save_rgb(image: np.ndarray, path: str) -> None:
+    """(H, W, 3) uint8 image as a PNG, written atomically."""
+    from PIL import Image
+
+    atomic_write(path, lambda f: Image.fromarray(image).save(f, format="PNG"))
+
+
+def planned_outputs(images: Sequence[Path], out_dir: str) -> List[Tuple[Path, str, str]]:
+    """(image, mask path, overlay path) for every input, with distinct names (see :func:`output_names`)."""
+    return [(img, os.path.join(out_dir, f"{name}_mask.png"), os.path.join(out_dir, f"{name}_overlay.png"))
+            for img, name in zip(images, output_names(images))]
+
+
+def check_outputs(plan: Sequence[Tuple[Path, str, str]], out_dir: str, overwrite: bool) -> None:
+    """Before any work: ``out_dir`` must be writable and, unless ``overwrite``, hold none of the outputs."""
+    check_writable_dir(out_dir)
+    if overwrite:
+        return
+    existing = [p for _, mask, over in plan for p in (mask, over) if os.path.lexists(p)]
+    if existing:
+        raise SegattnError(f"{len(existing)} output file(s) already exist in {out_dir} (e.g. "
+                           f"{os.path.basename(existing[0])}); pass --overwrite to replace them or choose another --out")
 
 
 def predict_files(model: nn.Module, cfg: Config, meta: Dict[str, Any], inputs: Sequence[str], out_dir: str,
-                  device: str = "cpu", alpha: float = 0.5) -> List[Dict[str, str]]:
-    """Run ``model`` on every image in ``inputs``; write mask and overlay PNGs; return the written paths."""
-    from PIL import Image
-
-    os.makedirs(out_dir, exist_ok=True)
-    written = []
+                  device: str = "cpu", alpha: float = 0.5, strict: bool = False, overwrite: bool = False,
+                  show_progress: bool = True) -> PredictResult:
+    """Run ``model`` on every image in ``inputs``; write mask and overlay PNGs (see the module docstring)."""
+    plan = planned_outputs(list_images(inputs), out_dir)
+    check_outputs(plan, out_dir, overwrite)
+    result = PredictResult()
     palette = meta["palette"]
-    for path in list_images(inputs):
-        image = np.asarray(Image.open(path).convert("RGB"))
+    bar = Progress(plan, desc="predict", unit="img", enabled=show_progress)
+    for path, mask_path, over_path in bar:
+        try:
+            image = load_image(str(path))
+        except DatasetError as exc:
+            if strict:
+                raise SegattnError(f"{exc} (--strict stops at the first unreadable input)") from None
+            result.skipped.append((str(path), str(exc)))
+            bar.write(f"segattn predict: warning: skipped {path}: {exc}")
+            continue
         labels = predict_labels(model, image, cfg, int(meta["num_classes"]), device)
-        mask_path = os.path.join(out_dir, f"{path.stem}_mask.png")
-        over_path = os.path.join(out_dir, f"{path.stem}_overlay.png")
+        os.makedirs(out_dir, exist_ok=True)
         save_mask(labels, palette, mask_path)
-        Image.fromarray(overlay(image, labels, palette, alpha)).save(over_path)
-        written.append({"image": str(path), "mask": mask_path, "overlay": over_path})
-    return written
+        save_rgb(overlay(image, labels, palette, alpha), over_path)
+        result.written.append({"image": str(path), "mask": mask_path, "overlay": over_path})
+    return result
 
 
 def predict(checkpoint: str, inputs: Sequence[str], out_dir: str, overrides: Sequence[str] = (),
-            device: Optional[str] = None, alpha: float = 0.5) -> List[Dict[str, str]]:
-    """Load ``checkpoint`` and predict every image in ``inputs`` into ``out_dir``."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, cfg, meta = load_model(checkpoint, overrides, device)
-    return predict_files(model, cfg, meta, inputs, out_dir, device, alpha)
+            device: Optional[str] = None, alpha: float = 0.5, strict: bool = False, overwrite: bool = False,
+            show_progress: bool = True) -> PredictResult:
+    """Load ``checkpoint`` and predict every image in ``inputs`` into ``out_dir``.
+
+    Checks first (before loading the model): the inputs exist, the device is available, ``out_dir``
+    is writable and holds none of the outputs (unless ``overwrite``).
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise SegattnError(f"--alpha must be in [0, 1], got {alpha}")
+    dev = pick_device(device or "auto")
+    check_outputs(planned_outputs(list_images(inputs), out_dir), out_dir, overwrite)
+    model, cfg, meta = load_model(checkpoint, overrides, str(dev))
+    return predict_files(model, cfg, meta, inputs, out_dir, str(dev), alpha, strict, overwrite, show_progress)

@@ -56,14 +56,27 @@ class SegmentationModel(nn.Module):
         self.loss_weights.update(getattr(head, "loss_weights", {}))
         self.config: Dict[str, Any] = {}
         self._backbone_frozen = False
+        self.in_channels: Optional[int] = _input_channels(backbone)
 
     def _resize(self, logits: Tensor, size: Tuple[int, int]) -> Tensor:
         if tuple(logits.shape[-2:]) == tuple(size):
             return logits
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=self.align_corners)
 
+    def check_input(self, x: Tensor) -> None:
+        """``TypeError`` / ``ValueError`` unless ``x`` is a (B, in_channels, H, W) floating tensor of the
+        model's parameter dtype (any floating dtype under autocast)."""
+        what = type(self).__name__
+        check_feature_map(x, self.in_channels, what)
+        if _is_compiling():
+            return
+        ref = next((p for p in self.parameters() if p.is_floating_point()), None)
+        if ref is not None and x.dtype != ref.dtype and not _autocast_on(x.device.type):
+            raise TypeError(f"{what} has {ref.dtype} weights but got a {x.dtype} input; convert the input "
+                            f"(x.to({ref.dtype})) or the model (model.to({x.dtype})), or run under torch.autocast")
+
     def forward(self, x: Tensor) -> Union[Tensor, Dict[str, Tensor]]:
-        check_feature_map(x, None, type(self).__name__)
+        self.check_input(x)
         size = (x.shape[-2], x.shape[-1])
         feats = self.backbone(x)
         outs: Dict[str, Tensor] = self.head(feats)
@@ -159,6 +172,28 @@ def from_pretrained(directory: Union[str, os.PathLike[str]], map_location: Any =
                        weights_only=True)
     model.load_state_dict(state, strict=strict)
     return model.eval()
+
+
+def _is_compiling() -> bool:
+    check = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    return bool(check()) if check is not None else False
+
+
+def _autocast_on(device_type: str) -> bool:
+    try:
+        return bool(torch.is_autocast_enabled(device_type))
+    except TypeError:  # torch < 2.4: no device argument
+        return bool(torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled())
+
+
+def _input_channels(backbone: nn.Module) -> Optional[int]:
+    """Channels the backbone takes: its ``in_channels`` / ``in_chans`` or its first convolution's."""
+    for attr in ("in_channels", "in_chans"):
+        value = getattr(backbone, attr, None)
+        if isinstance(value, int):
+            return value
+    conv = next((m for m in backbone.modules() if isinstance(m, nn.Conv2d)), None)
+    return None if conv is None else int(conv.in_channels)
 
 
 def feature_channels(backbone: nn.Module) -> List[int]:

@@ -51,6 +51,17 @@ def _key(path: Path, root: Path, suffix: Sequence[str]) -> str:
     return os.path.splitext(rel)[0]
 
 
+def _by_key(files: List[Path], root: Path, suffix: Sequence[str], what: str) -> Dict[str, Path]:
+    """Files by matching key; two files with one key (``a.png`` and ``a.jpg``) raise ``DatasetError``."""
+    out: Dict[str, Path] = {}
+    for p in files:
+        k = _key(p, root, suffix)
+        if k in out:
+            raise DatasetError(f"two {what} files share the name {k!r}: {out[k]} and {p}; keep one of them")
+        out[k] = p
+    return out
+
+
 def pair_files(
     image_dir: Path,
     mask_dir: Path,
@@ -66,8 +77,8 @@ def pair_files(
     """
     require_dir(image_dir, "image folder")
     require_dir(mask_dir, "mask folder")
-    images = {_key(p, image_dir, image_suffix): p for p in list_files(image_dir, image_suffix, recursive)}
-    masks = {_key(p, mask_dir, mask_suffix): p for p in list_files(mask_dir, mask_suffix, recursive)}
+    images = _by_key(list_files(image_dir, image_suffix, recursive), image_dir, image_suffix, "image")
+    masks = _by_key(list_files(mask_dir, mask_suffix, recursive), mask_dir, mask_suffix, "mask")
     no_mask = sorted(set(images) - set(masks))
     no_image = sorted(set(masks) - set(images))
     if no_mask or no_image:
@@ -107,12 +118,36 @@ def read_list(path: Path) -> List[str]:
     return [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
 
 
+def _to_uint8(img: Image.Image, path: str) -> np.ndarray:
+    """(H, W, 3) uint8 RGB from a decoded image; 16-bit data is scaled (v * 255 / 65535, rounded)."""
+    if img.mode.startswith("I;16") or img.mode == "I":
+        # 16-bit grey (mode I;16*; older Pillow gives I): PIL's convert("RGB") would clip every value
+        # above 255 to white, so scale the full 16-bit range to 8 bits instead
+        values = np.asarray(img, dtype=np.int64)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise DatasetError(f"image {path} has mode {img.mode} with values outside 0..65535 "
+                               f"({values.min()}..{values.max()}); expected 8- or 16-bit data")
+        grey = np.rint(values * (255.0 / 65535.0)).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if img.mode == "F":
+        raise DatasetError(f"image {path} holds floating-point pixels (mode F); expected 8- or 16-bit data "
+                           "(save it as an 8- or 16-bit PNG)")
+    return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+
+
 def load_image(path: str) -> np.ndarray:
-    """Decode ``path`` as (H, W, 3) uint8 RGB; ``DatasetError`` naming the file if it is unreadable."""
+    """Decode ``path`` as (H, W, 3) uint8 RGB; ``DatasetError`` naming the file if it is unreadable.
+
+    8-bit images of any mode are converted to RGB. 16-bit grey images are scaled to 8 bits
+    (``round(v * 255 / 65535)``, so their full range maps to 0..255 instead of clipping to white);
+    16-bit colour PNGs are decoded to 8 bits per channel by Pillow. Floating-point images are refused.
+    """
     try:
         with Image.open(path) as img:
             img.load()
-            return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+            return _to_uint8(img, path)
+    except DatasetError:
+        raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise DatasetError(f"cannot read image {path}: {exc}") from exc
 
@@ -245,7 +280,9 @@ class SegmentationDataset(Dataset):
 
     def verify(self) -> None:
         """Read every pair once (raises on the first bad file); for checking a dataset after download."""
-        for i in range(len(self)):
+        from segattn.progress import progress
+
+        for i in progress(range(len(self)), desc=f"verify {type(self).__name__}", unit="pair"):
             self.load(i)
 
     def __repr__(self) -> str:

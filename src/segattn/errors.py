@@ -1,0 +1,61 @@
+"""User-facing errors and how the command line turns any exception into one readable line.
+
+:class:`SegattnError` is raised for bad input that is nobody's bug: a file that cannot be read or
+written, an unavailable device, a checkpoint that does not fit. Its message names the file, key or
+value at fault and what was expected. The CLI prints every failure as one line,
+``segattn <cmd>: error: <message>`` (exit code 2); :func:`error_message` builds that line from any
+exception, so errors raised by libraries (``OSError`` with a file name, a bare ``KeyError``, a
+multi-line message, an error re-raised from a DataLoader worker) read as one sentence too.
+"""
+
+from __future__ import annotations
+
+import re
+
+MAX_MESSAGE = 600
+
+# exception types whose message is written for the user; anything else gets its type name as prefix
+_USER_TYPES = (ValueError, TypeError, KeyError, OSError, ImportError, NotImplementedError)
+
+
+class SegattnError(Exception):
+    """Bad input or an unusable environment, with a message that names what is wrong and what was expected."""
+
+
+def one_line(text: str, limit: int = MAX_MESSAGE) -> str:
+    """``text`` with every run of whitespace (newlines included) turned into one space, at most ``limit`` chars."""
+    text = re.sub(r"\s+", " ", text).strip()
+    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
+
+
+def _worker_message(text: str) -> str:
+    """The original error of a message re-raised from a DataLoader worker (its traceback dropped)."""
+    if "Original Traceback" not in text:
+        return text
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    last = lines[-1] if lines else text
+    return re.sub(r"^[\w.]*(Error|Exception)\w*: ", "", last)
+
+
+def error_message(exc: BaseException) -> str:
+    """One line describing ``exc`` for the user (see the module docstring)."""
+    if isinstance(exc, KeyError) and len(exc.args) == 1 and isinstance(exc.args[0], str):
+        text = exc.args[0]
+        if not re.search(r"\s", text):  # a bare key name is not a message
+            text = f"missing key {text!r}"
+    elif isinstance(exc, KeyError) and exc.args:
+        text = f"missing key {exc.args[0]!r}"
+    elif isinstance(exc, OSError) and exc.filename is not None:
+        reason = exc.strerror or type(exc).__name__
+        text = f"{exc.filename}: {reason}"
+        if exc.filename2 is not None:
+            text += f" (-> {exc.filename2})"
+    else:
+        text = _worker_message(str(exc))
+    text = one_line(text) or type(exc).__name__
+    if not isinstance(exc, (SegattnError,) + _USER_TYPES):
+        text = f"{type(exc).__name__}: {text} (SEGATTN_DEBUG=1 shows the traceback)"
+    return text
+
+
+__all__ = ["SegattnError", "error_message", "one_line"]

@@ -1,0 +1,42 @@
+"""One readable line for any exception the CLI catches (segattn.errors.error_message)."""
+
+import pytest
+
+from segattn.errors import SegattnError, error_message, one_line
+
+
+def test_bare_key_error_becomes_a_message():
+    assert error_message(KeyError("optimizer")) == "missing key 'optimizer'"
+    assert error_message(KeyError("unknown config key 'x' in 'train'")) == "unknown config key 'x' in 'train'"
+    assert error_message(KeyError(3)) == "missing key 3"
+
+
+def test_os_error_names_its_path():
+    exc = PermissionError(13, "Permission denied", "/data/out/m.json")
+    assert error_message(exc) == "/data/out/m.json: Permission denied"
+    assert error_message(FileNotFoundError("config 'x' not found")) == "config 'x' not found"
+
+
+def test_multi_line_messages_become_one_line():
+    text = error_message(ValueError("first\n  second\n\nthird"))
+    assert text == "first second third"
+    assert len(error_message(ValueError("x" * 5000))) <= 600
+
+
+def test_dataloader_worker_traceback_is_dropped():
+    msg = ("Caught DatasetError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+           '  File "x.py", line 1, in f\nsegattn.data.datasets.base.DatasetError: cannot read image a.png: bad')
+    assert error_message(ValueError(msg)) == "cannot read image a.png: bad"
+
+
+def test_unexpected_types_name_themselves_and_the_debug_switch():
+    text = error_message(RuntimeError("boom"))
+    assert text.startswith("RuntimeError: boom") and "SEGATTN_DEBUG=1" in text
+    assert error_message(SegattnError("plain")) == "plain"
+    assert error_message(ZeroDivisionError()).startswith("ZeroDivisionError")
+
+
+@pytest.mark.parametrize("text,limit", [("a  b", 10), ("abcdefghijkl", 8)])
+def test_one_line(text, limit):
+    out = one_line(text, limit)
+    assert "\n" not in out and len(out) <= limit
