@@ -121,3 +121,21 @@ def test_compile_and_export(kernel):
     ref = m(x)
     torch.testing.assert_close(torch.compile(m, fullgraph=True, backend="eager")(x), ref)
     torch.testing.assert_close(torch.export.export(m, (x,)).module()(x), ref)
+
+
+@pytest.mark.parametrize("exact_beta", [False, True])
+def test_gaussian_use_scale_divides_by_sqrt_length(exact_beta):
+    """Official SpatialCGNLx: ``att.div((c*h*w)**0.5)`` for the Gaussian kernel too (was ignored)."""
+    gamma, order = 0.05, 3
+    theta, phi, g = (torch.randn(2, 3, 40, dtype=D) for _ in range(3))
+    coeff = taylor_coefficients(order, gamma)
+
+    def taylor(a, b):
+        beta = torch.exp(-gamma * (a * a + b * b)) if exact_beta else math.exp(-2 * gamma)
+        return beta * sum(c * (a * b) ** p for p, c in enumerate(coeff))
+
+    ref = explicit(theta, phi, g, taylor)
+    y, _ = compact_kernel(theta, phi, g, "gaussian", order, gamma, exact_beta=exact_beta)
+    ys, _ = compact_kernel(theta, phi, g, "gaussian", order, gamma, exact_beta=exact_beta, use_scale=True)
+    torch.testing.assert_close(y, ref, atol=1e-10, rtol=0)
+    torch.testing.assert_close(ys, ref / math.sqrt(40), atol=1e-10, rtol=0)

@@ -16,6 +16,7 @@ import segattn
 from segattn.ops.flops import count_macs
 from segattn.registry import MODULES, UPSAMPLERS
 from tests.helpers import perturb_
+from tests.modules.precision import HalfMathProbe, relative_error
 
 C = 16
 UPSAMPLER = "upsampler:"
@@ -120,8 +121,16 @@ def test_low_precision(name, dtype):
         y = module(x.to(dtype))
     assert y.dtype == dtype
     assert torch.isfinite(y).all()
-    err = (y.float() - ref).abs().max().item()
-    assert err <= 0.05 * ref.abs().max().item() + 0.05, f"{dtype} output differs from float32 by {err}"
+    # measured: at most 1.6e-2 (bfloat16) and 9.1e-4 (float16) relative to max |y|: the rounding of
+    # half weights, inputs and conv outputs
+    err = relative_error(y, ref)
+    assert err <= (3e-2 if dtype == torch.bfloat16 else 2.5e-3), f"{dtype} output differs from float32 by {err:.3g}"
+    # logits, softmax and normalisations in float32: no matmul / softmax / norm kernel may run in half
+    # (an identity ``upcast`` fails here for every module that has logits)
+    probe = HalfMathProbe()
+    with torch.no_grad(), probe:
+        module(x.to(dtype))
+    assert not probe.half_ops, f"{sorted(probe.half_ops)} ran in {dtype}"
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -14,6 +14,7 @@ import segattn
 from segattn.lowrank import EMMapper, call_step_hooks, em_step
 from segattn.modules.ema import EMAttention
 from segattn.ops.flops import count_macs
+from tests.helpers import perturb_
 
 D = torch.float64
 
@@ -122,6 +123,7 @@ def test_eval_forward_leaves_bases_bit_identical():
 
 def test_two_train_forwards_update_once_per_step():
     m = make().train()
+    call_step_hooks(m)  # a loop that calls the hooks: from here on they own the updates
     old = m.bases.clone()
     x1, x2 = torch.randn(2, 8, 5, 6), torch.randn(3, 8, 5, 6)
     m(x1)
@@ -149,13 +151,64 @@ def test_renormalize_switch():
 
 
 def test_gradient_cut_by_default_and_backprop_switch():
+    """With the cut, the reconstruction is a constant: the input's gradient flows only through the
+    residual, ``dL/dx = g * 1[out > 0]`` exactly. Without it (backprop_through_em) it also flows
+    through Z and mu and differs."""
     x = torch.randn(2, 8, 5, 5, requires_grad=True)
-    m = make().train()
-    m(x).sum().backward()
+    m = perturb_(make()).train()
+    y = m(x)
+    g = torch.randn_like(y)
+    y.backward(g)
     assert m.conv_in.weight.grad is None
-    mb = make(backprop_through_em=True).train()
-    mb(x).sum().backward()
+    torch.testing.assert_close(x.grad, g * (y > 0), atol=0, rtol=0)
+    xb = x.detach().clone().requires_grad_(True)
+    mb = perturb_(make(backprop_through_em=True)).train()
+    yb = mb(xb)
+    yb.backward(g)
     assert mb.conv_in.weight.grad is not None and mb.conv_in.weight.grad.abs().sum() > 0
+    assert (xb.grad - g * (yb > 0)).abs().max() > 1e-3
+
+
+def test_bases_move_without_step_hooks_and_warn_once():
+    """A user's own loop (forward, backward, step; no call_step_hooks): the bases still follow the data."""
+    m = make().train()
+    opt = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.0)
+    init = m.bases.clone()
+    xs = [torch.randn(2, 8, 5, 6) for _ in range(3)]
+    with pytest.warns(UserWarning, match="call_step_hooks") as record:
+        for x in xs:
+            m(x).sum().backward()
+            opt.step()
+    assert len([w for w in record if "call_step_hooks" in str(w.message)]) == 1  # warned once
+    assert not torch.equal(m.bases, init)
+    # two updates so far, applied at forwards 2 and 3, each from the forward before
+    ref = make().train()
+    mapper = ref.block.mapper
+    with torch.no_grad():
+        first = 0.9 * init + 0.1 * mapper(ref.conv_in(xs[0]), bases=init).nodes.mean(0)
+        second = 0.9 * first + 0.1 * mapper(ref.conv_in(xs[1]), bases=first).nodes.mean(0)
+    torch.testing.assert_close(m.bases, second, atol=1e-6, rtol=1e-5)
+
+
+def test_non_finite_batch_does_not_poison_bases():
+    m = make().train()
+    call_step_hooks(m)
+    x = torch.randn(3, 8, 5, 6)
+    x[1, 0, 2, 2] = float("nan")
+    m(x)
+    with pytest.warns(UserWarning, match="non-finite"):
+        call_step_hooks(m)
+    assert torch.isfinite(m.bases).all()
+    ref = make().train()
+    with torch.no_grad():
+        mus = ref.block.mapper(ref.conv_in(x[[0, 2]])).nodes
+    torch.testing.assert_close(m.bases, 0.9 * ref.bases + 0.1 * mus.mean(0), atol=1e-6, rtol=1e-5)
+    all_bad = torch.full((2, 8, 5, 6), float("nan"))
+    m(all_bad)
+    before = m.bases.clone()
+    with pytest.warns(UserWarning, match="skipped"):
+        call_step_hooks(m)
+    assert torch.equal(m.bases, before)
 
 
 def test_backprop_through_em_gradcheck():

@@ -97,15 +97,30 @@ def test_pyramid_stage_is_block_diagonal():
     assert torch.equal(touched, expected)
 
 
-@pytest.mark.parametrize("size", [(1, 1), (3, 5), (6, 6)])
-def test_pooled_base_and_asp(size):
+@pytest.mark.parametrize("ceil_mode", [False, True])
+@pytest.mark.parametrize("size", [(1, 1), (3, 5), (6, 6), (1, 7)])
+def test_pooled_base_and_asp(size, ceil_mode):
     for name, kwargs in (("ocnet_base", {"pool_scale": 2}), ("ocnet_asp", {})):
-        module = build(name, **kwargs)
+        module = build(name, ceil_mode=ceil_mode, **kwargs)
         x = torch.randn(1, C, *size, dtype=D64)
         y, f = module(x, return_attention=True)
-        n = ((size[0] + 1) // 2) * ((size[1] + 1) // 2)
+        if ceil_mode:
+            n = ((size[0] + 1) // 2) * ((size[1] + 1) // 2)
+        else:  # official floor; a side shorter than 2 is one window
+            n = max(1, size[0] // 2) * max(1, size[1] // 2)
         assert y.shape == (1, C, *size) and f["attention"].shape == (1, n, n)
         assert module.flops(*size) == count_macs(module, x)
+
+
+def test_asp_floor_pooling_drops_the_last_odd_row_as_official():
+    """Official asp_oc_block: nn.MaxPool2d(2) (floor): on a 5x5 map the last row/column never enter."""
+    module = build("ocnet_asp").eval()
+    x = torch.randn(1, C, 5, 5, dtype=D64)
+    feats = module.context_in(x)
+    pooled = module.attention._pool(feats)
+    torch.testing.assert_close(pooled, torch.nn.functional.max_pool2d(feats, 2))  # floor: 2x2
+    assert pooled.shape[-2:] == (2, 2)
+    assert build("ocnet_asp", ceil_mode=True).attention._pool(feats).shape[-2:] == (3, 3)
 
 
 def test_compile_fullgraph_pyramid():

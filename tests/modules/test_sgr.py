@@ -139,3 +139,25 @@ def test_bad_graphs():
         segattn.create_module("sgr", 16, num_nodes=5, adjacency=torch.ones(4, 4))
     with pytest.raises(ValueError, match="compatibility"):
         segattn.create_module("sgr", 16, compatibility="dot")
+
+
+def test_random_graph_is_explicit_and_a_graph_file_is_used(tmp_path):
+    import numpy as np
+    import pytest
+
+    with pytest.warns(UserWarning, match="not the paper's SGR"):
+        random_graph = segattn.create_module("sgr", 8)
+    assert random_graph.graph_source == "random" and "graph=random" in repr(random_graph)
+    emb, adj = torch.randn(5, 7), torch.rand(5, 5)
+    torch.save({"node_embeddings": emb, "adjacency": adj}, tmp_path / "graph.pt")
+    np.savez(tmp_path / "graph.npz", node_embeddings=emb.numpy(), adjacency=adj.numpy())
+    for name in ("graph.pt", "graph.npz"):
+        m = segattn.create_module("sgr", 8, graph_file=str(tmp_path / name), learn_adjacency=False)
+        assert m.graph_source == name and m.num_nodes == 5
+        torch.testing.assert_close(m.reasoner.embeddings, emb)
+        torch.testing.assert_close(m.reasoner.adjacency, adj)
+    torch.save({"adjacency": adj}, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="lacks \\['node_embeddings'\\]"):
+        segattn.create_module("sgr", 8, graph_file=str(tmp_path / "bad.pt"))
+    with pytest.raises(ValueError, match="does not exist"):
+        segattn.create_module("sgr", 8, graph_file=str(tmp_path / "missing.pt"))

@@ -11,13 +11,15 @@ input (keys) and ``value`` (B, C_v, H, W) the features to aggregate (default ``x
 * ``grid``: the (bh, bw) pooling grid when the nodes are the cells of one grid, else ``None``;
 * ``anchors``: (B, C, K) anchors the pixels were compared with, when the mapper has them.
 
-Maps and nodes are float32 for float16/bfloat16 inputs (``segattn.ops.attention.upcast``).
+Maps and nodes are float32 for float16/bfloat16 inputs (``segattn.ops.attention.upcast``), also under
+``torch.autocast`` (the map and node math runs in ``full_precision``; only convolutions are autocast).
 Every mapper has ``macs(height, width, value_channels)`` (batch 1, spec convention).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from typing import NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
@@ -33,7 +35,7 @@ from segattn.lowrank.functional import (
     normalize,
     pooling_matrix,
 )
-from segattn.ops.attention import upcast
+from segattn.ops.attention import full_precision, upcast
 
 
 class MapResult(NamedTuple):
@@ -49,7 +51,8 @@ class MapResult(NamedTuple):
 def aggregate(value: Tensor, map_: Tensor) -> Tensor:
     """``value`` (B, C_v, H, W) or (B, C_v, N), ``map_`` (B, K, N) -> nodes (B, C_v, K)."""
     v = flatten(value) if value.dim() == 4 else value
-    return torch.matmul(upcast(v), map_.transpose(1, 2))
+    with full_precision(v.device):
+        return torch.matmul(upcast(v), upcast(map_).transpose(1, 2))
 
 
 def _proj_macs(proj: nn.Module, in_channels: int, out_channels: int, height: int, width: int) -> int:
@@ -88,10 +91,12 @@ class ProjectionMapper(nn.Module):
         self.proj = proj if proj is not None else nn.Conv2d(in_channels, num_nodes, 1, bias=bias)
 
     def forward(self, x: Tensor, value: Optional[Tensor] = None) -> MapResult:
-        logits = upcast(flatten(self.proj(x)))
-        if self.log_softmax_nodes:
-            logits = torch.log_softmax(logits, dim=1)
-        map_ = normalize(logits, 2, self.normalize, self.eps)
+        projected = flatten(self.proj(x))
+        with full_precision(x.device):
+            logits = upcast(projected)
+            if self.log_softmax_nodes:
+                logits = torch.log_softmax(logits, dim=1)
+            map_ = normalize(logits, 2, self.normalize, self.eps)
         nodes = aggregate(x if value is None else value, map_)
         return MapResult(map_, nodes, logits)
 
@@ -178,6 +183,14 @@ class EMMapper(nn.Module):
     samples of all forwards since the last step and over all processes (``all_reduce`` under
     ``torch.distributed``) and sets ``mu <- momentum * mu + (1 - momentum) * mean``, then
     l2-normalises when ``renormalize`` (mmseg; official: off). Eval forwards never touch the bases.
+
+    Training loops without the hook: until ``after_optimizer_step()`` has been called once, a
+    training forward first applies the average of the forwards before it (one update per forward,
+    after the optimiser step that followed it, as the official ``train.py``) and warns once, so the
+    bases never silently stay at their initialisation. After the first hook call, updates are left
+    to the hooks (several forwards per step then accumulate into one update). Samples whose ``mu``
+    is not finite (a NaN / inf batch) are left out of the average, and a step whose average is not
+    finite is skipped, with a warning: one bad batch cannot turn the bases into NaN for good.
     Init: ``mu ~ N(0, sqrt(2 / K))``, l2-normalised over C. MACs: ``T * 2 N K C``.
     """
 
@@ -206,6 +219,10 @@ class EMMapper(nn.Module):
         self.register_buffer("bases", bases / (eps + torch.linalg.vector_norm(bases, dim=0, keepdim=True)))
         self.register_buffer("stat_sum", torch.zeros(channels, num_bases), persistent=False)
         self.register_buffer("stat_count", torch.zeros(()), persistent=False)
+        self.register_buffer("stat_skipped", torch.zeros(()), persistent=False)
+        self._hooked = False  # after_optimizer_step() has been called: it owns the updates
+        self._pending = False  # a training forward accumulated since the last update
+        self._warned = False
 
     def _initial_bases(self, x: Tensor, bases: Optional[Tensor]) -> Tensor:
         mu = self.bases if bases is None else bases
@@ -213,7 +230,8 @@ class EMMapper(nn.Module):
             mu = mu.unsqueeze(0)
         if mu.dim() != 3 or mu.shape[1] != x.shape[1]:
             raise ValueError(f"bases must be (C, K) or (B, C, K) with C = {x.shape[1]}, got {tuple(mu.shape)}")
-        return upcast(mu).to(x.dtype).expand(x.shape[0], -1, -1)
+        # a copy: a later moving-average update must not modify a tensor saved for backward
+        return upcast(mu).to(x.dtype).clone().expand(x.shape[0], -1, -1)
 
     def iterate(self, x: Tensor, bases: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
         """Run the T iterations on ``x`` (B, C, N); returns the last ``(Z, Zbar, mu)``."""
@@ -226,32 +244,64 @@ class EMMapper(nn.Module):
         return z, zbar, mu
 
     def forward(self, x: Tensor, value: Optional[Tensor] = None, bases: Optional[Tensor] = None) -> MapResult:
-        xf = upcast(flatten(x))
-        z, zbar, mu = self.iterate(xf, bases)
-        if self.training and self.momentum is not None and bases is None:
+        maintain = self.training and self.momentum is not None and bases is None
+        if maintain and self._pending and not self._hooked:
+            self._update_without_hook()
+        with full_precision(x.device):
+            z, zbar, mu = self.iterate(upcast(flatten(x)), bases)
+        if maintain:
             self._accumulate(mu)
         nodes = mu if value is None else aggregate(value, zbar.transpose(1, 2))
         return MapResult(zbar.transpose(1, 2), nodes, z.transpose(1, 2))
 
     @torch.no_grad()
     def _accumulate(self, mu: Tensor) -> None:
-        self.stat_sum.add_(mu.detach().sum(dim=0).to(self.stat_sum.dtype))
-        self.stat_count.add_(mu.shape[0])
+        """Add the finite samples' ``mu`` (B, C, K) to the running sum (no host sync)."""
+        mu = mu.detach()
+        finite = torch.isfinite(mu).flatten(1).all(dim=1)
+        kept = torch.where(finite[:, None, None], mu, torch.zeros_like(mu))
+        self.stat_sum.add_(kept.sum(dim=0).to(self.stat_sum.dtype))
+        self.stat_count.add_(finite.sum())
+        self.stat_skipped.add_((~finite).sum())
+        self._pending = True
 
-    @torch.no_grad()
+    def _update_without_hook(self) -> None:
+        if not self._warned:
+            warnings.warn(
+                "EMMapper: no after_optimizer_step() since the last training forward; the bases' moving "
+                "average is applied at this forward. Call segattn.lowrank.call_step_hooks(model) after "
+                "optimizer.step() to apply it once per step.",
+                stacklevel=3,
+            )
+            self._warned = True
+        self._apply_average()
+
     def after_optimizer_step(self) -> None:
         """Apply the moving average of the bases once (see the class docstring); no-op if nothing accumulated."""
+        self._hooked = True
+        self._apply_average()
+
+    @torch.no_grad()
+    def _apply_average(self) -> None:
+        self._pending = False
         if self.momentum is None:
             return
-        stats = torch.cat([self.stat_sum.flatten(), self.stat_count.reshape(1)])
+        stats = torch.cat([self.stat_sum.flatten(), self.stat_count.reshape(1), self.stat_skipped.reshape(1)])
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(stats)
         self.stat_sum.zero_()
         self.stat_count.zero_()
-        count = float(stats[-1].item())
-        if count == 0.0:
+        self.stat_skipped.zero_()
+        count, skipped = float(stats[-2].item()), float(stats[-1].item())
+        mean = stats[:-2].reshape(self.bases.shape) / max(count, 1.0)
+        if skipped or (count and not bool(torch.isfinite(mean).all())):
+            warnings.warn(
+                f"EMMapper: {int(skipped)} sample(s) with non-finite bases left out of the moving average"
+                + ("" if count and torch.isfinite(mean).all() else "; update skipped"),
+                stacklevel=3,
+            )
+        if count == 0.0 or not bool(torch.isfinite(mean).all()):
             return
-        mean = stats[:-1].reshape(self.bases.shape) / count
         new = self.momentum * self.bases + (1.0 - self.momentum) * mean
         if self.renormalize:
             new = new / (self.eps + torch.linalg.vector_norm(new, dim=0, keepdim=True))
@@ -288,11 +338,13 @@ class PyramidAnchorMapper(nn.Module):
         self.scale, self.eps = scale, eps
 
     def forward(self, x: Tensor, value: Optional[Tensor] = None) -> MapResult:
-        anchors = upcast(torch.cat([flatten(F.adaptive_avg_pool2d(x, g)) for g in self.grids], dim=2))
         scale = self.scale if self.scale is not None else 1.0 / math.sqrt(x.shape[1])
-        logits = torch.matmul(anchors.transpose(1, 2), upcast(flatten(x))) * scale
-        assignment = torch.softmax(logits, dim=1)
-        map_ = normalize(assignment, 2, "sum", self.eps)
+        with full_precision(x.device):
+            xf = upcast(flatten(x))
+            anchors = torch.cat([flatten(F.adaptive_avg_pool2d(xf.view_as(x), g)) for g in self.grids], dim=2)
+            logits = torch.matmul(anchors.transpose(1, 2), xf) * scale
+            assignment = torch.softmax(logits, dim=1)
+            map_ = normalize(assignment, 2, "sum", self.eps)
         nodes = aggregate(x if value is None else value, map_)
         return MapResult(map_, nodes, assignment, None, anchors)
 
@@ -325,6 +377,10 @@ class GaussianAnchorMapper(nn.Module):
         self.log_sigma = nn.Parameter(torch.zeros(channels, num_anchors))
 
     def forward(self, x: Tensor, value: Optional[Tensor] = None) -> MapResult:
+        with full_precision(x.device):  # no convolution here: the whole assignment is float32 math
+            return self._assign(x, value)
+
+    def _assign(self, x: Tensor, value: Optional[Tensor]) -> MapResult:
         xf = upcast(flatten(x))
         w, log_sigma = upcast(self.anchors).to(xf.dtype), upcast(self.log_sigma).to(xf.dtype)
         s = torch.exp(-2.0 * log_sigma)

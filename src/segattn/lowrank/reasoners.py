@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from segattn.layers import make_act
-from segattn.ops.attention import softmax_attention, upcast
+from segattn.ops.attention import full_precision, softmax_attention, upcast
 
 
 class IdentityReasoner(nn.Module):
@@ -84,7 +84,8 @@ class NodeAttentionReasoner(nn.Module):
         v = nodes.transpose(1, 2)
         # normalise in float32: F.normalize's eps (1e-12) underflows to 0 in float16 and a zero node
         # would become NaN
-        q = torch.nn.functional.normalize(upcast(v), dim=2).to(v.dtype) if self.normalize else v
+        with full_precision(v.device):
+            q = torch.nn.functional.normalize(upcast(v), dim=2).to(v.dtype) if self.normalize else v
         return softmax_attention(q, q, v, scale=self.scale).transpose(1, 2)
 
     def macs(self, num_nodes: int, channels: int) -> int:

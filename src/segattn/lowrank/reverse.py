@@ -17,14 +17,15 @@ from torch import Tensor, nn
 
 from segattn.lowrank.functional import check_normalization, flatten, normalize, upsampling_matrix
 from segattn.lowrank.mappers import MapResult, _proj_macs
-from segattn.ops.attention import upcast
+from segattn.ops.attention import full_precision, upcast
 
 ReverseOutput = Tuple[Tensor, Optional[Tensor]]
 
 
 def distribute(nodes: Tensor, rev_t: Tensor, size: Tuple[int, int]) -> Tensor:
     """``nodes`` (B, C, K) @ ``rev_t`` (B, K, N) -> (B, C, H, W)."""
-    y = torch.matmul(upcast(nodes).to(rev_t.dtype), rev_t)
+    with full_precision(rev_t.device):
+        y = torch.matmul(upcast(nodes).to(rev_t.dtype), rev_t)
     return y.reshape(y.shape[0], y.shape[1], size[0], size[1])
 
 
@@ -42,7 +43,8 @@ class TransposeReverse(nn.Module):
         self.eps = eps
 
     def forward(self, nodes: Tensor, result: MapResult, x: Tensor, return_matrix: bool = False) -> ReverseOutput:
-        rev_t = normalize(result.assignment, 1, self.normalize, self.eps)
+        with full_precision(x.device):
+            rev_t = normalize(upcast(result.assignment), 1, self.normalize, self.eps)
         y = distribute(nodes, rev_t, (x.shape[2], x.shape[3]))
         return y, (rev_t.transpose(1, 2) if return_matrix else None)
 
@@ -77,7 +79,9 @@ class ProjectionReverse(nn.Module):
         self.proj = proj if proj is not None else nn.Conv2d(in_channels, num_nodes, 1, bias=bias)
 
     def forward(self, nodes: Tensor, result: MapResult, x: Tensor, return_matrix: bool = False) -> ReverseOutput:
-        rev_t = normalize(upcast(flatten(self.proj(x))), 1, self.normalize, self.eps)
+        projected = flatten(self.proj(x))
+        with full_precision(x.device):
+            rev_t = normalize(upcast(projected), 1, self.normalize, self.eps)
         y = distribute(nodes, rev_t, (x.shape[2], x.shape[3]))
         return y, (rev_t.transpose(1, 2) if return_matrix else None)
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segattn.modules.base import ContextModule, ModuleOutput
-from segattn.ops.attention import upcast
+from segattn.ops.attention import full_precision, upcast
 from segattn.ops.flops import conv2d_macs
 from segattn.ops.sampling import window_aggregate
 from segattn.registry import UPSAMPLERS
@@ -88,14 +88,15 @@ class CARAFE(ContextModule):
         b, _, h, w = x.shape
         z = self.encoder(self.compressor(x))
         kk, ss = self.up_kernel * self.up_kernel, self.scale_factor * self.scale_factor
-        logits = upcast(z).reshape(b, self.up_group, kk, ss, h, w)
-        return torch.softmax(logits, dim=2)
+        with full_precision(x.device):
+            return torch.softmax(upcast(z).reshape(b, self.up_group, kk, ss, h, w), dim=2)
 
     def forward(self, x: Tensor, return_attention: bool = False) -> ModuleOutput:
         self.check_input(x)
         b, c, h, w = x.shape
         weights = self.kernels(x)
-        phases = window_aggregate(x, weights, self.up_kernel)  # (B, C, s^2, H, W)
+        with full_precision(x.device):
+            phases = window_aggregate(x, weights, self.up_kernel)  # (B, C, s^2, H, W)
         s = self.scale_factor
         y = F.pixel_shuffle(phases.reshape(b, c * s * s, h, w), s).to(x.dtype)
         if not return_attention:

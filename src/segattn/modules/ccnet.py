@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from segattn.modules.base import Attention, ContextModule, ModuleOutput
-from segattn.ops.attention import upcast
+from segattn.ops.attention import full_precision, upcast
 from segattn.registry import MODULES
 
 
@@ -59,7 +59,7 @@ class CrissCrossAttention(ContextModule):
     Deviations from the official code: none in the arithmetic (this is the pure-PyTorch formulation of
     mmcv / CCNet master, device-agnostic -inf diagonal). The head's conva / convb / concat / classifier
     belong to the head, not to this module. Energies and the softmax are computed in float32 even for
-    float16 / bfloat16 input.
+    float16 / bfloat16 input and under ``torch.autocast``.
 
     Cost per recurrence (MACs, batch 1): projections ``N C (2 C' + C)``, energies ``N (H + W) C'``,
     aggregation ``N (H + W) C`` (the duplicated self entry is computed, then masked). Order
@@ -82,9 +82,10 @@ class CrissCrossAttention(ContextModule):
 
     def cca(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         """One criss-cross pass: returns (output (B, C, H, W), attention (B, H, W, H + W) float32)."""
-        logits = criss_cross_logits(self.query(x), self.key(x))
-        attn = torch.softmax(logits, dim=-1)
-        context = criss_cross_aggregate(attn, self.value(x)).to(x.dtype)
+        q, k, v = self.query(x), self.key(x), self.value(x)
+        with full_precision(x.device):
+            attn = torch.softmax(criss_cross_logits(q, k), dim=-1)
+            context = criss_cross_aggregate(attn, v).to(x.dtype)
         return self.gamma.to(x.dtype) * context + x, attn
 
     def forward(self, x: Tensor, return_attention: bool = False) -> ModuleOutput:

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from segattn.modules.base import ContextModule, ModuleOutput
-from segattn.ops.attention import upcast
+from segattn.ops.attention import full_precision, upcast
 from segattn.registry import MODULES
 
 KERNELS = ("dot", "gaussian")
@@ -41,7 +41,8 @@ def compact_kernel(
     """Linear-time CGNL aggregation ``y_i = sum_j f(theta_i, phi_j) g_j`` over the last axis L.
 
     ``theta``, ``phi``, ``g``: (..., L) with every (channel, pixel) element of a group a position.
-    ``dot``: ``f = theta_i phi_j`` (``/sqrt(L)`` with ``use_scale``), computed as ``theta (phi^T g)``.
+    ``dot``: ``f = theta_i phi_j``, computed as ``theta (phi^T g)``. ``use_scale`` divides ``f`` by
+    ``sqrt(L)`` for both kernels (official ``SpatialCGNLx.kernel``: ``att.div((c*h*w)**0.5)``).
     ``gaussian``: ``f = exp(-gamma (theta_i - phi_j)^2)`` truncated at Taylor order ``order``:
     ``y_i = sum_p c_p b_i theta_i^p (sum_j b_j phi_j^p g_j)``, ``c_p = (2 gamma)^p / p!``, where
     ``b_i b_j = exp(-gamma (theta_i^2 + phi_j^2))`` (``exact_beta``) or the reference's constant
@@ -62,6 +63,8 @@ def compact_kernel(
     else:
         coeff = coeff * math.exp(-2.0 * gamma)
     att = torch.matmul(phi_pow.transpose(-1, -2), g.unsqueeze(-1)) * coeff.unsqueeze(-1)  # (..., P+1, 1)
+    if use_scale:  # the official SpatialCGNLx kernel divides both kernels' aggregates by sqrt(L)
+        att = att / math.sqrt(theta.shape[-1])
     y = torch.matmul(theta_pow, att).squeeze(-1)
     return y, att.squeeze(-1)
 
@@ -136,10 +139,11 @@ class CGNL(ContextModule):
         self.check_input(x)
         b, _, h, w = x.shape
         theta, phi, g = self._flatten(self.theta(x)), self._flatten(self.phi(x)), self._flatten(self.g(x))
-        y, att = compact_kernel(
-            theta, phi, g, self.kernel, self.order, self.gamma, self.exact_beta, self.use_scale
-        )
-        y = y.reshape(b, self.planes, h, w).to(x.dtype)
+        with full_precision(x.device):
+            y, att = compact_kernel(
+                theta, phi, g, self.kernel, self.order, self.gamma, self.exact_beta, self.use_scale
+            )
+            y = y.reshape(b, self.planes, h, w).to(x.dtype)
         out = x + self.norm(self.z(y))
         if return_attention:
             return out, {"theta": theta, "phi": phi, "g": g, "att": att}

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from segattn.modules.base import Attention, ContextModule, ModuleOutput
 from segattn.modules.nonlocal_ import from_tokens, to_tokens
-from segattn.ops.attention import softmax_attention, upcast
+from segattn.ops.attention import full_precision, softmax_attention, upcast
 from segattn.registry import MODULES
 
 PAPER = "Fu, Liu, Tian, Li, Bao, Fang, Lu, CVPR 2019"
@@ -69,7 +69,7 @@ class ChannelAttention(ContextModule):
     """DANet channel attention module (CAM): ``out = gamma * softmax(logits(E)) A + A``, E = A A^T.
 
     Shapes: A = X viewed as (B, C, N); energy E = A A^T (B, C, C), kept in float32 (float64 for float64
-    input); attention (B, C, C) softmax over the last index; Y = attention A (B, C, N) -> (B, C, H, W);
+    input), also under ``torch.autocast``; attention (B, C, C) softmax over the last index; Y = attention A (B, C, N) -> (B, C, H, W);
     out = gamma * Y + X, learnable scalar gamma initialised to 0. No convolutions.
     ``cam_mode='reference'`` (default, official code and mmseg) uses logits ``rowmax(E) - E``, which
     equals ``softmax(-E)`` (favours the *least* similar channels; the row max is a per-row constant);
@@ -86,14 +86,15 @@ class ChannelAttention(ContextModule):
 
     def context(self, x: Tensor, return_attention: bool = False) -> Tuple[Tensor, Optional[Attention]]:
         """``gamma * Y`` (B, C, H, W) and, on request, the (B, C, C) attention and energy."""
-        a = upcast(x).flatten(2)
-        energy = torch.matmul(a, a.transpose(1, 2))
-        if self.cam_mode == "reference":
-            logits = energy.amax(dim=-1, keepdim=True) - energy
-        else:
-            logits = energy
-        attention = torch.softmax(logits, dim=-1)
-        y = torch.matmul(attention, a).reshape(x.shape).to(x.dtype)
+        with full_precision(x.device):  # autocast would recast the energy to half: inf / NaN in fp16
+            a = upcast(x).flatten(2)
+            energy = torch.matmul(a, a.transpose(1, 2))
+            if self.cam_mode == "reference":
+                logits = energy.amax(dim=-1, keepdim=True) - energy
+            else:
+                logits = energy
+            attention = torch.softmax(logits, dim=-1)
+            y = torch.matmul(attention, a).reshape(x.shape).to(x.dtype)
         factors = {"attention": attention, "energy": energy} if return_attention else None
         return self.gamma * y, factors
 

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from segattn.layers import ConvNormAct
 from segattn.modules.base import ContextModule, ModuleOutput
-from segattn.ops.attention import upcast
+from segattn.ops.attention import full_precision, upcast
 from segattn.ops.flops import conv2d_macs
 from segattn.ops.sampling import aggregate_columns, deform_unfold, unfold_window
 from segattn.registry import MODULES
@@ -89,11 +89,13 @@ class DGMN2d(ContextModule):
         """Per-pixel sample weights (B, G, K, H, W), float32: softmax filters times sigmoid affinities."""
         b, _, h, w = xd.shape
         kk = self.kernel_size * self.kernel_size
-        logits = upcast(self.predictors[index](xd))
-        filters = torch.softmax(logits[:, : self.groups * kk].reshape(b, self.groups, kk, h, w), dim=2)
-        if not self.affinity:
-            return filters
-        return filters * torch.sigmoid(logits[:, self.groups * kk :]).unsqueeze(1)
+        raw = self.predictors[index](xd)
+        with full_precision(xd.device):
+            logits = upcast(raw)
+            filters = torch.softmax(logits[:, : self.groups * kk].reshape(b, self.groups, kk, h, w), dim=2)
+            if not self.affinity:
+                return filters
+            return filters * torch.sigmoid(logits[:, self.groups * kk :]).unsqueeze(1)
 
     def neighbourhoods(self, xd: Tensor, index: int) -> Tuple[Tensor, Tensor]:
         """Sampled neighbourhoods (B, C_r, K, H, W) at dilation ``dilations[index]`` and the offsets used."""
@@ -112,7 +114,8 @@ class DGMN2d(ContextModule):
         for i, d in enumerate(self.dilations):
             weights = self.dynamic_weights(xd, i)
             cols, offsets = self.neighbourhoods(xd, i)
-            messages.append(aggregate_columns(cols, weights).to(x.dtype))
+            with full_precision(x.device):
+                messages.append(aggregate_columns(cols, weights).to(x.dtype))
             factors[f"weights_d{d}"], factors[f"offsets_d{d}"] = weights, offsets
         y = x + self.fuse(torch.cat(messages, dim=1))
         return (y, factors) if return_attention else y

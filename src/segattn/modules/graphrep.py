@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from segattn.lowrank import GaussianAnchorMapper, LowRankBlock, NodeAttentionReasoner, TransposeReverse
 from segattn.modules.base import ContextModule, ModuleOutput
+from segattn.ops.attention import full_precision, upcast
 from segattn.registry import MODULES
 
 
@@ -25,7 +26,8 @@ class SimilarityGraphConvReasoner(nn.Module):
         self.weight = nn.Conv1d(channels, out_channels, 1, bias=False)
 
     def forward(self, nodes: Tensor) -> Tensor:
-        z = F.normalize(nodes, dim=1, eps=1e-6) if self.normalize_nodes else nodes
+        with full_precision(nodes.device):  # the norm in float32, also under autocast / half weights
+            z = F.normalize(upcast(nodes), dim=1, eps=1e-6).to(nodes.dtype) if self.normalize_nodes else nodes
         return F.relu(self.weight(self.adjacency(z)))
 
     def macs(self, num_nodes: int, channels: int) -> int:

@@ -18,17 +18,27 @@ from segattn.lowrank import (
     TransposeReverse,
 )
 from segattn.modules.base import ContextModule, ModuleOutput
-from segattn.ops.attention import upcast
+from segattn.ops.attention import full_precision, upcast
 from segattn.registry import MODULES
 
 MODES = ("asymmetric", "symmetric")
 
 
+def channel_l2norm(x: Tensor) -> Tensor:
+    """``F.normalize(x, dim=1)`` computed in float32 (autocast off), returned in ``x``'s dtype.
+
+    In float16 the norm's eps (1e-12) underflows to 0, so an all-zero column would give 0 / 0 = NaN.
+    """
+    with full_precision(x.device):
+        return F.normalize(upcast(x), p=2.0, dim=1).to(x.dtype)
+
+
 class ChannelL2Norm(nn.Module):
-    """``F.normalize(x, dim=1)``: unit L2 norm over the channel axis of (B, C, ...) (the reference's norm_func)."""
+    """``F.normalize(x, dim=1)``: unit L2 norm over the channel axis of (B, C, ...) (the reference's
+    norm_func), in float32 (:func:`channel_l2norm`)."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.normalize(x, p=2.0, dim=1)
+        return channel_l2norm(x)
 
 
 def _psi(channels: int, latents: int, normalize_latents: bool) -> nn.Module:
@@ -109,8 +119,8 @@ class LatentGNN(ContextModule):
 
     def visible(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         """``(F_v2l, F_l2v)`` (B, C', H, W), unit L2 norm over channels (the same tensor if symmetric)."""
-        f_v2l = F.normalize(self.v2l(x), dim=1)
-        f_l2v = f_v2l if self.l2v is None else F.normalize(self.l2v(x), dim=1)
+        f_v2l = channel_l2norm(self.v2l(x))
+        f_l2v = f_v2l if self.l2v is None else channel_l2norm(self.l2v(x))
         return f_v2l, f_l2v
 
     def forward(self, x: Tensor, return_attention: bool = False) -> ModuleOutput:

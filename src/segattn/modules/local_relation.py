@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from segattn.modules.base import ContextModule, ModuleOutput
-from segattn.ops.attention import upcast
+from segattn.ops.attention import full_precision, upcast
 from segattn.ops.flops import conv2d_macs
 from segattn.ops.sampling import unfold_window, window_aggregate
 from segattn.registry import MODULES
@@ -80,15 +80,17 @@ class LocalRelation2d(ContextModule):
 
     def relation_weights(self, x: Tensor) -> Tensor:
         """Softmax-normalised window weights (B, G, k^2, H, W), float32 (float64 for float64 input)."""
-        q = upcast(self.query(x)).unsqueeze(2)
-        keys = unfold_window(upcast(self.key(x)), self.kernel_size)
-        geo = upcast(self.geometry_prior())[None, :, :, None, None]
-        return torch.softmax(q * keys + geo, dim=2)
+        q, k, geo = self.query(x), self.key(x), self.geometry_prior()
+        with full_precision(x.device):
+            keys = unfold_window(upcast(k), self.kernel_size)
+            return torch.softmax(upcast(q).unsqueeze(2) * keys + upcast(geo)[None, :, :, None, None], dim=2)
 
     def forward(self, x: Tensor, return_attention: bool = False) -> ModuleOutput:
         self.check_input(x)
         weights = self.relation_weights(x)
-        y = self.proj(window_aggregate(x, weights, self.kernel_size).to(x.dtype))
+        with full_precision(x.device):
+            y = window_aggregate(x, weights, self.kernel_size).to(x.dtype)
+        y = self.proj(y)
         if not return_attention:
             return y
         return y, {"weights": weights, "geometry": upcast(self.geometry_prior()).detach()}

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from segattn.layers import BatchNorm2d
 from segattn.modules.base import Attention, ContextModule, ModuleOutput
-from segattn.ops.attention import linear_attention, softmax_attention, upcast
+from segattn.ops.attention import full_precision, linear_attention, softmax_attention, upcast
 from segattn.ops.flops import conv2d_macs
 from segattn.registry import MODULES
 
@@ -170,10 +170,14 @@ class NonLocalBase(ContextModule):
                 return y, w.squeeze(1)
             return softmax_attention(q, k, v, scale=self.scale), None
         if self.mode == "dot":
-            y = linear_attention(upcast(q), upcast(k), upcast(v)).to(v.dtype)
+            y = linear_attention(q, k, v).to(v.dtype)
         else:
-            y = self._concat(q, k, v)
-        return y, (self._weights(q, k) if return_attention else None)
+            with full_precision(q.device):
+                y = self._concat(q, k, v)
+        if not return_attention:
+            return y, None
+        with full_precision(q.device):
+            return y, self._weights(q, k)
 
     def forward(self, x: Tensor, return_attention: bool = False) -> ModuleOutput:
         self.check_input(x)

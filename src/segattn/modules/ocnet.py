@@ -22,9 +22,21 @@ from segattn.registry import MODULES
 PAPER = "Yuan, Wang, arXiv 2018 (IJCV 2021)"
 
 
-def pooled_size(height: int, width: int, scale: int) -> Tuple[int, int]:
-    """Size after ``scale x scale`` max-pooling with ceil mode (1x1 stays 1x1)."""
-    return -(-height // scale), -(-width // scale)
+def pooled_size(height: int, width: int, scale: int, ceil_mode: bool = True) -> Tuple[int, int]:
+    """Size after ``scale x scale`` max-pooling: ceil mode, or floor mode (official OCNet) where a side
+    shorter than ``scale`` becomes 1 (floor would give 0 there; the official code raises)."""
+    if ceil_mode:
+        return -(-height // scale), -(-width // scale)
+    return max(1, height // scale), max(1, width // scale)
+
+
+def max_pool(t: Tensor, scale: int, ceil_mode: bool) -> Tensor:
+    """``scale x scale`` max-pooling (stride ``scale``) to :func:`pooled_size`; a side shorter than
+    ``scale`` is pooled whole (one window) in both modes, so 1x1 maps work."""
+    if ceil_mode:
+        return F.max_pool2d(t, scale, scale, ceil_mode=True)
+    kernel = (min(scale, t.shape[2]), min(scale, t.shape[3]))
+    return F.max_pool2d(t, kernel, kernel)
 
 
 class SelfAttentionUnit(nn.Module):
@@ -34,7 +46,8 @@ class SelfAttentionUnit(nn.Module):
     or its own conv -> BN -> act of ``source`` (C_s -> C_k); value: 1x1 conv (bias) of ``source``
     (C_s -> C_v); W: 1x1 conv C_v -> C_out, weight and bias 0. ``key_pool_sizes`` (ANN) pools keys and
     values to sum s^2 anchors with :func:`pyramid_pool` after projection. ``pool_scale`` > 1 (OCNet)
-    max-pools the inputs first (ceil mode) and upsamples the context bilinearly (align_corners=True).
+    max-pools the inputs first (floor mode as the official code, ``ceil_mode=True`` for ceil; see
+    :func:`pooled_size`) and upsamples the context bilinearly (align_corners=True).
     """
 
     def __init__(
@@ -49,8 +62,10 @@ class SelfAttentionUnit(nn.Module):
         act: Optional[str] = "leaky_relu",
         key_pool_sizes: Optional[Sequence[int]] = None,
         pool_scale: int = 1,
+        ceil_mode: bool = False,
     ) -> None:
         super().__init__()
+        self.ceil_mode = ceil_mode
         source_channels = source_channels or in_channels
         if share_key_query and source_channels != in_channels:
             raise ValueError("a shared key/query projection needs source_channels == in_channels")
@@ -84,7 +99,7 @@ class SelfAttentionUnit(nn.Module):
     def _pool(self, t: Optional[Tensor]) -> Optional[Tensor]:
         if t is None or self.pool_scale == 1:
             return t
-        return F.max_pool2d(t, self.pool_scale, self.pool_scale, ceil_mode=True)
+        return max_pool(t, self.pool_scale, self.ceil_mode)
 
     def forward(
         self, x: Tensor, source: Optional[Tensor] = None, return_attention: bool = False
@@ -108,8 +123,8 @@ class SelfAttentionUnit(nn.Module):
 
     def macs(self, height: int, width: int, source_size: Optional[Tuple[int, int]] = None) -> int:
         """MACs of one forward for batch 1 (query map ``height x width``, source map ``source_size``)."""
-        hq, wq = pooled_size(height, width, self.pool_scale)
-        hs, ws = pooled_size(*(source_size or (height, width)), self.pool_scale)
+        hq, wq = pooled_size(height, width, self.pool_scale, self.ceil_mode)
+        hs, ws = pooled_size(*(source_size or (height, width)), self.pool_scale, self.ceil_mode)
         n, m = hq * wq, hs * ws
         anchors = sum(s * s for s in self.key_pool_sizes) if self.key_pool_sizes else m
         ck, cv, cs = self.key_channels, self.value_channels, self.source_channels
@@ -134,8 +149,9 @@ class BaseOC(ContextModule):
     init). ``pool_scale`` s > 1 runs the unit on the s x s max-pooled map and upsamples the context
     (bilinear, align_corners=True). Then concat [ctx, X] (2C) -> 1x1 conv -> BN -> LeakyReLU ->
     Dropout2d(0.05). Defaults (openseg-group/OCNet.pytorch base-OC on 512 channels): C_k = C_v = C/2,
-    out_channels C, pool_scale 1, dropout 0.05, act 'leaky_relu'. Deviation: max-pooling uses ceil
-    mode (the official floor mode fails on maps smaller than s). ``key_pool_sizes`` pools the keys and
+    out_channels C, pool_scale 1, dropout 0.05, act 'leaky_relu'. Max-pooling floors as the official
+    code (``ceil_mode=False``, default; a side shorter than s is pooled whole, where the official code
+    raises); ``ceil_mode=True`` keeps the partial last window. ``key_pool_sizes`` pools the keys and
     values to pyramid anchors instead (ANN's APNB is this block with (1, 3, 6, 8)). Equals the non-local block with
     shared key/query and concatenation instead of residual (spec 1.5.5). Cost (MACs, batch 1):
     N C (C_k + C_v) + N^2 (C_k + C_v) + N C_v C + 2 N C C_out (N -> N/s^2 in the unit); order O(N^2 C).
@@ -152,11 +168,13 @@ class BaseOC(ContextModule):
         dropout: float = 0.05,
         act: Optional[str] = "leaky_relu",
         key_pool_sizes: Optional[Sequence[int]] = None,
+        ceil_mode: bool = False,
     ) -> None:
         super().__init__(in_channels, _default(out_channels, in_channels))
         kc, vc = _default(key_channels, in_channels // 2), _default(value_channels, in_channels // 2)
         self.attention = SelfAttentionUnit(
-            in_channels, kc, vc, in_channels, act=act, pool_scale=pool_scale, key_pool_sizes=key_pool_sizes
+            in_channels, kc, vc, in_channels, act=act, pool_scale=pool_scale, key_pool_sizes=key_pool_sizes,
+            ceil_mode=ceil_mode,
         )
         self.bottleneck = ConvNormAct(2 * in_channels, self.out_channels, 1, act=act)
         self.dropout = nn.Dropout2d(dropout)
@@ -299,7 +317,9 @@ class ASPOC(ContextModule):
     align_corners=True) -> 1x1 conv -> BN -> LeakyReLU (the context only, no concatenation);
     (2) 1x1 conv; (3-5) 3x3 atrous convs with ``dilations`` (12, 24, 36), each -> BN -> LeakyReLU.
     Concat (5 C_b) -> 1x1 conv -> BN -> LeakyReLU to ``out_channels`` (default C) -> Dropout2d(0.1).
-    (openseg-group/OCNet.pytorch asp_oc_block.) Deviation: ceil-mode pooling (works at 1x1).
+    (openseg-group/OCNet.pytorch asp_oc_block.) The 2x2 max-pooling floors as the official
+    ``nn.MaxPool2d(2)`` (``ceil_mode=False``, default; a side shorter than 2 is pooled whole, where the
+    official code raises); ``ceil_mode=True`` keeps the partial last window (odd sizes).
     Cost (MACs, batch 1): 9 N C C_b + unit on N/4 positions ((N/4)^2 (C_b/2 + C_b)) + N C_b^2
     + N C C_b (1 + 9 len(dilations)) + 5 N C_b C_out; order O(N^2 C) with a 1/16 constant.
     """
@@ -315,13 +335,14 @@ class ASPOC(ContextModule):
         pool_scale: int = 2,
         dropout: float = 0.1,
         act: Optional[str] = "leaky_relu",
+        ceil_mode: bool = False,
     ) -> None:
         super().__init__(in_channels, _default(out_channels, in_channels))
         cb = _default(branch_channels, in_channels // 2)
         kc = _default(key_channels, cb // 2)
         self.dilations = tuple(int(d) for d in dilations)
         self.context_in = ConvNormAct(in_channels, cb, 3, act=act, bias=True)
-        self.attention = SelfAttentionUnit(cb, kc, cb, cb, act=act, pool_scale=pool_scale)
+        self.attention = SelfAttentionUnit(cb, kc, cb, cb, act=act, pool_scale=pool_scale, ceil_mode=ceil_mode)
         self.context_out = ConvNormAct(cb, cb, 1, act=act)
         self.conv1x1 = ConvNormAct(in_channels, cb, 1, act=act)
         self.atrous = nn.ModuleList(ConvNormAct(in_channels, cb, 3, dilation=d, act=act) for d in self.dilations)

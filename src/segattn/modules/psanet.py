@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from segattn.layers import ConvNormAct
 from segattn.modules.base import Attention, ContextModule, ModuleOutput
-from segattn.ops.attention import upcast
+from segattn.ops.attention import full_precision, upcast
 from segattn.registry import MODULES
 
 Pair = Tuple[int, int]
@@ -186,12 +186,14 @@ class PointwiseSpatialAttention(ContextModule):
         z = branch.reduce(x)
         if self.shrink_factor != 1:
             z = F.interpolate(z, size=size, mode="bilinear", align_corners=True)
-        attn = self.buffer(branch.attention(z), kind)
-        if self.psa_softmax:
-            attn = torch.softmax(attn, dim=1)
-        out = torch.bmm(upcast(z).flatten(2).to(attn.dtype), attn)
-        if self.normalization_factor != 1.0:
-            out = out / self.normalization_factor
+        logits = branch.attention(z)
+        with full_precision(x.device):  # mask, softmax and aggregation in float32, also under autocast
+            attn = self.buffer(logits, kind)
+            if self.psa_softmax:
+                attn = torch.softmax(attn, dim=1)
+            out = torch.bmm(upcast(z).flatten(2).to(attn.dtype), attn)
+            if self.normalization_factor != 1.0:
+                out = out / self.normalization_factor
         return out.reshape(z.shape).to(x.dtype), attn
 
     def forward(self, x: Tensor, return_attention: bool = False) -> ModuleOutput:

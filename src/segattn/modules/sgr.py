@@ -9,7 +9,9 @@ convolution over a given knowledge graph with concatenated node embeddings) and
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+import os
+import warnings
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +19,7 @@ from torch import Tensor, nn
 
 from segattn.lowrank import LowRankBlock, MapResult, ProjectionMapper
 from segattn.modules.base import ContextModule, ModuleOutput
-from segattn.ops.attention import softmax_attention, upcast
+from segattn.ops.attention import full_precision, softmax_attention, upcast
 from segattn.registry import MODULES
 
 COMPATIBILITIES = ("bilinear", "concat")
@@ -28,6 +30,14 @@ def normalized_adjacency(adjacency: Tensor) -> Tensor:
     a = F.relu(adjacency) + torch.eye(adjacency.shape[0], dtype=adjacency.dtype, device=adjacency.device)
     inv_sqrt = a.sum(dim=1).rsqrt()
     return inv_sqrt.unsqueeze(1) * a * inv_sqrt.unsqueeze(0)
+
+
+class NodeSoftmax(nn.Module):
+    """Softmax over the node axis (dim 1) of the voting logits, in float32 (autocast off)."""
+
+    def forward(self, logits: Tensor) -> Tensor:
+        with full_precision(logits.device):
+            return torch.softmax(upcast(logits), dim=1)
 
 
 class SymbolicGraphReasoner(nn.Module):
@@ -62,8 +72,9 @@ class SymbolicGraphReasoner(nn.Module):
         b = nodes.shape[0]
         prior = self.embeddings.to(nodes.dtype).t().unsqueeze(0).expand(b, -1, -1)
         h = self.weight(torch.cat([nodes, prior], dim=1))  # (B, D_out, K)
-        adj = normalized_adjacency(self.adjacency.to(h.dtype))
-        return F.relu(torch.matmul(h, adj.t()))
+        with full_precision(h.device):
+            adj = normalized_adjacency(upcast(self.adjacency).to(upcast(h).dtype))
+            return F.relu(torch.matmul(upcast(h), adj.t())).to(h.dtype)
 
     def macs(self, num_nodes: int, channels: int) -> int:
         return (channels + self.embedding_dim) * self.out_channels * num_nodes + num_nodes * num_nodes * self.out_channels
@@ -136,6 +147,38 @@ def _check_graph(node_embeddings: Optional[Tensor], adjacency: Optional[Tensor])
         )
 
 
+GRAPH_KEYS = ("node_embeddings", "adjacency")
+
+
+def load_graph(path: Union[str, os.PathLike]) -> Tuple[Tensor, Tensor]:
+    """Read a knowledge graph ``(node_embeddings (K, E), adjacency (K, K))`` from a ``.pt`` or ``.npz`` file.
+
+    The file holds a mapping with the keys ``node_embeddings`` (e.g. the word vectors of the K concept
+    names) and ``adjacency`` (non-negative edge weights, e.g. ConceptNet relations or label
+    co-occurrence); a ``.pt`` file is read with ``torch.load(weights_only=True)``. Raises
+    ``ValueError`` naming the file and what is missing.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"SGR graph file {path!r} does not exist (expected a .pt or .npz with {GRAPH_KEYS})")
+    if path.endswith(".npz"):
+        import numpy as np
+
+        with np.load(path) as data:
+            found = {k: torch.from_numpy(data[k]).float() for k in GRAPH_KEYS if k in data.files}
+    elif path.endswith(".pt") or path.endswith(".pth"):
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(data, dict):
+            raise ValueError(f"SGR graph file {path!r} must hold a dict with {GRAPH_KEYS}, got {type(data).__name__}")
+        found = {k: torch.as_tensor(data[k]).float() for k in GRAPH_KEYS if k in data}
+    else:
+        raise ValueError(f"SGR graph file {path!r}: expected a .pt, .pth or .npz file")
+    missing = [k for k in GRAPH_KEYS if k not in found]
+    if missing:
+        raise ValueError(f"SGR graph file {path!r} lacks {missing}; expected the keys {GRAPH_KEYS}")
+    return found["node_embeddings"], found["adjacency"]
+
+
 def _resolve_graph(
     num_nodes: Optional[int], embedding_dim: Optional[int], node_embeddings: Optional[Tensor], adjacency: Optional[Tensor]
 ) -> Tuple[Tensor, Tensor]:
@@ -179,10 +222,16 @@ class SGR(ContextModule):
     from them. ``learn_embeddings`` / ``learn_adjacency`` (default True) make them parameters; set
     them False to keep a fixed prior (stored as buffers, saved in the state dict). Without tensors
     the module draws random embeddings N(0, 1/E) and a random symmetric adjacency U(0, 1), so it runs
-    without external assets. Negative learned edge weights are clipped (``relu``) in ``A_hat``.
+    without external assets -- **that is not the paper's SGR** (no knowledge is injected): it warns,
+    ``graph_source`` is ``"random"`` and ``repr`` shows it. ``graph_file`` reads both tensors from a
+    ``.pt`` / ``.npz`` file (:func:`load_graph`; ``graph_source`` = the file name), which is how a
+    config supplies a real graph (``model.kwargs.context_kw.graph_file``). Negative learned edge
+    weights are clipped (``relu``) in ``A_hat``.
 
     Defaults: ``num_nodes=64``, ``embedding_dim=300``, ``reduction=4``, ``normalize_voting=False``
-    (the paper sums votes over pixels; True divides by N for size-independent node features).
+    (the paper sums votes over pixels, so the node features -- and the context -- grow with N: x4.2
+    from a 512x1024 crop to a 1024x2048 image; evaluate at the training crop size (slide) or set True,
+    which divides by N for size-independent node features).
     Deviation: the paper's compatibility ``softmax_n(W_s [h_n ; x_i])`` does not depend on ``x_i`` (the
     pixel term cancels in the softmax over n); the default ``compatibility="bilinear"`` uses a scaled
     dot product between projected pixels and nodes; ``"concat"`` keeps the paper's form.
@@ -205,13 +254,28 @@ class SGR(ContextModule):
         learn_adjacency: bool = True,
         normalize_voting: bool = False,
         compatibility: str = "bilinear",
+        graph_file: Optional[str] = None,
     ) -> None:
         super().__init__(in_channels)
+        if graph_file is not None:
+            if node_embeddings is not None or adjacency is not None:
+                raise ValueError("SGR takes graph_file or node_embeddings/adjacency tensors, not both")
+            node_embeddings, adjacency = load_graph(graph_file)
+            self.graph_source = os.path.basename(os.fspath(graph_file))
+        elif node_embeddings is not None and adjacency is not None:
+            self.graph_source = "tensors"
+        else:
+            self.graph_source = "random" if node_embeddings is None and adjacency is None else "partly random"
+            warnings.warn(
+                f"SGR without a knowledge graph ({self.graph_source} adjacency / node embeddings): this is not "
+                "the paper's SGR; pass graph_file= (or node_embeddings= and adjacency=) for a real graph",
+                stacklevel=2,
+            )
         embeddings, adj = _resolve_graph(num_nodes, embedding_dim, node_embeddings, adjacency)
         k, d = embeddings.shape[0], max(in_channels // reduction, 1)
         self.num_nodes, self.node_channels = k, d
         self.value = nn.Conv2d(in_channels, d, 1, bias=False)
-        vote = nn.Sequential(nn.Conv2d(in_channels, k, 1), nn.Softmax(dim=1))
+        vote = nn.Sequential(nn.Conv2d(in_channels, k, 1), NodeSoftmax())
         self.block = LowRankBlock(
             ProjectionMapper(in_channels, k, "mean" if normalize_voting else "none", proj=vote),
             SymbolicGraphReasoner(
@@ -219,6 +283,9 @@ class SGR(ContextModule):
             ),
             NodeCompatibilityReverse(in_channels, d, in_channels, compatibility),
         )
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, num_nodes={self.num_nodes}, graph={self.graph_source}"
 
     @property
     def reasoner(self) -> SymbolicGraphReasoner:

@@ -9,7 +9,9 @@ The fused path calls ``torch.nn.functional.scaled_dot_product_attention``. When 
 smaller side is zero-padded (zeros change neither the logits nor the aggregation) because the fused
 CPU/CUDA kernels need equal head sizes and otherwise fall back to the math kernel, which
 materialises the N x M matrix. Inputs in float16/bfloat16 are computed in float32 on CPU so that the
-logits and the softmax stay in float32 (on CUDA the fused kernels accumulate in float32 already).
+logits and the softmax stay in float32 (on CUDA the fused kernels accumulate in float32 already);
+on CPU that region runs with ``torch.autocast`` switched off (:func:`full_precision`), so AMP cannot
+recast it.
 
 The reference path materialises the logits in float32; it is used when the attention weights are
 requested, inside ``reference_attention()`` (tests, FLOP counting), and as the spec for the fused path.
@@ -57,14 +59,43 @@ def _check_qkv(q: Tensor, k: Tensor, v: Tensor) -> None:
 
 
 def upcast(t: Tensor) -> Tensor:
-    """float16/bfloat16 -> float32; float32/float64 unchanged (the precision logits are kept in)."""
+    """float16/bfloat16 -> float32; float32/float64 unchanged (the precision logits are kept in).
+
+    Under ``torch.autocast`` a copy made here would be cast back down by the next matmul: use it
+    inside :func:`full_precision`, which switches autocast off for the logit / softmax /
+    normalisation math.
+    """
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+
+
+@contextlib.contextmanager
+def full_precision(device: Union[torch.device, str]) -> Iterator[None]:
+    """Switch ``torch.autocast`` off for ``device`` inside the block (a no-op when it is off).
+
+    Every logit, softmax and normalisation region of the modules runs inside it on :func:`upcast`
+    inputs, so "logits and softmax in float32" holds for ``module.to(half)`` and under autocast
+    (the engine's AMP) alike. Convolutions stay outside, in the autocast dtype.
+    """
+    device_type = device.type if isinstance(device, torch.device) else str(device)
+    if _autocast_enabled(device_type):
+        with torch.autocast(device_type, enabled=False):
+            yield
+    else:
+        yield
 
 
 def attention_weights(q: Tensor, k: Tensor, scale: float) -> Tensor:
     """``softmax_j(scale * q k^T)`` in at least float32, shape (..., N, M). Materialises N x M."""
-    logits = torch.matmul(upcast(q), upcast(k).transpose(-1, -2))
-    return torch.softmax(logits * scale, dim=-1)
+    with full_precision(q.device):
+        logits = torch.matmul(upcast(q), upcast(k).transpose(-1, -2))
+        return torch.softmax(logits * scale, dim=-1)
 
 
 def softmax_attention(
@@ -85,15 +116,21 @@ def softmax_attention(
         scale = 1.0 / math.sqrt(q.shape[-1])
     if return_weights or _REFERENCE:
         weights = attention_weights(q, k, scale)
-        out = torch.matmul(weights, upcast(v)).to(v.dtype)
+        with full_precision(v.device):
+            out = torch.matmul(weights, upcast(v)).to(v.dtype)
         return (out, weights) if return_weights else out
     return _fused_attention(q, k, v, scale)
 
 
 def _fused_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
+    if q.device.type == "cpu":  # CPU kernels would compute half logits: float32, autocast off
+        with full_precision(q.device):
+            return _fused_kernel(upcast(q), upcast(k), upcast(v), scale).to(v.dtype)
+    return _fused_kernel(q, k, v, scale)  # CUDA fused kernels accumulate in float32
+
+
+def _fused_kernel(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
     out_dtype = v.dtype
-    if q.device.type == "cpu" and q.dtype in (torch.float16, torch.bfloat16):
-        q, k, v = q.float(), k.float(), v.float()
     d, dv = q.shape[-1], v.shape[-1]
     if d < dv:
         q, k = F.pad(q, (0, dv - d)), F.pad(k, (0, dv - d))
@@ -115,8 +152,10 @@ def linear_attention(q: Tensor, k: Tensor, v: Tensor, normaliser: Optional[float
     O(N d dv) time and O(d dv) extra memory instead of O(N M). ``normaliser`` defaults to M
     (the number of key positions, as the Non-local paper's dot-product form). Both products are
     plain matmuls, so FlopCounterMode sees the true (linear) cost on every path; the quadratic form
-    it equals is checked in the tests.
+    it equals is checked in the tests. Computed in at least float32 (autocast off); the result has
+    that dtype.
     """
     _check_qkv(q, k, v)
     norm = float(k.shape[-2]) if normaliser is None else float(normaliser)
-    return torch.matmul(q, torch.matmul(k.transpose(-1, -2), v)) / norm
+    with full_precision(q.device):
+        return torch.matmul(upcast(q), torch.matmul(upcast(k).transpose(-1, -2), upcast(v))) / norm
