@@ -3,7 +3,7 @@
 Per image: the prediction pictures, the static "where a pixel looks" figures and the family
 figures; above them a row of canvases, one per map kind of each context module. Clicking a pixel on
 any of them shows, on all of them, where the model looks from there (the stored rows of weights,
-max-normalised to 0..255, drawn with the inferno map). The script reports problems in the page's
+max-normalised to 0..255, drawn with the inferno map, opacity growing with the weight). The script reports problems in the page's
 ``#status`` line and on the console.
 """
 
@@ -44,11 +44,11 @@ function drawView(canvas, img, view, rows, q){
   const heat = document.createElement('canvas'); heat.width = gw; heat.height = gh;
   const hctx = heat.getContext('2d'); const data = hctx.createImageData(gw, gh);
   for (let i = 0; i < gh * gw; i++) { const v = rows[off + i];
-    data.data[4*i] = LUT[3*v]; data.data[4*i+1] = LUT[3*v+1]; data.data[4*i+2] = LUT[3*v+2]; data.data[4*i+3] = 255; }
+    data.data[4*i] = LUT[3*v]; data.data[4*i+1] = LUT[3*v+1]; data.data[4*i+2] = LUT[3*v+2];
+    data.data[4*i+3] = Math.round(255 * (0.15 + 0.75 * v / 255)); }
   hctx.putImageData(data, 0, 0);
   ctx.globalAlpha = 1; ctx.drawImage(img, 0, 0, canvas.width, canvas.height);
-  ctx.globalAlpha = 0.65; ctx.imageSmoothingEnabled = true; ctx.drawImage(heat, 0, 0, canvas.width, canvas.height);
-  ctx.globalAlpha = 1;
+  ctx.imageSmoothingEnabled = true; ctx.drawImage(heat, 0, 0, canvas.width, canvas.height);
   const cy = (qy * sh + 0.5) * canvas.height / (qh * sh), cx = (qx * sw + 0.5) * canvas.width / (qw * sw);
   ctx.lineWidth = 4; ctx.strokeStyle = '#000'; ctx.beginPath(); ctx.arc(cx, cy, 6, 0, 2 * Math.PI); ctx.stroke();
   ctx.lineWidth = 2; ctx.strokeStyle = '#0ff'; ctx.beginPath(); ctx.arc(cx, cy, 6, 0, 2 * Math.PI); ctx.stroke();
@@ -61,7 +61,8 @@ function setup(entry, index){
     const views = entry.views.map(v => ({v: v, rows: decode(v.rows)}));
     const canvases = views.map(function(item){
       const fig = document.createElement('figure'); const c = document.createElement('canvas');
-      c.width = img.width; c.height = img.height; fig.appendChild(c);
+      const zoom = Math.max(1, 360 / img.width);
+      c.width = Math.round(img.width * zoom); c.height = Math.round(img.height * zoom); fig.appendChild(c);
       const cap = document.createElement('figcaption'); cap.textContent = item.v.label; fig.appendChild(cap);
       box.appendChild(fig); return c; });
     function show(fy, fx){
