@@ -302,6 +302,8 @@ _nl_layout_family("glore", "glore", "Chen et al., CVPR 2019",
 _nl_layout_family("latentgnn", "latentgnn", "Zhang, Yan, He, ICML 2019",
                   "LatentGNN; the paper has no semantic-segmentation network.")
 _nl_layout_family("sgr", "sgr", "Liang, Hu, Zhang, Lin, Xing, NeurIPS 2018",
-                  "Symbolic Graph Reasoning (placed after res5 as in the paper's DeepLab-v2 setting).")
+                  "Symbolic Graph Reasoning (placed after res5 as in the paper's DeepLab-v2 setting). Without "
+                  "``context_kw.graph_file`` (or graph tensors) the knowledge graph and word embeddings are random: "
+                  "not the paper's SGR.")
 _nl_layout_family("graphrep", "graphrep", "Li & Gupta, NeurIPS 2018",
                   "Beyond Grids graph representation; placed on res5 as a context block.")

@@ -28,8 +28,10 @@ class GloRe(ContextModule):
 
     i.e. ``LowRankBlock(ProjectionMapper(C, K, "none"), GraphConvReasoner(K, C_s), TransposeReverse())``
     applied to ``value = X_s`` (spec 1.2); ``block.mapper.proj`` is ``conv_proj``. Defaults (official
-    ratios): C_s = ``state_channels`` = C / 4, K = ``num_nodes`` = C / 8, ``normalize=False`` (set it when
-    train and test sizes differ), BN eps 1e-4. ``zero_init=True`` zero-initialises the BN gamma (the
+    ratios): C_s = ``state_channels`` = C / 4, K = ``num_nodes`` = C / 8, ``normalize=False`` (official:
+    V sums over the N pixels, so the context grows with N -- x4 from a 512x1024 crop to a 1024x2048
+    image; evaluate at the training size, as the shipped configs do with slide windows, or set
+    ``normalize=True`` (V / N) when train and test sizes must differ), BN eps 1e-4. ``zero_init=True`` zero-initialises the BN gamma (the
     official code's comment says it "should be zero initialized" but leaves that to the caller), so
     the unit starts as the identity. Cost: ``N C (C_s + K)`` projections + ``2 N C_s K`` projection and
     reprojection + ``K^2 C_s + K C_s^2`` graph conv + ``N C_s C`` output MACs; memory O(N K).

@@ -81,7 +81,10 @@ class LatentGNN(ContextModule):
     ``TransposeReverse``). Defaults: ``channel_stride=4``, ``latent_dims=(100,)`` (one kernel; the
     paper's "about 100 latent nodes" is recalled, not verified), ``mode="asymmetric"``,
     ``graph_conv=False`` (True adds a 1x1 conv + BN + ReLU, N(0, 0.01) init, on each kernel's Y).
-    gamma = 0 makes the module the identity at init. ``return_attention`` gives each kernel's
+    gamma = 0 makes the module the identity at init. Size dependence (official behaviour): the L2
+    map over the N pixels makes each latent node ~ sqrt(N) times a pixel average, so the context
+    scales with sqrt(N) (x2.0 from 64x128 to 128x256 features); evaluate at the training size (the
+    shipped mmseg-protocol configs slide windows of the training crop). ``return_attention`` gives each kernel's
     ``map_i`` (B, d, N), ``reverse_i`` (B, N, d), ``nodes_i`` (B, C', d).
 
     Cost (MACs, batch 1): ``2 N C C'`` (``N C C'`` symmetric) + per kernel ``2 N C' d`` (psi convs;
