@@ -75,7 +75,9 @@ class LocalRelation2d(ContextModule):
 
     def geometry_prior(self) -> Tensor:
         """Logits ``G_geo`` of the learned geometry prior, (G, k^2)."""
-        rel = self.rel_pos.to(self.geometry[0].weight.dtype)
+        r = (self.kernel_size - 1) // 2
+        # integer offsets divided here, in the weights' dtype (a stored float32 1/3 is inexact in float64)
+        rel = self.rel_pos.to(self.geometry[0].weight.dtype) / max(r, 1)
         return self.geometry(rel).reshape(self.groups, self.kernel_size**2)
 
     def relation_weights(self, x: Tensor) -> Tensor:
@@ -107,9 +109,8 @@ class LocalRelation2d(ContextModule):
 
 
 def _relative_positions(kernel_size: int) -> Tensor:
-    """(1, 2, k, k) relative (dy, dx) of the window samples, divided by r (zeros for k = 1)."""
+    """(1, 2, k, k) integer relative (dy, dx) of the window samples (``geometry_prior`` divides by r)."""
     r = (kernel_size - 1) // 2
     steps = torch.arange(kernel_size, dtype=torch.float32) - r
     dy, dx = torch.meshgrid(steps, steps, indexing="ij")
-    rel = torch.stack((dy, dx)).unsqueeze(0)
-    return rel / r if r > 0 else rel
+    return torch.stack((dy, dx)).unsqueeze(0)
