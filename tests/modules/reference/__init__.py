@@ -15,7 +15,17 @@ import torch
 from torch import Tensor
 
 from tests.modules.reference.ops import (
-    act, avg_pool, bilinear, bn, bins, cna, conv, conv1d, dense_attention, l2n, max_pool, sample, shift,
+    avg_pool,
+    bilinear,
+    bn,
+    cna,
+    conv,
+    conv1d,
+    dense_attention,
+    l2n,
+    max_pool,
+    sample,
+    shift,
 )
 
 Reference = Callable[[torch.nn.Module, Tensor], Tensor]
@@ -444,5 +454,3 @@ def aspp(m, x):
     y = torch.cat(feats, 1)
     return y if m.bottleneck is None else cna(y, m.bottleneck)
 
-
-__all__ = ["REFERENCES", "act", "bins"]
