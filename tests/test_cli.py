@@ -63,7 +63,8 @@ def test_predict_subcommand(trained, tmp_path, capsys, monkeypatch):
 
 
 def test_resume_flag_continues(trained, tmp_path):
-    assert main(["train", *TRAIN, "--work-dir", str(trained), "--resume", "auto", "--set", "schedule.iters=5"]) == 0
+    assert main(["train", *TRAIN, "--work-dir", str(trained), "--resume", "auto", "--set", "schedule.iters=5",
+                 "--allow-config-change"]) == 0  # a longer schedule is a config change: allowed explicitly
     records = [json.loads(x) for x in open(trained / "metrics.jsonl")]
     assert [r["iter"] for r in records if r["kind"] == "train"][-2:] == [4, 5]  # continued, not restarted
 
@@ -80,8 +81,7 @@ def test_parser_knows_every_subcommand():
     parser = build_parser()
     for cmd in (["configs"], ["data", "download", "camvid", "--root", "x"], ["demo", "--quick"]):
         assert callable(parser.parse_args(cmd).func)
-    with pytest.raises(SystemExit):
-        parser.parse_args(["train"])  # --config is required
+    assert main(["train"]) == 2  # --config is required unless resuming a work dir's stored config
 
 
 def test_configs_subcommand(capsys):

@@ -27,19 +27,15 @@ def _cmd_configs(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from segattn.engine.config import load_config
     from segattn.engine.train import train
+    from segattn.engine.workdir import resume_hint, train_config
 
-    overrides = list(args.set)
-    if args.work_dir:
-        overrides.append(f"train.work_dir={args.work_dir}")
-    if args.resume:
-        overrides.append(f"train.resume={args.resume}")
-    cfg = load_config(args.config, overrides)
+    cfg = train_config(args.config, list(args.set), args.work_dir, args.resume, args.overwrite,
+                       args.allow_config_change)
     summary = train(cfg)
     if summary.get("interrupted"):
-        print(f"interrupted at iteration {summary['iteration']}; resume with "
-              f"`segattn train --config {args.config} --resume auto` (same work dir)", file=sys.stderr)
+        print(f"interrupted at iteration {summary['iteration']}; "
+              f"{resume_hint(cfg, args.config, list(args.set), args.allow_config_change)}", file=sys.stderr)
         return 130
     return 0
 
@@ -101,9 +97,14 @@ def _add_set(p: argparse.ArgumentParser) -> None:
 
 def _add_engine_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model from a config (torchrun-aware)")
-    p.add_argument("--config", required=True, help="YAML/JSON file or a shipped name (see `segattn configs`)")
-    p.add_argument("--work-dir", help="output folder (checkpoints, metrics.jsonl, tb/)")
-    p.add_argument("--resume", help="checkpoint path, or 'auto' for <work_dir>/last.pt")
+    p.add_argument("--config", help="YAML/JSON file or a shipped name (see `segattn configs`); "
+                   "when resuming, default: the config stored in the work dir")
+    p.add_argument("--work-dir", help="output folder (checkpoints, metrics.jsonl, config.json, tb/); must be empty "
+                   "unless resuming or --overwrite")
+    p.add_argument("--resume", help="'auto' for <work_dir>/last.pt (an error if there is none), or a checkpoint path")
+    p.add_argument("--overwrite", action="store_true", help="replace the earlier run in a non-empty work dir")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="resume although the config differs from the stored one (the differences are printed)")
     _add_set(p)
     p.set_defaults(func=_cmd_train)
 

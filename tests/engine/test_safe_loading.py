@@ -13,7 +13,7 @@ from segattn.engine import build
 from segattn.engine.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state, to_plain
 from segattn.engine.config import ModelConfig
 from segattn.engine.run import run_evaluation
-from segattn.engine.train import train
+from segattn.engine.train import finetune_from, train
 from segattn.models.weights import read_checkpoint
 from tests.engine.standins import TinySeg, ToyDataset, tiny_config
 
@@ -129,3 +129,26 @@ def test_training_checkpoint_as_pretrained_backbone(tmp_path):
                                           kwargs={"channels": 8}), 5)
     for key, value in source.backbone.state_dict().items():
         assert torch.equal(tuned.backbone.state_dict()[key], value), key
+
+
+def test_training_checkpoint_as_pretrained_fine_tunes_the_whole_model(tmp_path, capsys):
+    model = {"name": "fcn", "backbone": "resnet18", "aux": False, "kwargs": {"channels": 8}}
+    first = tiny_config(str(tmp_path / "first"), model=model, schedule={"iters": 1, "warmup_iters": 0})
+    train(first, train_set=ToyDataset(4), val_set=None)
+    ckpt = str(tmp_path / "first" / "last.pt")
+    source = torch.load(ckpt, weights_only=True)["model"]
+
+    same = build.build_model(ModelConfig(**model), 3)
+    assert "loaded" in finetune_from(same, ckpt)
+    for key, value in same.state_dict().items():
+        assert torch.equal(value, source[key]), key  # head included
+    other = build.build_model(ModelConfig(**model), 5)  # another class count: the classifier stays fresh
+    note = finetune_from(other, ckpt)
+    assert "kept fresh" in note and "head.cls.1.weight" in note
+    assert torch.equal(other.state_dict()["head.fuse.0.weight"], source["head.fuse.0.weight"])
+    assert not torch.equal(other.state_dict()["head.cls.1.bias"][:3], source["head.cls.1.bias"])
+    assert finetune_from(other, str(tmp_path / "no.pt")) is None
+
+    tuned = tiny_config(str(tmp_path / "tuned"), model={**model, "pretrained": ckpt}, schedule={"iters": 1})
+    assert train(tuned, train_set=ToyDataset(4), val_set=None)["iteration"] == 1
+    assert "fine-tuning from" in capsys.readouterr().err

@@ -431,9 +431,6 @@ def _check_rules(cfg: Config) -> None:
         for key in ("crop_size", "stride"):
             if getattr(e, key) is None:
                 raise ConfigError(f"config key eval.{key}: got null, expected [h, w] (slide mode needs it)")
-    if cfg.schedule.warmup_iters > cfg.schedule.iters:
-        raise ConfigError(f"config key schedule.warmup_iters: got {cfg.schedule.warmup_iters}, expected at most "
-                          f"schedule.iters ({cfg.schedule.iters})")
     if cfg.optim.nesterov and cfg.optim.name == "sgd" and cfg.optim.momentum == 0:
         raise ConfigError("config key optim.momentum: got 0, expected > 0 (optim.nesterov needs momentum)")
     if cfg.train.resume and cfg.train.overwrite:
@@ -479,23 +476,6 @@ def config_from_dict(data: Dict[str, Any]) -> Config:
         raise ConfigError(f"a config must be a mapping of sections, got {type(data).__name__}")
     data = {k: v for k, v in data.items() if k != "_base_"}
     return _build(Config, data, "").validate()
-
-
-def check_device(name: str) -> None:
-    """``ConfigError`` when ``train.device`` names a device this PyTorch build or machine does not have."""
-    import torch
-
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            build = "a CPU-only PyTorch build" if torch.version.cuda is None else "no visible CUDA device"
-            raise ConfigError(f"config key train.device: got {name!r}, but this machine has {build}; "
-                              "expected 'auto' or 'cpu'")
-        index = int(name.split(":")[1]) if ":" in name else 0
-        if index >= torch.cuda.device_count():
-            raise ConfigError(f"config key train.device: got {name!r}, expected an index below "
-                              f"{torch.cuda.device_count()} (visible CUDA devices)")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ConfigError("config key train.device: got 'mps', but MPS is not available here; expected 'auto' or 'cpu'")
 
 
 def config_differences(a: Dict[str, Any], b: Dict[str, Any], ignore: Iterable[str] = ()) -> List[str]:
@@ -547,7 +527,11 @@ def _yaml_loader() -> Any:
 
 
 def _read_file(path: Path) -> Dict[str, Any]:
-    text = path.read_text()
+    """The mapping in a YAML/JSON file; a syntax error is a ``ConfigError`` naming the file and line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"config {path} is not a UTF-8 text file") from None
     if path.suffix.lower() == ".json":
         try:
             data = json.loads(text)
@@ -647,12 +631,12 @@ def save_config(cfg: Config, path: str) -> None:
 
 
 def list_configs(pattern: str = "*") -> List[str]:
-    """Shipped config names (relative to ``segattn/configs``, without ``_base_`` files)."""
+    """Shipped config names (relative to ``segattn/configs``, without ``_base_`` files and ``plans``)."""
     import fnmatch
 
     names = []
     for p in sorted(CONFIG_DIR.rglob("*")):
-        if p.suffix in (".yaml", ".yml", ".json") and "_base_" not in p.parts:
+        if p.suffix in (".yaml", ".yml", ".json") and not {"_base_", "plans"} & set(p.parts):
             rel = str(p.relative_to(CONFIG_DIR))
             if fnmatch.fnmatch(rel, pattern):
                 names.append(rel)

@@ -50,7 +50,7 @@ def demo_config(model: str, out_dir: str, quick: bool, iters: Optional[int], thr
         name = "synthetic/fcn_r18_synthetic.yaml"
         overrides.append(f"model.name={model}")
     overrides += [f"name={model}_demo", f"train.work_dir={os.path.join(out_dir, 'runs', model)}",
-                  "train.progress=false", "train.tensorboard=false"]
+                  "train.progress=false", "train.tensorboard=false", "train.overwrite=true"]
     if quick:
         overrides += QUICK
     if iters is not None:

@@ -12,6 +12,17 @@ model. A checkpoint stores model, optimiser, scheduler, scaler, iteration, best 
 states; resuming re-enters the epoch at the exact sample, so an interrupted-and-resumed run ends
 with the same weights as an uninterrupted one (exactly on CPU with ``deterministic: true``).
 
+Work dir (:mod:`segattn.engine.workdir`). Before any data or model is built the config is checked,
+the work dir locked (one run per folder), temporary files of a killed save removed, and the start
+decided: fresh (the folder must be empty, or ``train.overwrite``) or resumed (``train.resume``: the
+config must match the stored one unless ``train.allow_config_change``). The effective config is
+stored as ``<work_dir>/config.json``; every start prints which it is and from which iteration.
+
+Divergence. A non-finite loss stops the run with :class:`TrainingDiverged` before its gradients
+touch the weights (exit code 2 from the CLI). Only with an fp16 GradScaler (CUDA AMP), which skips
+the steps whose gradients overflow, up to ``train.nonfinite_tolerance`` consecutive non-finite
+losses are let through. A checkpoint whose weights are not all finite is never written.
+
 Interrupts. SIGINT/SIGTERM set a flag; the loop finishes the current step, saves ``last.pt`` and
 returns with ``interrupted=True`` (a second SIGINT aborts at once). Under torchrun the flag is
 all-reduced every step so all ranks stop at the same iteration.
@@ -27,7 +38,9 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import shlex
 import signal
+import sys
 import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -53,10 +66,15 @@ from segattn.engine.distributed import (
 from segattn.engine.evaluate import evaluate
 from segattn.engine.logger import RunLogger
 from segattn.engine.metrics import format_metrics, json_safe
+from segattn.engine.workdir import RunStart, WorkDirLock, prepare_work_dir, truncate_metrics
 from segattn.io import atomic_write_json
 from segattn.lowrank.hooks import call_step_hooks
 
 Callback = Callable[["Trainer", int], None]
+
+
+class TrainingDiverged(ValueError):
+    """The loss (or the weights) stopped being finite; the message says where and what to try."""
 
 
 def seed_everything(seed: int) -> None:
@@ -84,6 +102,35 @@ def dataset_meta(ds: Any) -> Dict[str, Any]:
         "classes": list(getattr(ds, "classes", [str(i) for i in range(k)])),
         "palette": [list(c) for c in getattr(ds, "palette", [])] or None,
     }
+
+
+def finetune_from(model: nn.Module, source: str) -> Optional[str]:
+    """Load a segattn training checkpoint ``source`` (``model.pretrained``) into ``model`` for fine-tuning.
+
+    Every tensor whose name and shape match is loaded, the head included; a classifier trained for
+    another number of classes keeps its fresh initialisation. Returns a one-line summary, or
+    ``None`` when ``source`` is not a training checkpoint (backbone weights, which the backbone has
+    loaded already). ``ValueError`` when no tensor fits (another architecture).
+    """
+    if not isinstance(source, str) or not os.path.isfile(source):
+        return None
+    ckpt = load_checkpoint(source)
+    if not (isinstance(ckpt.get("model"), dict) and isinstance(ckpt.get("config"), dict)):
+        return None
+    own = model.state_dict()
+    theirs = {k: v for k, v in ckpt["model"].items() if torch.is_tensor(v)}
+    usable = {k: v for k, v in theirs.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    if not usable:
+        name = ckpt["config"].get("model", {}).get("name", "?")
+        raise ValueError(f"model.pretrained {source} is a segattn checkpoint of model {name!r}; "
+                         "none of its tensors fits this model (names or shapes differ)")
+    model.load_state_dict(usable, strict=False)
+    other_shape = sorted(k for k in theirs if k in own and k not in usable)
+    text = f"fine-tuning from {source}: loaded {len(usable)} of {len(own)} tensors"
+    if other_shape:
+        text += f"; kept fresh (other shape, e.g. another class count): {', '.join(other_shape[:4])}"
+        text += " ..." if len(other_shape) > 4 else ""
+    return text
 
 
 class _StopFlag:
@@ -120,6 +167,8 @@ class Trainer:
         self._val_in = val_set
         self.callbacks: List[Callback] = list(callbacks)
         self.iteration = 0
+        self.nonfinite = 0  # consecutive non-finite losses
+        self._resuming = False
         self.best: Optional[float] = None
         self.stop = _StopFlag()
         self.info = DistInfo()
@@ -127,9 +176,6 @@ class Trainer:
     # -------------------------------------------------------------------------------- setup
     def _setup(self) -> None:
         cfg = self.cfg
-        if cfg.train.threads:
-            torch.set_num_threads(int(cfg.train.threads))
-        self.info = init_distributed(cfg.train.device)
         self.device = self.info.device
         set_deterministic(cfg.train.deterministic)
         seed_everything(cfg.train.seed)
@@ -138,7 +184,12 @@ class Trainer:
         else:
             self.train_set, self.val_set = self._train_in, self._val_in
         self.meta = dataset_meta(self.train_set)
+        class_weight = self._class_weight()  # a wrong length fails here, before the model is built
         model = self._model_in if self._model_in is not None else build.build_model(cfg.model, self.meta["num_classes"])
+        if self._model_in is None and cfg.model.pretrained and not self._resuming:
+            note = finetune_from(model, cfg.model.pretrained)
+            if note and self.info.is_main:
+                print(note, file=sys.stderr, flush=True)
         model.to(self.device)
         if cfg.train.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -146,7 +197,7 @@ class Trainer:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model
         seed_everything(cfg.train.seed + self.info.rank)  # per-rank streams for dropout etc.
-        self.criterion = build.build_criterion(cfg.loss, self.meta["ignore_index"], self._class_weight())
+        self.criterion = build.build_criterion(cfg.loss, self.meta["ignore_index"], class_weight)
         self.optimizer = build.build_optimizer(model, cfg.optim)
         self.scheduler = build.build_scheduler(self.optimizer, cfg.schedule, cfg.optim.lr)
         self.amp = build.amp_dtype(cfg.train.amp, cfg.train.amp_dtype, self.device)
@@ -212,9 +263,24 @@ class Trainer:
             "meta": self.meta,
         }
 
+    def nonfinite_weights(self) -> List[str]:
+        """Names of the model's parameters and float buffers holding NaN or inf (at most 5)."""
+        bad = []
+        for key, value in build.unwrap(self.model).state_dict().items():
+            if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                bad.append(key)
+                if len(bad) == 5:
+                    break
+        return bad
+
     def save(self, name: str) -> Optional[str]:
-        """Write ``<work_dir>/<name>`` on rank 0; every rank waits for it."""
+        """Write ``<work_dir>/<name>`` on rank 0; every rank waits for it. Weights that are not all
+        finite are never written (:class:`TrainingDiverged`): the previous file stays."""
         path = os.path.join(self.cfg.train.work_dir, name)
+        bad = self.nonfinite_weights()
+        if bad:
+            raise TrainingDiverged(f"the weights hold NaN/inf at iteration {self.iteration} ({', '.join(bad)}); "
+                                   f"{name} was not written. {self._divergence_hint()}")
         rng_ranks = None
         if self.info.distributed:  # every rank's RNG streams, so a resumed run continues each of them
             rng_ranks = [None] * self.info.world_size
@@ -224,17 +290,9 @@ class Trainer:
         barrier()
         return path
 
-    def _resume_path(self) -> Optional[str]:
-        r = self.cfg.train.resume
-        if not r:
-            return None
-        if r == "auto":
-            path = os.path.join(self.cfg.train.work_dir, "last.pt")
-            return path if os.path.isfile(path) else None
-        return r
-
-    def resume(self, path: str) -> None:
-        ckpt = load_checkpoint(path, map_location="cpu")
+    def resume(self, path: str, ckpt: Optional[Dict[str, Any]] = None) -> None:
+        """Restore model, optimiser, scheduler, scaler, iteration, best metric and RNG streams."""
+        ckpt = load_checkpoint(path, map_location="cpu") if ckpt is None else ckpt
         build.unwrap(self.model).load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -282,6 +340,7 @@ class Trainer:
         with self._autocast():
             outputs = self.ddp(images)
         terms = self.compute_loss(outputs, masks)
+        self._check_finite(terms)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(terms["loss"]).backward()
         if self.cfg.train.grad_clip:
@@ -292,6 +351,29 @@ class Trainer:
         self.scheduler.step()
         call_step_hooks(build.unwrap(self.model))
         return {k: v.detach() for k, v in terms.items()}
+
+    def _divergence_hint(self) -> str:
+        last = os.path.join(self.cfg.train.work_dir, "last.pt")
+        kept = f"the last good checkpoint is {last}" if os.path.isfile(last) else "no checkpoint was written"
+        return (f"{kept}. Try a lower optim.lr (now {self.cfg.optim.lr:g}), train.grad_clip, or check the data "
+                "for NaN/inf values")
+
+    def _check_finite(self, terms: Dict[str, Tensor]) -> None:
+        """Stop on a non-finite loss (see the module docstring for the GradScaler tolerance)."""
+        loss = terms["loss"].detach()
+        if self.info.distributed:  # every rank stops together
+            loss = loss.clone()
+            dist.all_reduce(loss)
+        if bool(torch.isfinite(loss)):
+            self.nonfinite = 0
+            return
+        self.nonfinite += 1
+        tolerance = self.cfg.train.nonfinite_tolerance if self.scaler.is_enabled() else 0
+        if self.nonfinite > tolerance:
+            parts = ", ".join(f"{k} {float(v):g}" for k, v in terms.items() if k != "loss")
+            skipped = f" after {self.nonfinite - 1} skipped step(s)" if self.nonfinite > 1 else ""
+            raise TrainingDiverged(f"training diverged at iteration {self.iteration + 1}: the loss is "
+                                   f"{float(loss):g}{skipped} ({parts}); {self._divergence_hint()}")
 
     def _stop_requested(self) -> bool:
         flag = self.stop.requested
@@ -327,25 +409,61 @@ class Trainer:
     # --------------------------------------------------------------------------------- fit
     def fit(self) -> Dict[str, Any]:
         """Train to ``schedule.iters`` (or until interrupted); returns a summary dict."""
-        self._setup()
-        cfg, info = self.cfg, self.info
-        os.makedirs(cfg.train.work_dir, exist_ok=True)
-        path = self._resume_path()
-        if path:
-            self.resume(path)
-        if info.is_main:
-            save_config(cfg, os.path.join(cfg.train.work_dir, "config.json"))
-        log = RunLogger(cfg.train.work_dir, cfg.schedule.iters, self.iteration, enabled=info.is_main,
-                        tensorboard=cfg.train.tensorboard, progress=cfg.train.progress)
-        if path:
-            log.info(f"resumed from {path} at iteration {self.iteration}")
+        cfg = self.cfg.validate()
+        if cfg.train.threads:
+            torch.set_num_threads(int(cfg.train.threads))
+        self.info = init_distributed(cfg.train.device)
+        lock = WorkDirLock(cfg.train.work_dir)
+        log: Optional[RunLogger] = None
         try:
+            start = self._prepare(lock)
+            self._resuming = bool(start.resume_path)
+            self._setup()
+            if start.resume_path:
+                self.resume(start.resume_path, start.checkpoint)
+                start.checkpoint = None
+            if self.info.is_main:
+                save_config(cfg, os.path.join(cfg.train.work_dir, "config.json"))
+                if start.resume_path:
+                    truncate_metrics(cfg.train.work_dir, self.iteration)
+            log = RunLogger(cfg.train.work_dir, cfg.schedule.iters, self.iteration, enabled=self.info.is_main,
+                            tensorboard=cfg.train.tensorboard, progress=cfg.train.progress)
             with self.stop:
-                summary = self._loop(log)
+                return self._loop(log)
         finally:
-            log.close()
-            cleanup(info)
-        return summary
+            if log is not None:
+                log.close()
+            lock.release()
+            cleanup(self.info)
+
+    def _prepare(self, lock: WorkDirLock) -> RunStart:
+        """:func:`prepare_work_dir` on rank 0 (its error, if any, raised on every rank); prints the start."""
+        cfg, info = self.cfg, self.info
+        start, error = RunStart(), None
+        if info.is_main:
+            try:
+                start = prepare_work_dir(cfg, lock)
+            except Exception as exc:  # shared with the other ranks below, then raised
+                error = exc
+        if info.distributed:
+            shared = [None if error is None else f"{type(error).__name__}: {error}", start.resume_path]
+            dist.broadcast_object_list(shared, src=0)
+            if shared[0] is not None and error is None:
+                raise RuntimeError(f"rank 0 could not prepare the work dir: {shared[0]}")
+            start.resume_path = shared[1]
+        if error is not None:
+            raise error
+        if info.is_main:
+            for note in start.notes:
+                print(f"{cfg.train.work_dir}: {note}", file=sys.stderr, flush=True)
+            if start.resume_path:
+                done = int(start.checkpoint["iteration"]) if start.checkpoint else "?"
+                print(f"resuming {start.resume_path} at iteration {done} of {cfg.schedule.iters} "
+                      f"(work dir {cfg.train.work_dir})", file=sys.stderr, flush=True)
+            else:
+                print(f"fresh run: iteration 0 of {cfg.schedule.iters} in {cfg.train.work_dir}",
+                      file=sys.stderr, flush=True)
+        return start
 
     def _loop(self, log: RunLogger) -> Dict[str, Any]:
         cfg = self.cfg
@@ -391,7 +509,8 @@ class Trainer:
         wall = time.time() - t0
         if interrupted:
             ckpt = self.save("last.pt")
-            log.info(f"interrupted at iteration {self.iteration}; checkpoint {ckpt}; resume with --set train.resume=auto")
+            log.info(f"interrupted at iteration {self.iteration}; checkpoint {ckpt}; resume with: "
+                     f"segattn train --work-dir {shlex.quote(cfg.train.work_dir)} --resume auto")
         else:
             metrics = self._evaluate_and_keep_best(log) if self.val_loader is not None else None
             ckpt = self.save("last.pt")
