@@ -175,3 +175,18 @@ def test_cli_interrupt_hint_works_when_pasted(tmp_path, monkeypatch, capsys):
     assert json.load(open(work / "summary.json"))["iteration"] == 6
     assert main(["train", "--work-dir", str(tmp_path / "none"), "--resume", "auto"]) == 2
     assert "holds no run to resume" in capsys.readouterr().err
+
+
+def test_names_and_device_checked_before_any_data_is_read(tmp_path, monkeypatch):
+    def no_data(*a, **k):
+        raise AssertionError("the data was read")
+
+    monkeypatch.setattr(train_mod.build, "build_datasets", no_data)
+    with pytest.raises(ConfigError, match=r"model.name: got 'fcnn' \(did you mean 'fcn'\?\)"):
+        train(tiny_config(str(tmp_path / "a"), model={"name": "fcnn"}))
+    with pytest.raises(ConfigError, match=r"data.dataset: got 'camvidd' \(did you mean 'camvid'\?\)"):
+        train(tiny_config(str(tmp_path / "b"), model={"name": "fcn"}, data={"dataset": "camvidd"}))
+    if not torch.cuda.is_available():
+        with pytest.raises(Exception, match="cuda"):
+            train(tiny_config(str(tmp_path / "c"), model={"name": "fcn"}, train={"device": "cuda"}))
+    assert not any((tmp_path / d).exists() for d in "abc")  # nothing created either

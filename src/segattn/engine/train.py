@@ -53,7 +53,7 @@ from torch.utils.data import DataLoader
 
 from segattn.engine import build
 from segattn.engine.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
-from segattn.engine.config import Config, save_config
+from segattn.engine.config import Config, ConfigError, save_config
 from segattn.engine.distributed import (
     DistInfo,
     ResumableSampler,
@@ -412,7 +412,8 @@ class Trainer:
         cfg = self.cfg.validate()
         if cfg.train.threads:
             torch.set_num_threads(int(cfg.train.threads))
-        self.info = init_distributed(cfg.train.device)
+        self._check_names()
+        self.info = init_distributed(cfg.train.device)  # an unavailable device fails here, before any work
         lock = WorkDirLock(cfg.train.work_dir)
         log: Optional[RunLogger] = None
         try:
@@ -435,6 +436,25 @@ class Trainer:
                 log.close()
             lock.release()
             cleanup(self.info)
+
+    def _check_names(self) -> None:
+        """``model.name`` and ``data.dataset`` are registered (unless the objects were passed in)."""
+        import difflib
+
+        checks = []
+        if self._model_in is None:
+            from segattn.models import list_models
+
+            checks.append(("model.name", self.cfg.model.name, list_models()))
+        if self._train_in is None:
+            from segattn.data import list_datasets
+
+            checks.append(("data.dataset", self.cfg.data.dataset, list_datasets()))
+        for key, name, known in checks:
+            if name not in known:
+                hint = difflib.get_close_matches(name, known, n=1)
+                did = f" (did you mean {hint[0]!r}?)" if hint else ""
+                raise ConfigError(f"config key {key}: got {name!r}{did}, expected one of {', '.join(known)}")
 
     def _prepare(self, lock: WorkDirLock) -> RunStart:
         """:func:`prepare_work_dir` on rank 0 (its error, if any, raised on every rank); prints the start."""
