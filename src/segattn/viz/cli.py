@@ -34,12 +34,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", help="image files and/or folders")
     p.add_argument("--checkpoint", required=True, help="training checkpoint (last.pt / best.pt) or save_pretrained folder")
     p.add_argument("--out", required=True, help="output folder (PNGs + report.html)")
-    p.add_argument("--labels", nargs="*", default=[],
-                   help="ground-truth masks (files or folders, matched to the images by file name) for the error maps")
+    p.add_argument("--labels", action="append", default=[], metavar="PATH",
+                   help="ground-truth masks, a file or folder matched to the images by file name (repeatable): "
+                        "adds the ground truth and the error map")
     p.add_argument("--query", type=parse_query, action="append", default=[], metavar="Y,X",
                    help="query pixel (row, column) of the input image; repeatable (default: 3 across the middle row)")
     p.add_argument("--max-images", type=int, default=8, help="use at most this many images (default 8)")
-    p.add_argument("--bases", type=int, default=8, help="EMA bases / low-rank nodes shown, by mass (default 8)")
+    p.add_argument("--bases", type=int, default=8, help="EMA bases / low-rank nodes shown: those that win the largest areas (default 8)")
     p.add_argument("--no-page", action="store_true", help="pictures only, no report.html")
     p.add_argument("--compact", action="store_true", help="256-colour PNGs (about a third of the size, for docs)")
     p.add_argument("--force", action="store_true", help="replace an existing report in --out")
