@@ -189,3 +189,21 @@ def test_errors():
         window_aggregate(x, torch.zeros(1, 3, 9, 5, 6), 3)
     with pytest.raises(ValueError, match="weights must have shape"):
         aggregate_columns(unfold_window(x, 3), torch.zeros(1, 2, 9, 5, 5))
+
+
+@pytest.mark.parametrize("k, d, phases", [(3, 1, 1), (5, 2, 2), (1, 1, 1)])
+def test_window_aggregate_backward_equals_plain_autograd(k, d, phases):
+    """ShiftedSum's own backward (the fast path under autograd) against autograd through the plain sum."""
+    from segattn.ops import sampling
+
+    x = torch.randn(2, 6, 5, 7, dtype=D, requires_grad=True)
+    wts = torch.randn(2, 3, k * k, phases, 5, 7, dtype=D, requires_grad=True)
+    cot = torch.randn(2, 3, 2, phases, 5, 7, dtype=D)
+    args = (x.reshape(2, 3, 2, 5, 7), wts, k, d)
+    fast = torch.autograd.grad((sampling.ShiftedSum.apply(*args) * cot).sum(), (x, wts))
+    plain = torch.autograd.grad((sampling._shifted_sum_plain(*args) * cot).sum(), (x, wts))
+    for a, b in zip(fast, plain):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+    (gx,) = torch.autograd.grad((sampling.ShiftedSum.apply(*args) * cot).sum(), x)  # one input only
+    torch.testing.assert_close(gx, plain[0], atol=1e-12, rtol=0)
+    assert window_aggregate(x, wts, k, d).grad_fn is not None

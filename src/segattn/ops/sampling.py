@@ -169,7 +169,49 @@ def window_aggregate(x: Tensor, weights: Tensor, kernel_size: int, dilation: int
 
 
 def _shifted_sum(x: Tensor, weights: Tensor, kernel_size: int, dilation: int) -> Tensor:
-    """(B, G, R, H, W) x (B, G, k^2, P, H, W) -> (B, G, R, P, H, W) by accumulating shifted slices."""
+    """(B, G, R, H, W) x (B, G, k^2, P, H, W) -> (B, G, R, P, H, W) by accumulating shifted slices.
+
+    Under autograd this is :class:`ShiftedSum`, which saves only ``x`` and ``weights``."""
+    if torch.is_grad_enabled() and (x.requires_grad or weights.requires_grad) and not torch.compiler.is_compiling():
+        return ShiftedSum.apply(x, weights, kernel_size, dilation)
+    return _shifted_sum_plain(x, weights, kernel_size, dilation)
+
+
+class ShiftedSum(torch.autograd.Function):
+    """``_shifted_sum`` with its own backward: plain autograd keeps one graph node per window sample and
+    its backward allocates a zero-filled copy of the padded input and of the whole weight tensor for
+    every one of the k^2 slices; here the gradients are accumulated slice by slice into one buffer each
+    (extra memory O(input + weights), the k^2 products are the same)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weights: Tensor, kernel_size: int, dilation: int) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x, weights)
+        ctx.kernel_size, ctx.dilation = kernel_size, dilation
+        return _shifted_sum_plain(x, weights, kernel_size, dilation)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        x, weights = ctx.saved_tensors
+        k, d = ctx.kernel_size, ctx.dilation
+        h, w = x.shape[-2:]
+        pad = d * (k - 1) // 2
+        padded = F.pad(x, (pad, pad, pad, pad))
+        need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_padded = torch.zeros_like(padded) if need_x else None
+        grad_w = torch.empty_like(weights) if need_w else None
+        for s in range(k * k):
+            i, j = divmod(s, k)
+            rows, cols = slice(i * d, i * d + h), slice(j * d, j * d + w)
+            if need_w:  # (B, G, R, P, H, W) * (B, G, R, 1, H, W) summed over R
+                torch.sum(grad * padded[..., rows, cols].unsqueeze(3), dim=2, out=grad_w[:, :, s])
+            if need_x:  # (B, G, R, P, H, W) * (B, G, 1, P, H, W) summed over P
+                grad_padded[..., rows, cols] += (grad * weights[:, :, s].unsqueeze(2)).sum(3)
+        grad_x = grad_padded[..., pad : pad + h, pad : pad + w] if need_x else None
+        return grad_x, grad_w, None, None
+
+
+def _shifted_sum_plain(x: Tensor, weights: Tensor, kernel_size: int, dilation: int) -> Tensor:
     h, w = x.shape[-2:]
     pad = dilation * (kernel_size - 1) // 2
     padded = F.pad(x, (pad, pad, pad, pad))
