@@ -51,7 +51,6 @@ def test_pooling_grid_matrices_spec_1_2(size, b, align_corners):
     direct = F.interpolate(F.adaptive_avg_pool2d(x, b), size=size, mode="bilinear", align_corners=align_corners)
     torch.testing.assert_close(y, direct, atol=1e-12, rtol=0)
     torch.testing.assert_close((x.reshape(1, 4, n) @ (u @ p).T).reshape_as(x), direct, atol=1e-12, rtol=0)
-    assert torch.linalg.matrix_rank(u @ p) <= b * b
     if b == 1:
         torch.testing.assert_close(u @ p, torch.full((n, n), 1.0 / n, dtype=D), atol=1e-12, rtol=0)
 
@@ -164,17 +163,22 @@ def blocks():
 
 
 @pytest.mark.parametrize("name", list(blocks()))
-def test_block_rank_and_macs(name):
+def test_block_output_is_its_operator_applied_and_macs(name):
+    """Output = M_rev f(M_map X) with the returned factors (a rank bound would hold for any N x K
+    times K x N product, whatever the normalisations, so it is not asserted)."""
     block, k = blocks()[name]
     block = block.double().eval()
     x = torch.randn(1, 6, 7, 9, dtype=D)
     y, f = block(x, return_factors=True)
-    operator = f["reverse"][0] @ f["map"][0]
-    assert operator.shape == (63, 63)
-    assert torch.linalg.matrix_rank(operator) <= k
-    assert torch.linalg.matrix_rank(y[0].reshape(y.shape[1], 63)) <= k
-    if isinstance(block.reasoner, IdentityReasoner):
-        torch.testing.assert_close(y.reshape(1, 6, 63), f["nodes"] @ f["reverse"].transpose(1, 2))
+    assert f["map"].shape == (1, k, 63) and f["reverse"].shape == (1, 63, k)
+    torch.testing.assert_close(y.reshape(1, -1, 63), f["reasoned"] @ f["reverse"].transpose(1, 2))
+    # nodes = X M_map^T, except EM (nodes = the l2-normalised mu) and Gaussian anchors (residuals to
+    # the anchors); both are tested against their formulas in their own tests
+    if name not in ("gauss", "em"):
+        torch.testing.assert_close(f["nodes"], x.reshape(1, 6, 63) @ f["map"].transpose(1, 2))
+    if isinstance(block.reasoner, IdentityReasoner) and name not in ("gauss", "em"):
+        operator = f["reverse"][0] @ f["map"][0]
+        torch.testing.assert_close(y.reshape(6, 63), x.reshape(6, 63) @ operator.T)
     assert block.macs(7, 9, 6) == count_macs(block.float(), x.float())
 
 

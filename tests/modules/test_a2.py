@@ -71,7 +71,7 @@ def test_plain_a2_is_not_one_em_iteration_except_for_constant_images(data):
 
 
 @pytest.mark.parametrize("n", [3, 6])
-def test_rank_of_explicit_operator(n):
+def test_reconstruction_is_the_explicit_operator(n):
     torch.manual_seed(0)
     a2 = DoubleAttention(C, mid_channels=4, num_descriptors=n).double().eval()
     x = torch.randn(1, C, 7, 9, dtype=D)
@@ -79,7 +79,6 @@ def test_rank_of_explicit_operator(n):
     eye = torch.eye(63, dtype=D).reshape(1, 63, 7, 9)
     operator = a2.block(x, value=eye).reshape(63, 63).T  # feed identity value maps
     torch.testing.assert_close(operator, f["reverse"][0] @ f["map"][0])
-    assert torch.linalg.matrix_rank(operator) <= n
     torch.testing.assert_close(operator.sum(1), torch.ones(63, dtype=D))  # row-stochastic
     assert (operator >= 0).all()
     torch.testing.assert_close(z.reshape(4, 63), a2.phi(x).reshape(4, 63) @ operator.T)

@@ -58,11 +58,30 @@ def test_kernel_layout_is_pixel_shuffle_of_encoder():
     torch.testing.assert_close(m(x, return_attention=True)[1]["kernels"], expected)
 
 
-@pytest.mark.parametrize("s", [1, 2, 3])
-def test_kernel_one_is_nearest(s):
-    m = build(6, scale_factor=s, up_kernel=1)
-    x = torch.randn(2, 6, 5, 7, dtype=D)
-    torch.testing.assert_close(m(x), F.interpolate(x, scale_factor=s, mode="nearest"), atol=0, rtol=0)
+@pytest.mark.parametrize("s,k,g", [(2, 3, 2), (3, 3, 1), (2, 5, 2)])
+def test_one_hot_kernels_select_their_tap(s, k, g):
+    """Each (group, sub-pixel phase) gets a kernel peaked at its own tap, so the output at that phase is
+    the source shifted by that tap: this sees the phase order, the group mapping and the tap layout
+    (a k = 1 kernel sees none of them)."""
+    c, kk = 4, k * k
+    m = build(c, scale_factor=s, up_kernel=k, up_group=g)
+    tap = {(gi, p): (3 * gi + 5 * p + 1) % kk for gi in range(g) for p in range(s * s)}
+    with torch.no_grad():
+        m.encoder.weight.zero_()
+        m.encoder.bias.zero_()
+        for (gi, p), t in tap.items():
+            m.encoder.bias[(gi * kk + t) * s * s + p] = 60.0  # channel of Z in pixel_shuffle order
+    x = torch.randn(1, c, 4, 5, dtype=D)
+    y = m(x)
+    r = (k - 1) // 2
+    padded = F.pad(x, (r, r, r, r))
+    for ch in range(c):
+        gi = ch // (c // g)
+        for p in range(s * s):
+            t = tap[(gi, p)]
+            dy, dx = t // k, t % k
+            expected = padded[0, ch, dy : dy + 4, dx : dx + 5]
+            torch.testing.assert_close(y[0, ch, p // s :: s, p % s :: s], expected, atol=1e-12, rtol=0)
 
 
 @pytest.mark.parametrize("k,g", [(5, 1), (3, 2)])

@@ -26,7 +26,7 @@ def without_reasoning(m: GloRe) -> GloRe:
     return m
 
 
-def test_without_reasoning_operator_is_symmetric_psd_rank_k():
+def test_without_reasoning_operator_is_symmetric_psd():
     torch.manual_seed(0)
     m = without_reasoning(GloRe(C).double().eval())
     x = torch.randn(1, C, 7, 9, dtype=D)
@@ -38,7 +38,6 @@ def test_without_reasoning_operator_is_symmetric_psd_rank_k():
     torch.testing.assert_close(y.reshape(m.state_channels, 63), xs @ b.T @ b)
     torch.testing.assert_close(operator, operator.T)
     assert torch.linalg.eigvalsh(operator).min() > -1e-10
-    assert torch.linalg.matrix_rank(operator) <= m.num_nodes
 
 
 def test_with_reasoning_matches_formula():

@@ -40,7 +40,7 @@ def test_matches_spec_equations():
     torch.testing.assert_close(f["reverse"], q, atol=1e-10, rtol=0)
 
 
-def test_tied_maps_and_rank_without_reasoning():
+def test_tied_maps_without_reasoning():
     m = build()
     m.block.reasoner = IdentityReasoner()
     x = torch.randn(1, 16, 6, 7, dtype=D)
@@ -48,8 +48,6 @@ def test_tied_maps_and_rank_without_reasoning():
     rev, map_ = f["reverse"][0], f["map"][0]  # (N, K), (K, N)
     torch.testing.assert_close(rev.sum(1), torch.ones(42, dtype=D), atol=1e-12, rtol=0)
     torch.testing.assert_close(map_ / map_.sum(1, keepdim=True), (rev / rev.sum(0)).T, atol=1e-12, rtol=0)
-    op = rev @ map_
-    assert torch.linalg.matrix_rank(op) <= 6
     # reconstruction = q z with the vertex features z (no reasoning)
     torch.testing.assert_close((out - x).flatten(2)[0], f["nodes"][0] @ rev.T, atol=1e-12, rtol=0)
 

@@ -30,7 +30,6 @@ def test_pooling_matrices_row_stochastic_low_rank_and_exact(align_corners, size,
     torch.testing.assert_close(pool.sum(1), ones.expand(b * b), atol=1e-12, rtol=0)
     torch.testing.assert_close(up.sum(1), ones.expand(h * w), atol=1e-12, rtol=0)
     assert (pool >= 0).all() and (up >= -1e-15).all()
-    assert torch.linalg.matrix_rank(up @ pool) <= b * b
     x = torch.randn(2, C, h, w, dtype=D64)
     expected = F.interpolate(F.adaptive_avg_pool2d(x, b), (h, w), mode="bilinear", align_corners=align_corners)
     torch.testing.assert_close((x.flatten(2) @ (up @ pool).T).view_as(x), expected, atol=1e-12, rtol=0)

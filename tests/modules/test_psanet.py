@@ -40,9 +40,21 @@ def test_mask_op_matches_loops(psa_type, shape):
     torch.testing.assert_close(psa_mask(mask, psa_type), loop_psa_mask(mask, psa_type), atol=0, rtol=0)
 
 
-def test_distribute_is_collect_transposed():
-    mask = torch.randn(2, 5, 9, 3, 5, dtype=torch.float64)
-    assert torch.equal(psa_mask(mask, "distribute"), psa_mask(mask, "collect").transpose(1, 2))
+@pytest.mark.parametrize("kind", ["collect", "distribute"])
+def test_buffer_entries_by_their_meaning(kind):
+    """Per (source j, target i) pair, independent of both the gather and the mmcv loops: collect reads
+    the mask predicted at the target i at j's relative position, distribute the mask predicted at the
+    source j at i's relative position; pairs outside the window are 0."""
+    b, mh, mw, h, w = 2, 5, 3, 3, 4
+    mask = torch.randn(b, mh, mw, h, w, dtype=torch.float64)
+    buf = psa_mask(mask, kind)
+    for j in range(h * w):
+        for i in range(h * w):
+            at, other = (i, j) if kind == "collect" else (j, i)
+            dh, dw = other // w - at // w + (mh - 1) // 2, other % w - at % w + (mw - 1) // 2
+            inside = 0 <= dh < mh and 0 <= dw < mw
+            expected = mask[:, dh, dw, at // w, at % w] if inside else torch.zeros(b, dtype=torch.float64)
+            assert torch.equal(buf[:, j, i], expected), (kind, j, i)
 
 
 @pytest.mark.parametrize("size", [(3, 4), (5, 2), (1, 1)])
