@@ -77,3 +77,14 @@ def test_unavailable_devices_are_refused(name, match):
     with pytest.raises(SegattnError, match=match):
         pick_device(name)
     assert pick_device("auto") == torch.device("cpu") == pick_device("cpu")
+
+
+def test_a_model_without_out_logits_is_named_not_a_bare_key():
+    from segattn.engine.evaluate import forward_logits
+
+    class Odd(torch.nn.Module):
+        def forward(self, x):  # noqa: ANN001, ANN201
+            return {"logits": x}
+
+    with pytest.raises(ValueError, match=r"without the logits key 'out' \(keys: \['logits'\]\)"):
+        forward_logits(Odd(), torch.randn(1, 3, 4, 4))

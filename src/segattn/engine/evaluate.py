@@ -52,6 +52,8 @@ def forward_logits(model: nn.Module, images: Tensor) -> Tensor:
     """Eval-mode logits at the input size, float32 (a dict output uses its ``"out"`` entry)."""
     out = model(images)
     if isinstance(out, dict):
+        if "out" not in out:
+            raise ValueError(f"the model returned a dict without the logits key 'out' (keys: {sorted(out)})")
         out = out["out"]
     if out.shape[-2:] != images.shape[-2:]:
         out = F.interpolate(out.float(), size=images.shape[-2:], mode="bilinear", align_corners=False)
