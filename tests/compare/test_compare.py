@@ -54,6 +54,7 @@ def test_tiny_plan_interrupt_resume_and_report(tmp_path):
     assert not (run_dir(out, "fcn", 1) / RESULT).exists()
     assert (run_dir(out, "fcn", 1) / "train" / "last.pt").is_file()
     stamps = {p: p.stat().st_mtime_ns for p in out.glob(f"runs/*/seed0/{RESULT}")}
+    first_session = json.loads((run_dir(out, "fcn", 1) / "train_time.json").read_text())["seconds"]
 
     logs.clear()
     second = run_plan(plan, "synthetic", out=out, threads=1, log=logs.append)
@@ -63,6 +64,8 @@ def test_tiny_plan_interrupt_resume_and_report(tmp_path):
     assert any("fcn seed 1: resuming" in line for line in logs)
     resumed = json.loads((run_dir(out, "fcn", 1) / RESULT).read_text())
     assert resumed["train"]["resumed"] and resumed["train"]["iterations"] == 3
+    assert resumed["train"]["wall_s"] > first_session > 0  # training time adds up over sessions
+    assert not list(out.glob("runs/*/seed*/train/*.pt"))  # finished runs drop their checkpoints
 
     # a third call trains nothing
     third = run_plan(plan, "synthetic", out=out, threads=1, log=logs.append, report=False)
@@ -95,13 +98,15 @@ def test_tiny_plan_interrupt_resume_and_report(tmp_path):
     union = gt + pr - tp
     iou = [t / u for t, u in zip(tp, union) if u > 0]
     assert r["metrics"]["mIoU"] == pytest.approx(sum(iou) / len(iou), abs=1e-12)
+    for res in results.values():  # per-image counting agrees with the engine's own evaluation
+        assert res["metrics"]["mIoU"] == pytest.approx(res["engine_mIoU"], abs=1e-12)
     from segattn.compare.runner import build_entry_model
     from segattn.engine.config import config_from_dict
 
     stored = [json.loads((run_dir(out, "nl", s) / "compare_config.json").read_text()) for s in (0, 1)]
     cfg = config_from_dict({k: v for k, v in stored[0].items() if not k.startswith("_")})
     assert r["cost"]["params"] == sum(p.numel() for p in build_entry_model(cfg, plan.entry("nl"), 3, 0).parameters())
-    assert r["cost"]["errors"] == {} and r["cost"]["latency_ms"] > 0
+    assert r["cost"]["errors"] == {} and r["cost"]["latency_ms"] > 0 and r["cost"]["train_step_mem_mb"] >= 0
     # seeds change the initialisation and data order only: the configs differ in train.seed (and paths)
     for cfg_data in stored:
         cfg_data["train"].pop("work_dir"), cfg_data.pop("name")

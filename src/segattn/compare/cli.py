@@ -23,6 +23,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="write the report (and copies of the runs' result.json) here instead of --out")
     p.add_argument("--report-only", action="store_true", help="only aggregate the runs already finished")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads per run (default 1)")
+    p.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep each finished run's last.pt / best.pt (deleted by default once the run is measured)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="extra config override for every run, after the protocol's (repeatable)")
     p.set_defaults(func=run)
@@ -44,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         print(open(rep["paths"]["markdown"]).read())
         return 0
     summary = run_plan(plan, args.dataset, args.seeds, out, extra=args.set, threads=args.threads,
-                       report_dir=args.report_dir)
+                       report_dir=args.report_dir, keep_checkpoints=args.keep_checkpoints)
     if summary["interrupted"]:
         cmd = f"segattn compare {args.plan} --dataset {args.dataset} --out {out}"
         if args.seeds is not None:

@@ -3,7 +3,7 @@
 Layout under the output folder ``OUT``::
 
     OUT/runs/<entry>/seed<k>/compare_config.json   the run's full training config (written first)
-    OUT/runs/<entry>/seed<k>/train/                the engine's work dir (last.pt, metrics.jsonl, ...)
+    OUT/runs/<entry>/seed<k>/train/                the engine's work dir (metrics.jsonl; last.pt while unfinished)
     OUT/runs/<entry>/seed<k>/result.json           written last, atomically: the run is finished
 
 Resume: a run with ``result.json`` is skipped; one with ``train/last.pt`` continues from it
@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import shutil
 import statistics
 import subprocess
@@ -204,42 +205,43 @@ def latency_ms(model: nn.Module, image: torch.Tensor, rounds: int = 5) -> float:
     return float(statistics.median(times))
 
 
-def train_step_memory_mb(model: nn.Module, images: torch.Tensor, masks: torch.Tensor) -> float:
-    """Peak memory of one training step (forward + backward) of a copy of ``model``, in MiB.
+def train_step_memory_mb(model: nn.Module, images: torch.Tensor, masks: torch.Tensor,
+                         run_config: Optional[Path] = None) -> float:
+    """Peak memory of one training step (forward + backward at the training batch), in MiB.
 
-    CUDA: ``max_memory_allocated`` growth. CPU: growth of the resident set's high-water mark (the
-    kernel's mark is reset first, see :mod:`segattn.bench.measure`); measured in the run's own process,
-    so it is indicative (allocator caching can hide part of a step), not exact.
+    CUDA: growth of ``max_memory_allocated`` around the step, on a copy of ``model``. CPU: the method
+    of ``segattn bench --memory`` (growth of the resident set's high-water mark, the kernel's mark
+    reset first), in a fresh subprocess that builds the run's model from ``run_config`` (the run's
+    ``compare_config.json``), so the training process's cached allocations do not hide the step.
     """
-    from segattn.bench.measure import _reset_peak, _status_kib
-
-    net = copy.deepcopy(model).train()
-    rng = torch.get_rng_state()
-
-    def step() -> None:
-        out = net(images)
-        logits = out["out"] if isinstance(out, dict) else out
-        loss = torch.nn.functional.cross_entropy(logits.float(), masks, ignore_index=255)
-        loss.backward()
-
-    try:
-        if images.is_cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-            step()
-            torch.cuda.synchronize()
-            return (torch.cuda.max_memory_allocated() - base) / 2**20
-        if not _reset_peak():
-            return math.nan
-        base = _status_kib("VmRSS")
-        step()
-        return max(_status_kib("VmHWM") - base, 0) / 1024
-    finally:
-        torch.set_rng_state(rng)
+    if images.is_cuda:
+        net = copy.deepcopy(model).train()
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        train_step(net, images, masks)
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    if run_config is None:
+        raise ValueError("the CPU memory probe needs the run's config file")
+    shape = [int(v) for v in images.shape]
+    k = int(getattr(model, "num_classes", 0) or int(masks.max()) + 1)
+    cmd = [sys.executable, "-m", "segattn.compare.memprobe", str(run_config), json.dumps(shape), str(k)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
+    if proc.returncode != 0:
+        raise RuntimeError(f"memory probe failed: {proc.stderr.strip()[-300:]}")
+    return float(json.loads(proc.stdout.strip().splitlines()[-1])["peak_mb"])
 
 
-def measure_cost(model: nn.Module, train_set: Any, val_set: Any, cfg: Any, device: torch.device) -> Dict[str, Any]:
+def train_step(net: nn.Module, images: torch.Tensor, masks: torch.Tensor) -> None:
+    out = net(images)
+    logits = out["out"] if isinstance(out, dict) else out
+    torch.nn.functional.cross_entropy(logits.float(), masks, ignore_index=255).backward()
+
+
+def measure_cost(model: nn.Module, train_set: Any, val_set: Any, cfg: Any, device: torch.device,
+                 run_config: Optional[Path] = None) -> Dict[str, Any]:
     """Parameters, MACs, latency and training-step memory, all at the run's own sizes.
 
     A measurement that fails (an operator FlopCounterMode cannot count, say) is recorded as NaN with
@@ -256,7 +258,8 @@ def measure_cost(model: nn.Module, train_set: Any, val_set: Any, cfg: Any, devic
     steps: Dict[str, Callable[[], Any]] = {
         "macs": lambda: cost.update(zip(("macs", "context_macs"), model_macs(model, image))),
         "latency_ms": lambda: cost.update(latency_ms=latency_ms(model, image)),
-        "train_step_mem_mb": lambda: cost.update(train_step_mem_mb=train_step_memory_mb(model, images, masks)),
+        "train_step_mem_mb": lambda: cost.update(
+            train_step_mem_mb=train_step_memory_mb(model, images, masks, run_config)),
     }
     for key, step in steps.items():
         try:
@@ -299,8 +302,11 @@ def prepare_run(out: Path, plan: Plan, dataset: str, entry: Entry, seed: int, th
 
 
 def train_run(rdir: Path, data: Dict[str, Any], entry: Entry, seed: int, dataset: str, plan: Plan,
-              callbacks: Sequence[Any] = (), log: Log = _print) -> Optional[Dict[str, Any]]:
-    """Train (or resume) one run and measure it; returns the result, or None when interrupted."""
+              callbacks: Sequence[Any] = (), log: Log = _print, keep_checkpoints: bool = False) -> Optional[Dict[str, Any]]:
+    """Train (or resume) one run and measure it; returns the result, or None when interrupted.
+
+    Once ``result.json`` is written the run's checkpoints are deleted unless ``keep_checkpoints``
+    (``metrics.jsonl`` and ``config.json`` stay)."""
     from segattn.engine.train import dataset_meta, train
 
     rdir.mkdir(parents=True, exist_ok=True)
@@ -319,18 +325,23 @@ def train_run(rdir: Path, data: Dict[str, Any], entry: Entry, seed: int, dataset
         raise PlanError(f"protocol {dataset!r} has no validation split (data.val_split); a comparison needs one")
     meta = dataset_meta(train_set)
     model = build_entry_model(cfg, entry, meta["num_classes"], seed)
+    timer = rdir / "train_time.json"  # training seconds of earlier sessions of this run (resumes add up)
+    before = float(json.loads(timer.read_text())["seconds"]) if timer.is_file() else 0.0
     t0 = time.time()
-    summary = train(cfg, model=model, train_set=train_set, val_set=None, callbacks=callbacks)
+    # the engine builds its own datasets (class weights from the raw training masks, as `segattn train`)
+    # and evaluates at the end: its mIoU is stored next to ours as a cross-check of the per-image counts
+    summary = train(cfg, model=model, callbacks=callbacks)
+    train_wall = before + time.time() - t0
+    atomic_write_json(timer, {"seconds": round(train_wall, 2)})
     if summary.get("interrupted"):
         return None
-    train_wall = time.time() - t0
     device = next(model.parameters()).device
     counts = per_image_counts(model, val_set, cfg, meta["num_classes"], meta["ignore_index"], device)
     metrics = metrics_from_counts(counts, meta["classes"])
-    cost = measure_cost(model, train_set, val_set, cfg, device)
+    cost = measure_cost(model, train_set, val_set, cfg, device, rdir / RUN_CONFIG)
     result = {
         "plan": plan.name, "dataset": dataset, "entry": entry.name, "describe": entry.describe(), "seed": seed,
-        "metrics": metrics, "per_image": {k: v.tolist() for k, v in counts.items()}, "classes": meta["classes"],
+        "metrics": metrics, "engine_mIoU": (summary.get("metrics") or {}).get("mIoU"), "per_image": {k: v.tolist() for k, v in counts.items()}, "classes": meta["classes"],
         "cost": cost,
         "train": {"iterations": summary.get("iteration"), "wall_s": round(train_wall, 2),
                   "it_per_s": summary.get("it_per_s"), "resumed": resumable, "threads": torch.get_num_threads(),
@@ -341,6 +352,9 @@ def train_run(rdir: Path, data: Dict[str, Any], entry: Entry, seed: int, dataset
     from segattn.engine.metrics import json_safe
 
     atomic_write_json(rdir / RESULT, json_safe(result))
+    if not keep_checkpoints:  # the run is finished and measured; its optimiser state is not needed
+        for name in ("last.pt", "best.pt"):
+            (work / name).unlink(missing_ok=True)
     return result
 
 
@@ -353,12 +367,13 @@ def _fmt_time(seconds: float) -> str:
 def run_plan(plan: Union[str, Plan], dataset: str = "synthetic", seeds: Optional[int] = None,
              out: Optional[Union[str, Path]] = None, extra: Sequence[str] = (), threads: Optional[int] = 1,
              report: bool = True, report_dir: Optional[Union[str, Path]] = None, callbacks: Sequence[Any] = (),
-             log: Log = _print) -> Dict[str, Any]:
+             log: Log = _print, keep_checkpoints: bool = False) -> Dict[str, Any]:
     """Run every missing (entry, seed) of ``plan`` on ``dataset`` and write the report.
 
     Returns ``{"out", "done", "trained", "skipped", "interrupted", "total", "report"}``; ``interrupted``
     is True when a stop signal ended the current run (its checkpoint is kept; call again to resume).
     ``extra`` are further ``key=value`` config overrides applied to every run (after the protocol's).
+    Finished runs keep their metrics and config but not their checkpoints unless ``keep_checkpoints``.
     """
     plan = load_plan(plan) if isinstance(plan, str) else plan
     n_seeds = plan.seeds if seeds is None else int(seeds)
@@ -400,7 +415,7 @@ def run_plan(plan: Union[str, Plan], dataset: str = "synthetic", seeds: Optional
         state = "resuming" if (rdir / "train" / "last.pt").is_file() else "starting"
         log(f"{tag}: {state}")
         t0 = time.time()
-        result = train_run(rdir, data, entry, seed, dataset, plan, callbacks, log)
+        result = train_run(rdir, data, entry, seed, dataset, plan, callbacks, log, keep_checkpoints)
         if result is None:
             interrupted = True
             log(f"{tag}: interrupted; checkpoint kept in {rdir / 'train'}; run the same command again to resume")
