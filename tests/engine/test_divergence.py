@@ -40,6 +40,8 @@ def test_huge_learning_rate_stops_with_error_and_no_nan_best(tmp_path):
     with pytest.raises(TrainingDiverged, match=r"training diverged at iteration \d+: the loss is (nan|inf)") as err:
         train(cfg, model=TinySeg(), train_set=ToyDataset(8), val_set=ToyDataset(4, seed=1, augment=False))
     assert "optim.lr" in str(err.value)
+    last = json.loads(open(tmp_path / "metrics.jsonl").readlines()[-1])
+    assert last["kind"] == "error" and last["error"] == "diverged"  # the log says how the run ended
     for name in ("best.pt", "last.pt"):
         if os.path.exists(tmp_path / name):
             assert _finite(tmp_path / name), name

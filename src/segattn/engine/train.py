@@ -431,6 +431,10 @@ class Trainer:
                             tensorboard=cfg.train.tensorboard, progress=cfg.train.progress)
             with self.stop:
                 return self._loop(log)
+        except TrainingDiverged as exc:
+            if log is not None:
+                log.log("error", self.iteration, {"error": "diverged", "message": str(exc)})
+            raise
         finally:
             if log is not None:
                 log.close()
