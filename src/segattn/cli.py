@@ -143,8 +143,15 @@ def _add_engine_parsers(sub: argparse._SubParsersAction) -> None:
     _add_data_parser(sub)
 
 
+def _version() -> str:
+    from segattn import __version__
+
+    return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="segattn", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"segattn {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("modules", help="list registered context modules")
@@ -154,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     from segattn.bench.cli import add_parser as add_bench_parser
 
     add_bench_parser(sub)
+    from segattn.export_cli import add_parser as add_export_parser  # export, models
+
+    add_export_parser(sub)
     __import__("segattn.viz.cli", fromlist=["add_parser"]).add_parser(sub)
     _add_engine_parsers(sub)
     from segattn.compare.cli import add_parser as add_compare_parser

@@ -152,7 +152,7 @@ class _ModuleStack:
 
     @property
     def current(self) -> str:
-        return self.stack[-1] if self.stack else "(model)"
+        return (self.stack[-1] if self.stack else "") or "(model)"
 
     def close(self) -> None:
         for h in self.handles:
@@ -240,9 +240,10 @@ def _parse_size(size: Any) -> Tuple[int, int]:
 
 
 def second_size(size: Tuple[int, int]) -> Tuple[int, int]:
-    """The other size a dynamic export is checked at: about 3/4 of each side, rounded to an odd
-    multiple-free number so bins and strides do not line up by chance."""
-    return max(8, (size[0] * 3) // 4 + 1), max(8, (size[1] * 3) // 4 + 3)
+    """The other size a dynamic export is checked at: about 3/4 of each side (plus 1 and 3, so that
+    bins and strides do not line up by chance), or a few pixels more where that would be under 8."""
+    h, w = (size[0] * 3) // 4 + 1, (size[1] * 3) // 4 + 3
+    return (h if 8 <= h != size[0] else size[0] + 5), (w if 8 <= w != size[1] else size[1] + 7)
 
 
 def _check(out: Tensor, ref: Tensor, size: Tuple[int, int], atol: float, rtol: float) -> Check:

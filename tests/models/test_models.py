@@ -69,7 +69,8 @@ def test_save_load_round_trip(name: str, tmp_path) -> None:
     with torch.no_grad():
         expected = model(x)
     model.save_pretrained(tmp_path / "m")
-    assert sorted(os.listdir(tmp_path / "m")) == ["config.json", "model.pt"]  # no temporary files left
+    assert sorted(os.listdir(tmp_path / "m")) == ["README.md", "config.json", "model.safetensors"]
+    assert sorted(os.listdir(tmp_path)) == ["m"]  # no temporary folders left
     with open(tmp_path / "m" / "config.json") as f:
         assert json.load(f)["name"] == name
     loaded = from_pretrained(tmp_path / "m")

@@ -164,17 +164,18 @@ def test_saved_model_does_not_need_the_backbone_checkpoint(tmp_path) -> None:
 
 def test_save_is_atomic(tmp_path, monkeypatch) -> None:
     import segattn
-    from segattn.models import segmentor
+    from segattn.models import weights
 
     model = segattn.create_model("fcn", 3, backbone="resnet18", channels=8)
-    model.save_pretrained(tmp_path)
-    before = (tmp_path / "model.pt").read_bytes()
+    model.save_pretrained(tmp_path / "m")
+    before = (tmp_path / "m" / "model.safetensors").read_bytes()
 
     def broken_save(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(segmentor.torch, "save", broken_save)
+    monkeypatch.setattr(weights, "_write_weights", broken_save)
     with pytest.raises(OSError, match="disk full"):
-        segattn.create_model("fcn", 3, backbone="resnet18", channels=8).save_pretrained(tmp_path)
-    assert (tmp_path / "model.pt").read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.pt"]
+        segattn.create_model("fcn", 3, backbone="resnet18", channels=8).save_pretrained(tmp_path / "m", overwrite=True)
+    assert (tmp_path / "m" / "model.safetensors").read_bytes() == before
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # the temporary folder is gone

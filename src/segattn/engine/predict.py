@@ -52,15 +52,14 @@ class PredictResult:
 def load_model(checkpoint: str, overrides: Sequence[str] = (), device: str = "cpu"
                ) -> Tuple[nn.Module, Config, Dict[str, Any]]:
     """(eval model, run config, meta with ``num_classes``/``classes``/``palette``/``ignore_index``)."""
-    if os.path.isdir(checkpoint):
-        from segattn.models import from_pretrained
+    from segattn.models.weights import is_pretrained_source
+
+    if is_pretrained_source(checkpoint):  # a save_pretrained folder or a Hub repo id
+        from segattn.models.weights import from_pretrained, pretrained_meta, pretrained_run_config
 
         model = from_pretrained(checkpoint)
-        k = int(model.num_classes)
-        mc = dict(getattr(model, "config", {}) or {})
-        meta = {"num_classes": k, "classes": mc.get("classes") or [str(i) for i in range(k)],
-                "palette": mc.get("palette"), "ignore_index": 255}
-        cfg = config_from_dict(apply_overrides({}, overrides))
+        meta = pretrained_meta(model)  # class names, palette; normalisation and eval settings in the config:
+        cfg = config_from_dict(apply_overrides(pretrained_run_config(model.pretrained_dir), overrides))
     else:
         ckpt = read_checkpoint(checkpoint)
         if not isinstance(ckpt.get("config"), dict) or not isinstance(ckpt.get("meta"), dict) \

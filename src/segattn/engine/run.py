@@ -72,10 +72,13 @@ def run_evaluation(checkpoint: str, config: Optional[str] = None, overrides: Seq
         pick_device(device)  # the flag's value named in the message, not the config key it sets
     if out:
         check_writable_file(out, "--out", overwrite=overwrite)
-    ckpt = read_checkpoint(checkpoint)
+    from segattn.models.weights import from_pretrained, is_pretrained_source, pretrained_run_config
+
+    saved = from_pretrained(checkpoint) if is_pretrained_source(checkpoint) else None  # save_pretrained folder
+    ckpt = {"config": pretrained_run_config(saved.pretrained_dir)} if saved is not None else read_checkpoint(checkpoint)
     if config is not None:
         data = load_config_dict(config)
-    elif isinstance(ckpt.get("config"), dict):
+    elif isinstance(ckpt.get("config"), dict) and (saved is None or ckpt["config"].get("data")):
         data = ckpt["config"]
     else:
         raise SegattnError(f"checkpoint {checkpoint} holds no config (not written by `segattn train`?); pass --config")
@@ -86,8 +89,13 @@ def run_evaluation(checkpoint: str, config: Optional[str] = None, overrides: Seq
     try:
         val = build.build_dataset_split(cfg.data, cfg.data.val_split, train=False)
         k = int(val.num_classes)
-        model = build.build_model(cfg.model, k)
-        load_weights(model, ckpt, checkpoint)
+        if saved is not None:
+            if int(saved.num_classes) != k:
+                raise SegattnError(f"{checkpoint} has {saved.num_classes} classes but the dataset {k}")
+            model = saved
+        else:
+            model = build.build_model(cfg.model, k)
+            load_weights(model, ckpt, checkpoint)
         model.to(info.device).eval()
         e = cfg.eval
         n = len(val) if e.max_samples is None else min(len(val), int(e.max_samples))

@@ -3,12 +3,12 @@
 ``model(x)`` in eval mode returns logits (B, K, H, W) at the input size; in train mode a dict with
 ``"out"``, ``"aux"`` (FCN head on stage 4 = ``layer3``, when ``aux=True``) and any extra supervised
 outputs of the head (DANet's ``"pam"`` and ``"cam"``), all at the input size. ``loss_weights`` gives
-each key's weight. ``save_pretrained`` / :func:`from_pretrained` store ``config.json`` + weights.
+each key's weight. ``save_pretrained`` / :func:`from_pretrained` write / read a Hub-format folder
+(:mod:`segattn.models.weights`).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
@@ -16,12 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segattn.io import atomic_write, atomic_write_text
 from segattn.modules.base import check_feature_map
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.pt"
-FORMAT_VERSION = 1
 
 
 class SegmentationModel(nn.Module):
@@ -127,18 +122,19 @@ class SegmentationModel(nn.Module):
         return self
 
     # ----- persistence ------------------------------------------------------------------------
-    def save_pretrained(self, directory: Union[str, os.PathLike[str]]) -> None:
-        """Write ``config.json`` and ``model.pt`` (state dict) into ``directory``, each atomically."""
-        if not self.config:
-            raise RuntimeError("model has no config (build it with segattn.create_model to save it)")
-        directory = os.fspath(directory)
-        os.makedirs(directory, exist_ok=True)
-        # the weights file holds the backbone too: the pretrained source is not needed to rebuild
-        config = {"format_version": FORMAT_VERSION, **{k: v for k, v in self.config.items() if k != "pretrained"}}
-        text = json.dumps(config, indent=2, sort_keys=True)
-        atomic_write_text(os.path.join(directory, CONFIG_NAME), text)
-        state = {k: v.detach().cpu() for k, v in self.state_dict().items()}
-        atomic_write(os.path.join(directory, WEIGHTS_NAME), lambda f: torch.save(state, f))
+    def save_pretrained(self, directory: Union[str, os.PathLike[str]], **kwargs: Any) -> str:
+        """Write a Hub-format folder (``config.json``, ``model.safetensors`` or ``model.pt``, ``README.md``)
+        as one unit; see :func:`segattn.models.weights.save_pretrained` for the keywords (class names,
+        palette, mean/std, crop, eval settings, metrics, ``overwrite``)."""
+        from segattn.models.weights import save_pretrained
+
+        return save_pretrained(self, directory, **kwargs)
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
+        """Save and upload to the Hugging Face Hub (``[hub]`` extra); see :func:`segattn.models.weights.push_to_hub`."""
+        from segattn.models.weights import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
 
 
 def _tuplify(value: Any) -> Any:
@@ -150,28 +146,13 @@ def _tuplify(value: Any) -> Any:
     return value
 
 
-def load_config(directory: Union[str, os.PathLike[str]]) -> Dict[str, Any]:
-    path = os.path.join(os.fspath(directory), CONFIG_NAME)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no {CONFIG_NAME} in {os.fspath(directory)!r} (written by model.save_pretrained)")
-    with open(path, encoding="utf-8") as f:
-        config = json.load(f)
-    config.pop("format_version", None)
-    return {k: _tuplify(v) for k, v in config.items()}
+def from_pretrained(source: Union[str, os.PathLike[str]], map_location: Any = "cpu",
+                    strict: bool = True, **hub_kw: Any) -> SegmentationModel:
+    """Rebuild a model saved with :meth:`SegmentationModel.save_pretrained` (a folder, or a Hugging Face
+    Hub repo id ``user/repo`` with the ``[hub]`` extra); returned in eval mode."""
+    from segattn.models.weights import from_pretrained as _from_pretrained
 
-
-def from_pretrained(directory: Union[str, os.PathLike[str]], map_location: Any = "cpu",
-                    strict: bool = True) -> SegmentationModel:
-    """Rebuild a model saved with :meth:`SegmentationModel.save_pretrained`; returned in eval mode."""
-    from segattn.models.factory import create_model
-
-    config = load_config(directory)
-    name, num_classes = config.pop("name"), config.pop("num_classes")
-    model = create_model(name, num_classes, **config)
-    state = torch.load(os.path.join(os.fspath(directory), WEIGHTS_NAME), map_location=map_location,
-                       weights_only=True)
-    model.load_state_dict(state, strict=strict)
-    return model.eval()
+    return _from_pretrained(source, map_location=map_location, strict=strict, **hub_kw)  # type: ignore[return-value]
 
 
 def _is_compiling() -> bool:

@@ -586,7 +586,30 @@ def from_pretrained(source: Union[str, os.PathLike[str]], map_location: Any = "c
     model = create_model(config["name"], int(config["num_classes"]), **kwargs)
     model.load_state_dict(load_pretrained_state(directory, config, map_location), strict=strict)
     model.pretrained_config = config
+    model.pretrained_dir = os.path.abspath(directory)
     return model.eval()
+
+
+_WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".tar")
+
+
+def is_pretrained_source(source: Union[str, os.PathLike[str]]) -> bool:
+    """True for a folder, or for a ``user/repo`` Hub id that is not a local path (a checkpoint file,
+    or a missing path that looks like one, is not)."""
+    path = os.fspath(source)
+    if os.path.isdir(path):
+        return True
+    return (not os.path.exists(path) and bool(_REPO_ID.match(path)) and not path.startswith((".", "/"))
+            and not path.lower().endswith(_WEIGHT_SUFFIXES))
+
+
+def pretrained_meta(model: nn.Module) -> Dict[str, Any]:
+    """``num_classes``, ``classes``, ``palette`` and ``ignore_index`` of a :func:`from_pretrained` model."""
+    config = getattr(model, "pretrained_config", {}) or {}
+    k = int(getattr(model, "num_classes", config.get("num_classes", 0)))
+    labels = config.get("id2label") or {}
+    return {"num_classes": k, "classes": [str(labels.get(str(i), i)) for i in range(k)],
+            "palette": config.get("palette"), "ignore_index": 255}
 
 
 def pretrained_run_config(directory: Union[str, os.PathLike[str]]) -> Dict[str, Any]:
