@@ -129,7 +129,7 @@ BAD_CALLS = [  # (id, argv with {t} = folder of bad inputs, {ckpt} = a good chec
     ("eval-other-weights", "eval --checkpoint {t}/statedict.pt --config synthetic/fcn_r18_synthetic.yaml",
      "statedict.pt does not fit model 'fcn'"),
     ("eval-missing-ckpt", "eval --checkpoint {t}/nope.pt", "nope.pt' does not exist"),
-    ("eval-ckpt-is-folder", "eval --checkpoint {t}", "is a folder"),
+    ("eval-ckpt-is-empty-folder", "eval --checkpoint {t}", "no config.json in"),
     ("eval-out-under-a-file", "eval --checkpoint {ckpt} --out {t}/afile/m.json", "afile/m.json cannot be written"),
     ("eval-out-is-folder", "eval --checkpoint {ckpt} --out {t}", "is a folder, expected a file name"),
     ("eval-out-exists", "eval --checkpoint {ckpt} --out {t}/afile", "already exists; pass --overwrite"),
