@@ -6,7 +6,8 @@ only the convolutions may; (2) the output under ``autocast(cpu, bfloat16)`` matc
 large-magnitude post-ReLU inputs (8 |N(0, 1)|, as post-ReLU features late in a network), where half
 logits lose the softmax (DANet CAM: relative error 0.34 before the fix, exactly 0 after). The
 remaining error is the rounding of the convolutions' bfloat16 outputs, which AMP does by design.
-CUDA (float16 and bfloat16) is covered by ``scripts/check_autocast_cuda.py`` where a GPU is lent.
+On a CUDA machine the same two checks also run for float16 and bfloat16 autocast on the GPU (skipped
+elsewhere; not run in this project's CI, which has no GPU).
 """
 
 from __future__ import annotations
@@ -100,3 +101,22 @@ def test_latentgnn_symmetric_float16_has_no_nan():
         y = module.half()(x.half())
     assert torch.isfinite(y).all()
     assert relative_error(y, ref) < 1e-2
+
+
+CUDA_CASES = [(n, d) for n in NAMES for d in (torch.float16, torch.bfloat16)]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name,dtype", CUDA_CASES, ids=[f"{n}-{str(d)[6:]}" for n, d in CUDA_CASES])
+def test_cuda_autocast_matches_float32_and_keeps_logits_float32(name, dtype):
+    module = build(name).cuda()
+    x = large_input().cuda()
+    probe = HalfMathProbe()
+    with torch.no_grad():
+        ref = module(x)
+        with torch.autocast("cuda", dtype=dtype), probe:
+            y = module(x)
+    assert torch.isfinite(y).all()
+    assert relative_error(y, ref) <= TOLERANCE
+    # on CUDA the fused SDPA kernels take half inputs by design (they accumulate in float32)
+    assert not {op for op in probe.half_ops if "scaled_dot_product" not in op}, sorted(probe.half_ops)
