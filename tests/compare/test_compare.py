@@ -181,6 +181,8 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("segattn compare: error:") and "survey-table" in err[0]
     assert main(["compare", "survey-table", "--dataset", "voc", "--out", str(tmp_path)]) == 2
     assert "no protocol for dataset 'voc'" in capsys.readouterr().err
+    assert main(["compare", "survey-table", "--report-only", "--out", str(tmp_path / "empty")]) == 2
+    assert "no finished run" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("context", ["glore", "sgr", "graphrep", "latentgnn"])

@@ -42,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
     if args.report_only:
         plan.protocol(args.dataset)
         validate_plan(plan, args.dataset, args.set)
+        if not any(out.glob("runs/*/seed*/result.json")):
+            raise PlanError(f"--report-only: no finished run under {out} (expected runs/<entry>/seed<k>/result.json)")
         rep = write_report(plan, out, args.dataset, report_dir=args.report_dir, seeds=args.seeds)
         print(open(rep["paths"]["markdown"]).read())
         return 0

@@ -423,7 +423,8 @@ def run_plan(plan: Union[str, Plan], dataset: str = "synthetic", seeds: Optional
         trained += 1
         done += 1
         walls.append(time.time() - t0)
-        per_run = statistics.mean(walls or stored_walls or [0.0])
+        stored_walls.append(float(result["train"]["wall_s"]))  # whole training time, over resumes
+        per_run = statistics.mean(stored_walls)
         left = (total - done) * per_run
         log(f"{tag}: mIoU {100 * result['metrics']['mIoU']:.2f} in {_fmt_time(walls[-1])}; "
             f"{done}/{total} done, about {_fmt_time(left)} left")
