@@ -119,36 +119,40 @@ def test_to_plain_converts_numpy_and_rejects_objects():
         to_plain({"o": object()})
 
 
-def test_training_checkpoint_as_pretrained_backbone(tmp_path):
-    cfg = ModelConfig(name="fcn", backbone="resnet18", kwargs={"channels": 8})
-    source = build.build_model(cfg, 3)
-    path = tmp_path / "last.pt"
-    atomic_save({"model": source.state_dict(), "config": {"model": {"name": "fcn"}}, "rng": rng_state(),
+SMALL = {"name": "fcn", "backbone": "resnet18", "output_stride": 32, "aux": False, "kwargs": {"channels": 8}}
+
+
+@pytest.fixture(scope="module")
+def trained_checkpoint(tmp_path_factory):
+    """A segattn training checkpoint of a small fcn (as `segattn train` writes it) and its model."""
+    source = build.build_model(ModelConfig(**SMALL), 3)
+    path = tmp_path_factory.mktemp("ckpt") / "last.pt"
+    atomic_save({"model": source.state_dict(), "config": {"model": dict(SMALL)}, "rng": rng_state(),
                  "iteration": 5, "meta": {"num_classes": 3}}, str(path))
-    tuned = build.build_model(ModelConfig(name="fcn", backbone="resnet18", pretrained=str(path),
-                                          kwargs={"channels": 8}), 5)
-    for key, value in source.backbone.state_dict().items():
-        assert torch.equal(tuned.backbone.state_dict()[key], value), key
+    return str(path), source.state_dict()
 
 
-def test_training_checkpoint_as_pretrained_fine_tunes_the_whole_model(tmp_path, capsys):
-    model = {"name": "fcn", "backbone": "resnet18", "aux": False, "kwargs": {"channels": 8}}
-    first = tiny_config(str(tmp_path / "first"), model=model, schedule={"iters": 1, "warmup_iters": 0})
-    train(first, train_set=ToyDataset(4), val_set=None)
-    ckpt = str(tmp_path / "first" / "last.pt")
-    source = torch.load(ckpt, weights_only=True)["model"]
+def test_training_checkpoint_as_pretrained_backbone(trained_checkpoint):
+    path, source = trained_checkpoint
+    tuned = build.build_model(ModelConfig(**{**SMALL, "pretrained": path}), 5)
+    for key, value in tuned.backbone.state_dict().items():
+        assert torch.equal(source[f"backbone.{key}"], value), key
 
-    same = build.build_model(ModelConfig(**model), 3)
+
+def test_training_checkpoint_as_pretrained_fine_tunes_the_whole_model(trained_checkpoint, tmp_path, capsys):
+    ckpt, source = trained_checkpoint
+    same = build.build_model(ModelConfig(**SMALL), 3)
     assert "loaded" in finetune_from(same, ckpt)
     for key, value in same.state_dict().items():
         assert torch.equal(value, source[key]), key  # head included
-    other = build.build_model(ModelConfig(**model), 5)  # another class count: the classifier stays fresh
+    other = build.build_model(ModelConfig(**SMALL), 5)  # another class count: the classifier stays fresh
     note = finetune_from(other, ckpt)
     assert "kept fresh" in note and "head.cls.1.weight" in note
     assert torch.equal(other.state_dict()["head.fuse.0.weight"], source["head.fuse.0.weight"])
     assert not torch.equal(other.state_dict()["head.cls.1.bias"][:3], source["head.cls.1.bias"])
     assert finetune_from(other, str(tmp_path / "no.pt")) is None
 
-    tuned = tiny_config(str(tmp_path / "tuned"), model={**model, "pretrained": ckpt}, schedule={"iters": 1})
+    tuned = tiny_config(str(tmp_path / "tuned"), model={**SMALL, "pretrained": ckpt},
+                        schedule={"iters": 1, "warmup_iters": 0})
     assert train(tuned, train_set=ToyDataset(4), val_set=None)["iteration"] == 1
     assert "fine-tuning from" in capsys.readouterr().err

@@ -151,7 +151,7 @@ def test_class_weight_length_checked_before_the_model_is_built(tmp_path, monkeyp
         raise AssertionError("the model was built")
 
     monkeypatch.setattr(train_mod.build, "build_model", no_model)
-    cfg = tiny_config(str(tmp_path / "run"), loss={"class_weight": [1.0, 2.0]})
+    cfg = tiny_config(str(tmp_path / "run"), model={"name": "fcn"}, loss={"class_weight": [1.0, 2.0]})
     with pytest.raises(ValueError, match="2 values for 3 classes"):
         train(cfg, train_set=ToyDataset(8), val_set=None)
 
