@@ -156,3 +156,13 @@ def test_training_checkpoint_as_pretrained_fine_tunes_the_whole_model(trained_ch
                         schedule={"iters": 1, "warmup_iters": 0})
     assert train(tuned, train_set=ToyDataset(4), val_set=None)["iteration"] == 1
     assert "fine-tuning from" in capsys.readouterr().err
+
+
+def test_model_config_with_objects_does_not_break_checkpoints(tmp_path):
+    model = TinySeg()
+    model.config = {"name": "tiny", "norm": torch.nn.BatchNorm2d}  # not plain data
+    cfg = tiny_config(str(tmp_path), schedule={"iters": 1, "warmup_iters": 0})
+    with pytest.warns(UserWarning, match="no model_config"):
+        train(cfg, model=model, train_set=ToyDataset(4), val_set=None)
+    ckpt = load_checkpoint(str(tmp_path / "last.pt"))
+    assert ckpt["model_config"] is None and ckpt["iteration"] == 1

@@ -43,6 +43,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -52,7 +53,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from segattn.engine import build
-from segattn.engine.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
+from segattn.engine.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state, to_plain
 from segattn.engine.config import Config, ConfigError, save_config
 from segattn.engine.distributed import (
     DistInfo,
@@ -259,7 +260,7 @@ class Trainer:
             "best": self.best,
             "rng": rng_state(),
             "config": self.cfg.to_dict(),
-            "model_config": getattr(model, "config", None),
+            "model_config": self._model_config(model),
             "meta": self.meta,
         }
 
@@ -272,6 +273,16 @@ class Trainer:
                 if len(bad) == 5:
                     break
         return bad
+
+    def _model_config(self, model: nn.Module) -> Any:
+        """``model.config`` as plain data, or ``None`` (with a warning, once) when it holds other objects."""
+        try:
+            return to_plain(getattr(model, "config", None), "model.config")
+        except TypeError as exc:
+            if not getattr(self, "_warned_model_config", False):
+                warnings.warn(f"checkpoints store no model_config: {exc}", stacklevel=2)
+                self._warned_model_config = True
+            return None
 
     def save(self, name: str) -> Optional[str]:
         """Write ``<work_dir>/<name>`` on rank 0; every rank waits for it. Weights that are not all
