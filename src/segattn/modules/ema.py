@@ -47,7 +47,10 @@ class EMAttention(ContextModule):
     Bases: each training forward accumulates the batch's final ``mu``; ``after_optimizer_step()``
     (of ``block.mapper``; ``segattn.lowrank.call_step_hooks(model)`` calls it once per optimiser step) applies ``mu <- 0.9 mu + 0.1 mean``
     over the samples of all forwards since the last step, ``all_reduce``-averaged across processes
-    under ``torch.distributed``; eval forwards never change them. ``renormalize_bases=True``
+    under ``torch.distributed``; eval forwards never change them. In a training loop that never calls
+    the hook the bases still move: until the first hook call, each training forward applies the
+    average of the forwards before it (and warns once). Non-finite samples are left out of the
+    average, with a warning, so a NaN batch cannot make the bases NaN for good. ``renormalize_bases=True``
     l2-normalises after the average (mmseg); the official code does not (default False).
     Deviation from the official code: the average runs in the module's step hook instead of train.py.
 
