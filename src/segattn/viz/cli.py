@@ -41,6 +41,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="query pixel (row, column) of the input image; repeatable (default: 3 across the middle row)")
     p.add_argument("--max-images", type=int, default=8, help="use at most this many images (default 8)")
     p.add_argument("--bases", type=int, default=8, help="EMA bases / low-rank nodes shown: those that win the largest areas (default 8)")
+    p.add_argument("--log", type=float, default=None, metavar="DECADES",
+                   help="show the pixel maps on a log scale over this many decades (e.g. 3: weights down to 1/1000 "
+                        "of the maximum stay visible; default linear)")
     p.add_argument("--no-page", action="store_true", help="pictures only, no report.html")
     p.add_argument("--compact", action="store_true", help="256-colour PNGs (about a third of the size, for docs)")
     p.add_argument("--force", action="store_true", help="replace an existing report in --out")
@@ -82,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
     from segattn.viz.weights import check_query
 
     _check_out(args.out, args.force)
+    if args.log is not None and not args.log > 0:
+        raise ValueError(f"--log takes a positive number of decades, got {args.log}")
     images = list_images(args.inputs)[: max(1, args.max_images)]
     labels = _labels_by_name(args.labels)
     pictures = []
@@ -113,9 +118,10 @@ def run(args: argparse.Namespace) -> int:
     names = ", ".join(f"{p or 'model'} ({n})" for p, n, _ in found)
     title = f"segattn viz: {Path(args.checkpoint).name}: {names}"
     notes = (f"Model input at scale {inference_scales(pictures[0][1].shape[:2], cfg)[0]:g} of the image "
-             f"(the config's eval scale); weights are max-normalised per map. Checkpoint: {args.checkpoint}")
+             f"(the config's eval scale); weights are max-normalised per map"
+             f"{'' if args.log is None else f', on a log scale over {args.log:g} decades'}. Checkpoint: {args.checkpoint}")
     written = visualize(model, items, palette, args.out, title, page=not args.no_page, notes=notes,
-                        max_bases=args.bases, compact=args.compact)
+                        max_bases=args.bases, compact=args.compact, decades=args.log)
     for w in written:
         print(w)
     print(f"{len(written)} file(s) -> {args.out}", file=sys.stderr)

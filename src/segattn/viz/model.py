@@ -143,7 +143,8 @@ def _stride(grid: Pair, budget: int = MAX_PAGE_QUERIES) -> Pair:
     return s, s
 
 
-def module_views(path: str, module: nn.Module, inputs: Tuple[tuple, dict]) -> List[View]:
+def module_views(path: str, module: nn.Module, inputs: Tuple[tuple, dict], decades: Optional[float] = None
+                 ) -> List[View]:
     """All rows (on a strided query grid) of every map kind of ``module`` for the page."""
     args, kwargs = inputs
     x = args[0]
@@ -159,7 +160,7 @@ def module_views(path: str, module: nn.Module, inputs: Tuple[tuple, dict]) -> Li
     stored: Dict[str, List[np.ndarray]] = {}
     for q in queries:
         for label, m in pixel_weights(module, x, q, factors=factors, **extra).maps.items():
-            row = render.normalized(_to_grid(m, size))
+            row = render.normalized(_to_grid(m, size), decades)
             stored.setdefault(label, []).append((row.numpy() * 255).round().astype(np.uint8).reshape(-1))
     sgrid = (-(-qgrid[0] // stride[0]), -(-qgrid[1] // stride[1]))
     return [View(f"{path} {name}: {label}", sgrid, size, stride, np.stack(rows).tobytes())
@@ -167,7 +168,7 @@ def module_views(path: str, module: nn.Module, inputs: Tuple[tuple, dict]) -> Li
 
 
 def query_figure(image: np.ndarray, module: nn.Module, x: Tensor, queries_img: Sequence[Pair], qgrid: Pair,
-                 extra: Dict[str, Any]) -> np.ndarray:
+                 extra: Dict[str, Any], decades: Optional[float] = None) -> np.ndarray:
     """Rows = the module's maps, columns = the query pixels, each over the image with the query marked."""
     size: Pair = (int(x.shape[2]), int(x.shape[3]))
     hw: Pair = (image.shape[0], image.shape[1])
@@ -178,7 +179,7 @@ def query_figure(image: np.ndarray, module: nn.Module, x: Tensor, queries_img: S
         centre = to_image(cell, hw, qgrid)
         pw = pixel_weights(module, x, cell, factors=factors, **extra)
         for label, m in pw.maps.items():
-            tile = render.heat_overlay(image, _to_grid(m, size), centre)
+            tile = render.heat_overlay(image, _to_grid(m, size), centre, decades=decades)
             by_label.setdefault(label, []).append(
                 render.caption(tile, f"{label}, query ({int(centre[0])}, {int(centre[1])})"))
     return render.grid([t for tiles in by_label.values() for t in tiles], len(queries_img))
@@ -222,9 +223,11 @@ def family_figures(image: np.ndarray, name: str, module: nn.Module, x: Tensor, m
 
 
 def analyse(model: nn.Module, x: Tensor, image: np.ndarray, name: str = "image",
-            queries: Optional[Sequence[Pair]] = None, page: bool = True, max_bases: int = 8) -> Analysis:
+            queries: Optional[Sequence[Pair]] = None, page: bool = True, max_bases: int = 8,
+            decades: Optional[float] = None) -> Analysis:
     """Pictures of every context module of ``model`` for the network input ``x`` (1, 3, h, w), drawn
-    over ``image`` (h, w, 3) uint8 (the input as seen). ``queries``: image pixels (y, x)."""
+    over ``image`` (h, w, 3) uint8 (the input as seen). ``queries``: image pixels (y, x);
+    ``decades``: show the pixel maps on a log scale over that many decades (default linear)."""
     hw: Pair = (image.shape[0], image.shape[1])
     for q in queries or ():
         check_query(q, hw, "image")
@@ -240,8 +243,8 @@ def analyse(model: nn.Module, x: Tensor, image: np.ndarray, name: str = "image",
             if reg == "carafe":
                 qgrid = (qgrid[0] * module.scale_factor, qgrid[1] * module.scale_factor)
             result.figures.append((f"{path} ({reg}): where a pixel looks",
-                                   query_figure(image, module, fx, queries or default_queries(hw), qgrid, extra)))
+                                   query_figure(image, module, fx, queries or default_queries(hw), qgrid, extra, decades)))
             if page:
-                result.views += module_views(path, module, inp)
+                result.views += module_views(path, module, inp, decades)
         result.figures += [(f"{path} ({reg}): {t}", f) for t, f in family_figures(image, reg, module, fx, max_bases)]
     return result

@@ -38,13 +38,19 @@ def _lut() -> Array:
 LUT = _lut()
 
 
-def normalized(weights: torch.Tensor) -> torch.Tensor:
-    """Weights scaled to [0, 1] by their maximum (negative weights, e.g. GloRe's, by the largest magnitude)."""
+def normalized(weights: torch.Tensor, decades: Optional[float] = None) -> torch.Tensor:
+    """Weights scaled to [0, 1] by their maximum (negative weights, e.g. GloRe's, by the largest
+    magnitude); with ``decades`` on a log scale, ``1 + log10(w / max) / decades`` clipped at 0, so
+    small but non-zero weights (CCNet's two-step reach) stay visible."""
     w = weights.detach().float()
     if bool((w < 0).any()):
         w = w.abs()
     top = float(w.max()) if w.numel() else 0.0
-    return w / top if top > 0 else torch.zeros_like(w)
+    if top <= 0:
+        return torch.zeros_like(w)
+    if decades is None:
+        return w / top
+    return (1.0 + torch.log10((w / top).clamp_min(1e-30)) / decades).clamp(0.0, 1.0)
 
 
 def resize_map(weights: torch.Tensor, size: Tuple[int, int], smooth: bool = True) -> torch.Tensor:
@@ -62,12 +68,12 @@ def heat(values: torch.Tensor) -> Array:
 
 
 def heat_overlay(image: Array, weights: torch.Tensor, query: Optional[Tuple[float, float]] = None,
-                 floor: float = 0.15, smooth: bool = True) -> Array:
+                 floor: float = 0.15, smooth: bool = True, decades: Optional[float] = None) -> Array:
     """The weight map (max-normalised, upsampled) in inferno over the image, query marked: a pixel
     of normalised weight v is ``(1 - a) image + a colour(v)`` with ``a = floor + (0.9 - floor) v``,
     so the image stays readable where the weights are small."""
     h, w = image.shape[:2]
-    values = resize_map(normalized(weights), (h, w), smooth)
+    values = resize_map(normalized(weights, decades), (h, w), smooth)
     colour = heat(values).astype(np.float32)
     a = (floor + (0.9 - floor) * values.clamp(0, 1).numpy())[..., None]
     out = (image.astype(np.float32) * (1.0 - a) + colour * a).round().clip(0, 255).astype(np.uint8)

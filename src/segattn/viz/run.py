@@ -42,7 +42,8 @@ def prediction_figure(item: Item, palette: Sequence[Sequence[int]], ignore_index
 
 def visualize(model: nn.Module, items: Sequence[Item], palette: Sequence[Sequence[int]], out_dir: str,
               title: str, queries: Optional[Sequence[Pair]] = None, page: bool = True, notes: str = "",
-              ignore_index: int = 255, max_bases: int = 8, compact: bool = False) -> List[str]:
+              ignore_index: int = 255, max_bases: int = 8, compact: bool = False,
+              decades: Optional[float] = None) -> List[str]:
     """Write ``<name>_predictions.png``, one PNG per figure and ``report.html`` into ``out_dir``;
     returns the written paths. ``queries``: pixels (y, x) of the shown images."""
     os.makedirs(out_dir, exist_ok=True)
@@ -53,7 +54,7 @@ def visualize(model: nn.Module, items: Sequence[Item], palette: Sequence[Sequenc
         pred_fig = prediction_figure(item, palette, ignore_index)
         written.append(render.save_png(os.path.join(out_dir, f"{item.name}_predictions.png"), pred_fig, compact))
         result = analyse(model, item.x, item.image, name=item.name, queries=item.queries or queries, page=page,
-                         max_bases=max_bases)
+                         max_bases=max_bases, decades=decades)
         for i, (cap, fig) in enumerate(result.figures):
             written.append(render.save_png(os.path.join(out_dir, f"{item.name}_{i}_{slug(cap)}.png"), fig, compact))
         analyses.append(result)
