@@ -1,0 +1,330 @@
+"""segattn against mmsegmentation 1.2.2, side by side: modules and decode heads on the same features.
+
+mmsegmentation is never a segattn dependency: install it in its own virtual environment together with
+segattn (``--no-deps``) and run this script with that environment's python (README "Peer comparison")::
+
+    python3 -m venv ../mmseg-venv
+    ../mmseg-venv/bin/pip install torch==2.13.0 mmsegmentation==1.2.2 mmengine==0.10.7 mmcv-lite==2.1.0 ftfy regex
+    ../mmseg-venv/bin/pip install --no-deps -e .
+    ../mmseg-venv/bin/python benchmarks/peers.py --sizes 64 97 128 --modes eval train
+
+Method: every (case, size, mode, implementation) runs in a fresh process; the two implementations are
+interleaved (their order alternates between rounds) so a busy machine's drift hits both alike. In each
+process: one warm-up step at the full size, then ``--reps`` timed steps (median); the first of them
+is also the memory-measured one (growth of the kernel's peak-RSS mark, reset just before the step;
+glibc's mmap threshold is fixed at 64 KiB so freed tensors go back to the OS and the mark sees the
+step, not the allocator's history). ``eval`` is a forward in eval mode under ``no_grad``; ``train`` is forward +
+backward in train mode (to the input and every parameter) of the mean of every output. Ratios are
+ours / mmseg from the same run.
+
+mmcv-lite ships no compiled extension: a placeholder ``mmcv._ext`` whose functions raise when called
+lets ``mmcv.ops`` import (its CrissCrossAttention is pure PyTorch); cases that need a compiled op
+(PSAMask: PSANet) report that instead of a number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import types
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+NUM_CLASSES = 19
+CHANNELS = 512
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    kind: str  # "module" or "head"
+    note: str  # what is matched / where the layouts differ
+
+
+CASES: Dict[str, Case] = {c.name: c for c in [
+    Case("nonlocal", "module", "embedded Gaussian, reduction 2, scaled, BN on the output conv (mmcv NonLocal2d)"),
+    Case("danet_pam", "module", "DANet PAM, q/k C/8, no scaling (mmseg da_head.PAM)"),
+    Case("danet_cam", "module", "DANet CAM, max - energy (mmseg da_head.CAM)"),
+    Case("ccnet", "module", "one criss-cross pass, q/k C/8 (mmcv.ops.CrissCrossAttention; ours recurrence=1)"),
+    Case("fcn_head", "head", "FCNHead, 2 convs + concat input (identical layers)"),
+    Case("nl_head", "head", "NLHead (NonLocal2d between the two 3x3 convs, concat input)"),
+    Case("da_head", "head", "DAHead, pam_channels 64; all three outputs in the loss"),
+    Case("cc_head", "head", "CCHead, recurrence 2"),
+    Case("isa_head", "head", "ISAHead, isa_channels 256, down_factor (8, 8)"),
+    Case("ema_head", "head", "EMAHead ema_channels 512, channels 256, concat_input=False (ours: fc0 -> EMAU -> fc1, "
+                             "mmseg adds its frozen mid conv, out conv and residual)"),
+    Case("apc_head", "head", "APCHead, pool scales (1, 2, 3, 6), fusion"),
+    Case("psa_head", "head", "PSANet bi-direction, mask 2h'-1 (mmseg's PSAMask is a compiled op)"),
+]}
+
+
+# ------------------------------------------------------------------------------------------ builders
+def _ours(case: str) -> Callable[..., Any]:
+    import segattn
+
+    if case == "nonlocal":
+        return segattn.create_module("nonlocal", CHANNELS)
+    if case in ("danet_pam", "danet_cam"):
+        return segattn.create_module(case, CHANNELS)
+    if case == "ccnet":
+        return segattn.create_module("ccnet", CHANNELS, recurrence=1)
+    model_name, kw = {
+        "fcn_head": ("fcn", {}), "nl_head": ("nonlocal", {}), "da_head": ("danet", {}), "cc_head": ("ccnet", {}),
+        "isa_head": ("isanet", {}), "ema_head": ("emanet", {}), "apc_head": ("apcnet", {}),
+        "psa_head": ("psanet", {}),
+    }[case]
+    return model_name, kw
+
+
+def build_ours(case: str, size: int) -> Any:
+    import torch
+
+    built = _ours(case)
+    if not isinstance(built, tuple):
+        return built
+    model_name, kw = built
+    if case == "psa_head":
+        h = (size - 1) // 2 + 1
+        kw = {"context_kw": {"mask_size": (2 * h - 1, 2 * h - 1)}}
+    # resnet18's layer4 has 512 channels: the head sees C_in = 512 like mmseg's head below.
+    import segattn
+
+    model = segattn.create_model(model_name, NUM_CLASSES, backbone="resnet18", aux=False, channels=CHANNELS, **kw)
+    head = model.head
+
+    class Head(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.head = head
+
+        def forward(self, x: Any) -> Any:
+            return list(self.head([x]).values())
+
+    return Head()
+
+
+def install_ext_placeholder() -> None:
+    """Register ``mmcv._ext``: every attribute is a function that raises (mmcv-lite has no compiled ops)."""
+
+    class _Ext(types.ModuleType):
+        def __getattr__(self, name: str) -> Callable[..., Any]:
+            if name.startswith("__"):
+                raise AttributeError(name)
+
+            def missing(*args: Any, **kwargs: Any) -> Any:
+                raise RuntimeError(f"needs a compiled op (mmcv._ext.{name}; mmcv-lite has none)")
+
+            return missing
+
+    sys.modules.setdefault("mmcv._ext", _Ext("mmcv._ext"))
+
+
+def build_mmseg(case: str, size: int) -> Any:
+    install_ext_placeholder()
+    if case == "nonlocal":
+        from mmcv.cnn import NonLocal2d
+
+        return NonLocal2d(CHANNELS, reduction=2, use_scale=True, mode="embedded_gaussian", norm_cfg=dict(type="BN"))
+    if case == "danet_pam":
+        from mmseg.models.decode_heads.da_head import PAM
+
+        return PAM(CHANNELS, CHANNELS // 8)
+    if case == "danet_cam":
+        from mmseg.models.decode_heads.da_head import CAM
+
+        return CAM()
+    if case == "ccnet":
+        from mmcv.ops import CrissCrossAttention
+
+        return CrissCrossAttention(CHANNELS)
+    from mmseg.registry import MODELS
+    from mmseg.utils import register_all_modules
+
+    register_all_modules(init_default_scope=False)
+    common = dict(in_channels=CHANNELS, in_index=0, channels=CHANNELS, num_classes=NUM_CLASSES, dropout_ratio=0.1,
+                  norm_cfg=dict(type="BN", requires_grad=True), align_corners=False)
+    h = (size - 1) // 2 + 1
+    cfg = {
+        "fcn_head": dict(type="FCNHead", num_convs=2, concat_input=True),
+        "nl_head": dict(type="NLHead", reduction=2, use_scale=True, mode="embedded_gaussian"),
+        "da_head": dict(type="DAHead", pam_channels=64),
+        "cc_head": dict(type="CCHead", recurrence=2),
+        "isa_head": dict(type="ISAHead", isa_channels=256, down_factor=(8, 8)),
+        "ema_head": dict(type="EMAHead", ema_channels=512, num_bases=64, num_stages=3, momentum=0.1,
+                         concat_input=False, channels=256),
+        "apc_head": dict(type="APCHead", pool_scales=(1, 2, 3, 6), fusion=True),
+        "psa_head": dict(type="PSAHead", mask_size=(2 * h - 1, 2 * h - 1), psa_type="bi-direction", compact=False,
+                         shrink_factor=2, normalization_factor=1.0, psa_softmax=True),
+    }[case]
+    head = MODELS.build({**common, **cfg})
+    import torch
+
+    class Head(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.head = head
+
+        def forward(self, x: Any) -> Any:
+            out = self.head([x])
+            return list(out) if isinstance(out, (tuple, list)) else [out]
+
+    return Head()
+
+
+# ------------------------------------------------------------------------------------------ worker
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def worker(impl: str, case: str, size: int, mode: str, reps: int, threads: int) -> Dict[str, Any]:
+    """One process, one implementation: a warm-up step, then ``reps`` timed steps (the first memory-measured)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    module = build_ours(case, size) if impl == "ours" else build_mmseg(case, size)
+    train = mode == "train"
+    module.train(train)
+    x = torch.randn(1, CHANNELS, size, size)
+
+    def step() -> None:
+        if train:
+            xi = x.clone().requires_grad_(True)
+            out = module(xi)
+            outs = out if isinstance(out, list) else [out]
+            sum(o.float().mean() for o in outs).backward()
+            module.zero_grad(set_to_none=True)
+        else:
+            with torch.no_grad():
+                module(x)
+
+    step()  # warm-up at the full size
+    times, peak_mb = [], 0.0
+    for i in range(reps):
+        if i == 0:  # the first timed step is also the memory-measured one
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            base = _status_kib("VmRSS")
+        start = time.perf_counter()
+        step()
+        times.append((time.perf_counter() - start) * 1e3)
+        if i == 0:
+            peak_mb = (_status_kib("VmHWM") - base) / 1024
+    return {"ms": statistics.median(times), "peak_mb": peak_mb}
+
+
+def run_worker(python: str, impl: str, case: str, size: int, mode: str, reps: int, threads: int,
+               timeout: float) -> Dict[str, Any]:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MALLOC_MMAP_THRESHOLD_": "65536",
+           "PYTHONWARNINGS": "ignore"}
+    cmd = [python, os.path.abspath(__file__), "--worker", impl, case, str(size), mode, str(reps), str(threads)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    if proc.returncode != 0:
+        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+        msg = lines[-1] if lines else f"exit {proc.returncode}"
+        if "compiled op" in proc.stderr:
+            msg = "needs a compiled op (PSAMask)"
+        return {"error": msg[:160]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------------------------------ driver
+def _cell(values: List[float], digits: int = 0) -> str:
+    return f"{statistics.median(values):.{digits}f}" if values else "-"
+
+
+def table(results: Dict[Tuple[str, int, str, str], Dict[str, Any]], cases: List[str], sizes: List[int],
+          modes: List[str]) -> str:
+    lines = ["| case | size | mode | ours ms | mmseg ms | time ours/mmseg | ours MiB | mmseg MiB | memory ours/mmseg |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for case in cases:
+        for size in sizes:
+            for mode in modes:
+                o, m = results.get((case, size, mode, "ours"), {}), results.get((case, size, mode, "mmseg"), {})
+                row = [case, f"{size}x{size}", mode]
+                ot, mt = o.get("ms", []), m.get("ms", [])
+                om, mm = o.get("peak_mb", []), m.get("peak_mb", [])
+                row += [_cell(ot) if ot else o.get("error", "-"), _cell(mt) if mt else m.get("error", "-")]
+                row.append(f"{statistics.median(ot) / statistics.median(mt):.2f}x" if ot and mt else "-")
+                row += [_cell(om), _cell(mm)]
+                row.append(f"{statistics.median(om) / statistics.median(mm):.2f}x" if om and mm and
+                           statistics.median(mm) > 0 else "-")
+                lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--cases", nargs="*", default=list(CASES), help=f"subset of {', '.join(CASES)}")
+    p.add_argument("--sizes", nargs="*", type=int, default=[64, 97, 128])
+    p.add_argument("--modes", nargs="*", default=["eval", "train"], choices=["eval", "train"])
+    p.add_argument("--rounds", type=int, default=2, help="interleaved rounds (fresh processes each)")
+    p.add_argument("--reps", type=int, default=2, help="timed steps per process (median)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--python", default=sys.executable, help="interpreter with segattn and mmseg (default: this one)")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds per process")
+    p.add_argument("--out", default=None, help="write the raw results as JSON here (must not exist)")
+    p.add_argument("--worker", nargs=6, metavar=("IMPL", "CASE", "SIZE", "MODE", "REPS", "THREADS"),
+                   help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        impl, case, size, mode, reps, threads = args.worker
+        print(json.dumps(worker(impl, case, int(size), mode, int(reps), int(threads))))
+        return 0
+    bad = [c for c in args.cases if c not in CASES]
+    if bad:
+        p.error(f"unknown case(s) {bad}; expected some of {list(CASES)}")
+    if args.out and os.path.exists(args.out):
+        p.error(f"--out {args.out} exists; pick a new path")
+    probe = subprocess.run([args.python, "-c", "import mmseg, segattn; print(mmseg.__version__)"],
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        p.error(f"{args.python} cannot import both mmseg and segattn; see the recipe in this file's docstring")
+    cmd = "python benchmarks/peers.py " + " ".join(a for a in (argv if argv is not None else sys.argv[1:]))
+    print(f"mmseg {probe.stdout.strip()}, {args.threads} thread(s), {args.rounds} interleaved round(s) of fresh "
+          f"processes, median of {args.reps} timed steps each; batch 1, {CHANNELS} channels", flush=True)
+    results: Dict[Tuple[str, int, str, str], Dict[str, Any]] = {}
+    for r in range(args.rounds):
+        for case in args.cases:
+            for size in args.sizes:
+                for mode in args.modes:
+                    impls = ("ours", "mmseg") if r % 2 == 0 else ("mmseg", "ours")
+                    for impl in impls:
+                        res = run_worker(args.python, impl, case, size, mode, args.reps, args.threads, args.timeout)
+                        slot = results.setdefault((case, size, mode, impl), {"ms": [], "peak_mb": []})
+                        if "error" in res:
+                            slot["error"] = res["error"]
+                        else:
+                            slot["ms"].append(res["ms"])
+                            slot["peak_mb"].append(res["peak_mb"])
+                        print(f"round {r + 1} {case} {size} {mode} {impl}: {res}", flush=True)
+    print()
+    print(f"`{cmd}`")
+    print()
+    print(table(results, args.cases, args.sizes, args.modes))
+    print()
+    for case in args.cases:
+        print(f"- {case}: {CASES[case].note}")
+    if args.out:
+        from segattn.io import atomic_write_json
+
+        atomic_write_json(args.out, {"command": cmd, "threads": args.threads, "rounds": args.rounds,
+                                     "results": [{"case": k[0], "size": k[1], "mode": k[2], "impl": k[3], **v}
+                                                 for k, v in results.items()]})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
