@@ -45,7 +45,13 @@ def test_resume_auto_without_checkpoint_is_an_error(tmp_path):
             work.mkdir()
         with pytest.raises(WorkDirError, match="no last.pt to resume from"):
             _train(work, train={"resume": "auto"})
-    assert not (tmp_path / "empty" / LOCK_NAME).exists()  # the lock is released on errors too
+    assert not (tmp_path / "missing").exists()  # nothing created
+    assert os.listdir(tmp_path / "empty") == []
+    work = tmp_path / "started"
+    work.mkdir()
+    (work / "metrics.jsonl").write_text("")  # killed before its first checkpoint
+    with pytest.raises(WorkDirError, match="holds no checkpoint"):
+        _train(work, train={"resume": "auto"})
 
 
 def test_fresh_start_stores_config_and_says_so(tmp_path, capsys):

@@ -250,6 +250,7 @@ def prepare_work_dir(cfg: Config, lock: WorkDirLock, load: bool = True) -> RunSt
 
     work_dir = cfg.train.work_dir
     check_work_dir_path(work_dir)
+    path = _resume_path(cfg)  # before anything is created: resuming nothing is an error
     try:
         os.makedirs(work_dir, exist_ok=True)
     except OSError as exc:
@@ -261,7 +262,6 @@ def prepare_work_dir(cfg: Config, lock: WorkDirLock, load: bool = True) -> RunSt
     removed = clean_temp_files(work_dir)
     if removed:
         start.notes.append(f"removed {len(removed)} temporary file(s) left by an interrupted save: {', '.join(removed)}")
-    path = _resume_path(cfg)
     if path is None:
         existing = run_entries(work_dir)
         if existing and not cfg.train.overwrite:
