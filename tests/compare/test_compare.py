@@ -18,7 +18,7 @@ TINY_SET = {
     "model.kwargs.channels": 16, "train.log_interval": 1, "train.ckpt_interval": 1,
     "data.dataset_kwargs": {"size": [32, 32], "num_classes": 3, "blob_size": [8, 10], "margin": 8, "cue_size": 6,
                             "num_blobs": [1, 2]},
-    "data.train_kwargs.num_samples": 8, "data.val_kwargs.num_samples": 5,
+    "data.train_kwargs.num_samples": 8, "data.val_kwargs.num_samples": 5, "eval.scales": [0.5],
 }
 TINY = {
     "name": "tiny", "reference": "fcn", "seeds": 2, "margin": 1.0,
@@ -113,12 +113,16 @@ def test_tiny_plan_interrupt_resume_and_report(tmp_path):
     assert stored[0]["train"].pop("seed") == 0 and stored[1]["train"].pop("seed") == 1
     assert stored[0] == stored[1]
     assert r["cost"]["macs"] > r["cost"]["context_macs"] > 0
+    assert r["cost"]["eval_size"] == [16, 16]  # 32x32 images run at eval.scales 0.5
     fc_row = {e["name"]: e for e in agg["entries"]}["fcn"]
     assert fc_row["cost"]["context_macs"] == 0
     md = (out / "compare.md").read_text()
     assert f"{mean:.1f} ± {std:.1f}" in md and "## Claims" in md
     assert agg["claims"][0]["verdict"] in ("holds", "does not hold", "cannot tell")
     assert (out / "compare.csv").read_text().startswith("entry,")
+    from segattn.compare.report import headline
+
+    assert f"| `nl` | 2 | {mean:.1f} ± {std:.1f} | {dmean:+.1f} [" in headline(agg)
 
 
 def test_resume_refuses_a_changed_config(tmp_path):

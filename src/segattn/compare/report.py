@@ -354,3 +354,24 @@ def write_report(plan: Plan, out: Union[str, Path], dataset: str, report_dir: Op
     if png is not None:
         paths["plot"] = png
     return {"aggregate": agg, "paths": {k: str(v) for k, v in paths.items()}}
+
+
+def headline(agg: Dict[str, Any]) -> str:
+    """A compact table (mIoU, Δ vs reference, cost) and the verdict of each claim, for a README."""
+    ref = agg["reference"]
+    lines = [f"| entry | seeds | mIoU | Δ vs `{ref}` (95 % CI) | params (M) | GMACs | train-step mem (MiB) |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for e in agg["entries"]:
+        if not e["seeds"]:
+            continue
+        v, c = e.get("vs_reference"), e.get("cost", {})
+        if v and v["n"]:
+            delta = f"{v['mean']:+.1f}" + (f" {_ci(v['ci_low'], v['ci_high'], True)}" if v["n"] >= 2 else "")
+        else:
+            delta = "(reference)" if e["name"] == ref else "-"
+        lines.append(f"| `{e['name']}` | {len(e['seeds'])} | {_pm(e['mIoU'])} | {delta} | {_num(c.get('params'), 1e6)} | "
+                     f"{_num(c.get('macs'), 1e9, 3)} | {_num(c.get('train_step_mem_mb'), 1, 0)} |")
+    lines.append("")
+    for c in agg["claims"]:
+        lines.append(f"- {c['id']}. {c['text']}: **{VERDICT_TEXT[c['verdict']]}**")
+    return "\n".join(lines)

@@ -242,11 +242,18 @@ def train_step(net: nn.Module, images: torch.Tensor, masks: torch.Tensor) -> Non
 
 def measure_cost(model: nn.Module, train_set: Any, val_set: Any, cfg: Any, device: torch.device,
                  run_config: Optional[Path] = None) -> Dict[str, Any]:
-    """Parameters, MACs, latency and training-step memory, all at the run's own sizes.
+    """Parameters, MACs, latency and training-step memory, all at the run's own sizes (the first
+    validation image at the single ``eval.scales`` factor if there is one; the training batch shape).
 
     A measurement that fails (an operator FlopCounterMode cannot count, say) is recorded as NaN with
     its error in ``errors``; it never costs the trained run."""
     image = val_set[0][0].unsqueeze(0).to(device)
+    scales = list(cfg.eval.scales or [1.0])
+    if len(scales) == 1 and scales[0] != 1.0:  # the size the model runs at (eval.scales), as in evaluation
+        h, w = image.shape[-2:]
+        size = (max(1, round(h * scales[0])), max(1, round(w * scales[0])))
+        image = torch.nn.functional.interpolate(image, size=size, mode="bilinear", align_corners=False,
+                                                antialias=scales[0] < 1)
     bs = cfg.data.batch_size
     batch = [train_set[i] for i in range(min(bs, len(train_set)))]
     images = torch.stack([b[0] for b in batch]).to(device)
