@@ -206,7 +206,7 @@ def markdown(agg: Dict[str, Any], command: str) -> str:
               "backward at the training batch, resident-set growth on CPU) were measured inside each run, "
               "on a machine that may have been shared, median over seeds.", ""]
     head = ["entry", "setting", "seeds", "mIoU", "95 % CI", f"Δ vs {ref}", "Δ 95 % CI", "p", "Δ bootstrap CI",
-            "params (M)", "GMACs", "context GMACs", "latency (ms)", "train-step mem (MiB)", "train time (s)"]
+            "params (M)", "GMACs", "context MMACs", "latency (ms)", "train-step mem (MiB)", "train time (s)"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
     for e in agg["entries"]:
         s, c = e["mIoU"], e.get("cost", {})
@@ -216,7 +216,7 @@ def markdown(agg: Dict[str, Any], command: str) -> str:
                  f"{v['mean']:+.1f}" if v and v["n"] else ("(reference)" if e["name"] == ref else "-"),
                  _ci(v["ci_low"], v["ci_high"], True) if v else "-", _p(v.get("p")) if v else "-",
                  _ci(boot.get("low", math.nan), boot.get("high", math.nan), True) if v else "-",
-                 _num(c.get("params"), 1e6), _num(c.get("macs"), 1e9, 3), _num(c.get("context_macs"), 1e9, 3),
+                 _num(c.get("params"), 1e6), _num(c.get("macs"), 1e9, 3), _num(c.get("context_macs"), 1e6, 2),
                  _num(c.get("latency_ms"), 1, 1), _num(c.get("train_step_mem_mb"), 1, 0),
                  _num(e.get("train_wall_s"), 1, 0)]
         lines.append("| " + " | ".join(cells) + " |")
