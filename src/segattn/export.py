@@ -32,11 +32,12 @@ needs neither.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -262,8 +263,25 @@ def _onnx_program(model: nn.Module, x: Tensor, dynamic: bool, opset: int) -> Any
         import onnxscript  # noqa: F401
     except ImportError as err:
         raise ImportError("ONNX export needs onnx and onnxscript (pip install 'segattn[onnx]')") from err
-    return torch.onnx.export(model, (x,), dynamo=True, opset_version=opset, dynamic_shapes=dims,
-                             input_names=["image"], output_names=["logits"], verbose=False)
+    with _exporter_errors(f"ONNX opset {opset}"):
+        return torch.onnx.export(model, (x,), dynamo=True, opset_version=opset, dynamic_shapes=dims,
+                                 input_names=["image"], output_names=["logits"], verbose=False)
+
+
+@contextlib.contextmanager
+def _exporter_errors(target: str) -> Iterator[None]:
+    """An exporter failure (an op without a translation, a data-dependent shape) as one
+    :class:`ExportError` line naming the first cause, instead of the exporter's long report."""
+    try:
+        yield
+    except ExportError:
+        raise
+    except Exception as exc:
+        cause: BaseException = exc
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        first = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:300]
+        raise ExportError(f"the model cannot be exported to {target}: {type(cause).__name__}: {first}") from exc
 
 
 def _ort_session(path: str, threads: int = 0) -> Any:
@@ -352,10 +370,7 @@ def export(model: nn.Module, out: PathLike, *, format: str = "onnx", size: Any =
 
     if fmt == "onnx":
         def write(tmp: str) -> None:
-            if mode is not None:
-                with mode:
-                    program = _onnx_program(model, x, dynamic, opset)
-            else:
+            with mode or contextlib.nullcontext():
                 program = _onnx_program(model, x, dynamic, opset)
             program.save(tmp)
             run = _ort_session(tmp)
@@ -366,10 +381,7 @@ def export(model: nn.Module, out: PathLike, *, format: str = "onnx", size: Any =
     else:
         def write(tmp: str) -> None:
             dims = ({2: torch.export.Dim.AUTO, 3: torch.export.Dim.AUTO},) if dynamic else None
-            if mode is not None:
-                with mode:
-                    program = torch.export.export(model, (x,), dynamic_shapes=dims)
-            else:
+            with _exporter_errors("a torch.export program"), (mode or contextlib.nullcontext()):
                 program = torch.export.export(model, (x,), dynamic_shapes=dims)
             torch.export.save(program, tmp)
             loaded = torch.export.load(tmp).module()

@@ -99,9 +99,16 @@ def test_refusal_names_the_layer_and_offers_a_fixed_size(tmp_path) -> None:
 
 
 def test_fixed_size_export_checks_one_size(tmp_path) -> None:
-    result = export_model(PoolNet(kind="max"), tmp_path / "max.onnx", size="16x20")
+    result = export_model(PoolNet(bins=3), tmp_path / "pool.onnx", size="16x20")
     assert [c.size for c in result.checks] == [(16, 20)] and result.checks[0].ok
-    assert not result.dynamic and result.opset == 20
+    assert not result.dynamic and result.opset == 20 and result.generic_pooling == []
+
+
+def test_exporter_failures_are_one_export_error(tmp_path) -> None:
+    # ONNX has no translation for adaptive max pooling to a grid, even at a fixed size
+    with pytest.raises(ExportError, match="cannot be exported to ONNX opset 20: .*adaptive_max_pool2d"):
+        export_model(PoolNet(kind="max"), tmp_path / "max.onnx", size="16x20")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_pt2_dynamic_export(tmp_path) -> None:

@@ -1,0 +1,52 @@
+"""``segattn export`` / ``segattn models`` / ``segattn --version`` from the command line (in-process)."""
+
+from __future__ import annotations
+
+import pytest
+
+import segattn
+from segattn.cli import main
+
+
+def test_version(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"segattn {segattn.__version__}"
+
+
+def test_export_onnx_from_a_model_name(tmp_path, capsys) -> None:
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "fcn.onnx"
+    args = ["export", "--model", "fcn", "--num-classes", "3", "--kw", 'backbone="resnet18"', "--kw", "channels=8",
+            "--size", "32x40", "--out", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert out.is_file() and "onnx opset 20, fixed 32x40, verified on ONNX Runtime" in printed
+    assert "32x40: max |diff|" in printed and "- ok" in printed
+    assert main(args) == 2  # exists: refused before any work
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "fcn", "--checkpoint", "x.pt"], "exactly one of --checkpoint"),
+    (["--model", "fcnn"], "fcnn"),
+    (["--model", "fcn", "--size", "big"], "HxW"),
+    (["--model", "fcn", "--format", "pt2", "--opset", "20"], "ONNX exports only"),
+    (["--checkpoint", "missing/last.pt"], "missing/last.pt"),
+    (["--checkpoint", "x.pt", "--format", "hub", "--dynamic"], "apply to --format onnx|pt2 only"),
+])
+def test_export_errors_are_one_line(tmp_path, capsys, args, message) -> None:
+    assert main(["export", *args, "--out", str(tmp_path / "o.onnx")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("segattn export: error:") and message in err and len(err.splitlines()) == 1
+
+
+def test_models_lists_and_describes(capsys) -> None:
+    assert main(["models", "psp*"]) == 0
+    out = capsys.readouterr().out
+    assert "pspnet" in out and "ppm" in out and "fcn " not in out
+    assert main(["models", "--info", "pspnet", "--size", "64x64"]) == 0
+    out = capsys.readouterr().out
+    assert "Zhao, Shi, Qi, Wang, Jia, CVPR 2017" in out and "at 64x64" in out
+    assert "segattn train --config camvid/pspnet_r18c_camvid_cpu.yaml" in out
