@@ -24,6 +24,7 @@ from segattn.viz import NoAttentionError, channel_attention, pixel_weights, run_
 from segattn.viz.weights import FAMILIES
 from tests.helpers import perturb_
 
+pytestmark = pytest.mark.filterwarnings("ignore:SGR without a knowledge graph")
 C, H, W = 16, 16, 16
 QUERY = (5, 6)
 NAMES = segattn.list_modules() + ["carafe"]

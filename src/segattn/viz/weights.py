@@ -17,6 +17,7 @@ node features, not on positions).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Tuple
 
@@ -259,7 +260,7 @@ def local_relation_weights(module: nn.Module, factors: Attention, size: Pair, qu
 
 def _splat(out: Tensor, y: float, x: float, value: Tensor) -> None:
     """Bilinear splat of ``value`` at real (y, x) onto ``out`` (H, W); taps outside are dropped."""
-    y0, x0 = int(torch.floor(torch.tensor(y))), int(torch.floor(torch.tensor(x)))
+    y0, x0 = math.floor(y), math.floor(x)
     fy, fx = y - y0, x - x0
     for yy, wy in ((y0, 1.0 - fy), (y0 + 1, fy)):
         for xx, wx in ((x0, 1.0 - fx), (x0 + 1, fx)):
@@ -398,7 +399,7 @@ def pixel_weights(module: nn.Module, x: Tensor, query: Pair, factors: Mapping[st
     name = registered_name(module)
     if name not in FAMILIES:
         raise NoAttentionError(f"{name} has no per-pixel attention weights to show (fixed convolutions / pooling); "
-                               f"modules with weights: {', '.join(sorted(FAMILIES))}")
+                               f"modules with weights: {', '.join(n for n in sorted(FAMILIES) if supports_pixel_weights(n))}")
     if x.dim() != 4 or x.shape[0] != 1:
         raise ValueError(f"pixel_weights expects one feature map of shape (1, C, H, W), got {tuple(x.shape)}")
     size: Pair = (int(x.shape[2]), int(x.shape[3]))
