@@ -7,14 +7,15 @@ from segattn.bench.measure import BenchResult, BenchSetting, add_throughput, exe
 from segattn.bench.report import achieved_gmacs, markdown_table
 
 
-def test_executed_macs_see_the_padding_of_fused_pam():
-    setting = BenchSetting(in_channels=32, height=5, width=6, batch=2)
-    n, c, d = 30, 32, 4
-    pam = create_module("danet_pam", c)
-    assert pam.flops(5, 6) == n * c * (2 * d + c) + n * n * (d + c)  # the algorithm
-    # the fused kernel pads query/key from C/8 to C: logits cost N^2 C instead of N^2 C/8
-    assert executed_macs("danet_pam", setting) == 2 * (n * c * (2 * d + c) + n * n * (c + c))
-    assert executed_macs("nonlocal", setting) == 2 * create_module("nonlocal", c).flops(5, 6)  # no padding
+def test_executed_macs_see_the_padding_of_fused_kernels():
+    c = 32
+    setting = BenchSetting(in_channels=c, height=5, width=6, batch=2)
+    # DANet PAM (d = C/8): its forward takes the chunked exact path, which executes the algorithm's MACs
+    assert executed_macs("danet_pam", setting) == 2 * create_module("danet_pam", c).flops(5, 6)
+    assert executed_macs("nonlocal", setting) == 2 * create_module("nonlocal", c).flops(5, 6)  # d = dv
+    # ISA's long/short-range attention (d = C/2 < dv = C) pads query/key to C for the fused kernel
+    isa = create_module("isa", c)
+    assert executed_macs("isa", BenchSetting(in_channels=c, height=16, width=16)) > isa.flops(16, 16)
 
 
 def test_table_reports_achieved_rate_against_matmul():

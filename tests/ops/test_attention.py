@@ -108,8 +108,25 @@ def test_chunked_attention_equals_naive_with_gradients(monkeypatch, scale):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
     assert torch.autograd.gradcheck(lambda a, b, c: attention.ChunkedAttention.apply(a, b, c, scale),
                                     (q[:1, :7], k[:1, :5], v[:1, :5, :3]))
-    with torch.no_grad():  # forward alone keeps the fused kernel
+    with torch.no_grad():  # forward alone keeps the fused kernel for dv < 4 d
         torch.testing.assert_close(softmax_attention(q, k, v, scale=scale), naive, atol=1e-12, rtol=0)
+
+
+def test_forward_takes_chunked_path_only_for_wide_values(monkeypatch):
+    from segattn.ops import attention
+
+    calls = []
+    original = attention.ChunkedAttention.apply
+    monkeypatch.setattr(attention.ChunkedAttention, "apply", lambda *a: calls.append(1) or original(*a))
+    q, k = torch.randn(1, 40, 4), torch.randn(1, 30, 4)
+    with torch.no_grad():
+        for dv, chunked in ((16, True), (15, False), (4, False)):
+            v = torch.randn(1, 30, dv)
+            calls.clear()
+            out = softmax_attention(q, k, v, scale=0.5)
+            assert bool(calls) == chunked, dv
+            with reference_attention():
+                torch.testing.assert_close(out, softmax_attention(q, k, v, scale=0.5))
 
 
 def test_chunked_attention_holds_a_bounded_part_of_the_map():
