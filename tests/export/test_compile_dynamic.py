@@ -51,7 +51,7 @@ def test_upsampler_runs_at_two_sizes_without_recompiling(name: str) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ALL_MODELS)
 def test_model_runs_at_two_sizes_without_recompiling(name: str) -> None:
-    if name not in representative_models() + ["emanet", "nonlocal"] and not RUN_ALL:
+    if name not in representative_models() and not RUN_ALL:
         pytest.skip("CI runs the representative set; SEGATTN_EXPORT_ALL=1 runs every model")
     model = perturb_(segattn.create_model(name, 3, **TINY))
     _runs_without_recompiling(model, [torch.randn(2, 3, 65, 97), torch.randn(2, 3, 49, 71)])
