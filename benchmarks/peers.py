@@ -222,6 +222,15 @@ def worker(impl: str, case: str, size: int, mode: str, reps: int, threads: int) 
     return {"ms": statistics.median(times), "peak_mb": peak_mb}
 
 
+def short_error(message: str) -> str:
+    """The table's wording for the known failures of a worker; other messages cut to 160 characters."""
+    if "compiled op" in message:
+        return "needs a compiled op (PSAMask)"
+    if "Expected more than 1 value per channel" in message:
+        return "cannot train at batch 1 (BatchNorm on a 1x1 pooled branch)"
+    return message[:160]
+
+
 def run_worker(python: str, impl: str, case: str, size: int, mode: str, reps: int, threads: int,
                timeout: float) -> Dict[str, Any]:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MALLOC_MMAP_THRESHOLD_": "65536",
@@ -233,10 +242,7 @@ def run_worker(python: str, impl: str, case: str, size: int, mode: str, reps: in
         return {"error": f"timed out after {timeout:.0f} s"}
     if proc.returncode != 0:
         lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
-        msg = lines[-1] if lines else f"exit {proc.returncode}"
-        if "compiled op" in proc.stderr:
-            msg = "needs a compiled op (PSAMask)"
-        return {"error": msg[:160]}
+        return {"error": short_error(lines[-1] if lines else f"exit {proc.returncode}")}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 

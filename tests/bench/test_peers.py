@@ -30,6 +30,7 @@ def test_table_ratios_and_errors():
     text = peers.table(results, ["nonlocal", "psa_head"], [64], ["eval"])
     assert "| nonlocal | 64x64 | eval | 60 | 110 | 0.55x | 10 | 40 | 0.25x |" in text
     assert "needs a compiled op (PSAMask)" in text
+    assert peers.short_error("ValueError: Expected more than 1 value per channel when training").startswith("cannot")
 
 
 def test_ext_placeholder_raises_only_when_called(monkeypatch):
