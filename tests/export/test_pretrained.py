@@ -187,7 +187,8 @@ def _training_checkpoint(tmp_path: Path) -> Path:
     from segattn.engine.config import config_from_dict
 
     cfg = config_from_dict({"name": "toy", "model": {"name": "fcn", "backbone": "resnet18", "kwargs": {"channels": 8}},
-                            "data": {"dataset": "synthetic", "crop_size": [32, 48]},
+                            "data": {"dataset": "synthetic", "crop_size": [32, 48], "val_batch_size": 2,
+                                     "dataset_kwargs": {"num_classes": 3}, "val_kwargs": {"num_samples": 2}},
                             "eval": {"scales": [0.5]}})
     torch.manual_seed(1)
     net = perturb_(build.build_model(cfg.model, 3))
@@ -220,6 +221,11 @@ def test_export_hub_from_checkpoint_then_predict_and_eval_take_the_folder(tmp_pa
     b = np.asarray(Image.open(tmp_path / "p2" / "a_mask.png"))
     assert a.shape == (40, 52) and np.array_equal(a, b)
     assert Image.open(tmp_path / "p2" / "a_mask.png").getpalette()[3:6] == CARD["palette"][1]
+    # eval from the folder (its training_config.json: dataset, normalisation, eval settings) = eval from the run
+    for source, out in ((ckpt, "e1.json"), (tmp_path / "hub", "e2.json")):
+        assert main(["eval", "--checkpoint", str(source), "--device", "cpu", "--out", str(tmp_path / out)]) == 0
+    e1, e2 = (json.loads((tmp_path / n).read_text()) for n in ("e1.json", "e2.json"))
+    assert e1["samples"] == e2["samples"] == 2 and e1["mIoU"] == e2["mIoU"] and e1["IoU"] == e2["IoU"]
     # refusing to replace the folder, and a clear error for --format hub with --model
     assert main(["export", "--checkpoint", str(ckpt), "--format", "hub", "--out", str(tmp_path / "hub")]) == 2
     assert "overwrite" in capsys.readouterr().err
