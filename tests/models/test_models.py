@@ -197,7 +197,7 @@ def test_config_and_errors() -> None:
         create_model("fcn", 3, backbone="resnet18", chanels=16)
     with pytest.raises(ValueError, match="expects a 4-D input"):
         model(torch.randn(3, 33, 33))
-    with pytest.raises(FileNotFoundError, match="config.json"):
+    with pytest.raises(FileNotFoundError, match="no model folder"):
         from_pretrained("/nonexistent/dir")
 
 
