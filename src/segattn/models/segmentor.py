@@ -137,15 +137,6 @@ class SegmentationModel(nn.Module):
         return push_to_hub(self, repo_id, **kwargs)
 
 
-def _tuplify(value: Any) -> Any:
-    """JSON turns tuples into lists; constructors with tuple defaults get tuples back."""
-    if isinstance(value, list):
-        return tuple(_tuplify(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _tuplify(v) for k, v in value.items()}
-    return value
-
-
 def from_pretrained(source: Union[str, os.PathLike[str]], map_location: Any = "cpu",
                     strict: bool = True, **hub_kw: Any) -> SegmentationModel:
     """Rebuild a model saved with :meth:`SegmentationModel.save_pretrained` (a folder, or a Hugging Face
