@@ -100,3 +100,19 @@ def test_balanced_class_weights():
     w = build.balanced_weights(torch.tensor([100.0, 10.0, 1.0]))
     assert w == pytest.approx([0.1, 1.0, 10.0])
     assert build.balanced_weights(torch.tensor([4.0, 1.0, 0.0]), "sqrt")[2] == 1.0
+
+
+@pytest.mark.parametrize("shown", [True, False])
+def test_validation_progress_follows_train_progress(tmp_path, monkeypatch, shown):
+    import segattn.engine.train as train_mod
+
+    seen = []
+    real = train_mod.evaluate
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("show_progress", True))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "evaluate", spy)
+    _run(tmp_path, iters=2, train={"progress": shown})
+    assert seen and all(s is shown for s in seen)

@@ -401,7 +401,7 @@ class Trainer:
         e = self.cfg.eval
         return evaluate(build.unwrap(self.model), self.val_loader, self.meta["num_classes"], self.meta["ignore_index"],
                         self.meta["classes"], self.device, e.mode, e.crop_size, e.stride, e.scales, e.flip,
-                        e.max_samples, self.amp)
+                        e.max_samples, self.amp, show_progress=self.cfg.train.progress)
 
     def _evaluate_and_keep_best(self, log: RunLogger) -> Optional[Dict[str, Any]]:
         saved = rng_state()
