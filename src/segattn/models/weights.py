@@ -472,6 +472,8 @@ def save_pretrained(model: nn.Module, directory: Union[str, os.PathLike[str]], *
         for name in os.listdir(tmp):
             with open(os.path.join(tmp, name), "rb") as f:
                 os.fsync(f.fileno())
+        from segattn.io import _umask
+
         os.chmod(tmp, 0o777 & ~_umask())
         _swap_in(tmp, target)
         _fsync_dir(parent)
@@ -479,12 +481,6 @@ def save_pretrained(model: nn.Module, directory: Union[str, os.PathLike[str]], *
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _swap_in(tmp: str, target: str) -> None:
