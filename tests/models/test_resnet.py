@@ -70,6 +70,20 @@ def test_variants() -> None:
     assert not isinstance(c.layer2[0].downsample[0], torch.nn.AvgPool2d)
 
 
+@pytest.mark.parametrize("name", ["resnet18", "resnet50c"])
+def test_width_scales_every_stage(name: str) -> None:
+    # width w: stem output w, layer i has w * 2**(i-1) (x4 for bottlenecks) channels; 64 is the standard net
+    with torch.device("meta"):
+        std, narrow = create_backbone(name), create_backbone(name, width=16)
+    assert narrow.feature_info.channels() == [c // 4 for c in std.feature_info.channels()]
+    assert narrow.stem[-1][0].out_channels == 16 and narrow.layer1[0].conv1.in_channels == 16
+    feats = create_backbone(name, width=8, output_stride=8)(torch.randn(1, 3, 32, 32))
+    assert [f.shape[1] for f in feats] == [c // 8 for c in std.feature_info.channels()]
+    # a basic-block net's parameters scale with width squared, up to the stem's first conv and the BN
+    n16 = sum(p.numel() for p in ResNet(18, width=16).parameters())
+    assert abs(n16 / 11_176_512 - 1 / 16) < 0.01
+
+
 def test_classifier_mode_and_in_chans() -> None:
     net = ResNet(18, features_only=False, num_classes=7, in_chans=1)
     assert net(torch.randn(2, 1, 32, 32)).shape == (2, 7)
@@ -86,6 +100,8 @@ def test_batch_norm_is_batch1_safe_everywhere() -> None:
 @pytest.mark.parametrize("kwargs, match", [
     ({"output_stride": 4}, "output_stride"),
     ({"out_indices": (5,)}, "out_indices"),
+    ({"width": 0}, "width"),
+    ({"width": 16.0}, "width"),
 ])
 def test_errors(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):

@@ -144,14 +144,14 @@ def _make_stage(block: type, cin: int, planes: int, n: int, stride: int, dilatio
     return nn.Sequential(*blocks)
 
 
-def _make_stem(in_chans: int, deep_stem: bool, stem_width: int) -> nn.Sequential:
+def _make_stem(in_chans: int, deep_stem: bool, stem_width: int, width: int) -> nn.Sequential:
     if deep_stem:
         return nn.Sequential(
             ConvNormAct(in_chans, stem_width, 3, stride=2),
             ConvNormAct(stem_width, stem_width, 3),
-            ConvNormAct(stem_width, stem_width * 2, 3),
+            ConvNormAct(stem_width, width, 3),
         )
-    return nn.Sequential(ConvNormAct(in_chans, 64, 7, stride=2))
+    return nn.Sequential(ConvNormAct(in_chans, width, 7, stride=2))
 
 
 class ResNet(nn.Module):
@@ -164,6 +164,10 @@ class ResNet(nn.Module):
         multi_grid: multipliers of the stage-4 dilation per block (e.g. (1, 2, 4)); None = plain.
         deep_stem: three 3x3 convs (32, 32, 64 ch) instead of one 7x7 (ResNetV1c / timm "c").
         avg_down: average-pool in the projection shortcuts (ResNetV1d / timm "d").
+        stem_width: width of the deep stem's first two convs.
+        width: channels of the stem output and of layer1's 3x3 convs; layer ``i`` uses
+            ``width * 2**(i-1)`` (64 = the standard ResNet; 16 gives a network with about 1/16 of the
+            MACs, for quick experiments; pretrained files fit only 64).
         features_only: return a list of features at ``out_indices`` (default); otherwise global
             average pooling and a linear classifier of ``num_classes`` outputs.
         out_indices: timm indices: 0 = stem (reduction 2), 1..4 = layer1..layer4.
@@ -181,6 +185,7 @@ class ResNet(nn.Module):
         deep_stem: bool = False,
         avg_down: bool = False,
         stem_width: int = 32,
+        width: int = 64,
         features_only: bool = True,
         out_indices: Sequence[int] = (1, 2, 3, 4),
         num_classes: int = 1000,
@@ -193,15 +198,17 @@ class ResNet(nn.Module):
             raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride!r}")
         if any(i not in range(5) for i in out_indices):
             raise ValueError(f"out_indices must lie in 0..4 (0 = stem, 1..4 = layer1..4), got {tuple(out_indices)}")
+        if not isinstance(width, int) or isinstance(width, bool) or width < 1:
+            raise ValueError(f"width must be a positive int (64 = standard ResNet), got {width!r}")
         block = BasicBlock if depth < 50 else Bottleneck
         self.depth, self.output_stride = depth, output_stride
         self.features_only, self.out_indices = features_only, tuple(out_indices)
-        self.stem = _make_stem(in_chans, deep_stem, stem_width)
+        self.stem = _make_stem(in_chans, deep_stem, stem_width, width)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         strides, dilations = STRIDES_DILATIONS[output_stride]
-        cin, info = 64, [{"num_chs": 64, "reduction": 2, "module": "stem"}]
+        cin, info = width, [{"num_chs": width, "reduction": 2, "module": "stem"}]
         reduction = 4
-        for i, (n, planes) in enumerate(zip(STAGE_DEPTHS[depth], (64, 128, 256, 512))):
+        for i, (n, planes) in enumerate(zip(STAGE_DEPTHS[depth], (width, 2 * width, 4 * width, 8 * width))):
             grid = multi_grid if i == 3 else None
             stage = _make_stage(block, cin, planes, n, strides[i], dilations[i], grid, avg_down)
             self.add_module(f"layer{i + 1}", stage)
