@@ -191,15 +191,18 @@ def test_errors():
         aggregate_columns(unfold_window(x, 3), torch.zeros(1, 2, 9, 5, 5))
 
 
-@pytest.mark.parametrize("k, d, phases", [(3, 1, 1), (5, 2, 2), (1, 1, 1)])
-def test_window_aggregate_backward_equals_plain_autograd(k, d, phases):
+@pytest.mark.parametrize("k, d, phases, groups, per_group", [
+    (3, 1, 1, 3, 2), (5, 2, 2, 3, 2), (1, 1, 1, 3, 2),
+    (3, 1, 1, 1, 40), (3, 2, 2, 2, 33),  # more than 32 channels per group: the vecdot branch
+])
+def test_window_aggregate_backward_equals_plain_autograd(k, d, phases, groups, per_group):
     """ShiftedSum's own backward (the fast path under autograd) against autograd through the plain sum."""
     from segattn.ops import sampling
 
-    x = torch.randn(2, 6, 5, 7, dtype=D, requires_grad=True)
-    wts = torch.randn(2, 3, k * k, phases, 5, 7, dtype=D, requires_grad=True)
-    cot = torch.randn(2, 3, 2, phases, 5, 7, dtype=D)
-    args = (x.reshape(2, 3, 2, 5, 7), wts, k, d)
+    x = torch.randn(2, groups * per_group, 5, 7, dtype=D, requires_grad=True)
+    wts = torch.randn(2, groups, k * k, phases, 5, 7, dtype=D, requires_grad=True)
+    cot = torch.randn(2, groups, per_group, phases, 5, 7, dtype=D)
+    args = (x.reshape(2, groups, per_group, 5, 7), wts, k, d)
     fast = torch.autograd.grad((sampling.ShiftedSum.apply(*args) * cot).sum(), (x, wts))
     plain = torch.autograd.grad((sampling._shifted_sum_plain(*args) * cot).sum(), (x, wts))
     for a, b in zip(fast, plain):

@@ -200,25 +200,40 @@ class ShiftedSum(torch.autograd.Function):
         need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_padded = torch.zeros_like(padded) if need_x else None
         grad_w = torch.empty_like(weights) if need_w else None
+        single_phase = weights.shape[3] == 1
         for s in range(k * k):
             i, j = divmod(s, k)
             rows, cols = slice(i * d, i * d + h), slice(j * d, j * d + w)
-            if need_w:  # (B, G, R, P, H, W) * (B, G, R, 1, H, W) summed over R
-                torch.sum(grad * padded[..., rows, cols].unsqueeze(3), dim=2, out=grad_w[:, :, s])
-            if need_x:  # (B, G, R, P, H, W) * (B, G, 1, P, H, W) summed over P
-                grad_padded[..., rows, cols] += (grad * weights[:, :, s].unsqueeze(2)).sum(3)
+            shifted = padded[..., rows, cols]
+            if need_w:  # (B, G, R, P, H, W) . (B, G, R, 1, H, W) over R
+                _dot_into(grad, shifted.unsqueeze(3), 2, grad_w[:, :, s])
+            if need_x and single_phase:  # fused multiply-add, no temporary
+                grad_padded[..., rows, cols].addcmul_(grad[:, :, :, 0], weights[:, :, s])
+            elif need_x:  # (B, G, R, P, H, W) . (B, G, 1, P, H, W) over P
+                grad_padded[..., rows, cols] += torch.linalg.vecdot(
+                    grad, weights[:, :, s].unsqueeze(2), dim=3)
         grad_x = grad_padded[..., pad : pad + h, pad : pad + w] if need_x else None
         return grad_x, grad_w, None, None
+
+
+def _dot_into(a: Tensor, b: Tensor, dim: int, out: Tensor) -> None:
+    """``out = sum(a * b, dim)`` (broadcasting): a short ``dim`` is accumulated slice by slice with
+    fused multiply-adds (about 2x faster on CPU than ``vecdot``, no temporary); a long one by ``vecdot``."""
+    if a.shape[dim] > 32:
+        torch.linalg.vecdot(a, b, dim=dim, out=out)
+        return
+    torch.mul(a.select(dim, 0), b.select(dim, 0), out=out)
+    for r in range(1, a.shape[dim]):
+        out.addcmul_(a.select(dim, r), b.select(dim, r))
 
 
 def _shifted_sum_plain(x: Tensor, weights: Tensor, kernel_size: int, dilation: int) -> Tensor:
     h, w = x.shape[-2:]
     pad = dilation * (kernel_size - 1) // 2
     padded = F.pad(x, (pad, pad, pad, pad))
-    out = None
+    out = x.new_zeros(*x.shape[:3], weights.shape[3], h, w)
     for s in range(kernel_size * kernel_size):
         i, j = divmod(s, kernel_size)
         shifted = padded[..., i * dilation : i * dilation + h, j * dilation : j * dilation + w]
-        term = shifted.unsqueeze(3) * weights[:, :, s].unsqueeze(2)
-        out = term if out is None else out + term
+        out.addcmul_(shifted.unsqueeze(3), weights[:, :, s].unsqueeze(2))  # fused multiply-add
     return out
