@@ -136,3 +136,77 @@ def test_chunked_attention_holds_a_bounded_part_of_the_map():
     with LargestTensorRecorder() as rec:
         softmax_attention(q, k, v, scale=1.0).sum().backward()
     assert rec.largest <= 24**4 // 16, rec.largest_op  # at most 1/16 of N x M at a time
+
+
+def _restrict(monkeypatch, *names):
+    from torch.nn.attention import SDPBackend
+
+    from segattn.ops import attention
+
+    monkeypatch.setattr(attention, "_fused_backends", lambda: [getattr(SDPBackend, n) for n in names])
+    monkeypatch.setattr(attention, "_WARNED", set())
+
+
+@pytest.mark.parametrize("d, dv", [(8, 8), (4, 16)])
+def test_restricted_sdpa_falls_back_to_chunked_not_math(monkeypatch, d, dv):
+    """The CUDA dispatch (run here on CPU): with no fused backend for the inputs, the exact chunked path
+    runs (same values and gradients as the naive formula), warns once, and never builds N x M."""
+    from segattn.ops.attention import cuda_fused_attention
+
+    _restrict(monkeypatch, "EFFICIENT_ATTENTION")  # no CPU kernel: SDPA raises "No available kernel"
+    q, k = torch.randn(2, 40, d, requires_grad=True), torch.randn(2, 48, d, requires_grad=True)
+    v = torch.randn(2, 48, dv, requires_grad=True)
+    with pytest.warns(UserWarning, match="no fused attention kernel.*exact chunked path"):
+        with LargestTensorRecorder() as rec:
+            out = cuda_fused_attention(q, k, v, 0.3)
+            out.sum().backward()
+    assert not rec.attention_ops and rec.largest < 40 * 48
+    grads = [t.grad for t in (q, k, v)]
+    for t in (q, k, v):
+        t.grad = None
+    with reference_attention():
+        ref = softmax_attention(q, k, v, scale=0.3)
+    ref.sum().backward()
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    for g, t in zip(grads, (q, k, v)):
+        torch.testing.assert_close(g, t.grad, atol=1e-5, rtol=1e-5)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the second call with the same shapes stays quiet
+        cuda_fused_attention(q, k, v, 0.3)
+
+
+def test_restricted_sdpa_uses_the_fused_kernel_when_it_fits(monkeypatch):
+    from segattn.ops.attention import cuda_fused_attention
+
+    _restrict(monkeypatch, "FLASH_ATTENTION")  # the CPU flash kernel takes these
+    q, k, v = torch.randn(1, 30, 8), torch.randn(1, 20, 8), torch.randn(1, 20, 8)
+    import warnings
+
+    with warnings.catch_warnings(), LargestTensorRecorder() as rec:
+        warnings.simplefilter("error")
+        out = cuda_fused_attention(q, k, v, 0.5)
+    assert any("flash_attention" in op for op in rec.attention_ops)
+    with reference_attention():
+        torch.testing.assert_close(out, softmax_attention(q, k, v, scale=0.5), atol=1e-5, rtol=1e-5)
+
+
+DENSE = ["nonlocal", "nonlocal_gaussian", "danet_pam", "danet", "ocnet_base", "ocnet_pyramid", "ocnet_asp", "isa"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name", DENSE)
+def test_cuda_dense_modules_never_take_the_math_kernel(name, dtype):
+    """On CUDA every dense module runs a fused SDPA kernel or the chunked path, under fp32 and AMP: a
+    silent fallback to the math kernel (N x N logits) fails here, naming the kernels that ran."""
+    import segattn
+
+    module = segattn.create_module(name, 64).cuda().train()
+    x = torch.randn(2, 64, 32, 32, device="cuda", requires_grad=True)
+    n = 32 * 32
+    with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32), LargestTensorRecorder() as rec:
+        module(x).float().sum().backward()
+    assert "_scaled_dot_product_attention_math" not in rec.attention_ops, rec.attention_ops
+    assert rec.largest < n * n // 4, f"{rec.largest_op} ({rec.largest} elements, N x N = {n * n}); kernels {rec.attention_ops}"

@@ -23,7 +23,11 @@ class LargestTensorRecorder(TorchDispatchMode):
 
         with LargestTensorRecorder() as rec:
             module(x).sum().backward()
-        rec.largest, rec.largest_op
+        rec.largest, rec.largest_op, rec.attention_ops
+
+    ``attention_ops`` names the scaled-dot-product-attention kernels that ran (e.g.
+    ``_scaled_dot_product_flash_attention_for_cpu``, ``_scaled_dot_product_efficient_attention`` on
+    CUDA; the math kernel shows as its matmuls and as ``_scaled_dot_product_attention_math``).
     """
 
     def __init__(self) -> None:
@@ -31,6 +35,7 @@ class LargestTensorRecorder(TorchDispatchMode):
         self.largest = 0
         self.largest_op = ""
         self.largest_saved = 0
+        self.attention_ops: set = set()
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
 
     def _note(self, numel: int, what: str) -> None:
@@ -44,6 +49,9 @@ class LargestTensorRecorder(TorchDispatchMode):
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Tuple[Any, ...] = (), kwargs: Any = None) -> Any:
         out = func(*args, **(kwargs or {}))
+        name = func.__name__ if hasattr(func, "__name__") else str(func)
+        if "scaled_dot_product" in name:
+            self.attention_ops.add(name.split(".")[0])
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor):
                 self._note(t.numel(), f"{func}{tuple(t.shape)}")

@@ -13,6 +13,11 @@ logits and the softmax stay in float32 (on CUDA the fused kernels accumulate in 
 on CPU that region runs with ``torch.autocast`` switched off (:func:`full_precision`), so AMP cannot
 recast it.
 
+On CUDA the call is restricted to the fused backends (flash, memory-efficient, cuDNN): where none of
+them takes the shapes or dtype (e.g. float32 with a head size the kernels refuse), PyTorch would
+silently run the math kernel and build N x M; here the exact chunked path runs instead, with a
+warning that names the shapes (:func:`cuda_fused_attention`).
+
 The reference path materialises the logits in float32; it is used when the attention weights are
 requested, inside ``reference_attention()`` (tests, FLOP counting), and as the spec for the fused path.
 """
@@ -21,7 +26,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Iterator, Optional, Tuple, Union
+import warnings
+from typing import Iterator, List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -123,12 +129,51 @@ def softmax_attention(
 
 
 def _fused_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
+    if q.device.type == "cuda":
+        return cuda_fused_attention(q, k, v, scale)
     if q.device.type == "cpu":  # CPU kernels would compute half logits: float32, autocast off
         with full_precision(q.device):
             if _use_chunked(q, k, v):
                 return ChunkedAttention.apply(upcast(q), upcast(k), upcast(v), scale).to(v.dtype)
             return _fused_kernel(upcast(q), upcast(k), upcast(v), scale).to(v.dtype)
-    return _fused_kernel(q, k, v, scale)  # CUDA fused kernels accumulate in float32
+    return _fused_kernel(q, k, v, scale)
+
+
+def _fused_backends() -> Optional[List[object]]:
+    """The SDPA backends that never build N x M (None where torch lacks ``torch.nn.attention``)."""
+    try:
+        from torch.nn.attention import SDPBackend
+    except ImportError:  # torch < 2.3
+        return None
+    return [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION]
+
+
+_WARNED: set = set()
+
+
+def cuda_fused_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
+    """SDPA restricted to the fused backends (their kernels accumulate in float32); where none of them
+    accepts the inputs, the exact :class:`ChunkedAttention` (O(chunk) memory) instead of the math
+    kernel, with one warning per (shapes, dtype)."""
+    backends = _fused_backends()
+    if backends is None or torch.compiler.is_compiling():
+        return _fused_kernel(q, k, v, scale)
+    from torch.nn.attention import sdpa_kernel
+
+    try:
+        with sdpa_kernel(backends):
+            return _fused_kernel(q, k, v, scale)
+    except RuntimeError as exc:  # "No available kernel": no fused backend for these inputs
+        key = (tuple(q.shape), tuple(k.shape), tuple(v.shape), q.dtype)
+        if key not in _WARNED:
+            _WARNED.add(key)
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            warnings.warn(f"no fused attention kernel for q {tuple(q.shape)}, k {tuple(k.shape)}, "
+                          f"v {tuple(v.shape)} in {q.dtype} ({reason}); using the exact chunked path "
+                          "(never the math kernel, which would build the N x M matrix)", stacklevel=3)
+        dtype = v.dtype
+        with full_precision(q.device):
+            return ChunkedAttention.apply(upcast(q), upcast(k), upcast(v), scale).to(dtype)
 
 
 def _use_chunked(q: Tensor, k: Tensor, v: Tensor) -> bool:
