@@ -149,6 +149,8 @@ BAD_CALLS = [  # (id, argv with {t} = folder of bad inputs, {ckpt} = a good chec
     ("train-yaml-syntax", "train --config {t}/bad.yaml --work-dir {t}/w", "bad.yaml: YAML syntax error at line 2"),
     ("train-json-syntax", "train --config {t}/bad.json --work-dir {t}/w", "bad.json: JSON syntax error at line 1"),
     ("train-missing-config", "train --config {t}/none.yaml --work-dir {t}/w", "none.yaml' not found"),
+    ("train-fp16-on-cpu", "train --config synthetic/fcn_r18_synthetic.yaml --work-dir {t}/w --set train.device=cpu "
+     "--set train.amp=true --set train.amp_dtype=fp16", "train.amp_dtype=fp16 needs a CUDA device"),
     ("bench-out-is-file", "bench nonlocal --channels 8 --size 8 --rounds 1 --out {t}/afile", "afile is not usable"),
     ("bench-out-read-only", "bench nonlocal --channels 8 --size 8 --rounds 1 --out {ro}/b", "cannot write"),
     ("bench-no-module", "bench zzz*", "no registered module"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -186,12 +187,21 @@ def build_scheduler(optimizer: torch.optim.Optimizer, sched: ScheduleConfig, bas
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, sched, base_lr))
 
 
-def amp_dtype(enabled: bool, name: str, device: torch.device) -> Optional[torch.dtype]:
-    """Autocast dtype: ``None`` when off; bf16 on CPU whatever was asked; fp16 or bf16 on CUDA."""
+def amp_dtype(enabled: bool, name: str, device: torch.device, training: bool = True) -> Optional[torch.dtype]:
+    """Autocast dtype: ``None`` when off; fp16 or bf16 on CUDA; bf16 elsewhere. fp16 off CUDA is an
+    error for training (its GradScaler is CUDA-only) and bf16 with a warning for evaluation."""
     if not enabled:
         return None
     if name not in ("bf16", "fp16"):
         raise ValueError(f"amp_dtype must be 'bf16' or 'fp16', got {name!r}")
     if device.type != "cuda":
+        if name == "fp16" and training:
+            from segattn.errors import SegattnError
+
+            raise SegattnError(f"train.amp_dtype=fp16 needs a CUDA device (its GradScaler is CUDA-only); this run "
+                               f"is on {device.type}: use train.amp_dtype=bf16 or train.amp=false")
+        if name == "fp16":
+            warnings.warn(f"train.amp_dtype=fp16 is CUDA-only; evaluating on {device.type} with bf16 autocast",
+                          stacklevel=2)
         return torch.bfloat16
     return torch.float16 if name == "fp16" else torch.bfloat16

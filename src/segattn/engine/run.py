@@ -101,7 +101,7 @@ def run_evaluation(checkpoint: str, config: Optional[str] = None, overrides: Seq
         n = len(val) if e.max_samples is None else min(len(val), int(e.max_samples))
         loader = DataLoader(val, batch_size=cfg.data.val_batch_size, num_workers=cfg.data.num_workers,
                             sampler=ShardSampler(n, info.world_size, info.rank))
-        amp = build.amp_dtype(cfg.train.amp, cfg.train.amp_dtype, info.device)
+        amp = build.amp_dtype(cfg.train.amp, cfg.train.amp_dtype, info.device, training=False)
         metrics = evaluate(model, loader, k, int(getattr(val, "ignore_index", 255)), list(val.classes), info.device,
                            e.mode, e.crop_size, e.stride, e.scales, e.flip, None, amp, show_progress=show_progress)
     finally:

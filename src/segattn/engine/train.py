@@ -201,7 +201,6 @@ class Trainer:
         self.criterion = build.build_criterion(cfg.loss, self.meta["ignore_index"], class_weight)
         self.optimizer = build.build_optimizer(model, cfg.optim)
         self.scheduler = build.build_scheduler(self.optimizer, cfg.schedule, cfg.optim.lr)
-        self.amp = build.amp_dtype(cfg.train.amp, cfg.train.amp_dtype, self.device)
         use_scaler = self.amp == torch.float16 and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         if self.info.distributed:
@@ -425,6 +424,7 @@ class Trainer:
             torch.set_num_threads(int(cfg.train.threads))
         self._check_names()
         self.info = init_distributed(cfg.train.device)  # an unavailable device fails here, before any work
+        self.amp = build.amp_dtype(cfg.train.amp, cfg.train.amp_dtype, self.info.device)  # so does fp16 off CUDA
         lock = WorkDirLock(cfg.train.work_dir)
         log: Optional[RunLogger] = None
         try:
