@@ -88,9 +88,13 @@ class ContextHead(nn.Module):
     def features(self, feats: Sequence[Tensor]) -> Tensor:
         x = feats[self.in_index]
         r = self.reduce(x)
-        y = self.post_conv(_call(self.context, r))
+        skip = r if self.concat == "reduced" else x
+        c = _call(self.context, r)
+        del r  # drop each map once used, so that inference holds no more than mmseg's heads at the peak
+        y = self.post_conv(c)
+        del c
         if self.fuse is not None:
-            y = self.fuse(torch.cat([x if self.concat == "input" else r, y], dim=1))
+            y = self.fuse(torch.cat([skip, y], dim=1))
         return y
 
     def forward(self, feats: Sequence[Tensor]) -> Dict[str, Tensor]:

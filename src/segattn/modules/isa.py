@@ -190,7 +190,9 @@ class InterlacedSparseSelfAttention(ContextModule):
         if valid_size is not None:
             q, k, v = pad_map(q, factor), pad_map(k, factor), pad_map(v, factor)
         padded: Pair = (q.shape[2], q.shape[3])
-        q, k, v = group(q, factor), group(k, factor), group(v, factor)
+        q = group(q, factor)  # one at a time: each ungrouped map is freed before the next copy
+        k = group(k, factor)
+        v = group(v, factor)
         if valid_size is not None and padded != valid_size:
             q, k = self._exclude_padding(q, k, valid_size, group)
         scale = sa.key_channels**-0.5
@@ -199,7 +201,10 @@ class InterlacedSparseSelfAttention(ContextModule):
             out, attn = softmax_attention(q, k, v, scale=scale, return_weights=True)
         else:
             out = softmax_attention(q, k, v, scale=scale)
-        return sa.out(ungroup(out, x.shape[0], padded, factor)), attn
+        batch = x.shape[0]
+        del q, k, v, x
+        out = ungroup(out, batch, padded, factor)
+        return sa.out(out), attn
 
     def _exclude_padding(self, q: Tensor, k: Tensor, size: Pair, group: Grouping) -> Tuple[Tensor, Tensor]:
         """Append a key channel that is -1e4 at padded positions (0 elsewhere) and a query channel of 1."""
