@@ -131,7 +131,9 @@ class APCNet(ContextModule):
             y, alpha = acm(x)
             outs.append(y)
             factors[f"affinity_{acm.scale}"] = alpha
-        out = self.bottleneck(torch.cat(outs, dim=1))
+        cat = torch.cat(outs, dim=1)
+        del outs  # the branch outputs are freed before the bottleneck conv (inference peak memory)
+        out = self.bottleneck(cat)
         return (out, factors) if return_attention else out
 
     def flops(self, height: int, width: int) -> int:
