@@ -123,6 +123,7 @@ def test_tiny_plan_interrupt_resume_and_report(tmp_path):
     from segattn.compare.report import headline
 
     assert f"| `nl` | 2 | {mean:.1f} ± {std:.1f} | {dmean:+.1f} [" in headline(agg)
+    assert (out / "headline.md").read_text() == headline(agg) + "\n"  # the README snippet, written with the report
 
 
 def test_resume_refuses_a_changed_config(tmp_path):

@@ -345,8 +345,9 @@ def write_report(plan: Plan, out: Union[str, Path], dataset: str, report_dir: Op
     from segattn.engine.metrics import json_safe
 
     paths = {"markdown": target / "compare.md", "json": target / "compare.json", "csv": target / "compare.csv",
-             "runs_csv": target / "runs.csv"}
+             "runs_csv": target / "runs.csv", "headline": target / "headline.md"}
     atomic_write_text(paths["markdown"], markdown(agg, cmd))
+    atomic_write_text(paths["headline"], headline(agg) + "\n")
     atomic_write_json(paths["json"], json_safe(agg))
     atomic_write_text(paths["csv"], _csv(_entry_rows(agg)))
     atomic_write_text(paths["runs_csv"], _csv(_run_rows(results)))
