@@ -42,7 +42,7 @@ CHANNELS = 512
 @dataclass(frozen=True)
 class Case:
     name: str
-    kind: str  # "module" or "head"
+    kind: str  # "module", "head" or "model"
     note: str  # what is matched / where the layouts differ
 
 
@@ -60,7 +60,25 @@ CASES: Dict[str, Case] = {c.name: c for c in [
                              "mmseg adds its frozen mid conv, out conv and residual)"),
     Case("apc_head", "head", "APCHead, pool scales (1, 2, 3, 6), fusion"),
     Case("psa_head", "head", "PSANet bi-direction, mask 2h'-1 (mmseg's PSAMask is a compiled op)"),
+    # whole models: ResNet-50 V1c at output stride 8 + head + auxiliary FCN on layer3, 3-channel images of
+    # SIZE x SIZE, batch --batch; train = forward, bilinear resize of every output, cross-entropy against fixed
+    # random labels, backward (mmseg: EncoderDecoder.extract_feat + decode and auxiliary heads, same loss)
+    Case("fcn_model", "model", "FCN: FCNHead 2 convs + concat input, channels 512"),
+    Case("nonlocal_model", "model", "NLHead reduction 2, scaled, channels 512"),
+    Case("danet_model", "model", "DAHead pam_channels 64, channels 512; all three outputs in the loss"),
+    Case("ccnet_model", "model", "CCHead recurrence 2, channels 512"),
+    Case("emanet_model", "model", "EMAHead channels 256, K 64, T 3 (mmseg keeps concat input, ours not)"),
+    Case("isanet_model", "model", "ISAHead isa_channels 256, channels 512"),
 ]}
+MODEL_HEADS = {  # case -> (segattn model, mmseg decode head config)
+    "fcn_model": ("fcn", dict(type="FCNHead", num_convs=2, concat_input=True)),
+    "nonlocal_model": ("nonlocal", dict(type="NLHead", reduction=2, use_scale=True, mode="embedded_gaussian")),
+    "danet_model": ("danet", dict(type="DAHead", pam_channels=64)),
+    "ccnet_model": ("ccnet", dict(type="CCHead", recurrence=2)),
+    "emanet_model": ("emanet", dict(type="EMAHead", ema_channels=512, num_bases=64, num_stages=3, momentum=0.1,
+                                    concat_input=True, channels=256)),
+    "isanet_model": ("isanet", dict(type="ISAHead", isa_channels=256, down_factor=(8, 8))),
+}
 
 
 # ------------------------------------------------------------------------------------------ builders
@@ -84,6 +102,10 @@ def _ours(case: str) -> Callable[..., Any]:
 def build_ours(case: str, size: int) -> Any:
     import torch
 
+    if CASES[case].kind == "model":
+        import segattn
+
+        return segattn.create_model(MODEL_HEADS[case][0], NUM_CLASSES, backbone="resnet50c", output_stride=8, aux=True)
     built = _ours(case)
     if not isinstance(built, tuple):
         return built
@@ -124,8 +146,44 @@ def install_ext_placeholder() -> None:
     sys.modules.setdefault("mmcv._ext", _Ext("mmcv._ext"))
 
 
+def build_mmseg_model(case: str) -> Any:
+    """mmseg's EncoderDecoder parts for a whole-model case, as a module returning every output's logits."""
+    import torch
+    from mmseg.registry import MODELS
+    from mmseg.utils import register_all_modules
+
+    register_all_modules(init_default_scope=False)
+    bn = dict(type="BN", requires_grad=True)
+    net = MODELS.build(dict(
+        type="EncoderDecoder",
+        backbone=dict(type="ResNetV1c", depth=50, num_stages=4, out_indices=(0, 1, 2, 3), dilations=(1, 1, 2, 4),
+                      strides=(1, 2, 1, 1), norm_cfg=bn, norm_eval=False, style="pytorch", contract_dilation=True),
+        decode_head={**dict(in_channels=2048, in_index=3, channels=512, dropout_ratio=0.1, num_classes=NUM_CLASSES,
+                            norm_cfg=bn, align_corners=False), **MODEL_HEADS[case][1]},
+        auxiliary_head=dict(type="FCNHead", in_channels=1024, in_index=2, channels=256, num_convs=1,
+                            concat_input=False, dropout_ratio=0.1, num_classes=NUM_CLASSES, norm_cfg=bn,
+                            align_corners=False)))
+
+    class Model(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x: Any) -> Any:
+            feats = self.net.extract_feat(x)
+            out = self.net.decode_head(feats)
+            outs = list(out) if isinstance(out, (tuple, list)) else [out]
+            if self.training:
+                outs.append(self.net.auxiliary_head(feats))
+            return outs if self.training else outs[0]
+
+    return Model()
+
+
 def build_mmseg(case: str, size: int) -> Any:
     install_ext_placeholder()
+    if CASES[case].kind == "model":
+        return build_mmseg_model(case)
     if case == "nonlocal":
         from mmcv.cnn import NonLocal2d
 
@@ -185,23 +243,36 @@ def _status_kib(field: str) -> int:
     raise KeyError(field)
 
 
-def worker(impl: str, case: str, size: int, mode: str, reps: int, threads: int) -> Dict[str, Any]:
+def _outputs(out: Any) -> List[Any]:
+    if isinstance(out, dict):
+        return list(out.values())
+    return list(out) if isinstance(out, (list, tuple)) else [out]
+
+
+def worker(impl: str, case: str, size: int, mode: str, reps: int, threads: int, batch: int = 1) -> Dict[str, Any]:
     """One process, one implementation: a warm-up step, then ``reps`` timed steps (the first memory-measured)."""
     import torch
+    import torch.nn.functional as F
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     module = build_ours(case, size) if impl == "ours" else build_mmseg(case, size)
     train = mode == "train"
     module.train(train)
-    x = torch.randn(1, CHANNELS, size, size)
+    whole = CASES[case].kind == "model"
+    x = torch.randn(batch, 3, size, size) if whole else torch.randn(batch, CHANNELS, size, size)
+    labels = torch.randint(0, NUM_CLASSES, (batch, size, size))
+
+    def loss(outs: List[Any]) -> Any:
+        if not whole:  # modules and heads: the mean of every output
+            return sum(o.float().mean() for o in outs)
+        return sum(F.cross_entropy(F.interpolate(o, size=(size, size), mode="bilinear", align_corners=False), labels)
+                   for o in outs)
 
     def step() -> None:
         if train:
-            xi = x.clone().requires_grad_(True)
-            out = module(xi)
-            outs = out if isinstance(out, list) else [out]
-            sum(o.float().mean() for o in outs).backward()
+            xi = x if whole else x.clone().requires_grad_(True)
+            loss(_outputs(module(xi))).backward()
             module.zero_grad(set_to_none=True)
         else:
             with torch.no_grad():
@@ -232,10 +303,11 @@ def short_error(message: str) -> str:
 
 
 def run_worker(python: str, impl: str, case: str, size: int, mode: str, reps: int, threads: int,
-               timeout: float) -> Dict[str, Any]:
+               timeout: float, batch: int = 1) -> Dict[str, Any]:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MALLOC_MMAP_THRESHOLD_": "65536",
            "PYTHONWARNINGS": "ignore"}
-    cmd = [python, os.path.abspath(__file__), "--worker", impl, case, str(size), mode, str(reps), str(threads)]
+    cmd = [python, os.path.abspath(__file__), "--worker", impl, case, str(size), mode, str(reps), str(threads),
+           str(batch)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -273,21 +345,23 @@ def table(results: Dict[Tuple[str, int, str, str], Dict[str, Any]], cases: List[
 
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--cases", nargs="*", default=list(CASES), help=f"subset of {', '.join(CASES)}")
+    p.add_argument("--cases", nargs="*", default=[c for c in CASES if CASES[c].kind != "model"],
+                   help=f"subset of {', '.join(CASES)} (default: every module and head; whole models on request)")
     p.add_argument("--sizes", nargs="*", type=int, default=[64, 97, 128])
     p.add_argument("--modes", nargs="*", default=["eval", "train"], choices=["eval", "train"])
     p.add_argument("--rounds", type=int, default=2, help="interleaved rounds (fresh processes each)")
     p.add_argument("--reps", type=int, default=2, help="timed steps per process (median)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--batch", type=int, default=1, help="batch size (whole models: 2 in the issue's protocol)")
     p.add_argument("--python", default=sys.executable, help="interpreter with segattn and mmseg (default: this one)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per process")
     p.add_argument("--out", default=None, help="write the raw results as JSON here (must not exist)")
-    p.add_argument("--worker", nargs=6, metavar=("IMPL", "CASE", "SIZE", "MODE", "REPS", "THREADS"),
+    p.add_argument("--worker", nargs=7, metavar=("IMPL", "CASE", "SIZE", "MODE", "REPS", "THREADS", "BATCH"),
                    help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
-        impl, case, size, mode, reps, threads = args.worker
-        print(json.dumps(worker(impl, case, int(size), mode, int(reps), int(threads))))
+        impl, case, size, mode, reps, threads, batch = args.worker
+        print(json.dumps(worker(impl, case, int(size), mode, int(reps), int(threads), int(batch))))
         return 0
     bad = [c for c in args.cases if c not in CASES]
     if bad:
@@ -300,7 +374,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         p.error(f"{args.python} cannot import both mmseg and segattn; see the recipe in this file's docstring")
     cmd = "python benchmarks/peers.py " + " ".join(a for a in (argv if argv is not None else sys.argv[1:]))
     print(f"mmseg {probe.stdout.strip()}, {args.threads} thread(s), {args.rounds} interleaved round(s) of fresh "
-          f"processes, median of {args.reps} timed steps each; batch 1, {CHANNELS} channels", flush=True)
+          f"processes, median of {args.reps} timed steps each; batch {args.batch}, {CHANNELS} channels "
+          "(whole models: 3-channel images)", flush=True)
     results: Dict[Tuple[str, int, str, str], Dict[str, Any]] = {}
     for r in range(args.rounds):
         for case in args.cases:
@@ -308,7 +383,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 for mode in args.modes:
                     impls = ("ours", "mmseg") if r % 2 == 0 else ("mmseg", "ours")
                     for impl in impls:
-                        res = run_worker(args.python, impl, case, size, mode, args.reps, args.threads, args.timeout)
+                        res = run_worker(args.python, impl, case, size, mode, args.reps, args.threads, args.timeout,
+                                         args.batch)
                         slot = results.setdefault((case, size, mode, impl), {"ms": [], "peak_mb": []})
                         if "error" in res:
                             slot["error"] = res["error"]
