@@ -162,7 +162,7 @@ class ResNet(nn.Module):
         output_stride: 8, 16 or 32; the strides of stages 3/4 become dilations (2, 4) at OS 8 and
             (1, 2) at OS 16.
         multi_grid: multipliers of the stage-4 dilation per block (e.g. (1, 2, 4)); None = plain.
-        deep_stem: three 3x3 convs (32, 32, 64 ch) instead of one 7x7 (ResNetV1c / timm "c").
+        deep_stem: three 3x3 convs (32, 32, ``width`` ch) instead of one 7x7 (ResNetV1c / timm "c").
         avg_down: average-pool in the projection shortcuts (ResNetV1d / timm "d").
         stem_width: width of the deep stem's first two convs.
         width: channels of the stem output and of layer1's 3x3 convs; layer ``i`` uses
