@@ -70,14 +70,23 @@ CASES: Dict[str, Case] = {c.name: c for c in [
     Case("emanet_model", "model", "EMAHead channels 256, K 64, T 3 (mmseg keeps concat input, ours not)"),
     Case("isanet_model", "model", "ISAHead isa_channels 256, channels 512"),
 ]}
-MODEL_HEADS = {  # case -> (segattn model, mmseg decode head config)
-    "fcn_model": ("fcn", dict(type="FCNHead", num_convs=2, concat_input=True)),
-    "nonlocal_model": ("nonlocal", dict(type="NLHead", reduction=2, use_scale=True, mode="embedded_gaussian")),
-    "danet_model": ("danet", dict(type="DAHead", pam_channels=64)),
-    "ccnet_model": ("ccnet", dict(type="CCHead", recurrence=2)),
-    "emanet_model": ("emanet", dict(type="EMAHead", ema_channels=512, num_bases=64, num_stages=3, momentum=0.1,
-                                    concat_input=True, channels=256)),
-    "isanet_model": ("isanet", dict(type="ISAHead", isa_channels=256, down_factor=(8, 8))),
+MMSEG_HEADS = {  # mmseg decode-head configs (PSAHead's mask size depends on the input: see build_mmseg)
+    "fcn_head": dict(type="FCNHead", num_convs=2, concat_input=True),
+    "nl_head": dict(type="NLHead", reduction=2, use_scale=True, mode="embedded_gaussian"),
+    "da_head": dict(type="DAHead", pam_channels=64),
+    "cc_head": dict(type="CCHead", recurrence=2),
+    "isa_head": dict(type="ISAHead", isa_channels=256, down_factor=(8, 8)),
+    "ema_head": dict(type="EMAHead", ema_channels=512, num_bases=64, num_stages=3, momentum=0.1,
+                     concat_input=False, channels=256),
+    "apc_head": dict(type="APCHead", pool_scales=(1, 2, 3, 6), fusion=True),
+}
+MODEL_HEADS = {  # whole-model case -> (segattn model, mmseg decode head config)
+    "fcn_model": ("fcn", MMSEG_HEADS["fcn_head"]),
+    "nonlocal_model": ("nonlocal", MMSEG_HEADS["nl_head"]),
+    "danet_model": ("danet", MMSEG_HEADS["da_head"]),
+    "ccnet_model": ("ccnet", MMSEG_HEADS["cc_head"]),
+    "emanet_model": ("emanet", {**MMSEG_HEADS["ema_head"], "concat_input": True}),  # mmseg's default layout
+    "isanet_model": ("isanet", MMSEG_HEADS["isa_head"]),
 }
 
 
@@ -207,18 +216,8 @@ def build_mmseg(case: str, size: int) -> Any:
     common = dict(in_channels=CHANNELS, in_index=0, channels=CHANNELS, num_classes=NUM_CLASSES, dropout_ratio=0.1,
                   norm_cfg=dict(type="BN", requires_grad=True), align_corners=False)
     h = (size - 1) // 2 + 1
-    cfg = {
-        "fcn_head": dict(type="FCNHead", num_convs=2, concat_input=True),
-        "nl_head": dict(type="NLHead", reduction=2, use_scale=True, mode="embedded_gaussian"),
-        "da_head": dict(type="DAHead", pam_channels=64),
-        "cc_head": dict(type="CCHead", recurrence=2),
-        "isa_head": dict(type="ISAHead", isa_channels=256, down_factor=(8, 8)),
-        "ema_head": dict(type="EMAHead", ema_channels=512, num_bases=64, num_stages=3, momentum=0.1,
-                         concat_input=False, channels=256),
-        "apc_head": dict(type="APCHead", pool_scales=(1, 2, 3, 6), fusion=True),
-        "psa_head": dict(type="PSAHead", mask_size=(2 * h - 1, 2 * h - 1), psa_type="bi-direction", compact=False,
-                         shrink_factor=2, normalization_factor=1.0, psa_softmax=True),
-    }[case]
+    cfg = MMSEG_HEADS.get(case) or dict(type="PSAHead", mask_size=(2 * h - 1, 2 * h - 1), psa_type="bi-direction",
+                                        compact=False, shrink_factor=2, normalization_factor=1.0, psa_softmax=True)
     head = MODELS.build({**common, **cfg})
     import torch
 
