@@ -1,6 +1,6 @@
 """One prepared check of segattn's CUDA paths, for the few minutes a GPU machine is lent.
 
-    python scripts/gpu_check.py --out DIR          # about 3-5 minutes on one H100; writes DIR/gpu_check.json
+    python scripts/gpu_check.py --out DIR          # meant to fit a few minutes; not yet run on a GPU
 
 Sections (each one catches its own failure and goes on, so one broken path does not hide the rest):
 
