@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import segattn
-from segattn.bench.tensors import LargestTensorRecorder
+from segattn.bench.tensors import LargestTensorRecorder, PeakLiveRecorder
 from segattn.ops.attention import reference_attention
 from tests.helpers import perturb_
 
@@ -97,3 +97,15 @@ def test_pam_fused_path_never_materialises_n_by_n():
     with LargestTensorRecorder() as mode:
         module(x).sum().backward()
     assert mode.largest < 24**4 // 8
+
+
+def test_cam_training_holds_at_most_four_maps():
+    """Forward + backward of CAM holds 4 (B, C, N) maps besides its input at its peak (as mmseg's CAM): each use of the
+    input is its own view, so its gradient joins the input's at once, and the detached row max
+    keeps no (C, C) energy for the backward."""
+    module = build("danet_cam").float().train()
+    x = torch.randn(1, C, 64, 64, requires_grad=True)
+    one_map = x.numel() * 4
+    with PeakLiveRecorder() as rec:
+        module(x).mean().backward()
+    assert rec.peak <= 4 * one_map + one_map // 4, rec.peak / one_map

@@ -1,15 +1,21 @@
-"""Largest-tensor recorder: proves that a computation never materialises a tensor of a given size.
+"""Tensor recorders: the largest tensor a computation materialises, and the peak of what it keeps alive.
 
 ``LargestTensorRecorder`` is a ``TorchDispatchMode`` that sees the output of every aten op of the
 forward *and* the backward, plus ``saved_tensors_hooks`` that see every tensor autograd keeps for the
 backward. Views count with their full numel (an ``expand`` counts as large), so the figure is an upper
 bound of what is materialised. Kernels' internal scratch (e.g. the tiles of fused attention) is not
 seen, which is the point: fused kernels never hold the N x N matrix.
+
+``PeakLiveRecorder`` adds up the bytes of every storage an op creates until it is freed, so its
+``peak`` is the most the computation held at once (forward and backward). Unlike the peak resident
+set it is exact and independent of the allocator and of other processes, so a test can pin it.
 """
 
 from __future__ import annotations
 
 from typing import Any, Tuple
+
+import weakref
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -64,6 +70,46 @@ class LargestTensorRecorder(TorchDispatchMode):
     def __exit__(self, *exc: Any) -> None:
         super().__exit__(*exc)
         self._hooks.__exit__(*exc)
+
+
+class PeakLiveRecorder(TorchDispatchMode):
+    """Peak bytes of the storages created inside the block and alive at the same time.
+
+    Every op output whose storage is new is counted from its creation until it is freed (a weakref
+    finalizer on the storage); views add nothing. Tensors created before the block (inputs,
+    parameters) are not counted, nor is a kernel's internal scratch::
+
+        with PeakLiveRecorder() as rec:
+            module(x).sum().backward()
+        rec.peak, rec.peak_op
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.current = 0
+        self.peak = 0
+        self.peak_op = ""
+        self._live: dict = {}
+
+    def _free(self, key: int) -> None:
+        self.current -= self._live.pop(key, 0)
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        inputs = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
+        for t in tree_flatten(out)[0]:
+            if not isinstance(t, torch.Tensor):
+                continue
+            storage = t.untyped_storage()
+            key, nbytes = storage.data_ptr(), storage.nbytes()
+            if nbytes == 0 or key in self._live or key in inputs:  # a view or an in-place result
+                continue
+            self._live[key] = nbytes
+            self.current += nbytes
+            weakref.finalize(storage, self._free, key)
+            if self.current > self.peak:
+                self.peak, self.peak_op = self.current, str(func)
+        return out
 
 
 def forward_backward(module: torch.nn.Module, x: torch.Tensor) -> None:

@@ -87,14 +87,18 @@ class ChannelAttention(ContextModule):
     def context(self, x: Tensor, return_attention: bool = False) -> Tuple[Tensor, Optional[Attention]]:
         """``gamma * Y`` (B, C, H, W) and, on request, the (B, C, C) attention and energy."""
         with full_precision(x.device):  # autocast would recast the energy to half: inf / NaN in fp16
-            a = upcast(x).flatten(2)
-            energy = torch.matmul(a, a.transpose(1, 2))
+            a = upcast(x)
+            # one view per use: each path's gradient then joins x's as soon as it is computed, instead of
+            # three (B, C, N) gradients waiting in one view's buffer (one map less at the training peak)
+            energy = torch.matmul(a.flatten(2), a.flatten(2).transpose(1, 2))
             if self.cam_mode == "reference":
-                logits = energy.amax(dim=-1, keepdim=True) - energy
+                # the row max is a per-row constant: its gradient through the softmax is exactly zero, so
+                # it is detached (autograd would otherwise keep the (B, C, C) energy for amax's backward)
+                logits = energy.amax(dim=-1, keepdim=True).detach() - energy
             else:
                 logits = energy
             attention = torch.softmax(logits, dim=-1)
-            y = torch.matmul(attention, a).reshape(x.shape).to(x.dtype)
+            y = torch.matmul(attention, a.flatten(2)).reshape(x.shape).to(x.dtype)
         factors = {"attention": attention, "energy": energy} if return_attention else None
         return self.gamma * y, factors
 
