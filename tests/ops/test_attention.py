@@ -210,3 +210,22 @@ def test_cuda_dense_modules_never_take_the_math_kernel(name, dtype):
         module(x).float().sum().backward()
     assert "_scaled_dot_product_attention_math" not in rec.attention_ops, rec.attention_ops
     assert rec.largest < n * n // 4, f"{rec.largest_op} ({rec.largest} elements, N x N = {n * n}); kernels {rec.attention_ops}"
+
+
+def test_few_keys_take_the_plain_product_on_cpu():
+    """M <= dv: the (N, M) weights are no larger than the output, so the plain matmul-softmax-matmul
+    runs (no SDPA call, no padded q / k); one key more and the fused kernel runs again."""
+    q = torch.randn(1, 3, 40, 16, dtype=torch.float64, requires_grad=True)  # d = dv: else the chunked path
+    for m, plain in ((16, True), (17, False)):
+        k = torch.randn(1, 3, m, 16, dtype=torch.float64, requires_grad=True)
+        v = torch.randn(1, 3, m, 16, dtype=torch.float64, requires_grad=True)
+        with LargestTensorRecorder() as rec:
+            out = softmax_attention(q, k, v, scale=0.7)
+        assert (not rec.attention_ops) == plain, (m, rec.attention_ops)
+        naive = torch.softmax(0.7 * q @ k.transpose(-1, -2), dim=-1) @ v
+        torch.testing.assert_close(out, naive, atol=1e-12, rtol=0)
+        cot = torch.randn_like(naive)
+        got = torch.autograd.grad((out * cot).sum(), (q, k, v))
+        want = torch.autograd.grad((naive * cot).sum(), (q, k, v))
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, atol=1e-12, rtol=0)

@@ -29,8 +29,10 @@ def padding_for(size: Pair, factor: Pair) -> Tuple[int, int, int, int]:
 
 
 def pad_map(x: Tensor, factor: Pair) -> Tensor:
-    """Zero-pad (B, C, H, W) to (o_h d_h, o_w d_w) with the reference's symmetric split."""
-    return F.pad(x, padding_for((x.shape[2], x.shape[3]), factor))
+    """Zero-pad (B, C, H, W) to (o_h d_h, o_w d_w) with the reference's symmetric split (``x`` itself,
+    not a copy, when the size is already a multiple of ``factor``)."""
+    pads = padding_for((x.shape[2], x.shape[3]), factor)
+    return F.pad(x, pads) if any(pads) else x
 
 
 def crop_map(x: Tensor, size: Pair, factor: Pair) -> Tensor:
