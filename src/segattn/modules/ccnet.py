@@ -93,7 +93,9 @@ class CrissCrossAttention(ContextModule):
         maps: Dict[str, Tensor] = {}
         for r in range(self.recurrence):
             x, attn = self.cca(x)
-            maps[f"attention_{r}"] = attn
+            if return_attention:  # otherwise each pass's (B, H, W, H + W) weights are freed at once
+                maps[f"attention_{r}"] = attn
+            del attn
         if not return_attention:
             return x
         factors: Attention = dict(maps)
