@@ -104,7 +104,9 @@ class EMAttention(ContextModule):
             rec, factors = self.block(h, return_factors=True)
         else:
             rec, factors = self.block(h), {}
-        y = F.relu(self.conv_out(F.relu(rec)) + x)
+        # in place: neither the reconstruction (a product's output) nor the sum is kept for the backward,
+        # so inference holds one map less at its peak (as the official code's ReLU(inplace=True))
+        y = F.relu(self.conv_out(F.relu(rec, inplace=True)) + x, inplace=True)
         return (y, factors) if return_attention else y
 
     def flops(self, height: int, width: int) -> int:
