@@ -50,3 +50,15 @@ def test_cli_bench_and_modules(tmp_path, capsys):
     assert "nonlocal_dot" in out
     assert main(["bench", "zzz*"]) == 2
     assert "segattn bench: error: no registered module" in capsys.readouterr().err
+
+
+def test_cli_bench_memory_only_runs_no_timing(capsys, monkeypatch):
+    import segattn.bench.cli as cli
+
+    monkeypatch.setattr(cli, "time_modules", lambda *a, **k: pytest.fail("timed although --memory-only"))
+    assert main(["bench", "nonlocal", "danet_pam", "--channels", "8", "--size", "9x7", "--memory-only"]) == 0
+    out = capsys.readouterr().out
+    assert "not timed (one step per module for memory)" in out
+    row = next(line for line in out.splitlines() if line.startswith("| danet_pam |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[3] == "-" and float(cells[4]) >= 0 and cells[5] == "-"  # no latency, a memory figure, no time ratio

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from segattn.api import list_modules
-from segattn.bench.measure import BenchSetting, add_throughput, peak_memory_mb, time_modules
+from segattn.bench.measure import BenchSetting, add_throughput, describe_modules, peak_memory_mb, time_modules
 from segattn.bench.report import markdown_table, write_report
 
 
@@ -42,6 +42,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--rounds", type=positive_int, default=5, help="interleaved timing rounds (median reported)")
     p.add_argument("--memory", action="store_true", help="also measure peak memory (one subprocess per module on CPU)")
+    p.add_argument("--memory-only", action="store_true",
+                   help="peak memory, params and MACs without timing (one step per module: for sizes where a "
+                        "timed run would take hours)")
     p.add_argument("--baseline", default="nonlocal", help="module the ratios are relative to")
     p.add_argument("--out", type=Path, default=None, help="folder for bench.md/json/csv/png")
     p.set_defaults(func=run)
@@ -62,15 +65,19 @@ def run(args: argparse.Namespace) -> int:
         in_channels=args.channels, height=args.size[0], width=args.size[1], batch=args.batch,
         backward=args.backward, device=args.device, dtype=args.dtype, rounds=args.rounds,
     )
-    print(f"timing {len(names)} modules in {setting.rounds} interleaved rounds ...", flush=True)
-    results = time_modules(names, setting, show_progress=True)
-    if args.memory:
+    if args.memory_only:
+        results = describe_modules(names, setting)
+    else:
+        print(f"timing {len(names)} modules in {setting.rounds} interleaved rounds ...", flush=True)
+        results = time_modules(names, setting, show_progress=True)
+    if args.memory or args.memory_only:
         for i, name in enumerate(names, 1):
             if not results[name].error:
                 print(f"[{i}/{len(names)}] peak memory of {name}", flush=True)
                 results[name].peak_mem_mb = peak_memory_mb(name, setting)
     baseline = args.baseline if args.baseline in results else None
-    rate = add_throughput(results, setting)  # executed MACs and the machine's matmul rate, for GMAC/s
+    # executed MACs and the machine's matmul rate, for GMAC/s (nothing to relate them to without timing)
+    rate = None if args.memory_only else add_throughput(results, setting)
     print(markdown_table(results, setting, baseline, rate))
     if args.out:
         for kind, path in write_report(results, setting, args.out, baseline, rate).items():

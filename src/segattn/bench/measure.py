@@ -91,6 +91,22 @@ def make_step(name: str, setting: BenchSetting) -> Callable[[], None]:
     return step
 
 
+def _describe(name: str, module: torch.nn.Module, setting: BenchSetting) -> BenchResult:
+    macs = int(module.flops(setting.height, setting.width)) * setting.batch  # type: ignore[operator]
+    return BenchResult(name, sum(p.numel() for p in module.parameters()), macs)
+
+
+def describe_modules(names: Sequence[str], setting: BenchSetting) -> Dict[str, BenchResult]:
+    """Params and analytic MACs of every module, nothing run (``segattn bench --memory-only``)."""
+    results: Dict[str, BenchResult] = {}
+    for name in names:
+        try:
+            results[name] = _describe(name, create_module(name, setting.in_channels), setting)
+        except Exception as exc:  # reported in the table, as in time_modules
+            results[name] = BenchResult(name, 0, 0, error=f"{type(exc).__name__}: {exc}"[:200])
+    return results
+
+
 def time_modules(names: Sequence[str], setting: BenchSetting, show_progress: bool = False) -> Dict[str, BenchResult]:
     """Latency of every module, timed in interleaved rounds. Failures are recorded, not raised.
 
@@ -105,9 +121,7 @@ def time_modules(names: Sequence[str], setting: BenchSetting, show_progress: boo
     for name in progress(names, desc="bench warm-up", unit="module", enabled=show_progress):
         try:
             step = make_step(name, setting)
-            module = step.module  # type: ignore[attr-defined]
-            macs = int(module.flops(setting.height, setting.width)) * setting.batch
-            results[name] = BenchResult(name, sum(p.numel() for p in module.parameters()), macs)
+            results[name] = _describe(name, step.module, setting)  # type: ignore[attr-defined]
             for _ in range(setting.warmup):
                 step()
             steps[name] = step

@@ -32,10 +32,12 @@ def markdown_table(results: Dict[str, BenchResult], setting: BenchSetting, basel
     of that rate are shown next to the executed MACs."""
     base = results.get(baseline) if baseline else None
     rate = matmul_gmacs is not None and any(r.executed_macs for r in results.values())
+    timed = any(r.latency_all_ms for r in results.values())
+    how = f"median of {setting.rounds} interleaved rounds" if timed else "not timed (one step per module for memory)"
     lines = [
         f"Setting: {setting.batch}x{setting.in_channels}x{setting.height}x{setting.width}, {setting.dtype}, "
-        f"{'forward+backward' if setting.backward else 'forward'}, {setting.device}, median of {setting.rounds} "
-        "interleaved rounds" + (f"; ratios vs `{baseline}` from the same run" if base else ""),
+        f"{'forward+backward' if setting.backward else 'forward'}, {setting.device}, {how}"
+        + (f"; ratios vs `{baseline}` from the same run" if base else ""),
         "",
     ]
     if rate:
