@@ -354,7 +354,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--batch", type=int, default=1, help="batch size (whole models: 2 in the issue's protocol)")
     p.add_argument("--python", default=sys.executable, help="interpreter with segattn and mmseg (default: this one)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per process")
-    p.add_argument("--out", default=None, help="write the raw results as JSON here (must not exist)")
+    p.add_argument("--out", default=None, help="write the raw results as JSON here, after every process "
+                                               "(must not exist unless --resume)")
+    p.add_argument("--resume", action="store_true", help="continue the run recorded in --out: its finished "
+                                                         "processes are kept, the rest run")
     p.add_argument("--worker", nargs=7, metavar=("IMPL", "CASE", "SIZE", "MODE", "REPS", "THREADS", "BATCH"),
                    help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -365,8 +368,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     bad = [c for c in args.cases if c not in CASES]
     if bad:
         p.error(f"unknown case(s) {bad}; expected some of {list(CASES)}")
-    if args.out and os.path.exists(args.out):
-        p.error(f"--out {args.out} exists; pick a new path")
+    if args.resume and not args.out:
+        p.error("--resume needs --out (the run to continue)")
+    if args.out and os.path.exists(args.out) and not args.resume:
+        p.error(f"--out {args.out} exists; pick a new path, or add --resume to continue it")
+    settings = {"threads": args.threads, "reps": args.reps, "batch": args.batch}
+    records: List[Dict[str, Any]] = []
+    if args.resume and os.path.exists(args.out):
+        try:
+            with open(args.out) as f:
+                saved = json.load(f)
+            records = list(saved["records"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            p.error(f"--out {args.out} is not a run of this script ({type(exc).__name__}: {exc})")
+        if saved.get("settings") != settings:
+            p.error(f"--out {args.out} was run with {saved.get('settings')}, not {settings}; resume with those")
     probe = subprocess.run([args.python, "-c", "import mmseg, segattn; print(mmseg.__version__)"],
                            capture_output=True, text=True)
     if probe.returncode != 0:
@@ -375,22 +391,28 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"mmseg {probe.stdout.strip()}, {args.threads} thread(s), {args.rounds} interleaved round(s) of fresh "
           f"processes, median of {args.reps} timed steps each; batch {args.batch}, {CHANNELS} channels "
           "(whole models: 3-channel images)", flush=True)
+    done = {(r["round"], r["case"], r["size"], r["mode"], r["impl"]) for r in records}
+    jobs = [(r, case, size, mode, impl) for r in range(args.rounds) for case in args.cases for size in args.sizes
+            for mode in args.modes for impl in (("ours", "mmseg") if r % 2 == 0 else ("mmseg", "ours"))]
+    todo = [job for job in jobs if job not in done]
+    if len(todo) < len(jobs):
+        print(f"resuming {args.out}: {len(jobs) - len(todo)} of {len(jobs)} processes already measured", flush=True)
+    for i, (r, case, size, mode, impl) in enumerate(todo, 1):
+        res = run_worker(args.python, impl, case, size, mode, args.reps, args.threads, args.timeout, args.batch)
+        records.append({"round": r, "case": case, "size": size, "mode": mode, "impl": impl, **res})
+        print(f"[{i}/{len(todo)}] round {r + 1} {case} {size} {mode} {impl}: {res}", flush=True)
+        if args.out:
+            from segattn.io import atomic_write_json
+
+            atomic_write_json(args.out, {"command": cmd, "settings": settings, "records": records})
     results: Dict[Tuple[str, int, str, str], Dict[str, Any]] = {}
-    for r in range(args.rounds):
-        for case in args.cases:
-            for size in args.sizes:
-                for mode in args.modes:
-                    impls = ("ours", "mmseg") if r % 2 == 0 else ("mmseg", "ours")
-                    for impl in impls:
-                        res = run_worker(args.python, impl, case, size, mode, args.reps, args.threads, args.timeout,
-                                         args.batch)
-                        slot = results.setdefault((case, size, mode, impl), {"ms": [], "peak_mb": []})
-                        if "error" in res:
-                            slot["error"] = res["error"]
-                        else:
-                            slot["ms"].append(res["ms"])
-                            slot["peak_mb"].append(res["peak_mb"])
-                        print(f"round {r + 1} {case} {size} {mode} {impl}: {res}", flush=True)
+    for rec in records:
+        slot = results.setdefault((rec["case"], rec["size"], rec["mode"], rec["impl"]), {"ms": [], "peak_mb": []})
+        if "error" in rec:
+            slot["error"] = rec["error"]
+        else:
+            slot["ms"].append(rec["ms"])
+            slot["peak_mb"].append(rec["peak_mb"])
     print()
     print(f"`{cmd}`")
     print()
@@ -398,12 +420,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     print()
     for case in args.cases:
         print(f"- {case}: {CASES[case].note}")
-    if args.out:
-        from segattn.io import atomic_write_json
-
-        atomic_write_json(args.out, {"command": cmd, "threads": args.threads, "rounds": args.rounds,
-                                     "results": [{"case": k[0], "size": k[1], "mode": k[2], "impl": k[3], **v}
-                                                 for k, v in results.items()]})
     return 0
 
 

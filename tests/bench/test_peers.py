@@ -50,3 +50,42 @@ def test_bad_case_is_one_clear_error(capsys):
         peers.main(["--cases", "nope"])
     assert exc.value.code == 2
     assert "unknown case" in capsys.readouterr().err
+
+
+def test_out_is_written_after_every_process_and_resumed(tmp_path, monkeypatch, capsys):
+    import subprocess
+
+    peers = load()
+    monkeypatch.setattr(peers.subprocess, "run",
+                        lambda *a, **k: subprocess.CompletedProcess(a, 0, stdout="1.2.2\n", stderr=""))
+    calls = []
+
+    def fake_worker(python, impl, case, size, mode, reps, threads, timeout, batch=1):
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # the run is stopped during its fourth process
+        calls.append((impl, case, size, mode))
+        return {"ms": 10.0 if impl == "ours" else 20.0, "peak_mb": 5.0}
+
+    monkeypatch.setattr(peers, "run_worker", fake_worker)
+    out = tmp_path / "peers.json"
+    args = ["--cases", "nonlocal", "ccnet", "--sizes", "64", "--modes", "eval", "--rounds", "2", "--out", str(out)]
+    with pytest.raises(KeyboardInterrupt):
+        peers.main(args)
+    import json
+
+    assert len(json.loads(out.read_text())["records"]) == 3  # what finished is on disk
+    with pytest.raises(SystemExit):  # an existing --out is never overwritten
+        peers.main(args)
+    assert "--resume" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # other settings than the recorded run's
+        peers.main(args + ["--resume", "--threads", "2"])
+    assert "was run with" in capsys.readouterr().err
+    calls.clear()
+    monkeypatch.setattr(peers, "run_worker", lambda *a, **k: calls.append(a) or {"ms": 10.0 if a[1] == "ours" else 20.0,
+                                                                                 "peak_mb": 5.0})
+    assert peers.main(args + ["--resume"]) == 0
+    assert len(calls) == 8 - 3  # 2 rounds x 2 cases x 2 implementations, 3 kept
+    text = capsys.readouterr().out
+    assert "3 of 8 processes already measured" in text
+    assert "| ccnet | 64x64 | eval | 10 | 20 | 0.50x | 5 | 5 | 1.00x |" in text
+    assert len(json.loads(out.read_text())["records"]) == 8
