@@ -62,3 +62,18 @@ def test_cli_bench_memory_only_runs_no_timing(capsys, monkeypatch):
     row = next(line for line in out.splitlines() if line.startswith("| danet_pam |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[3] == "-" and float(cells[4]) >= 0 and cells[5] == "-"  # no latency, a memory figure, no time ratio
+
+
+def test_a_failed_memory_probe_is_reported_in_its_row(capsys, monkeypatch):
+    import segattn.bench.cli as cli
+
+    def probe(name, setting):
+        if name == "danet_pam":
+            raise RuntimeError("memory probe for 'danet_pam' was killed by signal 9 (out of memory?)")
+        return 1.0
+
+    monkeypatch.setattr(cli, "peak_memory_mb", probe)
+    assert main(["bench", "nonlocal", "danet_pam", "--channels", "8", "--size", "9x7", "--memory-only"]) == 0
+    out = capsys.readouterr().out
+    assert "| danet_pam | - | - | failed: memory probe for 'danet_pam' was killed by signal 9" in out
+    assert "| nonlocal | 0.00 |" in out  # the other module still measured

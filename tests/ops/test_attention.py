@@ -229,3 +229,32 @@ def test_few_keys_take_the_plain_product_on_cpu():
         want = torch.autograd.grad((naive * cot).sum(), (q, k, v))
         for a, b in zip(got, want):
             torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+
+
+def test_chunked_attention_reuses_its_logits_buffers(monkeypatch):
+    """Every chunk's logits go into flat buffers made once per pass, instead of a fresh N_c x M block per
+    chunk, which glibc could keep resident (the whole N x M map's worth, seen at N = 32768): no product
+    or element-wise op allocates a chunk-sized tensor."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from segattn.ops import attention
+
+    chunk = 2 * 4 * 40  # 4 query rows x 40 keys x batch 2
+    monkeypatch.setattr(attention, "CHUNK_ELEMENTS", chunk)
+    fresh = []
+
+    class FreshChunks(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor) and out.numel() == chunk and not (kwargs or {}).get("out") is out:
+                if not any(isinstance(a, torch.Tensor) and a.untyped_storage().data_ptr() ==
+                           out.untyped_storage().data_ptr() for a in args):
+                    fresh.append(str(func))
+            return out
+
+    q = torch.randn(2, 64, 3, requires_grad=True)  # 16 chunks; no input or gradient has the chunk's size
+    k = torch.randn(2, 40, 3, requires_grad=True)
+    v = torch.randn(2, 40, 16, requires_grad=True)
+    with FreshChunks():
+        attention.ChunkedAttention.apply(q, k, v, 0.5).sum().backward()
+    assert not [name for name in fresh if "empty" not in name], fresh

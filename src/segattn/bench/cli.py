@@ -74,7 +74,10 @@ def run(args: argparse.Namespace) -> int:
         for i, name in enumerate(names, 1):
             if not results[name].error:
                 print(f"[{i}/{len(names)}] peak memory of {name}", flush=True)
-                results[name].peak_mem_mb = peak_memory_mb(name, setting)
+                try:
+                    results[name].peak_mem_mb = peak_memory_mb(name, setting)
+                except RuntimeError as exc:  # one module's failure is reported in its row; the others still run
+                    results[name].error = str(exc)[:200]
     baseline = args.baseline if args.baseline in results else None
     # executed MACs and the machine's matmul rate, for GMAC/s (nothing to relate them to without timing)
     rate = None if args.memory_only else add_throughput(results, setting)

@@ -148,6 +148,8 @@ def peak_memory_mb(name: str, setting: BenchSetting) -> float:
         return (torch.cuda.max_memory_allocated() - base) / 2**20
     cmd = [sys.executable, "-m", "segattn.bench.measure", name, json.dumps(asdict(setting))]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if proc.returncode < 0:
+        raise RuntimeError(f"memory probe for {name!r} was killed by signal {-proc.returncode} (out of memory?)")
     if proc.returncode != 0:
         raise RuntimeError(f"memory probe for {name!r} failed: {proc.stderr.strip()[-500:]}")
     return float(json.loads(proc.stdout.strip().splitlines()[-1])["peak_mb"])

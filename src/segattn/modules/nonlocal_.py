@@ -17,7 +17,14 @@ from torch import Tensor, nn
 
 from segattn.layers import BatchNorm2d
 from segattn.modules.base import Attention, ContextModule, ModuleOutput
-from segattn.ops.attention import full_precision, linear_attention, softmax_attention, upcast
+from segattn.ops.attention import (
+    batch_3d,
+    full_precision,
+    linear_attention,
+    scratch_view,
+    softmax_attention,
+    upcast,
+)
 from segattn.ops.flops import conv2d_macs
 from segattn.registry import MODULES
 
@@ -38,24 +45,38 @@ class ConcatAggregate(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, a: Tensor, b: Tensor, v: Tensor) -> Tensor:
         ctx.save_for_backward(a, b, v)
-        m = b.shape[-1]
-        chunk = max(1, CONCAT_CHUNK_ELEMENTS // m)
-        return torch.cat([torch.matmul(F.relu(a_c + b) / m, v) for a_c in a.split(chunk, dim=-2)], dim=-2)
+        a3, b3, v3 = batch_3d(a), batch_3d(b), batch_3d(v)
+        batch, n, m = a3.shape[0], a3.shape[1], b3.shape[-1]
+        rows = max(1, CONCAT_CHUNK_ELEMENTS // m)
+        scratch = a3.new_empty(batch * min(rows, n) * m)  # one buffer for every chunk (see scratch_view)
+        out = v3.new_empty(batch, n, v3.shape[-1])
+        for start in range(0, n, rows):
+            stop = min(start + rows, n)
+            w = torch.add(a3[:, start:stop], b3, out=scratch_view(scratch, batch, stop - start, m))
+            out[:, start:stop] = torch.bmm(w.relu_().div_(m), v3)
+        return out.view(*v.shape[:-2], n, v.shape[-1])
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         a, b, v = ctx.saved_tensors
-        m = b.shape[-1]
-        chunk = max(1, CONCAT_CHUNK_ELEMENTS // m)
-        grad_a, grad_b, grad_v = [], torch.zeros_like(b), torch.zeros_like(v)
-        for a_c, g_c in zip(a.split(chunk, dim=-2), grad.split(chunk, dim=-2)):
-            logits = a_c + b  # (..., n, M)
-            grad_v += torch.matmul((F.relu(logits) / m).transpose(-1, -2), g_c)
-            g_logits = torch.matmul(g_c, v.transpose(-1, -2)).mul_(logits > 0).div_(m)
-            grad_a.append(g_logits.sum(-1, keepdim=True))
+        a3, b3, v3, g3 = batch_3d(a), batch_3d(b), batch_3d(v), batch_3d(grad)
+        batch, n, m = a3.shape[0], a3.shape[1], b3.shape[-1]
+        rows = max(1, CONCAT_CHUNK_ELEMENTS // m)
+        grad_a, grad_b, grad_v = torch.empty_like(a3), torch.zeros_like(b3), torch.zeros_like(v3)
+        w_scratch = a3.new_empty(batch * min(rows, n) * m)
+        g_scratch = torch.empty_like(w_scratch)
+        vt = v3.transpose(1, 2)
+        for start in range(0, n, rows):
+            stop = min(start + rows, n)
+            g_c = g3[:, start:stop]
+            w = torch.add(a3[:, start:stop], b3, out=scratch_view(w_scratch, batch, stop - start, m))
+            grad_v.baddbmm_(w.relu_().div_(m).transpose(1, 2), g_c)  # P = ReLU(a + b) / M
+            g_logits = torch.bmm(g_c, vt, out=scratch_view(g_scratch, batch, stop - start, m))
+            g_logits.mul_(w.sign_()).div_(m)  # sign(P) = [a + b > 0]
+            grad_a[:, start:stop] = g_logits.sum(-1, keepdim=True)
             grad_b += g_logits.sum(-2, keepdim=True)
-        return torch.cat(grad_a, dim=-2), grad_b, grad_v
+        return grad_a.view(a.shape), grad_b.view(b.shape), grad_v.view(v.shape)
 
 
 def to_tokens(x: Tensor) -> Tensor:

@@ -222,35 +222,61 @@ class ChunkedAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:  # type: ignore[override]
-        rows = _chunk_rows(q, k.shape[-2])
-        kt = k.transpose(-1, -2)
-        outs, lses = [], []
-        for qc in q.split(rows, dim=-2):
-            logits = torch.matmul(qc, kt).mul_(scale)
-            lse = torch.logsumexp(logits, dim=-1, keepdim=True)
-            outs.append(torch.matmul(logits.sub_(lse).exp_(), v))
-            lses.append(lse)
-        out, lse = torch.cat(outs, dim=-2), torch.cat(lses, dim=-2)
+        q3, k3, v3 = batch_3d(q), batch_3d(k), batch_3d(v)
+        batch, n, m = q3.shape[0], q3.shape[1], k3.shape[1]
+        rows = _chunk_rows(q, m)
+        kt = k3.transpose(1, 2)
+        scratch = q3.new_empty(batch * min(rows, n) * m)  # one logits buffer for every chunk
+        out = v3.new_empty(batch, n, v3.shape[-1])
+        lse = q3.new_empty(batch, n, 1)
+        for start in range(0, n, rows):
+            stop = min(start + rows, n)
+            p = torch.bmm(q3[:, start:stop], kt, out=scratch_view(scratch, batch, stop - start, m)).mul_(scale)
+            row_max = p.amax(dim=-1, keepdim=True)
+            total = p.sub_(row_max).exp_().sum(dim=-1, keepdim=True)
+            out[:, start:stop] = torch.bmm(p.div_(total), v3)
+            lse[:, start:stop] = row_max + total.log()
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.scale = scale
-        return out
+        return out.view(*v.shape[:-2], n, v.shape[-1])
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         q, k, v, out, lse = ctx.saved_tensors
-        scale, rows = ctx.scale, _chunk_rows(q, k.shape[-2])
-        kt, vt = k.transpose(-1, -2), v.transpose(-1, -2)
-        delta = (grad * out).sum(dim=-1, keepdim=True)
-        grad_q, grad_k, grad_v = [], torch.zeros_like(k), torch.zeros_like(v)
-        chunks = zip(q.split(rows, -2), grad.split(rows, -2), lse.split(rows, -2), delta.split(rows, -2))
-        for qc, gc, lse_c, delta_c in chunks:
-            p = torch.matmul(qc, kt).mul_(scale).sub_(lse_c).exp_()
-            grad_v += torch.matmul(p.transpose(-1, -2), gc)
-            ds = torch.matmul(gc, vt).sub_(delta_c).mul_(p).mul_(scale)
-            grad_q.append(torch.matmul(ds, k))
-            grad_k += torch.matmul(ds.transpose(-1, -2), qc)
-        return torch.cat(grad_q, dim=-2), grad_k, grad_v, None
+        q3, k3, v3, g3 = batch_3d(q), batch_3d(k), batch_3d(v), batch_3d(grad)
+        batch, n, m = q3.shape[0], q3.shape[1], k3.shape[1]
+        scale, rows = ctx.scale, _chunk_rows(q, m)
+        kt, vt = k3.transpose(1, 2), v3.transpose(1, 2)
+        delta = (g3 * out).sum(dim=-1, keepdim=True)
+        grad_q, grad_k, grad_v = torch.empty_like(q3), torch.zeros_like(k3), torch.zeros_like(v3)
+        p_scratch = q3.new_empty(batch * min(rows, n) * m)
+        ds_scratch = torch.empty_like(p_scratch)
+        for start in range(0, n, rows):
+            stop = min(start + rows, n)
+            qc, gc = q3[:, start:stop], g3[:, start:stop]
+            p = torch.bmm(qc, kt, out=scratch_view(p_scratch, batch, stop - start, m))
+            p.mul_(scale).sub_(lse[:, start:stop]).exp_()
+            grad_v.baddbmm_(p.transpose(1, 2), gc)
+            ds = torch.bmm(gc, vt, out=scratch_view(ds_scratch, batch, stop - start, m))
+            ds.sub_(delta[:, start:stop]).mul_(p).mul_(scale)
+            grad_q[:, start:stop] = torch.bmm(ds, k3)
+            grad_k.baddbmm_(ds.transpose(1, 2), qc)
+        return grad_q.view(q.shape), grad_k.view(k.shape), grad_v.view(v.shape), None
+
+
+def batch_3d(t: Tensor) -> Tensor:
+    """(..., S, C) -> (prod(...), S, C), a view where the layout allows."""
+    return t.reshape(-1, t.shape[-2], t.shape[-1])
+
+
+def scratch_view(scratch: Tensor, batch: int, rows: int, m: int) -> Tensor:
+    """The first ``batch * rows * m`` elements of a flat buffer as a contiguous (batch, rows, m) tensor.
+
+    Reusing one buffer for every chunk matters on CPU: a fresh multi-MiB allocation per chunk let
+    glibc keep each freed block (resident memory grew by the whole N x M map at N = 32768, now and
+    then), and every fresh block costs its page faults again."""
+    return scratch[: batch * rows * m].view(batch, rows, m)
 
 
 def _fused_kernel(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
