@@ -248,8 +248,10 @@ def _outputs(out: Any) -> List[Any]:
     return list(out) if isinstance(out, (list, tuple)) else [out]
 
 
-def worker(impl: str, case: str, size: int, mode: str, reps: int, threads: int, batch: int = 1) -> Dict[str, Any]:
-    """One process, one implementation: a warm-up step, then ``reps`` timed steps (the first memory-measured)."""
+def worker(impl: str, case: str, size: int, mode: str, reps: int, threads: int, batch: int = 1,
+           measure: str = "time") -> Dict[str, Any]:
+    """One process, one implementation: a warm-up step, then ``reps`` timed steps (the first memory-measured);
+    with ``measure="tensors"`` one untimed step under ``PeakLiveRecorder`` (exact peak of live tensor bytes)."""
     import torch
     import torch.nn.functional as F
 
@@ -278,6 +280,12 @@ def worker(impl: str, case: str, size: int, mode: str, reps: int, threads: int, 
                 module(x)
 
     step()  # warm-up at the full size
+    if measure == "tensors":
+        from segattn.bench.tensors import PeakLiveRecorder
+
+        with PeakLiveRecorder() as rec:
+            step()
+        return {"live_mb": rec.peak / 2**20}
     times, peak_mb = [], 0.0
     for i in range(reps):
         if i == 0:  # the first timed step is also the memory-measured one
@@ -302,11 +310,11 @@ def short_error(message: str) -> str:
 
 
 def run_worker(python: str, impl: str, case: str, size: int, mode: str, reps: int, threads: int,
-               timeout: float, batch: int = 1) -> Dict[str, Any]:
+               timeout: float, batch: int = 1, measure: str = "time") -> Dict[str, Any]:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MALLOC_MMAP_THRESHOLD_": "65536",
            "PYTHONWARNINGS": "ignore"}
     cmd = [python, os.path.abspath(__file__), "--worker", impl, case, str(size), mode, str(reps), str(threads),
-           str(batch)]
+           str(batch), measure]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -342,6 +350,22 @@ def table(results: Dict[Tuple[str, int, str, str], Dict[str, Any]], cases: List[
     return "\n".join(lines)
 
 
+def tensor_table(results: Dict[Tuple[str, int, str, str], Dict[str, Any]], cases: List[str], sizes: List[int],
+                 modes: List[str]) -> str:
+    """``--tensors``: peak live tensor MiB of one step, ours against mmseg."""
+    lines = ["| case | size | mode | ours tensor MiB | mmseg tensor MiB | ours/mmseg |", "|---|---|---|---:|---:|---:|"]
+    for case in cases:
+        for size in sizes:
+            for mode in modes:
+                o, m = results.get((case, size, mode, "ours"), {}), results.get((case, size, mode, "mmseg"), {})
+                ol, ml = o.get("live_mb", []), m.get("live_mb", [])
+                row = [case, f"{size}x{size}", mode, _cell(ol, 1) if ol else o.get("error", "-"),
+                       _cell(ml, 1) if ml else m.get("error", "-")]
+                row.append(f"{statistics.median(ol) / statistics.median(ml):.2f}x" if ol and ml else "-")
+                lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--cases", nargs="*", default=[c for c in CASES if CASES[c].kind != "model"],
@@ -358,12 +382,15 @@ def main(argv: Optional[List[str]] = None) -> int:
                                                "(must not exist unless --resume)")
     p.add_argument("--resume", action="store_true", help="continue the run recorded in --out: its finished "
                                                          "processes are kept, the rest run")
-    p.add_argument("--worker", nargs=7, metavar=("IMPL", "CASE", "SIZE", "MODE", "REPS", "THREADS", "BATCH"),
+    p.add_argument("--tensors", action="store_true",
+                   help="instead of time and resident memory: the exact peak of live tensor bytes of one step "
+                        "(segattn.bench.tensors.PeakLiveRecorder; independent of load and allocator)")
+    p.add_argument("--worker", nargs=8, metavar=("IMPL", "CASE", "SIZE", "MODE", "REPS", "THREADS", "BATCH", "MEASURE"),
                    help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
-        impl, case, size, mode, reps, threads, batch = args.worker
-        print(json.dumps(worker(impl, case, int(size), mode, int(reps), int(threads), int(batch))))
+        impl, case, size, mode, reps, threads, batch, measure = args.worker
+        print(json.dumps(worker(impl, case, int(size), mode, int(reps), int(threads), int(batch), measure)))
         return 0
     bad = [c for c in args.cases if c not in CASES]
     if bad:
@@ -372,7 +399,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         p.error("--resume needs --out (the run to continue)")
     if args.out and os.path.exists(args.out) and not args.resume:
         p.error(f"--out {args.out} exists; pick a new path, or add --resume to continue it")
-    settings = {"threads": args.threads, "reps": args.reps, "batch": args.batch}
+    settings = {"threads": args.threads, "reps": args.reps, "batch": args.batch, "tensors": args.tensors}
     records: List[Dict[str, Any]] = []
     if args.resume and os.path.exists(args.out):
         try:
@@ -398,7 +425,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if len(todo) < len(jobs):
         print(f"resuming {args.out}: {len(jobs) - len(todo)} of {len(jobs)} processes already measured", flush=True)
     for i, (r, case, size, mode, impl) in enumerate(todo, 1):
-        res = run_worker(args.python, impl, case, size, mode, args.reps, args.threads, args.timeout, args.batch)
+        res = run_worker(args.python, impl, case, size, mode, args.reps, args.threads, args.timeout, args.batch,
+                         "tensors" if args.tensors else "time")
         records.append({"round": r, "case": case, "size": size, "mode": mode, "impl": impl, **res})
         print(f"[{i}/{len(todo)}] round {r + 1} {case} {size} {mode} {impl}: {res}", flush=True)
         if args.out:
@@ -407,16 +435,17 @@ def main(argv: Optional[List[str]] = None) -> int:
             atomic_write_json(args.out, {"command": cmd, "settings": settings, "records": records})
     results: Dict[Tuple[str, int, str, str], Dict[str, Any]] = {}
     for rec in records:
-        slot = results.setdefault((rec["case"], rec["size"], rec["mode"], rec["impl"]), {"ms": [], "peak_mb": []})
+        slot = results.setdefault((rec["case"], rec["size"], rec["mode"], rec["impl"]),
+                                  {"ms": [], "peak_mb": [], "live_mb": []})
         if "error" in rec:
             slot["error"] = rec["error"]
-        else:
-            slot["ms"].append(rec["ms"])
-            slot["peak_mb"].append(rec["peak_mb"])
+        for key in ("ms", "peak_mb", "live_mb"):
+            if key in rec:
+                slot[key].append(rec[key])
     print()
     print(f"`{cmd}`")
     print()
-    print(table(results, args.cases, args.sizes, args.modes))
+    print((tensor_table if args.tensors else table)(results, args.cases, args.sizes, args.modes))
     print()
     for case in args.cases:
         print(f"- {case}: {CASES[case].note}")

@@ -60,7 +60,7 @@ def test_out_is_written_after_every_process_and_resumed(tmp_path, monkeypatch, c
                         lambda *a, **k: subprocess.CompletedProcess(a, 0, stdout="1.2.2\n", stderr=""))
     calls = []
 
-    def fake_worker(python, impl, case, size, mode, reps, threads, timeout, batch=1):
+    def fake_worker(python, impl, case, size, mode, reps, threads, timeout, batch=1, measure="time"):
         if len(calls) == 3:
             raise KeyboardInterrupt  # the run is stopped during its fourth process
         calls.append((impl, case, size, mode))
@@ -89,3 +89,17 @@ def test_out_is_written_after_every_process_and_resumed(tmp_path, monkeypatch, c
     assert "3 of 8 processes already measured" in text
     assert "| ccnet | 64x64 | eval | 10 | 20 | 0.50x | 5 | 5 | 1.00x |" in text
     assert len(json.loads(out.read_text())["records"]) == 8
+
+
+def test_tensor_table():
+    peers = load()
+    results = {("isa_head", 64, "eval", "ours"): {"live_mb": [48.0]},
+               ("isa_head", 64, "eval", "mmseg"): {"live_mb": [50.0]}}
+    text = peers.tensor_table(results, ["isa_head"], [64], ["eval"])
+    assert "| isa_head | 64x64 | eval | 48.0 | 50.0 | 0.96x |" in text
+
+
+def test_worker_measures_live_tensors_of_ours_without_mmseg():
+    peers = load()
+    res = peers.worker("ours", "danet_cam", 16, "train", 1, 1, 1, "tensors")
+    assert set(res) == {"live_mb"} and 0 < res["live_mb"] < 10
