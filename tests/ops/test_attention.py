@@ -246,7 +246,7 @@ def test_chunked_attention_reuses_its_logits_buffers(monkeypatch):
     class FreshChunks(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
-            if isinstance(out, torch.Tensor) and out.numel() == chunk and not (kwargs or {}).get("out") is out:
+            if isinstance(out, torch.Tensor) and out.numel() == chunk and (kwargs or {}).get("out") is not out:
                 if not any(isinstance(a, torch.Tensor) and a.untyped_storage().data_ptr() ==
                            out.untyped_storage().data_ptr() for a in args):
                     fresh.append(str(func))

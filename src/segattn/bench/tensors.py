@@ -13,9 +13,8 @@ set it is exact and independent of the allocator and of other processes, so a te
 
 from __future__ import annotations
 
-from typing import Any, Tuple
-
 import weakref
+from typing import Any, Tuple
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
