@@ -49,12 +49,11 @@ class ConcatAggregate(torch.autograd.Function):
         batch, n, m = a3.shape[0], a3.shape[1], b3.shape[-1]
         rows = max(1, CONCAT_CHUNK_ELEMENTS // m)
         scratch = a3.new_empty(batch * min(rows, n) * m)  # one buffer for every chunk (see scratch_view)
-        out = v3.new_empty(batch, n, v3.shape[-1])
-        for start in range(0, n, rows):
-            stop = min(start + rows, n)
-            w = torch.add(a3[:, start:stop], b3, out=scratch_view(scratch, batch, stop - start, m))
-            out[:, start:stop] = torch.bmm(w.relu_().div_(m), v3)
-        return out.view(*v.shape[:-2], n, v.shape[-1])
+        outs = []
+        for a_c in a3.split(rows, dim=1):  # split, not range(n): torch.compile keeps n symbolic
+            w = torch.add(a_c, b3, out=scratch_view(scratch, batch, a_c.shape[1], m))
+            outs.append(torch.bmm(w.relu_().div_(m), v3))
+        return torch.cat(outs, dim=1).view(*v.shape[:-2], n, v.shape[-1])
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -63,20 +62,18 @@ class ConcatAggregate(torch.autograd.Function):
         a3, b3, v3, g3 = batch_3d(a), batch_3d(b), batch_3d(v), batch_3d(grad)
         batch, n, m = a3.shape[0], a3.shape[1], b3.shape[-1]
         rows = max(1, CONCAT_CHUNK_ELEMENTS // m)
-        grad_a, grad_b, grad_v = torch.empty_like(a3), torch.zeros_like(b3), torch.zeros_like(v3)
+        grad_a, grad_b, grad_v = [], torch.zeros_like(b3), torch.zeros_like(v3)
         w_scratch = a3.new_empty(batch * min(rows, n) * m)
         g_scratch = torch.empty_like(w_scratch)
         vt = v3.transpose(1, 2)
-        for start in range(0, n, rows):
-            stop = min(start + rows, n)
-            g_c = g3[:, start:stop]
-            w = torch.add(a3[:, start:stop], b3, out=scratch_view(w_scratch, batch, stop - start, m))
+        for a_c, g_c in zip(a3.split(rows, dim=1), g3.split(rows, dim=1)):
+            w = torch.add(a_c, b3, out=scratch_view(w_scratch, batch, a_c.shape[1], m))
             grad_v.baddbmm_(w.relu_().div_(m).transpose(1, 2), g_c)  # P = ReLU(a + b) / M
-            g_logits = torch.bmm(g_c, vt, out=scratch_view(g_scratch, batch, stop - start, m))
+            g_logits = torch.bmm(g_c, vt, out=scratch_view(g_scratch, batch, a_c.shape[1], m))
             g_logits.mul_(w.sign_()).div_(m)  # sign(P) = [a + b > 0]
-            grad_a[:, start:stop] = g_logits.sum(-1, keepdim=True)
+            grad_a.append(g_logits.sum(-1, keepdim=True))
             grad_b += g_logits.sum(-2, keepdim=True)
-        return grad_a.view(a.shape), grad_b.view(b.shape), grad_v.view(v.shape)
+        return torch.cat(grad_a, dim=1).view(a.shape), grad_b.view(b.shape), grad_v.view(v.shape)
 
 
 def to_tokens(x: Tensor) -> Tensor:
