@@ -134,7 +134,8 @@ def _few_keys(q: Tensor, k: Tensor, v: Tensor) -> bool:
     skips its padding of q and k. ISA's groups (M = 64 or 256 keys, d = 256, dv = 512): 0.52-0.65x the
     padded fused kernel's forward time at 1 thread (``python benchmarks/attention_paths.py``; the
     chunked path: 1.15-2.9x), and the ISA head's peak 48 instead of 56 MiB at 64x64."""
-    return q.device.type == "cpu" and k.shape[-2] <= v.shape[-1] and not torch.compiler.is_compiling()
+    # compiling first: a shape comparison while tracing would guard the graph on the size
+    return not torch.compiler.is_compiling() and q.device.type == "cpu" and k.shape[-2] <= v.shape[-1]
 
 
 def _fused_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
