@@ -88,6 +88,18 @@ def test_fused_path_never_materialises_n_by_m(rank, transposed):
         assert _largest_output_numel(step) >= n * m  # the recorder does see a materialised matrix
 
 
+def _assert_equals_formula_with_gradients(out, q, k, v, scale):
+    """``out`` and its gradients to q, k, v equal the materialised ``softmax(scale q k^T) v`` (float64)."""
+    naive = torch.softmax(scale * q @ k.transpose(-1, -2), dim=-1) @ v
+    torch.testing.assert_close(out, naive, atol=1e-12, rtol=0)
+    cot = torch.randn_like(naive)
+    got = torch.autograd.grad((out * cot).sum(), (q, k, v), retain_graph=True)
+    want = torch.autograd.grad((naive * cot).sum(), (q, k, v), retain_graph=True)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+    return naive
+
+
 @pytest.mark.parametrize("scale", [1.0, 0.3])
 def test_chunked_attention_equals_naive_with_gradients(monkeypatch, scale):
     """The exact chunked path (d < dv under autograd) against the materialised formula, several chunks."""
@@ -99,13 +111,7 @@ def test_chunked_attention_equals_naive_with_gradients(monkeypatch, scale):
     v = torch.randn(2, 37, 9, dtype=torch.float64, requires_grad=True)
     out = softmax_attention(q, k, v, scale=scale)
     assert type(out.grad_fn).__name__ == "ChunkedAttentionBackward"  # the path under test
-    naive = torch.softmax(scale * q @ k.transpose(1, 2), dim=-1) @ v
-    torch.testing.assert_close(out, naive, atol=1e-12, rtol=0)
-    cot = torch.randn_like(naive)
-    got = torch.autograd.grad((out * cot).sum(), (q, k, v))
-    want = torch.autograd.grad((naive * cot).sum(), (q, k, v))
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+    naive = _assert_equals_formula_with_gradients(out, q, k, v, scale)
     assert torch.autograd.gradcheck(lambda a, b, c: attention.ChunkedAttention.apply(a, b, c, scale),
                                     (q[:1, :7], k[:1, :5], v[:1, :5, :3]))
     with torch.no_grad():  # forward alone keeps the fused kernel for dv < 4 d
@@ -222,13 +228,7 @@ def test_few_keys_take_the_plain_product_on_cpu():
         with LargestTensorRecorder() as rec:
             out = softmax_attention(q, k, v, scale=0.7)
         assert (not rec.attention_ops) == plain, (m, rec.attention_ops)
-        naive = torch.softmax(0.7 * q @ k.transpose(-1, -2), dim=-1) @ v
-        torch.testing.assert_close(out, naive, atol=1e-12, rtol=0)
-        cot = torch.randn_like(naive)
-        got = torch.autograd.grad((out * cot).sum(), (q, k, v))
-        want = torch.autograd.grad((naive * cot).sum(), (q, k, v))
-        for a, b in zip(got, want):
-            torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+        _assert_equals_formula_with_gradients(out, q, k, v, 0.7)
 
 
 def test_chunked_attention_reuses_its_logits_buffers(monkeypatch):
