@@ -1,5 +1,5 @@
-"""Backbones: dilated ResNets written here (registered in ``segattn.registry.BACKBONES``) and an
-optional timm adapter (``"timm:<name>"``)."""
+"""Backbones: dilated ResNets and LocalNet (exact receptive field) written here (registered in
+``segattn.registry.BACKBONES``) and an optional timm adapter (``"timm:<name>"``)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,14 @@ from typing import Any, List
 
 from torch import nn
 
+from segattn.models.backbones.localnet import LocalNet
 from segattn.models.backbones.resnet import BasicBlock, Bottleneck, FeatureInfo, ResNet
 from segattn.models.backbones.timm_adapter import TimmBackbone, timm_available
 from segattn.registry import BACKBONES
 
 
 def create_backbone(name: str, **kwargs: Any) -> nn.Module:
-    """Build backbone ``name`` (``resnet50``, ``resnet50c`` (V1c), ``resnet50d``, ... or ``timm:<name>``).
+    """Build backbone ``name`` (``resnet50``, ``resnet50c`` (V1c), ``resnet50d``, ..., ``localnet`` or ``timm:<name>``).
 
     Keywords follow timm: ``output_stride``, ``out_indices``, ``features_only``, ``in_chans``,
     ``multi_grid``, ``pretrained`` (a path or URL; never fetched implicitly).
@@ -29,5 +30,5 @@ def list_backbones(pattern: str = "*") -> List[str]:
     return BACKBONES.list(pattern)
 
 
-__all__ = ["ResNet", "BasicBlock", "Bottleneck", "FeatureInfo", "TimmBackbone", "timm_available",
+__all__ = ["ResNet", "LocalNet", "BasicBlock", "Bottleneck", "FeatureInfo", "TimmBackbone", "timm_available",
            "create_backbone", "list_backbones"]
