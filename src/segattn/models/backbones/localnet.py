@@ -19,7 +19,7 @@ controlled experiments (the synthetic comparison protocol), not a feature extrac
 
 from __future__ import annotations
 
-from typing import List, Sequence, Union
+from typing import List, Sequence
 
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -71,20 +71,20 @@ class LocalNet(nn.Module):
         out_indices: Sequence[int] = (1, 2, 3, 4),
     ) -> None:
         super().__init__()
-        self.patch = _positive_int("output_stride", output_stride)
+        self.output_stride = p = _positive_int("output_stride", output_stride)
         width, blocks = _positive_int("width", width), _positive_int("blocks", blocks)
         if _positive_int("kernel_size", kernel_size) % 2 == 0:
             raise ValueError(f"LocalNet kernel_size must be odd (same padding), got {kernel_size}")
         if not out_indices or any(i not in range(5) for i in out_indices):
             raise ValueError(f"out_indices must lie in 0..4 (0 = stem, 1..4 = layer1..4), got {tuple(out_indices)}")
-        self.output_stride, self.kernel_size, self.blocks = self.patch, kernel_size, blocks
+        self.kernel_size, self.blocks = kernel_size, blocks
         self.out_indices = tuple(out_indices)
-        self.stem = nn.Sequential(nn.Conv2d(in_chans, width, self.patch, self.patch, bias=False),
+        self.stem = nn.Sequential(nn.Conv2d(in_chans, width, p, p, bias=False),
                                   BatchNorm2d(width), nn.ReLU(inplace=True))
         for i in range(1, 5):
             self.add_module(f"layer{i}", nn.Sequential(*(LocalBlock(width, kernel_size) for _ in range(blocks))))
         names = ["stem", "layer1", "layer2", "layer3", "layer4"]
-        info = [{"num_chs": width, "reduction": self.patch, "module": n} for n in names]
+        info = [{"num_chs": width, "reduction": p, "module": n} for n in names]
         self.feature_info = FeatureInfo(info, self.out_indices)
         self.num_features = width
         for m in self.modules():
@@ -94,15 +94,15 @@ class LocalNet(nn.Module):
     @property
     def receptive_field(self) -> int:
         """Side in pixels of the square of the image that one output cell of layer4 sees."""
-        return self.patch + 4 * self.blocks * (self.kernel_size - 1) * self.patch
+        return self.output_stride * (1 + 4 * self.blocks * (self.kernel_size - 1))
 
     def stages(self) -> List[nn.Module]:
         return [self.stem, self.layer1, self.layer2, self.layer3, self.layer4]
 
-    def forward(self, x: Tensor) -> Union[List[Tensor], Tensor]:
+    def forward(self, x: Tensor) -> List[Tensor]:
         if x.dim() != 4:
             raise ValueError(f"LocalNet expects a (B, C, H, W) image batch, got shape {tuple(x.shape)}")
-        pad_h, pad_w = -x.shape[-2] % self.patch, -x.shape[-1] % self.patch
+        pad_h, pad_w = -x.shape[-2] % self.output_stride, -x.shape[-1] % self.output_stride
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h))
         feats = []
