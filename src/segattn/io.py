@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
 import tempfile
+import warnings
 from pathlib import Path
 from typing import IO, Any, Callable, Union
 
@@ -57,16 +60,67 @@ def atomic_torch_save(path: PathLike, obj: Any) -> Path:
     return atomic_write(path, lambda f: torch.save(obj, f))
 
 
+# torch's weights-only unpickler refuses a file in several wordings; each names the foreign object
+_FOREIGN_OBJECT = (
+    r"GLOBAL (\S+) whose module \S+ is blocked",          # os.system, subprocess.Popen, builtins.eval, ...
+    r"Unsupported global: GLOBAL (\S+)",                   # any class or function not on torch's allow-list
+    r"reduce for unrecognized function (.+?)(?: which belongs to .*)?$",
+    r"new object for nn\.Parameter or .* but got (.+)$",
+    r"Can only build .* but got (.+)$",
+)
+
+
+def _readable_name(full: str) -> str:
+    """``commands.Popen`` (pickle's Python 2 spelling) -> ``subprocess.Popen``."""
+    import _compat_pickle
+
+    module, _, name = full.rpartition(".")
+    return f"{_compat_pickle.IMPORT_MAPPING.get(module, module)}.{name}" if module else full
+
+
+def _first_import(path: str) -> str:
+    """The first class or function a torch zip file's pickle imports that is not torch's own, or ``""``.
+
+    Read with :mod:`pickletools`, which decodes opcodes without executing anything.
+    """
+    import pickletools
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            name = next(n for n in archive.namelist() if n.endswith("data.pkl"))
+            strings: list = []
+            for op, arg, _ in pickletools.genops(archive.read(name)):
+                if isinstance(arg, str):
+                    strings.append(arg)
+                found = arg.replace(" ", ".") if op.name in ("GLOBAL", "INST") else (
+                    ".".join(strings[-2:]) if op.name == "STACK_GLOBAL" and len(strings) >= 2 else "")
+                if found and not found.startswith(("torch.", "collections.OrderedDict", "_codecs.encode")):
+                    return _readable_name(found)
+    except Exception:  # not a zip, no pickle, a broken stream: nothing to name
+        return ""
+    return ""
+
+
+def _foreign_object(message: str, path: str) -> str:
+    """The object a weights-only load refused (``"posix.system"``), or ``""`` if the file is merely unreadable."""
+    for pattern in _FOREIGN_OBJECT:
+        found = re.search(pattern, message, flags=re.MULTILINE)
+        if found:
+            return _readable_name(found.group(1).strip().rstrip("."))
+    if re.search(r"Unsupported operand \d+", message):  # e.g. protocol 4: look for an import ourselves
+        return _first_import(path)
+    return ""
+
+
 def safe_torch_load(path: PathLike, map_location: Any = "cpu", what: str = "checkpoint") -> Any:
     """``torch.load(path, weights_only=True)``: plain data only (tensors, numbers, strings, lists, dicts).
 
     Unpickling arbitrary objects can run code, so a file holding anything else is refused with a
-    ``ValueError`` naming the file and the first foreign object; a truncated or non-PyTorch file is a
-    ``ValueError`` too. A missing file is a ``FileNotFoundError``.
+    ``ValueError`` that says so and names the first such object (``posix.system``, a class, ...); a
+    truncated or non-PyTorch file is a ``ValueError`` naming the file too. A missing file is a
+    ``FileNotFoundError``.
     """
-    import pickle
-    import re
-
     import torch
 
     path = os.fspath(path)
@@ -75,17 +129,20 @@ def safe_torch_load(path: PathLike, map_location: Any = "cpu", what: str = "chec
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{what} {path!r} does not exist")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-        if found is None:
-            raise ValueError(f"{what} {path!r} is not a readable PyTorch file (truncated or another format)") from None
-        raise ValueError(f"{what} {path!r} holds a Python object ({found.group(1)}), not only tensors and plain data; "
-                         "refusing to load it because unpickling it could run code "
-                         "(files written by segattn hold plain data only)") from None
+        with warnings.catch_warnings():  # torch's note on pickle protocols concerns torch, not the user
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # a corrupt file fails anywhere in the reader (KeyError, struct.error, ...)
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"{what} {path!r} is not a readable PyTorch file (truncated or another format): {reason}") from None
+        text = str(exc).strip()
+        foreign = _foreign_object(text, path)
+        if foreign:
+            raise ValueError(f"{what} {path!r} holds objects whose loading could run code (the first: {foreign}), "
+                             "not only tensors and plain data; refusing to load it (files written by segattn hold "
+                             "plain data only; load it with weights_only=False only if you trust its source)") from None
+        unreadable = f"{what} {path!r} is not a readable PyTorch file (truncated or another format)"
+        if isinstance(exc, pickle.UnpicklingError) or not text:  # torch's pickle text is advice, not a reason
+            raise ValueError(unreadable) from None
+        raise ValueError(f"{unreadable}: {text.splitlines()[0][:200]}") from None
 
 
 def _nearest_existing(path: Path) -> Path:

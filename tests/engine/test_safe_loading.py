@@ -166,3 +166,32 @@ def test_model_config_with_objects_does_not_break_checkpoints(tmp_path):
         train(cfg, model=model, train_set=ToyDataset(4), val_set=None)
     ckpt = load_checkpoint(str(tmp_path / "last.pt"))
     assert ckpt["model_config"] is None and ckpt["iteration"] == 1
+
+
+class _System:
+    """Unpickling this would call ``os.system``: torch reports its module as *blocked*, a wording of its own."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("true",))
+
+
+@pytest.mark.parametrize("protocol", [2, 4])  # protocol 4 imports with STACK_GLOBAL, which torch does not decode
+def test_blocked_global_is_named_as_code_not_as_a_damaged_file(tmp_path, protocol):
+    path = tmp_path / "system.pt"
+    torch.save({"model": {"w": torch.ones(1)}, "payload": _System()}, path, pickle_protocol=protocol)
+    with pytest.raises(ValueError) as info:
+        load_checkpoint(str(path))
+    text = str(info.value)
+    assert "system.pt" in text and "could run code" in text and "system" in text.split("the first:")[1][:20]
+    assert "truncated" not in text
+
+
+def test_sgr_graph_file_uses_the_safe_loader(evil, tmp_path):
+    import segattn
+
+    path, marker = evil
+    with pytest.raises(ValueError, match=r"SGR graph file .*evil\.pt' holds objects whose loading could run code"):
+        segattn.create_module("sgr", 8, graph_file=str(path))
+    assert not marker.exists()

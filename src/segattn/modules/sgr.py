@@ -155,8 +155,9 @@ def load_graph(path: Union[str, os.PathLike]) -> Tuple[Tensor, Tensor]:
 
     The file holds a mapping with the keys ``node_embeddings`` (e.g. the word vectors of the K concept
     names) and ``adjacency`` (non-negative edge weights, e.g. ConceptNet relations or label
-    co-occurrence); a ``.pt`` file is read with ``torch.load(weights_only=True)``. Raises
-    ``ValueError`` naming the file and what is missing.
+    co-occurrence); a ``.pt`` file is read with :func:`segattn.io.safe_torch_load` (plain data only: a
+    file holding objects whose loading could run code is refused). Raises ``ValueError`` naming the
+    file and what is missing.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -167,7 +168,9 @@ def load_graph(path: Union[str, os.PathLike]) -> Tuple[Tensor, Tensor]:
         with np.load(path) as data:
             found = {k: torch.from_numpy(data[k]).float() for k in GRAPH_KEYS if k in data.files}
     elif path.endswith(".pt") or path.endswith(".pth"):
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        from segattn.io import safe_torch_load
+
+        data = safe_torch_load(path, map_location="cpu", what="SGR graph file")
         if not isinstance(data, dict):
             raise ValueError(f"SGR graph file {path!r} must hold a dict with {GRAPH_KEYS}, got {type(data).__name__}")
         found = {k: torch.as_tensor(data[k]).float() for k in GRAPH_KEYS if k in data}
