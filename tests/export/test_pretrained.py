@@ -113,6 +113,34 @@ def test_clear_errors(tmp_path) -> None:
         segattn.create_model("fcn", 3, **TINY).save_pretrained(tmp_path / "x", classes=["a", "b"])
 
 
+
+@pytest.mark.parametrize("pointer", ["../other/model.safetensors", "ABS", "sub/model.safetensors", ".."])
+def test_config_cannot_point_weights_outside_the_folder(model, tmp_path, pointer) -> None:
+    model.save_pretrained(tmp_path / "other")  # weights a crafted folder would like us to read
+    folder = tmp_path / "m"
+    model.save_pretrained(folder)
+    (folder / "sub").mkdir()
+    shutil.copy(folder / "model.safetensors", folder / "sub" / "model.safetensors")
+    pointer = str(tmp_path / "other" / "model.safetensors") if pointer == "ABS" else pointer
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "weights": pointer}))
+    with pytest.raises(ValueError, match=r"config\.json: 'weights' must be a file name inside the folder"):
+        segattn.from_pretrained(folder)
+    with pytest.raises(ValueError, match="must be a file name inside"):
+        weights.weights_info(folder)
+
+
+def test_damaged_safetensors_names_the_file(model, tmp_path) -> None:
+    folder = tmp_path / "m"
+    model.save_pretrained(folder)
+    data = (folder / "model.safetensors").read_bytes()
+    for damaged in (data[: len(data) // 2], data[:5], b"not a safetensors file at all"):
+        (folder / "model.safetensors").write_bytes(damaged)
+        with pytest.raises(ValueError, match=r"model\.safetensors' is not a readable safetensors file"):
+            segattn.from_pretrained(folder)
+    with pytest.raises(ValueError, match=r"model\.safetensors' is not a readable safetensors file"):
+        weights.read_checkpoint(str(folder / "model.safetensors"))  # as model.pretrained
+
 class FakeHfApi:
     """Stands in for huggingface_hub.HfApi: the "remote" is a local folder per repo."""
 

@@ -100,14 +100,24 @@ def read_checkpoint(source: Source) -> StateDict:
 
 def _load_file(path: str) -> object:
     if path.endswith(".safetensors"):
-        try:
-            from safetensors.torch import load_file
-        except ImportError as err:  # pragma: no cover - depends on the environment
-            raise ImportError(f"reading {path!r} needs the 'safetensors' package") from err
-        return load_file(path, device="cpu")
+        return load_safetensors(path)
     from segattn.io import safe_torch_load
 
     return safe_torch_load(path, map_location="cpu", what="weights file")
+
+
+def load_safetensors(path: str, device: str = "cpu") -> StateDict:
+    """The tensors of a ``.safetensors`` file; a truncated or damaged file is a ``ValueError`` naming it."""
+    try:
+        from safetensors.torch import load_file
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError(f"reading {path!r} needs the 'safetensors' package (pip install 'segattn[hub]')") from err
+    try:
+        return load_file(path, device=device)
+    except Exception as exc:  # SafetensorError: the header or the data do not match the file
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"weights file {path!r} is not a readable safetensors file (truncated or damaged): "
+                         f"{reason}") from None
 
 
 def _unwrap(obj: object) -> StateDict:
@@ -542,22 +552,34 @@ def read_pretrained_config(directory: Union[str, os.PathLike[str]]) -> Dict[str,
     return config
 
 
+def pretrained_weights_path(directory: Union[str, os.PathLike[str]], config: Dict[str, Any]) -> str:
+    """The weights file a folder's ``config.json`` names (key ``weights``), inside that folder.
+
+    A downloaded folder only ever reads its own files: a name with a folder part (``../other/x``),
+    an absolute path or anything but a plain file name is a ``ValueError`` naming the key and value.
+    """
+    directory = os.fspath(directory)
+    name = config.get("weights") or SAFETENSORS_FILE
+    if (not isinstance(name, str) or name in (".", "..") or os.path.basename(name) != name or "/" in name
+            or "\\" in name or os.path.isabs(name)):
+        raise ValueError(f"{os.path.join(directory, CONFIG_FILE)}: 'weights' must be a file name inside the folder "
+                         f"(e.g. {SAFETENSORS_FILE!r}), got {name!r}; a model folder only reads its own files")
+    return os.path.join(directory, name)
+
+
 def load_pretrained_state(directory: Union[str, os.PathLike[str]], config: Dict[str, Any],
                           map_location: Any = "cpu") -> StateDict:
     directory = os.fspath(directory)
-    name = config.get("weights") or SAFETENSORS_FILE
-    path = os.path.join(directory, name)
+    path = pretrained_weights_path(directory, config)
     if not os.path.isfile(path):
         others = [n for n in (SAFETENSORS_FILE, TORCH_FILE) if os.path.isfile(os.path.join(directory, n))]
         if not others:
-            raise FileNotFoundError(f"no weights in {directory!r} (expected {name})")
+            raise FileNotFoundError(f"no weights in {directory!r} (expected {os.path.basename(path)})")
         path = os.path.join(directory, others[0])
     if path.endswith(".safetensors"):
         if not safetensors_available():
             raise ImportError(f"{path} needs the 'safetensors' package (pip install 'segattn[hub]')")
-        from safetensors.torch import load_file
-
-        return load_file(path, device=str(map_location) if isinstance(map_location, (str, torch.device)) else "cpu")
+        return load_safetensors(path, str(map_location) if isinstance(map_location, (str, torch.device)) else "cpu")
     from segattn.io import safe_torch_load
 
     state = safe_torch_load(path, map_location=map_location, what="weights file")
@@ -634,7 +656,7 @@ def weights_info(source: Union[str, os.PathLike[str]], macs_size: Optional[List[
     training crop, else 512x512)."""
     directory = resolve_pretrained(source)
     config = read_pretrained_config(directory)
-    weights = os.path.join(directory, config.get("weights") or SAFETENSORS_FILE)
+    weights = pretrained_weights_path(directory, config)
     size = list(macs_size or config.get("crop_size") or [512, 512])
     k = int(config["num_classes"])
     info = WeightsInfo(
