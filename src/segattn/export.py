@@ -327,7 +327,8 @@ def export(model: nn.Module, out: PathLike, *, format: str = "onnx", size: Any =
         dynamic: height and width symbolic; verified at ``size`` and at :func:`second_size`.
         opset: ONNX opset (default 20; 23 for the fused ``Attention`` op).
         pooling: with ``dynamic``, ``"generic"`` (size-generic adaptive pooling) or ``"refuse"``.
-        atol, rtol: the verification bound ``atol + rtol * |reference|`` on every logit.
+        atol: absolute part of the verification bound ``atol + rtol * |reference|`` on every logit.
+        rtol: relative part of that bound.
         overwrite: replace an existing ``out``.
         check_sizes: further sizes to verify (dynamic exports only).
     """
