@@ -110,6 +110,8 @@ def _bad_inputs(root, ckpt):
     (root / "text.pt").write_text("hello\n")
     torch.save({"weights": torch.zeros(3)}, root / "foreign.pt")
     torch.save({"conv.weight": torch.zeros(3)}, root / "statedict.pt")
+    full = torch.load(ckpt, weights_only=True)
+    torch.save({k: v for k, v in full.items() if k != "optimizer"}, root / "noopt.pt")
     (root / "afile").write_text("x")
     (root / "imgs").mkdir(exist_ok=True)
     Image.fromarray(np.zeros((20, 24, 3), np.uint8)).save(root / "imgs" / "a.png")
@@ -151,6 +153,12 @@ BAD_CALLS = [  # (id, argv with {t} = folder of bad inputs, {ckpt} = a good chec
     ("train-missing-config", "train --config {t}/none.yaml --work-dir {t}/w", "none.yaml' not found"),
     ("train-fp16-on-cpu", "train --config synthetic/fcn_r18_synthetic.yaml --work-dir {t}/w --set train.device=cpu "
      "--set train.amp=true --set train.amp_dtype=fp16", "train.amp_dtype=fp16 needs a CUDA device"),
+    ("train-resume-truncated", "train --config synthetic/fcn_r18_synthetic.yaml --work-dir {t}/w --resume {t}/trunc.pt",
+     "trunc.pt' is not a readable PyTorch file"),
+    ("train-resume-no-optimizer", "train --config synthetic/fcn_r18_synthetic.yaml --work-dir {t}/w "
+     "--resume {t}/noopt.pt", "noopt.pt cannot be resumed: it lacks 'optimizer'"),
+    ("train-resume-state-dict", "train --config synthetic/fcn_r18_synthetic.yaml --work-dir {t}/w "
+     "--resume {t}/statedict.pt", "statedict.pt cannot be resumed: it lacks 'model', 'optimizer'"),
     ("bench-out-is-file", "bench nonlocal --channels 8 --size 8 --rounds 1 --out {t}/afile", "afile is not usable"),
     ("bench-out-read-only", "bench nonlocal --channels 8 --size 8 --rounds 1 --out {ro}/b", "cannot write"),
     ("bench-no-module", "bench zzz*", "no registered module"),
@@ -181,6 +189,24 @@ def test_bad_invocations_end_in_one_error_line(argv, fragment, trained, tmp_path
     assert lines[-1].startswith(prefix) and fragment in lines[-1], lines[-1]
     assert not any((tmp_path / "t" / d).exists() for d in ("p", "w")), "nothing is created on failure"
 
+
+
+def test_resume_from_checkpoint_of_another_model_or_optimiser_is_one_clear_line(trained, tmp_path, capsys):
+    import torch
+
+    full = torch.load(trained / "best.pt", weights_only=True)
+    torch.save({**full, "model": {"w": torch.zeros(3)}}, tmp_path / "other_model.pt")
+    torch.save({**full, "optimizer": {"state": {}, "param_groups": []}}, tmp_path / "other_optim.pt")
+    base = ["train", *TRAIN, "--allow-config-change"]
+    assert main(["eval", "--checkpoint", str(tmp_path / "other_model.pt")]) == 2
+    said_by_eval = capsys.readouterr().err.strip()
+    assert main([*base, "--work-dir", str(tmp_path / "w1"), "--resume", str(tmp_path / "other_model.pt")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "other_model.pt does not fit model 'fcn'" in err and "1 unexpected (e.g. w)" in err, err
+    assert err.split("error: ")[1] == said_by_eval.split("error: ")[1]  # as good as eval's, word for word
+    assert main([*base, "--work-dir", str(tmp_path / "w2"), "--resume", str(tmp_path / "other_optim.pt")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "other_optim.pt: its 'optimizer' state does not fit this run" in err and "Traceback" not in err, err
 
 def test_unreadable_inputs_skipped_and_counted(trained, tmp_path, capsys):
     _bad_inputs(tmp_path, trained / "best.pt")

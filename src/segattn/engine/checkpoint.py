@@ -97,6 +97,26 @@ def load_checkpoint(path: str, map_location: Optional[str] = "cpu") -> Dict[str,
     return obj
 
 
+
+# what `segattn train` stores and a resumed run restores, with the type each must have
+RESUME_KEYS = {"model": dict, "optimizer": dict, "scheduler": dict, "scaler": dict, "iteration": int, "rng": dict}
+_KINDS = {dict: "a mapping", int: "an integer"}
+
+
+def check_resumable(ckpt: Dict[str, Any], path: str) -> None:
+    """``ValueError`` naming ``path`` and the keys at fault when ``ckpt`` cannot continue a training run."""
+    missing = [k for k in RESUME_KEYS if k not in ckpt]
+    wrong = [f"{k!r} is a {type(ckpt[k]).__name__}, expected {_KINDS[t]}" for k, t in RESUME_KEYS.items()
+             if k in ckpt and (not isinstance(ckpt[k], t) or isinstance(ckpt[k], bool))]
+    if not missing and not wrong and ckpt["iteration"] < 0:
+        wrong.append(f"'iteration' is {ckpt['iteration']}, expected >= 0")
+    if missing or wrong:
+        found = (f"it lacks {', '.join(repr(k) for k in missing)}" if missing else "") + (
+            "; " if missing and wrong else "") + "; ".join(wrong)
+        raise ValueError(f"checkpoint {path} cannot be resumed: {found} (a checkpoint written by `segattn train` "
+                         f"holds {', '.join(RESUME_KEYS)}); to start a new run from its weights, pass "
+                         f"--set model.pretrained={path} without --resume")
+
 def model_state(ckpt: Dict[str, Any]) -> Dict[str, Any]:
     """The model state dict of a training checkpoint, a bare state dict, or a ``{"state_dict": ...}``."""
     for key in ("model", "state_dict"):

@@ -53,7 +53,14 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from segattn.engine import build
-from segattn.engine.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state, to_plain
+from segattn.engine.checkpoint import (
+    atomic_save,
+    check_resumable,
+    load_checkpoint,
+    rng_state,
+    set_rng_state,
+    to_plain,
+)
 from segattn.engine.config import Config, ConfigError, save_config
 from segattn.engine.distributed import (
     DistInfo,
@@ -68,6 +75,7 @@ from segattn.engine.evaluate import evaluate
 from segattn.engine.logger import RunLogger
 from segattn.engine.metrics import format_metrics, json_safe
 from segattn.engine.workdir import RunStart, WorkDirLock, prepare_work_dir, truncate_metrics
+from segattn.errors import one_line
 from segattn.io import atomic_write_json
 from segattn.lowrank.hooks import call_step_hooks
 
@@ -302,20 +310,32 @@ class Trainer:
 
     def resume(self, path: str, ckpt: Optional[Dict[str, Any]] = None) -> None:
         """Restore model, optimiser, scheduler, scaler, iteration, best metric and RNG streams."""
+        from segattn.engine.run import load_weights
+
         ckpt = load_checkpoint(path, map_location="cpu") if ckpt is None else ckpt
-        build.unwrap(self.model).load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.scaler.load_state_dict(ckpt["scaler"])
+        check_resumable(ckpt, path)
+        load_weights(build.unwrap(self.model), ckpt, path)
+        for key in ("optimizer", "scheduler", "scaler"):
+            self._restore(path, key, lambda k=key: getattr(self, k).load_state_dict(ckpt[k]))
         self.iteration = int(ckpt["iteration"])
         self.best = ckpt.get("best")
         ranks = ckpt.get("rng_ranks")
         if ranks and len(ranks) == self.info.world_size:
-            set_rng_state(ranks[self.info.rank])
+            self._restore(path, "rng_ranks", lambda: set_rng_state(ranks[self.info.rank]))
         else:
-            set_rng_state(ckpt["rng"])
+            self._restore(path, "rng", lambda: set_rng_state(ckpt["rng"]))
             if self.info.distributed:  # world size changed: keep the ranks' streams distinct
                 torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,))) + self.info.rank)
+
+    @staticmethod
+    def _restore(path: str, key: str, load: Callable[[], Any]) -> None:
+        """Run ``load``; any failure is one ``ValueError`` naming the checkpoint and its key."""
+        try:
+            load()
+        except Exception as exc:  # a state of another optimiser, a damaged RNG state, ...
+            reason = one_line(str(exc), 300) or type(exc).__name__
+            raise ValueError(f"checkpoint {path}: its {key!r} state does not fit this run ({reason}); "
+                             "was it written with another optim / schedule / amp config?") from None
 
     # -------------------------------------------------------------------------------- step
     def _autocast(self) -> Any:

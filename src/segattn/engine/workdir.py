@@ -246,11 +246,14 @@ def prepare_work_dir(cfg: Config, lock: WorkDirLock, load: bool = True) -> RunSt
 
     Call on the main process only; ``load=False`` skips reading the checkpoint (the caller does).
     """
-    from segattn.engine.checkpoint import load_checkpoint
+    from segattn.engine.checkpoint import check_resumable, load_checkpoint
 
     work_dir = cfg.train.work_dir
     check_work_dir_path(work_dir)
     path = _resume_path(cfg)  # before anything is created: resuming nothing is an error
+    ckpt = load_checkpoint(path) if load and path is not None else None  # so is a damaged checkpoint
+    if ckpt is not None:
+        check_resumable(ckpt, path)
     try:
         os.makedirs(work_dir, exist_ok=True)
     except OSError as exc:
@@ -273,7 +276,6 @@ def prepare_work_dir(cfg: Config, lock: WorkDirLock, load: bool = True) -> RunSt
             start.notes.append(f"--overwrite: removed the earlier run's {', '.join(gone) or 'nothing'}")
         return start
     start.resume_path = path
-    ckpt = load_checkpoint(path) if load else None
     stored = stored_config(work_dir) if cfg.train.resume == "auto" else None
     if stored is None and ckpt is not None:
         stored = ckpt.get("config")
