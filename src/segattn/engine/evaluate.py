@@ -144,7 +144,8 @@ def evaluate(model: nn.Module, batches: Iterable[Tuple[Tensor, Tensor]], num_cla
 
     ``max_samples`` counts images (all processes together, taken from the start of a
     ``ShardSampler`` split): the last batch is cut to fit. ``show_progress`` reports progress on
-    stderr (:mod:`segattn.progress`).
+    stderr (:mod:`segattn.progress`). Labels without a single valid pixel (all ``ignore_index``)
+    raise :class:`NoValidPixels` instead of returning metrics that are all NaN.
     """
     check_settings(mode, crop_size, stride, list(scales) or [1.0])
     if max_samples is not None and (isinstance(max_samples, bool) or int(max_samples) < 1):
@@ -174,4 +175,12 @@ def evaluate(model: nn.Module, batches: Iterable[Tuple[Tensor, Tensor]], num_cla
         bar.close()
         model.train(was_training)
     cm.all_reduce()
+    if int(cm.mat.sum()) == 0:
+        raise NoValidPixels(f"evaluation found no valid pixel in {seen} image(s) (per process): every label pixel is "
+                            f"ignore_index={ignore_index} or outside 0..{num_classes - 1}, so every metric would be "
+                            "NaN; check the validation masks and the dataset's ignore_index")
     return cm.compute(class_names)
+
+
+class NoValidPixels(ValueError):
+    """An evaluation whose labels hold no pixel to score (all ``ignore_index`` or out of range)."""

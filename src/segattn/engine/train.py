@@ -23,6 +23,11 @@ touch the weights (exit code 2 from the CLI). Only with an fp16 GradScaler (CUDA
 the steps whose gradients overflow, up to ``train.nonfinite_tolerance`` consecutive non-finite
 losses are let through. A checkpoint whose weights are not all finite is never written.
 
+Labels with nothing to learn. A batch whose label pixels are all ``ignore_index`` gives a loss of 0
+and no gradient. :data:`VOID_WINDOW` such batches in a row (or a whole epoch, or a whole run, if
+shorter) stop the run with :class:`NoLabelledPixels`: the labels are void or the dataset's
+``ignore_index`` is wrong, and going on would end with loss 0 and mIoU NaN.
+
 Interrupts. SIGINT/SIGTERM set a flag; the loop finishes the current step, saves ``last.pt`` and
 returns with ``interrupted=True`` (a second SIGINT aborts at once). Under torchrun the flag is
 all-reduced every step so all ranks stop at the same iteration.
@@ -84,6 +89,13 @@ Callback = Callable[["Trainer", int], None]
 
 class TrainingDiverged(ValueError):
     """The loss (or the weights) stopped being finite; the message says where and what to try."""
+
+
+class NoLabelledPixels(ValueError):
+    """The training labels hold no pixel to learn from (all ``ignore_index``)."""
+
+
+VOID_WINDOW = 20  # consecutive training batches without a labelled pixel that stop a run
 
 
 def seed_everything(seed: int) -> None:
@@ -177,6 +189,8 @@ class Trainer:
         self.callbacks: List[Callback] = list(callbacks)
         self.iteration = 0
         self.nonfinite = 0  # consecutive non-finite losses
+        self.void_batches = 0  # consecutive batches without a labelled pixel
+        self._start_iter = 0
         self._resuming = False
         self.best: Optional[float] = None
         self.stop = _StopFlag()
@@ -366,6 +380,7 @@ class Trainer:
         masks = masks.to(self.device, non_blocking=True).long()
         if self.cfg.train.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
+        self._check_labelled(masks)
         self.ddp.train()
         with self._autocast():
             outputs = self.ddp(images)
@@ -404,6 +419,24 @@ class Trainer:
             skipped = f" after {self.nonfinite - 1} skipped step(s)" if self.nonfinite > 1 else ""
             raise TrainingDiverged(f"training diverged at iteration {self.iteration + 1}: the loss is "
                                    f"{float(loss):g}{skipped} ({parts}); {self._divergence_hint()}")
+
+    def _check_labelled(self, masks: Tensor) -> None:
+        """Stop when :data:`VOID_WINDOW` batches in a row (fewer if the epoch or the run is shorter)
+        hold no labelled pixel (see the module docstring)."""
+        count = (masks != self.meta["ignore_index"]).sum()
+        if self.info.distributed:  # every rank decides the same
+            dist.all_reduce(count)
+        if bool(count > 0):
+            self.void_batches = 0
+            return
+        self.void_batches += 1
+        window = min(VOID_WINDOW, self.iters_per_epoch, self.cfg.schedule.iters - self._start_iter)
+        if self.void_batches >= max(1, window):
+            raise NoLabelledPixels(
+                f"no labelled pixel in {self.void_batches} training batch(es) in a row (iterations "
+                f"{self.iteration - self.void_batches + 2}-{self.iteration + 1}): every label pixel is "
+                f"ignore_index={self.meta['ignore_index']}; check the dataset's masks and its ignore_index "
+                "(nothing can be learned from these labels, so training stopped)")
 
     def _stop_requested(self) -> bool:
         flag = self.stop.requested
@@ -527,6 +560,7 @@ class Trainer:
         self.sampler.set_epoch(epoch, skip=offset * bs)
         data = iter(self.train_loader)
         start_iter, t0 = self.iteration, time.time()
+        self._start_iter = start_iter
         running: Dict[str, float] = {}
         n_running = 0
         metrics = None
