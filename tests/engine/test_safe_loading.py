@@ -14,7 +14,7 @@ from segattn.engine.checkpoint import atomic_save, load_checkpoint, rng_state, s
 from segattn.engine.config import ModelConfig
 from segattn.engine.run import run_evaluation
 from segattn.engine.train import finetune_from, train
-from segattn.models.weights import read_checkpoint
+from segattn.convert.resnet import read_checkpoint
 from tests.engine.standins import TinySeg, ToyDataset, tiny_config
 
 

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from segattn.models.backbones import ResNet
-from segattn.models.weights import (
+from segattn.convert.resnet import (
     detect_layout,
     load_backbone_weights,
     read_checkpoint,

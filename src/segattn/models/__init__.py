@@ -14,7 +14,7 @@ from segattn.models.backbones import create_backbone, list_backbones
 from segattn.models.factory import build_segmentor, create_model, list_models
 from segattn.models.losses import build_loss
 from segattn.models.segmentor import SegmentationModel, from_pretrained
-from segattn.models.weights import LoadReport, load_backbone_weights
+from segattn.convert.resnet import LoadReport, load_backbone_weights
 
 __all__: List[str] = [
     "create_model", "list_models", "from_pretrained", "build_segmentor", "SegmentationModel",

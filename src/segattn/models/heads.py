@@ -40,12 +40,13 @@ class ContextHead(nn.Module):
         r   = ConvBNAct_k(C_in -> channels)(x)                  "reduce" (reduction conv)
         c   = context module on r                               "context" (skipped for FCN)
         c   = ConvBNAct_k(c -> post_channels)(c)                "post_conv"
-        y   = ConvBNAct_f(cat[x or r, c] -> channels)           "concat": "input" (x), "reduced" (r), None
+        y   = ConvBNAct_f(cat[x or r, c] -> fuse_channels)      "concat": "input" (x), "reduced" (r), None
         y   = upsampler(y)  (B, channels, s h, s w)            "upsampler": e.g. "carafe" (optional)
         out = conv1x1(Dropout2d(y))
 
     ``reduce=False`` puts the module on the backbone feature itself (PPM, ASPP, APCNet, PSANet,
-    whose modules carry their own fusion convs).
+    whose modules carry their own fusion convs). ``fuse_channels`` defaults to ``channels`` (mmseg's
+    EMAHead fuses to its narrower ``post_channels``).
     """
 
     def __init__(
@@ -62,6 +63,7 @@ class ContextHead(nn.Module):
         concat: Optional[str] = "input",
         kernel_size: int = 3,
         fuse_kernel: int = 3,
+        fuse_channels: Optional[int] = None,
         dropout: float = 0.1,
         act: str = "relu",
         in_index: int = -1,
@@ -80,8 +82,9 @@ class ContextHead(nn.Module):
         self.post_conv = ConvNormAct(width, post, kernel_size, act=act) if post_conv else nn.Identity()
         width = post if post_conv else width
         skip = {"input": in_channels, "reduced": reduced, None: 0}[concat]
-        self.fuse = ConvNormAct(skip + width, channels, fuse_kernel, act=act) if concat else None
-        width = channels if concat else width
+        fused = fuse_channels or channels
+        self.fuse = ConvNormAct(skip + width, fused, fuse_kernel, act=act) if concat else None
+        width = fused if concat else width
         self.upsample = create_upsampler(upsampler, width, **dict(upsampler_kw or {})) if upsampler else nn.Identity()
         self.cls = classifier(width, num_classes, dropout)
 

@@ -252,14 +252,18 @@ def isanet(num_classes: int, *, context_kw: Optional[Mapping[str, Any]] = None, 
 
 @register_model("emanet", ("ema",), paper="Li et al., ICCV 2019")
 def emanet(num_classes: int, *, context_kw: Optional[Mapping[str, Any]] = None, dropout: float = 0.1,
-           **kwargs: Any) -> SegmentationModel:
+           post_channels: Optional[int] = None, concat_input: bool = False, **kwargs: Any) -> SegmentationModel:
     """EMANet (XiaLiPKU/EMANet ``network.py``): ``fc0`` 3x3 ConvBNReLU 2048->512 -> EMAU(512, K = 64,
     T = 3; bases moved once per optimiser step by ``segattn.models.call_step_hooks``) -> ``fc1`` 3x3
     ConvBNReLU 512->256 -> Dropout2d(0.1) -> classifier. The official network has no auxiliary head
     and uses multi-grid (1, 2, 4): ``aux=False, multi_grid=(1, 2, 4)`` reproduce it (aux stays on by
-    default for the common protocol). mmseg's extra concat-input conv is not used."""
+    default for the common protocol). ``post_channels`` is the width after ``fc1`` (default
+    ``channels // 2``). ``concat_input=True`` adds mmseg EMAHead's ``conv_cat``: a 3x3 ConvBNReLU on
+    ``cat[res5, fc1 output]`` -> ``post_channels`` before the classifier (off by default: not in the paper)."""
     def head_kw(c: int, w: int) -> Dict[str, Any]:
-        return {"context": "ema", "context_kw": _kw(context_kw), "post_channels": max(w // 2, 1), "concat": None}
+        post = post_channels or max(w // 2, 1)
+        return {"context": "ema", "context_kw": _kw(context_kw), "post_channels": post,
+                "concat": "input" if concat_input else None, "fuse_channels": post}
 
     return _head_model(num_classes, head_kw, dropout, **kwargs)
 

@@ -17,6 +17,7 @@ from segattn.registry import MODULES
 Pair = Tuple[int, int]
 PSA_TYPES = ("collect", "distribute", "bi-direction")
 MASK_FILLS = ("zero", "-inf")
+SHRINK_RULES = ("odd", "mmseg")
 
 
 _INDEX_CACHE: OrderedDict[Tuple[int, int, int, int, str], Tensor] = OrderedDict()
@@ -126,6 +127,13 @@ class PointwiseSpatialAttention(ContextModule):
     concatenation with the input and the 3x3 fuse conv belong to the head; the output is resized to
     exactly (H, W) (the reference resizes to ((h'-1)s+1, (w'-1)s+1), equal for its 8k+1 inputs).
 
+    mmseg's ``PSAHead`` (for its checkpoints, :mod:`segattn.convert.mmseg`) differs in two ways, both off
+    by default: ``proj_padding=1`` (its 1x1 ``proj`` conv pads by 1, so the projected map is
+    (h'+2, w'+2) before the resize, which shifts it) and ``shrink_rule='mmseg'`` (the odd-size rule
+    above only when *both* H and W are not multiples of s; otherwise (H // s, W // s) with
+    ``align_corners=False`` for the shrink and the final resize). The default ``shrink_rule='odd'``
+    always uses the reference's rule.
+
     Cost (MACs, batch 1, N = HW, M = m_h m_w, per branch): ``N C C_m + N' C_m (C_m + M) + N'^2 C_m``,
     plus ``proj`` ``N' branches C_m C``. The (B, N', N') buffers (one per branch) and the N' x M mask
     prediction are inherent to PSANet: attention memory O(N'^2), order O(N'^2 C).
@@ -143,8 +151,15 @@ class PointwiseSpatialAttention(ContextModule):
         mask_fill: str = "zero",
         psa_softmax: bool = True,
         normalization_factor: Optional[float] = 1.0,
+        proj_padding: int = 0,
+        shrink_rule: str = "odd",
     ) -> None:
         super().__init__(in_channels)
+        if shrink_rule not in SHRINK_RULES:
+            raise ValueError(f"shrink_rule must be one of {SHRINK_RULES}, got {shrink_rule!r}")
+        if not isinstance(proj_padding, int) or isinstance(proj_padding, bool) or proj_padding < 0:
+            raise ValueError(f"proj_padding must be a non-negative int, got {proj_padding!r}")
+        self.shrink_rule, self.proj_padding = shrink_rule, proj_padding
         if psa_type not in PSA_TYPES:
             raise ValueError(f"psa_type must be one of {PSA_TYPES}, got {psa_type!r}")
         if mask_fill not in MASK_FILLS:
@@ -168,6 +183,7 @@ class PointwiseSpatialAttention(ContextModule):
         masks = self.mask_size[0] * self.mask_size[1]
         self.branches = nn.ModuleDict({k: PSABranch(in_channels, self.mid_channels, masks) for k in kinds})
         self.proj = ConvNormAct(len(kinds) * self.mid_channels, in_channels)
+        self.proj[0].padding = (proj_padding, proj_padding)
 
     def buffer(self, y: Tensor, kind: str) -> Tensor:
         """(B, m_h m_w, h', w') prediction -> (B, N', N') float32 attention logits (source, target)."""
@@ -181,11 +197,18 @@ class PointwiseSpatialAttention(ContextModule):
         fill = float("-inf") if self.mask_fill == "-inf" and self.psa_softmax else 0.0
         return psa_mask(y.reshape(b, self.mask_size[0], self.mask_size[1], h, w), kind, fill)
 
-    def _branch(self, kind: str, x: Tensor, size: Pair) -> Tuple[Tensor, Tensor]:
+    def shrink(self, size: Pair) -> Tuple[Pair, bool]:
+        """The shrunk (h', w') of an (H, W) map and the ``align_corners`` of both resizes."""
+        s = self.shrink_factor
+        if self.shrink_rule == "mmseg" and not (size[0] % s and size[1] % s):
+            return (size[0] // s, size[1] // s), False
+        return shrunk_size(size, s), True
+
+    def _branch(self, kind: str, x: Tensor, size: Pair, align: bool) -> Tuple[Tensor, Tensor]:
         branch = self.branches[kind]
         z = branch.reduce(x)
         if self.shrink_factor != 1:
-            z = F.interpolate(z, size=size, mode="bilinear", align_corners=True)
+            z = F.interpolate(z, size=size, mode="bilinear", align_corners=align)
         logits = branch.attention(z)
         with full_precision(x.device):  # mask, softmax and aggregation in float32, also under autocast
             attn = self.buffer(logits, kind)
@@ -199,28 +222,31 @@ class PointwiseSpatialAttention(ContextModule):
     def forward(self, x: Tensor, return_attention: bool = False) -> ModuleOutput:
         self.check_input(x)
         height, width = x.shape[2], x.shape[3]
-        size = shrunk_size((height, width), self.shrink_factor)
+        size, align = self.shrink((height, width))
         outs, maps = [], {}
         for kind in self.kinds:
-            out, maps[kind] = self._branch(kind, x, size)
+            out, maps[kind] = self._branch(kind, x, size, align)
             outs.append(out)
         y = self.proj(torch.cat(outs, dim=1))
-        if self.shrink_factor != 1:
-            y = F.interpolate(y, size=(height, width), mode="bilinear", align_corners=True)
+        if tuple(y.shape[2:]) != (height, width):
+            y = F.interpolate(y, size=(height, width), mode="bilinear", align_corners=align)
         if not return_attention:
             return y
         factors: Attention = maps
         return y, factors
 
     def flops(self, height: int, width: int) -> int:
-        h, w = shrunk_size((height, width), self.shrink_factor)
+        (h, w), _ = self.shrink((height, width))
         n, n_s, c, cm = height * width, h * w, self.in_channels, self.mid_channels
         masks = self.mask_size[0] * self.mask_size[1]
         per_branch = n * c * cm + n_s * cm * (cm + masks) + n_s * n_s * cm
-        return len(self.kinds) * per_branch + self.proj.macs(h, w)
+        pad = 2 * self.proj_padding
+        return len(self.kinds) * per_branch + self.proj.macs(h + pad, w + pad)
 
     def extra_repr(self) -> str:
         return (
             f"{super().extra_repr()}, psa_type={self.psa_type!r}, compact={self.compact}, "
             f"shrink_factor={self.shrink_factor}, mask_size={self.mask_size}, mask_fill={self.mask_fill!r}"
+            + (f", proj_padding={self.proj_padding}, shrink_rule={self.shrink_rule!r}"
+               if (self.proj_padding, self.shrink_rule) != (0, "odd") else "")
         )

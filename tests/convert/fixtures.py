@@ -1,0 +1,40 @@
+"""The mmseg 1.2.2 fixtures (``scripts/make_mmseg_fixtures.py``): config text, keys, expected logits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+import torch
+
+from tests.convert.mmseg_synth import synth_state_dict
+
+FIXTURES = Path(__file__).parent / "fixtures" / "mmseg"
+NAMES: List[str] = sorted(p.stem for p in FIXTURES.glob("*.json"))
+
+
+def record(name: str) -> Dict[str, Any]:
+    return json.loads((FIXTURES / f"{name}.json").read_text())
+
+
+def expected(name: str) -> Dict[str, np.ndarray]:
+    with np.load(FIXTURES / f"{name}.npz") as data:
+        return {k: data[k] for k in data.files}
+
+
+def state_dict(rec: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+    """The fixture's mmseg state dict (modules registered under two names hold one value, as in mmseg)."""
+    sd = synth_state_dict(rec["keys"])
+    for key, source in rec.get("tied", {}).items():
+        sd[key] = sd[source].clone()
+    return sd
+
+
+def write_checkpoint(rec: Dict[str, Any], path: Path, *, meta_key: str = "cfg", **extra: Any) -> Path:
+    """An mmseg-runner-style checkpoint file: ``{"meta": {cfg, dataset_meta, ...}, "state_dict": ...}``."""
+    meta: Dict[str, Any] = {meta_key: rec["cfg"], "dataset_meta": rec["dataset_meta"], "mmseg_version": "1.2.2",
+                            "iter": 80000, "seed": 0}
+    torch.save({"meta": meta, "state_dict": state_dict(rec), **extra}, path)
+    return path
