@@ -45,6 +45,6 @@ def images(tmp_path_factory):
         Image.fromarray(img).save(root / f"scene{i}.png")
         mask = np.zeros(img.shape[:2], np.uint8)
         mask[img.shape[0] // 3:] = 1
-        mask[:2] = 7  # not a class of the 3-class model: ignored
+        mask[:2] = 255  # the ignore index
         Image.fromarray(mask).save(labels / f"scene{i}.png")
     return root

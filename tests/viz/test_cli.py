@@ -45,3 +45,53 @@ def test_bad_input_is_one_line(case, pattern, tiny_models, images, tmp_path, cap
     assert cap.err.startswith("segattn viz: error: ") and cap.err.count("\n") == 1, cap.err
     assert pattern in cap.err
     assert not (tmp_path / "o" / "report.html").exists()
+
+
+@pytest.fixture
+def odd_inputs(images, tmp_path):
+    """A 16-bit PNG, a float TIFF, a label of another size and one with a value outside the classes."""
+    import numpy as np
+    from PIL import Image
+
+    grey16 = (np.arange(64 * 96).reshape(64, 96) * 10).astype(np.uint16)  # 0..61430: mostly far above 255
+    Image.fromarray(grey16).save(tmp_path / "deep.png")
+    Image.fromarray(np.full((64, 96), 0.5, np.float32)).save(tmp_path / "float.tif")
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    Image.fromarray(np.zeros((32, 48), np.uint8)).save(labels / "scene0.png")  # half the image's size
+    Image.fromarray(np.full((64, 96), 7, np.uint8)).save(labels / "scene1.png")  # 7: not one of 3 classes
+    return tmp_path
+
+
+def test_images_are_read_as_predict_reads_them(tiny_models, odd_inputs, tmp_path, capsys, monkeypatch):
+    import numpy as np
+
+    import segattn.viz.run as viz_run
+    from segattn.data.datasets.base import load_image
+
+    seen = []
+    monkeypatch.setattr(viz_run, "visualize", lambda model, items, *a, **k: seen.extend(items) or [])
+    rc, cap = run([str(odd_inputs / "deep.png"), "--checkpoint", tiny_models["ccnet"], "--out", str(tmp_path / "o")],
+                  capsys)
+    assert rc == 0, cap.err
+    expected = load_image(str(odd_inputs / "deep.png"))  # predict's loader: 16 bits scaled, not clipped to white
+    assert seen[0].image.shape == expected.shape and np.array_equal(seen[0].image, expected)
+    assert (seen[0].image < 255).mean() > 0.9
+
+
+@pytest.mark.parametrize("case, pattern", [
+    ("float", "holds floating-point pixels (mode F)"),
+    ("size", "size mismatch: image"),
+    ("value", "holds label value(s) [7] outside the 3 classes"),
+    ("max-images", "--max-images must be at least 1, got 0"),
+])
+def test_odd_images_and_labels_are_refused_like_predict(case, pattern, tiny_models, images, odd_inputs, tmp_path,
+                                                        capsys):
+    image = {"float": odd_inputs / "float.tif", "value": images / "scene1.png"}.get(case, images / "scene0.png")
+    extra = {"size": ["--labels", str(odd_inputs / "labels")], "value": ["--labels", str(odd_inputs / "labels")],
+             "max-images": ["--max-images", "0"]}.get(case, [])
+    rc, cap = run([str(image), "--checkpoint", tiny_models["ccnet"], "--out", str(tmp_path / "o"), *extra], capsys)
+    assert rc == 2
+    assert cap.err.startswith("segattn viz: error: ") and cap.err.count("\n") == 1, cap.err
+    assert pattern in cap.err, cap.err
+    assert not (tmp_path / "o").exists()

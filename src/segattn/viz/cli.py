@@ -57,10 +57,17 @@ def _labels_by_name(paths: List[str]) -> Dict[str, Path]:
     return {p.name: p for p in list_images(paths)} if paths else {}
 
 
-def _load_rgb(path: Path) -> np.ndarray:
-    from PIL import Image
+def _load_pair(path: Path, labels: Dict[str, Path]) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """The image and, when ``--labels`` has one of the same name, its mask, decoded as the datasets
+    and ``segattn predict`` do (16-bit scaled, floating point refused); a mask of another size is refused."""
+    from segattn.data.datasets.base import check_mask_size, load_image, load_mask
 
-    return np.asarray(Image.open(path).convert("RGB"))
+    image = load_image(str(path))
+    if path.name not in labels:
+        return image, None
+    mask = load_mask(str(labels[path.name]))
+    check_mask_size(image, mask, str(path), str(labels[path.name]))
+    return image, mask
 
 
 def _resize(arr: np.ndarray, size: Pair, nearest: bool) -> np.ndarray:
@@ -79,6 +86,7 @@ def _check_out(out: str, force: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from segattn.data.datasets.base import check_label_values
     from segattn.engine.predict import inference_scales, list_images, load_model, predict_labels, preprocess
     from segattn.viz.model import require_context
     from segattn.viz.run import Item, visualize
@@ -87,31 +95,32 @@ def run(args: argparse.Namespace) -> int:
     _check_out(args.out, args.force)
     if args.log is not None and not args.log > 0:
         raise ValueError(f"--log takes a positive number of decades, got {args.log}")
-    images = list_images(args.inputs)[: max(1, args.max_images)]
+    if args.max_images < 1:
+        raise ValueError(f"--max-images must be at least 1, got {args.max_images}")
+    images = list_images(args.inputs)[: args.max_images]
     labels = _labels_by_name(args.labels)
     pictures = []
     for path in images:
-        img = _load_rgb(path)
+        img, raw = _load_pair(path, labels)
         for q in args.query:
             check_query(q, img.shape[:2], f"image {path.name}")
-        pictures.append((path, img))
+        pictures.append((path, img, raw))
     if not os.path.exists(args.checkpoint):
         raise FileNotFoundError(f"checkpoint {args.checkpoint!r} does not exist")
     model, cfg, meta = load_model(args.checkpoint, list(args.set))
     found = require_context(model, "checkpoint's model")
     num_classes, palette = int(meta["num_classes"]), meta["palette"]
+    ignore = int(meta.get("ignore_index", 255))
+    for path, _, raw in pictures:
+        if raw is not None:
+            check_label_values(raw, num_classes, ignore, str(labels[path.name]))
     items = []
-    for path, img in pictures:
+    for path, img, raw in pictures:
         scale = inference_scales(img.shape[:2], cfg)[0]
         size = (max(1, round(img.shape[0] * scale)), max(1, round(img.shape[1] * scale)))
         shown = _resize(img, size, nearest=False)
         pred = _resize(predict_labels(model, img, cfg, num_classes).astype(np.uint8), size, nearest=True)
-        gt: Optional[np.ndarray] = None
-        if path.name in labels:
-            from segattn.data.datasets.base import load_mask
-
-            raw = load_mask(str(labels[path.name]))
-            gt = _resize(np.where(raw >= num_classes, 255, raw).astype(np.uint8), size, nearest=True)
+        gt = None if raw is None else _resize(np.where(raw == ignore, 255, raw).astype(np.uint8), size, nearest=True)
         queries = [(min(size[0] - 1, int(q[0] * scale)), min(size[1] - 1, int(q[1] * scale))) for q in args.query]
         items.append(Item(path.stem, preprocess(shown, cfg), shown, pred.astype(np.int64),
                           None if gt is None else gt.astype(np.int64), queries or None))

@@ -169,6 +169,26 @@ def load_mask(path: str) -> np.ndarray:
         raise DatasetError(f"cannot read mask {path}: {exc}") from exc
 
 
+def check_mask_size(image: np.ndarray, mask: np.ndarray, image_path: str, mask_path: str) -> None:
+    """``DatasetError`` naming both files when ``mask`` is not the size of ``image`` (it is never resized)."""
+    if image.shape[:2] != mask.shape[:2]:
+        raise DatasetError(
+            f"size mismatch: image {image_path} is {image.shape[1]}x{image.shape[0]} but mask "
+            f"{mask_path} is {mask.shape[1]}x{mask.shape[0]} (width x height)"
+        )
+
+
+def check_label_values(mask: np.ndarray, num_classes: int, ignore_index: int, path: str) -> None:
+    """``DatasetError`` naming ``path`` if ``mask`` holds a value outside [0, C) and != ``ignore_index``."""
+    bad = (mask < 0) | ((mask >= num_classes) & (mask != ignore_index))
+    if bad.any():
+        values = np.unique(mask[bad])[:10].tolist()
+        raise DatasetError(
+            f"mask {path} holds label value(s) {values} outside the {num_classes} classes "
+            f"(0..{num_classes - 1}) and not the ignore index {ignore_index}"
+        )
+
+
 def build_lut(label_map: Optional[Dict[int, int]], size: int = 256) -> Optional[np.ndarray]:
     """Look-up table raw value -> training id; values not in ``label_map`` map to themselves."""
     if not label_map:
@@ -248,13 +268,7 @@ class SegmentationDataset(Dataset):
 
     def check_labels(self, mask: np.ndarray, path: str) -> None:
         """``DatasetError`` naming ``path`` if ``mask`` holds a value outside [0, C) and != ignore_index."""
-        bad = (mask < 0) | ((mask >= self.num_classes) & (mask != self.ignore_index))
-        if bad.any():
-            values = np.unique(mask[bad])[:10].tolist()
-            raise DatasetError(
-                f"mask {path} holds label value(s) {values} outside the {self.num_classes} classes "
-                f"(0..{self.num_classes - 1}) and not the ignore index {self.ignore_index}"
-            )
+        check_label_values(mask, self.num_classes, self.ignore_index, path)
 
     def load(self, index: int) -> Tuple[np.ndarray, np.ndarray]:
         """Decoded, mapped and checked (image uint8 (H, W, 3), mask int64 (H, W)) for item ``index``."""
@@ -262,11 +276,7 @@ class SegmentationDataset(Dataset):
         img_path, mask_path = self.files[index]
         image = load_image(img_path)
         mask = self.map_labels(load_mask(mask_path))
-        if image.shape[:2] != mask.shape:
-            raise DatasetError(
-                f"size mismatch: image {img_path} is {image.shape[1]}x{image.shape[0]} but mask "
-                f"{mask_path} is {mask.shape[1]}x{mask.shape[0]} (width x height)"
-            )
+        check_mask_size(image, mask, img_path, mask_path)
         self.check_labels(mask, mask_path)
         return image, mask
 
