@@ -160,3 +160,41 @@ def test_randomness_follows_torch_seed():
     torch.manual_seed(5)
     b = pipe(image, mask)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+@pytest.mark.parametrize("src, dst", [(4, 2), (13, 7), (40, 11), (17, 34), (10, 3), (3, 10)])
+def test_nearest_resize_samples_pixel_centres(src, dst):
+    # output pixel i covers [i, i + 1) * src / dst of the source; its centre (i + 0.5) * src / dst picks
+    # the source pixel, as PIL's NEAREST does; corner sampling (i * src / dst) is half a pixel off
+    from PIL import Image
+
+    line = np.arange(src, dtype=np.int64)
+    expected = np.floor((np.arange(dst) + 0.5) * src / dst).astype(np.int64)
+    assert np.array_equal(T.resize_nearest(line[:, None], (dst, 1))[:, 0], expected)
+    grid = (np.arange(src)[:, None] * 16 + np.arange(src)[None, :]).astype(np.uint8)
+    pil = np.asarray(Image.fromarray(grid).resize((dst, dst), Image.NEAREST))
+    assert np.array_equal(T.resize_nearest(grid, (dst, dst)), pil)
+
+
+def test_downscaled_mask_stays_on_the_downscaled_image():
+    # a one-pixel-wide line: a 4x downscale keeps the mask where the bilinear image keeps its weight
+    image = np.zeros((32, 32, 3), np.uint8)
+    image[:, 18] = 255
+    mask = (image[..., 0] > 0).astype(np.int64)
+    small_image = T.resize_image(image, (8, 8))
+    small_mask = T.resize_nearest(mask, (8, 8))
+    assert np.array_equal(np.flatnonzero(small_mask[0]), [4]) and small_image[0, :, 0].argmax() == 4
+
+
+@pytest.mark.parametrize("make, fragment", [
+    (lambda: T.RandomCrop((0, 0)), "RandomCrop crop_size must be an integer >= 1"),
+    (lambda: T.RandomCrop(-4), "got -4"),
+    (lambda: T.Resize((0, 12)), "Resize size must be"),
+    (lambda: T.RandomScale(base_size=(2.5, 3)), "RandomScale base_size must be"),
+    (lambda: T.Normalize(std=[58.4, 0.0, 57.4]), "std must be finite and > 0"),
+    (lambda: T.Normalize(mean=[1.0, 2.0], std=[1.0, 2.0, 3.0]), "one value per channel"),
+    (lambda: T.build_transforms(True, crop_size=0), "crop_size must be an integer >= 1"),
+])
+def test_sizes_and_normalisation_that_mean_nothing_are_refused(make, fragment):
+    with pytest.raises(ValueError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+        make()

@@ -37,11 +37,13 @@ def _chance(prob: float) -> bool:
     return float(torch.rand(())) < prob
 
 
-def _pair(size: Union[int, Sequence[int]]) -> Size:
-    if isinstance(size, int):
-        return size, size
-    h, w = size
-    return int(h), int(w)
+def _pair(size: Union[int, Sequence[int]], what: str = "size") -> Size:
+    """``n`` -> ``(n, n)``; ``(h, w)`` kept; ``ValueError`` naming ``what`` unless both are integers >= 1."""
+    pair = (size, size) if isinstance(size, int) else tuple(size)
+    if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1
+                                 for v in pair):
+        raise ValueError(f"{what} must be an integer >= 1 or a pair (h, w) of them, got {size!r}")
+    return int(pair[0]), int(pair[1])
 
 
 def nearest_indices(src: int, dst: int) -> np.ndarray:
@@ -115,7 +117,7 @@ class Resize:
         self, size: Union[int, Sequence[int]], keep_ratio: bool = False, interpolation: str = "bilinear",
         resize_mask: bool = True,
     ) -> None:  # fmt: skip
-        self.size, self.keep_ratio = _pair(size), keep_ratio
+        self.size, self.keep_ratio = _pair(size, "Resize size"), keep_ratio
         self.interpolation, self.resize_mask = interpolation, resize_mask
 
     def __call__(self, image: np.ndarray, mask: np.ndarray) -> Pair:
@@ -145,7 +147,7 @@ class RandomScale:
         if not 0 < low <= high:
             raise ValueError(f"scale_range must satisfy 0 < low <= high, got {scale_range}")
         self.scale_range = (float(low), float(high))
-        self.base_size = _pair(base_size) if base_size is not None else None  # type: ignore[arg-type]
+        self.base_size = _pair(base_size, "RandomScale base_size") if base_size is not None else None
         self.interpolation = interpolation
 
     def __call__(self, image: np.ndarray, mask: np.ndarray) -> Pair:
@@ -182,7 +184,7 @@ class RandomCrop:
         self, crop_size: Union[int, Sequence[int]], cat_max_ratio: float = 1.0, ignore_index: int = 255,
         pad_value: float = 0.0,
     ) -> None:  # fmt: skip
-        self.crop_size = _pair(crop_size)
+        self.crop_size = _pair(crop_size, "RandomCrop crop_size")
         self.cat_max_ratio, self.ignore_index, self.pad_value = (
             float(cat_max_ratio),
             int(ignore_index),
@@ -306,8 +308,15 @@ class Normalize:
     """``(image - mean) / std`` per channel (0-255 scale), giving float32; the mask is untouched."""
 
     def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
-        self.mean = np.asarray(mean, dtype=np.float32)
-        self.std = np.asarray(std, dtype=np.float32)
+        self.mean = np.atleast_1d(np.asarray(mean, dtype=np.float32))
+        self.std = np.atleast_1d(np.asarray(std, dtype=np.float32))
+        lengths = {len(self.mean), len(self.std)} - {1}  # one value for all channels fits any length
+        if self.mean.ndim != 1 or self.std.ndim != 1 or len(lengths) > 1:
+            raise ValueError(f"Normalize mean and std must be one value per channel (or one for all), "
+                             f"got mean={self.mean.tolist()} and std={self.std.tolist()}")
+        if not (np.isfinite(self.std).all() and (self.std > 0).all() and np.isfinite(self.mean).all()):
+            raise ValueError(f"Normalize std must be finite and > 0 (and mean finite), got mean={self.mean.tolist()}, "
+                             f"std={self.std.tolist()}")
 
     def __call__(self, image: np.ndarray, mask: np.ndarray) -> Pair:
         return (image.astype(np.float32) - self.mean) / self.std, mask

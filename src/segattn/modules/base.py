@@ -11,7 +11,9 @@ carries the paper, the family and the asymptotic cost order.
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple, Union
+import functools
+import numbers
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -34,9 +36,34 @@ def check_feature_map(x: Tensor, channels: Optional[int], what: str) -> None:
     if x.shape[0] < 1 or x.shape[2] < 1 or x.shape[3] < 1:
         raise ValueError(f"{what} expects B, H, W >= 1, got shape {tuple(x.shape)}")
 
-class ContextModule(nn.Module):
-    """Base class: stores channel counts, validates input, declares ``flops``."""
+def check_size(height: Any, width: Any, what: str) -> None:
+    """``ValueError`` naming the value unless ``height`` and ``width`` are integers >= 1."""
+    for name, value in (("height", height), ("width", width)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ValueError(f"{what} expects integer height and width >= 1, got {name}={value!r}")
 
+
+def _checked_flops(flops: Callable[..., int]) -> Callable[..., int]:
+    """``flops`` that refuses a size no input can have (``flops(-3, 5)`` would give a negative count)."""
+
+    @functools.wraps(flops)
+    def checked(self: nn.Module, height: int, width: int, *args: Any, **kwargs: Any) -> int:
+        check_size(height, width, f"{type(self).__name__}.flops")
+        return flops(self, height, width, *args, **kwargs)
+
+    checked._checks_size = True  # type: ignore[attr-defined]
+    return checked
+
+
+class ContextModule(nn.Module):
+    """Base class: stores channel counts, validates input, declares ``flops`` (whose size every
+    subclass's override checks: height and width are integers >= 1)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("flops")
+        if callable(own) and not getattr(own, "_checks_size", False):
+            cls.flops = _checked_flops(own)  # type: ignore[method-assign]
 
     def __init__(self, in_channels: int, out_channels: Optional[int] = None) -> None:
         super().__init__()
