@@ -1,4 +1,4 @@
-"""Print the README's module table (name, paper, family, cost order) from the registry."""
+"""Print the module table (name, paper, family, cost order) from the registry (the site generates it too: docs/modules/index.md)."""
 
 import segattn
 from segattn.registry import UPSAMPLERS

@@ -240,3 +240,25 @@ def check_renders_in_chromium(site: Path, tmp_path: Path) -> None:
     hsv = np.asarray(Image.open(shot).convert("HSV")).astype(np.float64)
     colourful = float(((hsv[..., 1] > 60) & (hsv[..., 2] > 40)).mean())  # the header bar, links, code
     assert colourful > 0.02, f"the screenshot looks blank ({colourful:.3%} coloured pixels)"
+
+
+# ------------------------------------------------------------------------------------------- README
+def test_readme_links_resolve_and_keeps_its_first_commands():
+    text = (ROOT / "README.md").read_text()
+    first = re.search(r"```bash\n(.*?)```", text, flags=re.S).group(1)
+    assert first.startswith("bash scripts/setup.sh && .venv/bin/segattn demo ")
+    assert "\nbash scripts/test.sh " in first
+    assert len(text.splitlines()) <= 200, "the README is meant to fit a screen or two: move text into docs/"
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"[a-z]+:", target) or target.startswith("../"):  # URLs; ../shared lies beside the clone
+            continue
+        path, _, anchor = target.partition("#")
+        if not (ROOT / path).exists():
+            broken.append(target)
+        elif anchor:
+            headings = re.findall(r"^#+ (.+)$", (ROOT / path).read_text(), flags=re.M)
+            slugs = {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+            if anchor not in slugs:
+                broken.append(target)
+    assert not broken, f"README links that lead nowhere: {broken}"
