@@ -11,7 +11,10 @@ from typing import List, Optional
 def _cmd_modules(args: argparse.Namespace) -> int:
     from segattn.api import list_modules, module_info
 
-    rows = [module_info(n) for n in list_modules(args.pattern)]
+    names = list_modules(args.pattern)
+    if not names:
+        raise ValueError(f"no registered module matches {args.pattern!r}; `segattn modules` lists them all")
+    rows = [module_info(n) for n in names]
     print(f"{'name':<18} {'family':<12} {'order':<26} paper")
     for r in rows:
         print(f"{r['name']:<18} {r.get('family', ''):<12} {r.get('order', ''):<26} {r.get('paper', '')}")
@@ -21,7 +24,10 @@ def _cmd_modules(args: argparse.Namespace) -> int:
 def _cmd_configs(args: argparse.Namespace) -> int:
     from segattn.engine.config import list_configs
 
-    for name in list_configs(args.pattern):
+    names = list_configs(args.pattern)
+    if not names:
+        raise ValueError(f"no shipped config matches {args.pattern!r}; `segattn configs` lists them all")
+    for name in names:
         print(name)
     return 0
 

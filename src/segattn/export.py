@@ -33,9 +33,12 @@ needs neither.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import re
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -45,6 +48,13 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 FORMATS = ("onnx", "pt2")
+SUFFIXES = {"onnx": ".onnx", "pt2": ".pt2"}  # the file name each format is written under
+
+# what torch's exporters print that concerns torch, not the user: the ONNX registry's note for every
+# torchvision op it skips, and the deprecations inside torch's own code (LeafSpec, ...)
+_TORCH_NOISE = re.compile(r"torchvision is not installed|Expect archive file to be a file ending in|"
+                          r"Unable to load package\. f must be")
+_NOISY_LOGGERS = ("torch.onnx._internal.exporter._registration", "torch.export.pt2_archive._package")
 DEFAULT_OPSET = 20
 FUSED_ATTENTION_OPSET = 23
 DEFAULT_SIZE = (512, 512)
@@ -301,10 +311,43 @@ def _run_ort(session: Any, x: Tensor) -> Tensor:
     return torch.from_numpy(session.run(None, {name: x.numpy()})[0])
 
 
+class _DropTorchNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not _TORCH_NOISE.search(record.getMessage())
+
+
+@contextlib.contextmanager
+def quiet_torch_export() -> Iterator[None]:
+    """Hide torch's own export chatter (see ``_TORCH_NOISE``) and the Future/Deprecation warnings raised
+    inside torch, onnx and onnxscript; warnings about the user's model and every error still show."""
+    noise = _DropTorchNoise()
+    loggers = [logging.getLogger(name) for name in _NOISY_LOGGERS]
+    for logger in loggers:
+        logger.addFilter(noise)
+    try:
+        with warnings.catch_warnings():
+            for category in (FutureWarning, DeprecationWarning):
+                warnings.filterwarnings("ignore", category=category, module=r"(torch|onnx|onnxscript|copyreg)(\.|$)")
+            yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(noise)
+
+
+def check_output_name(path: PathLike, fmt: str) -> None:
+    """:class:`ExportError` unless ``path`` ends with the suffix of ``fmt`` (``.onnx`` / ``.pt2``)."""
+    suffix = SUFFIXES.get(str(fmt).lower())
+    if suffix and not os.fspath(path).lower().endswith(suffix):
+        what = "an ONNX model" if suffix == ".onnx" else "a torch.export archive"
+        raise ExportError(f"output {os.fspath(path)}: --format {fmt} writes {what}, whose file name must end "
+                          f"in {suffix}; got {os.path.splitext(os.fspath(path))[1] or 'no suffix'}")
+
+
 def _write_atomic(path: str, write: Any) -> None:
     folder = os.path.dirname(os.path.abspath(path)) or "."
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    suffix = os.path.splitext(path)[1]  # the loaders check it (torch.export.load wants .pt2)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=f".tmp{suffix}", dir=folder)
     os.close(fd)
     try:
         write(tmp)
@@ -346,6 +389,7 @@ def export(model: nn.Module, out: PathLike, *, format: str = "onnx", size: Any =
     path = os.fspath(out)
     if os.path.isdir(path):
         raise ExportError(f"output {path} is a folder, expected a file name")
+    check_output_name(path, fmt)
     if os.path.exists(path) and not overwrite:
         raise ExportError(f"output {path} already exists; pass --overwrite to replace it")
     hw = _parse_size(size)
@@ -392,7 +436,8 @@ def export(model: nn.Module, out: PathLike, *, format: str = "onnx", size: Any =
             _raise_if_failed(checks, path)
         runtime = f"torch.export.load (torch {torch.__version__})"
     checks: List[Check] = []
-    _write_atomic(path, write)
+    with quiet_torch_export():
+        _write_atomic(path, write)
     return ExportResult(path, fmt, hw, dynamic, opset, runtime, checks, generic, time.time() - start)
 
 

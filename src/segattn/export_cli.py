@@ -90,9 +90,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
         folder = checkpoint_to_pretrained(args.checkpoint, args.out, overwrite=args.overwrite)
         print(f"{folder}: Hub-format folder ({', '.join(sorted(os.listdir(folder)))})")
         return 0
-    from segattn.export import DEFAULT_SIZE, export
+    from segattn.export import DEFAULT_SIZE, check_output_name, export
 
-    if os.path.exists(args.out) and not args.overwrite:  # before loading anything
+    check_output_name(args.out, args.format)  # before loading anything
+    if os.path.exists(args.out) and not args.overwrite:
         raise ValueError(f"output {args.out} already exists; pass --overwrite to replace it")
     model = _model_from_args(args)
     result = export(model, args.out, format=args.format, size=args.size or DEFAULT_SIZE, dynamic=args.dynamic,

@@ -142,12 +142,29 @@ def _attention_pictures(model: torch.nn.Module, images: torch.Tensor, columns: D
             f"(click a pixel); pictures in `attention/`.\n")
 
 
+def check_demo_args(context: str, iters: Optional[int], threads: Optional[int]) -> None:
+    """``ValueError`` naming the value when the demo would compare fcn with itself or get a count < 1."""
+    from segattn.models import list_models
+
+    if context == "fcn":
+        raise ValueError("--context fcn: the demo compares a context model with the fcn baseline, so it must name "
+                         "another model (e.g. pspnet, emanet, danet; see `segattn models`)")
+    if context not in list_models():
+        raise ValueError(f"--context {context!r} is not a registered model; expected one of {', '.join(list_models())}")
+    for flag, value in (("--iters", iters), ("--threads", threads)):
+        if value is not None and (isinstance(value, bool) or int(value) < 1):
+            raise ValueError(f"{flag} must be at least 1, got {value}")
+
+
 def run_demo(out_dir: str = "outputs/demo", quick: bool = False, context: str = "pspnet", iters: Optional[int] = None,
              threads: Optional[int] = 1, samples: int = 6) -> Dict[str, Any]:
     """Train ``context`` and ``fcn``, evaluate both, write the report; returns numbers, markdown and paths.
 
     ``out_dir`` is checked to be writable before training starts; every report file is written atomically.
+    ``context`` must be another model than ``fcn`` (the baseline); ``iters`` and ``threads`` are >= 1
+    (``None``: the config's schedule, torch's default thread count).
     """
+    check_demo_args(context, iters, threads)
     check_writable_dir(out_dir, "demo --out")
     os.makedirs(out_dir, exist_ok=True)
     start = time.time()
