@@ -12,6 +12,8 @@ if [ "${SEGATTN_REQUIRE_DOCS:-}" = 1 ] || { [ $# -eq 0 ] && "$PYBIN" -c "import 
   # Not -q: quiet mode hides the warnings from --strict, which then passes a broken site.
   log=$(NO_MKDOCS_2_WARNING=1 "$PYBIN" -m mkdocs build --strict 2>&1) || { echo "$log"; echo "mkdocs build --strict failed"; exit 1; }
   echo "docs: mkdocs build --strict passed in $(( $(date +%s) - start )) s (site/)"
+elif [ $# -gt 0 ]; then
+  echo "docs: not built (a subset run; bash scripts/test.sh without arguments builds the site)"
 else
   echo "docs: skipped (pip install -e .[docs] to build the site)"
 fi
