@@ -123,9 +123,8 @@ def _to_bn(cfg):
 
 
 def build_config(name: str, folder: str, head_kw: dict):
-    from mmengine.config import Config
-
     import mmseg
+    from mmengine.config import Config
 
     path = os.path.join(os.path.dirname(mmseg.__file__), ".mim", "configs", folder, name + ".py")
     cfg = Config.fromfile(path)

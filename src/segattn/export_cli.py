@@ -107,6 +107,16 @@ def _cmd_models(args: argparse.Namespace) -> int:
         for line in model_info_lines(args.info, args.size):
             print(line)
         return 0
+    if args.zoo:
+        from segattn.convert.zoo import table_lines, zoo_entries
+
+        entries = zoo_entries(args.pattern)
+        if not entries:
+            raise ValueError(f"no mmseg zoo entry matches {args.pattern!r}; `segattn models --zoo` lists all")
+        for line in table_lines(entries):
+            print(line)
+        print(f"({len(entries)} entries; `segattn convert mmseg NAME --out DIR` downloads and converts one)")
+        return 0
     from segattn.models import list_models
     from segattn.registry import MODELS
 
@@ -176,4 +186,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("pattern", nargs="?", default="*")
     p.add_argument("--info", metavar="NAME", help="a model name, a save_pretrained folder or a Hub repo id")
     p.add_argument("--size", help="HxW for the MACs figure (default: the training crop, else 512x512)")
+    p.add_argument("--zoo", action="store_true",
+                   help="list mmsegmentation's published checkpoints that `segattn convert mmseg` converts")
     p.set_defaults(func=_cmd_models)

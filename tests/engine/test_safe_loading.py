@@ -9,12 +9,12 @@ import torch
 from PIL import Image
 
 from segattn.cli import main
+from segattn.convert.resnet import read_checkpoint
 from segattn.engine import build
 from segattn.engine.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state, to_plain
 from segattn.engine.config import ModelConfig
 from segattn.engine.run import run_evaluation
 from segattn.engine.train import finetune_from, train
-from segattn.convert.resnet import read_checkpoint
 from tests.engine.standins import TinySeg, ToyDataset, tiny_config
 
 

@@ -17,6 +17,7 @@ from PIL import Image
 
 import segattn
 from segattn.cli import main
+from segattn.convert.resnet import read_checkpoint
 from segattn.models import weights
 from tests.helpers import perturb_
 
@@ -139,7 +140,7 @@ def test_damaged_safetensors_names_the_file(model, tmp_path) -> None:
         with pytest.raises(ValueError, match=r"model\.safetensors' is not a readable safetensors file"):
             segattn.from_pretrained(folder)
     with pytest.raises(ValueError, match=r"model\.safetensors' is not a readable safetensors file"):
-        weights.read_checkpoint(str(folder / "model.safetensors"))  # as model.pretrained
+        read_checkpoint(str(folder / "model.safetensors"))  # as model.pretrained
 
 class FakeHfApi:
     """Stands in for huggingface_hub.HfApi: the "remote" is a local folder per repo."""

@@ -9,13 +9,13 @@ import pytest
 import torch
 from torch import Tensor
 
-from segattn.models.backbones import ResNet
 from segattn.convert.resnet import (
     detect_layout,
     load_backbone_weights,
     read_checkpoint,
     remap_resnet_state_dict,
 )
+from segattn.models.backbones import ResNet
 
 PLAIN = {"stem.0.0.": "conv1.", "stem.0.1.": "bn1."}
 TIMM_DEEP = {"stem.0.0.": "conv1.0.", "stem.0.1.": "conv1.1.", "stem.1.0.": "conv1.3.", "stem.1.1.": "conv1.4.",

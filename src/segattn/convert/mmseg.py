@@ -492,7 +492,9 @@ def load_converted(model: torch.nn.Module, state: StateDict) -> None:
 
 
 # ----- the public entry points --------------------------------------------------------------------
-def _read_config(config: Optional[PathLike], ckpt: MmsegCheckpoint) -> Dict[str, Any]:
+def _read_config(config: Union[None, PathLike, Mapping[str, Any]], ckpt: MmsegCheckpoint) -> Dict[str, Any]:
+    if isinstance(config, Mapping):
+        return dict(config)
     if config is not None:
         path = os.fspath(config)
         if not os.path.isfile(path):
@@ -505,11 +507,12 @@ def _read_config(config: Optional[PathLike], ckpt: MmsegCheckpoint) -> Dict[str,
     return parse_config(ckpt.config_text, source=ckpt.config_source)
 
 
-def from_mmseg(checkpoint: PathLike, config: Optional[PathLike] = None) -> torch.nn.Module:
+def from_mmseg(checkpoint: PathLike, config: Union[None, PathLike, Mapping[str, Any]] = None) -> torch.nn.Module:
     """The segattn model of an mmseg checkpoint, in eval mode.
 
     ``checkpoint`` is a local ``.pth`` written by mmseg (0.x or 1.x); ``config`` a flat (merged)
-    mmseg config file, needed only when the checkpoint carries none. The model's ``pretrained_config``
+    mmseg config file (or an already parsed dict), needed only when the checkpoint carries none; it
+    then replaces the checkpoint's own. The model's ``pretrained_config``
     holds what :func:`save_mmseg` writes: classes and palette (``meta["dataset_meta"]``, else the
     dataset's built-in list), normalisation, eval settings (whole / slide with crop and stride) and
     the source; ``model.mmseg_architecture`` the parsed :class:`MmsegArchitecture`.
@@ -552,10 +555,24 @@ def _card(arch: MmsegArchitecture, dataset_meta: Mapping[str, Any], source: str)
             "crop_size": arch.crop_size, "dataset": arch.dataset, "source": f"mmsegmentation checkpoint {source}"}
 
 
-def save_mmseg(checkpoint: PathLike, out: PathLike, config: Optional[PathLike] = None, *,
+def save_mmseg(checkpoint: PathLike, out: PathLike, config: Union[None, PathLike, Mapping[str, Any]] = None, *,
                overwrite: bool = False, metrics: Optional[Mapping[str, float]] = None,
-               source: Optional[str] = None) -> str:
-    """Convert ``checkpoint`` and write a segattn folder (``save_pretrained`` format) to ``out``."""
+               source: Optional[str] = None, fallback_config: Optional[Mapping[str, Any]] = None) -> str:
+    """Convert ``checkpoint`` and write a segattn folder (``save_pretrained`` format) to ``out``.
+
+    ``fallback_config`` (a parsed config) is used when neither ``config`` nor the checkpoint has one
+    (the zoo manifest's copy of the entry's config). ``metrics`` (fractions) and ``source`` go to the
+    model card. The output folder is checked before the conversion starts.
+    """
+    from segattn.io import check_writable_dir
+
+    target = os.fspath(out)
+    if os.path.exists(target) and os.listdir(target) and not overwrite:
+        raise FileExistsError(f"{target} already exists and is not empty; pass --overwrite (overwrite=True) to replace "
+                              "a segattn folder there")
+    check_writable_dir(os.path.dirname(os.path.abspath(target)), "--out parent folder")
+    if config is None and fallback_config is not None and read_mmseg_checkpoint(checkpoint).config_text is None:
+        config = fallback_config
     model = from_mmseg(checkpoint, config)
     card = dict(model.pretrained_config)
     if source:

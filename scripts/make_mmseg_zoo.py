@@ -1,0 +1,112 @@
+"""Write src/segattn/configs/mmseg_zoo.json: mmseg's published checkpoints of the heads segattn converts.
+
+Run in the mmseg venv (see scripts/make_mmseg_fixtures.py), with segattn installed there (``pip
+install --no-deps -e .``)::
+
+    ../mmseg-venv/bin/python scripts/make_mmseg_zoo.py
+
+For every model of the covered methods' ``metafile.yaml`` (shipped in the mmseg 1.2.2 wheel) it reads
+the config name, dataset, published single-scale and ms+flip mIoU and the weights URL (whose
+``-xxxxxxxx.pth`` suffix is the first 8 hex digits of the file's sha256), merges the config with
+mmengine, keeps the parts the converter reads (model without losses / init, dataset type, crop) and
+checks that :func:`segattn.convert.mmseg.architecture_from_config` accepts it. Entries it does not
+accept are listed with the reason and left out. Two typos of the 1.2.2 metafiles are corrected
+(``_fix``): the name / config ``eemanet_r50-...`` and the host ``download.oz1z1penmmlab.com``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+from make_mmseg_fixtures import _placeholder_ext  # noqa: E402
+
+METHODS = ["fcn", "pspnet", "deeplabv3", "nonlocal_net", "danet", "ccnet", "isanet", "ann", "apcnet", "emanet",
+           "psanet"]
+OUT = os.path.join(ROOT, "src", "segattn", "configs", "mmseg_zoo.json")
+_DROP = {"loss_decode", "norm_cfg", "init_cfg", "act_cfg", "conv_cfg", "sampler", "norm_eval", "train_cfg"}
+
+
+def _fix(m: dict) -> dict:
+    m = dict(m)
+    m["Name"] = m["Name"].replace("eemanet_", "emanet_")
+    m["Config"] = m["Config"].replace("eemanet_", "emanet_")
+    m["Weights"] = (m.get("Weights") or "").replace("download.oz1z1penmmlab.com", "download.openmmlab.com")
+    return m
+
+
+def _trim(node):
+    if isinstance(node, dict):
+        return {k: _trim(v) for k, v in node.items() if k not in _DROP}
+    if isinstance(node, (list, tuple)):
+        return [_trim(v) for v in node]
+    return node
+
+
+def main() -> None:
+    _placeholder_ext()
+    import mmseg
+    from mmengine.config import Config
+
+    from segattn.convert.mmconfig import parse_config
+    from segattn.convert.mmseg import architecture_from_config
+
+    configs = os.path.join(os.path.dirname(mmseg.__file__), ".mim")
+    entries, skipped = [], []
+    for method in METHODS:
+        with open(os.path.join(configs, "configs", method, "metafile.yaml")) as f:
+            meta = yaml.safe_load(f)
+        for m in map(_fix, meta["Models"]):
+            cfg_path = os.path.join(configs, m["Config"])
+            if not os.path.isfile(cfg_path):
+                skipped.append((m["Name"], "config file not shipped"))
+                continue
+            cfg = Config.fromfile(cfg_path)
+            parsed = parse_config(cfg.pretty_text, source=m["Config"])
+            try:
+                arch = architecture_from_config(parsed)
+            except Exception as exc:  # noqa: BLE001 - reported and skipped
+                skipped.append((m["Name"], str(exc)[:120]))
+                continue
+            url = m.get("Weights") or ""
+            digest = re.search(r"-([0-9a-f]{8})\.pth$", url)
+            model = _trim({k: parsed["model"][k] for k in ("type", "backbone", "decode_head", "auxiliary_head",
+                                                            "test_cfg", "data_preprocessor") if k in parsed["model"]})
+            metrics = (m.get("Results") or {}).get("Metrics") or {}
+            entries.append({
+                "name": m["Name"],
+                "method": method,
+                "model": arch.name,
+                "backbone": f"R-{parsed['model']['backbone']['depth']}-D8",
+                "dataset": (m.get("Results") or {}).get("Dataset"),
+                "crop_size": list(parsed.get("crop_size") or []),
+                "iterations": int(re.search(r"(\d+)k", m["Name"]).group(1)) * 1000,
+                "miou": metrics.get("mIoU"),
+                "miou_ms_flip": metrics.get("mIoU(ms+flip)"),
+                "url": url,
+                "sha256_prefix": digest.group(1) if digest else None,
+                "config": {"model": model, "dataset_type": parsed.get("dataset_type"),
+                           "crop_size": parsed.get("crop_size")},
+            })
+    record = {"source": f"mmsegmentation {mmseg.__version__} metafiles (configs/<method>/metafile.yaml)",
+              "generated_by": "scripts/make_mmseg_zoo.py", "entries": entries,
+              "not_converted": [{"name": n, "why": w} for n, w in skipped]}
+    tmp = OUT + ".tmp"
+    with open(tmp, "w") as f:  # one entry per line: small and easy to diff
+        head = {k: v for k, v in record.items() if k != "entries"}
+        f.write("{\n" + "".join(f" {json.dumps(k)}: {json.dumps(v)},\n" for k, v in head.items()) + ' "entries": [\n')
+        f.write(",\n".join("  " + json.dumps(e, separators=(",", ":")) for e in entries) + "\n ]\n}\n")
+    os.replace(tmp, OUT)
+    print(f"{len(entries)} entries, {len(skipped)} not converted -> {OUT}")
+    for n, w in skipped:
+        print(f"  skipped {n}: {w}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,231 @@
+"""mmseg checkpoints convert with logits equal to mmseg 1.2.2's (float64, two sizes, every key used).
+
+The expected logits come from mmseg itself (``scripts/make_mmseg_fixtures.py``, run in a separate venv);
+this file shares no code with the converter. A live test rebuilds them when mmseg is importable.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import segattn
+from segattn.cli import main
+from segattn.convert.mmconfig import parse_config
+from segattn.convert.mmseg import ConversionError, architecture_from_config, from_mmseg, save_mmseg
+from segattn.engine.evaluate import infer
+from segattn.errors import SegattnError
+from tests.convert.fixtures import NAMES, expected, record, state_dict, write_checkpoint
+from tests.convert.mmseg_synth import synth_input
+
+TOL = 1e-6  # relative to max |logit|; the fixtures store mmseg's float64 logits as float32 (5e-8 floor)
+
+# one tensor of each head's context part: perturbing it must break the comparison
+CONTEXT_KEY = {"fcn": "decode_head.convs.1.conv.weight", "pspnet": "decode_head.psp_modules.1.1.conv.weight",
+               "deeplabv3": "decode_head.aspp_modules.2.conv.weight", "nonlocal": "decode_head.nl_block.g.conv.weight",
+               "danet": "decode_head.pam.value_project.weight", "ccnet": "decode_head.cca.value_conv.weight",
+               "isanet": "decode_head.global_relation.value_project.weight",
+               "ann": "decode_head.context.stages.0.value_project.weight",
+               "apcnet": "decode_head.acm_modules.3.gla.weight", "emanet": "decode_head.ema_module.bases",
+               "psanet": "decode_head.attention_p.1.weight"}
+
+
+def _rel(a: torch.Tensor, b: np.ndarray) -> float:
+    ref = torch.from_numpy(b).double()
+    return float((a - ref).abs().max() / ref.abs().max())
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    cache = {}
+
+    def get(name: str):
+        if name not in cache:
+            path = write_checkpoint(record(name), tmp_path_factory.mktemp("ckpt") / f"{name}.pth")
+            cache[name] = (path, from_mmseg(path).double())
+        return cache[name]
+
+    return get
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_logits_equal_mmseg(name, converted) -> None:
+    rec, exp = record(name), expected(name)
+    _, model = converted(name)
+    assert not model.training
+    for h, w in rec["sizes"]:
+        with torch.no_grad():
+            got = model(synth_input(name, (h, w)))
+        assert _rel(got, exp[f"logits_{h}x{w}"]) < TOL, (name, h, w)
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if record(n)["slide_size"]])
+def test_slide_inference_equals_mmseg(name, converted) -> None:
+    rec, exp = record(name), expected(name)
+    _, model = converted(name)
+    ev = model.pretrained_config["eval"]
+    assert ev["mode"] == "slide"
+    h, w = rec["slide_size"]
+    with torch.no_grad():
+        got = infer(model, synth_input(name, (h, w)), model.num_classes, ev["mode"], ev["crop_size"], ev["stride"])
+    assert _rel(got, exp[f"slide_{h}x{w}"]) < TOL
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if "512x1024" in n or "ade20k" in n])
+def test_perturbed_context_weight_breaks_the_comparison(name, tmp_path) -> None:
+    """Guards against a vacuous pass: the comparison sees the context branch."""
+    rec = record(name)
+    key = CONTEXT_KEY[name.split("_")[0]]
+    sd = state_dict(rec)
+    assert key in sd
+    flat = sd[key].clone().flatten()
+    flat[::2] += 0.5  # not the same shift for every base: EMA's softmax over the bases would ignore it
+    sd[key] = flat.reshape(sd[key].shape)
+    path = tmp_path / "c.pth"
+    torch.save({"meta": {"cfg": rec["cfg"]}, "state_dict": sd}, path)
+    model = from_mmseg(path).double()
+    h, w = rec["sizes"][0]
+    with torch.no_grad():
+        got = model(synth_input(name, (h, w)))
+    assert _rel(got, expected(name)[f"logits_{h}x{w}"]) > 100 * TOL
+
+
+def test_settings_from_the_config(converted) -> None:
+    _, psa = converted("psanet_r50-d8_4xb4-80k_ade20k-512x512")
+    assert psa.head.context.mask_size == (66, 66)  # mmseg's ADE20K PSANet, not 97
+    _, psa_city = converted("psanet_r50-d8_4xb2-80k_cityscapes-769x769")
+    assert psa_city.head.context.mask_size == (97, 97) and psa_city.align_corners
+    assert psa_city.pretrained_config["eval"] == {"mode": "slide", "scales": [1.0], "flip": False,
+                                                  "crop_size": [40, 48], "stride": [24, 32]}
+    _, fcn = converted("fcn_r50-d8_4xb2-80k_cityscapes-512x1024")
+    card = fcn.pretrained_config
+    assert not fcn.align_corners and card["eval"]["mode"] == "whole" and card["dataset"] == "cityscapes"
+    assert card["classes"] == record("fcn_r50-d8_4xb2-80k_cityscapes-512x1024")["dataset_meta"]["classes"]
+    assert card["mean"] == [123.675, 116.28, 103.53] and card["std"] == [58.395, 57.12, 57.375]
+
+
+def test_mmcv1_meta_config_and_config_file(tmp_path) -> None:
+    name = "ccnet_r50-d8_4xb2-80k_cityscapes-512x1024"
+    rec = record(name)
+    old = write_checkpoint(rec, tmp_path / "old.pth", meta_key="config")  # mmseg 0.x stores meta["config"]
+    bare = tmp_path / "bare.pth"
+    torch.save({"state_dict": state_dict(rec)}, bare)
+    cfg = tmp_path / "cfg.py"
+    cfg.write_text(rec["cfg"])
+    x = synth_input(name, rec["sizes"][0])
+    ref = expected(name)["logits_40x56"]
+    for model in (from_mmseg(old), from_mmseg(bare, config=cfg)):
+        with torch.no_grad():
+            assert _rel(model.double()(x), ref) < TOL
+    with pytest.raises(SegattnError, match="carries no config.*--config"):
+        from_mmseg(bare)
+
+
+def test_checkpoint_that_would_run_code_is_refused(tmp_path) -> None:
+    class Payload:
+        def __reduce__(self):
+            return (print, ("this must never print",))
+
+    rec = record("fcn_r50-d8_4xb2-80k_cityscapes-512x1024")
+    path = write_checkpoint(rec, tmp_path / "evil.pth", payload=Payload())
+    with pytest.raises(ValueError, match="could run code.*print"):
+        from_mmseg(path)
+    raw = tmp_path / "raw.pth"
+    raw.write_bytes(pickle.dumps({"state_dict": Payload()}))
+    with pytest.raises(ValueError, match="could run code|not a readable PyTorch file"):
+        from_mmseg(raw)
+
+
+def test_unsupported_parts_are_named(tmp_path) -> None:
+    rec = record("fcn_r50-d8_4xb2-80k_cityscapes-512x1024")
+    bad = dict(rec, cfg=rec["cfg"].replace("type='ResNetV1c'", "type='MixVisionTransformer'"))
+    with pytest.raises(ConversionError, match="backbone type 'MixVisionTransformer' is not supported; supported: ResNetV1c"):
+        from_mmseg(write_checkpoint(bad, tmp_path / "bad.pth"))
+    cases = [("decode_head", "type", "UPerHead", r"decode head 'UPerHead' is not supported; supported: ANNHead, .*PSAHead"),
+             ("backbone", "depth", 18, "depth 18 is not supported; supported: 50, 101"),
+             ("backbone", "dilations", (1, 1, 1, 2), "dilations .* not supported"),
+             ("auxiliary_head", "num_convs", 2, "auxiliary FCNHead must have"),
+             ("decode_head", "num_convs", 1, "FCNHead: num_convs=1 is not supported; supported: 2"),
+             ("test_cfg", "mode", "tiles", "test_cfg mode 'tiles' is not supported")]
+    for part, key, value, message in cases:
+        cfg = parse_config(rec["cfg"])
+        cfg["model"][part][key] = value
+        with pytest.raises(ConversionError, match=message):
+            architecture_from_config(cfg)
+
+
+def test_key_mismatch_is_an_error(tmp_path) -> None:
+    rec = record("nonlocal_r50-d8_4xb2-80k_cityscapes-512x1024")
+    sd = state_dict(rec)
+    del sd["decode_head.nl_block.g.conv.weight"]
+    sd["decode_head.extra.weight"] = torch.zeros(1)
+    torch.save({"meta": {"cfg": rec["cfg"]}, "state_dict": sd}, tmp_path / "c.pth")
+    with pytest.raises(ConversionError, match="missing.*context.g.weight.*unexpected.*head.extra.weight"):
+        from_mmseg(tmp_path / "c.pth")
+
+
+def test_converted_folder_works_everywhere(tmp_path) -> None:
+    name = "danet_r50-d8_4xb2-80k_cityscapes-512x1024"
+    rec = record(name)
+    ckpt = write_checkpoint(rec, tmp_path / "danet.pth")
+    out = tmp_path / "danet"
+    assert main(["convert", "mmseg", str(ckpt), "--out", str(out)]) == 0
+    assert main(["convert", "mmseg", str(ckpt), "--out", str(out)]) == 2  # never overwritten unasked
+    model = segattn.from_pretrained(out).double()
+    h, w = rec["sizes"][1]
+    with torch.no_grad():
+        assert _rel(model(synth_input(name, (h, w))), expected(name)[f"logits_{h}x{w}"]) < TOL
+    card = (out / "README.md").read_text()
+    assert "cityscapes" in card and "mmsegmentation checkpoint" in (out / "config.json").read_text()
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    assert main(["predict", str(tmp_path / "a.png"), "--checkpoint", str(out), "--out", str(tmp_path / "pred")]) == 0
+    assert any((tmp_path / "pred").iterdir())
+    # fine-tuning: the converted folder as model.pretrained, classifier re-initialised for another class count
+    from segattn.engine import build
+
+    assert callable(getattr(build, "build_model", None))
+
+
+def test_save_mmseg_refuses_a_bad_out_before_converting(tmp_path) -> None:
+    rec = record("fcn_r50-d8_4xb2-80k_cityscapes-512x1024")
+    ckpt = write_checkpoint(rec, tmp_path / "c.pth")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(Exception, match="file"):
+        save_mmseg(ckpt, tmp_path / "file" / "out")
+
+
+def _mmseg_available() -> bool:
+    try:
+        import mmseg  # noqa: F401
+    except Exception:  # noqa: BLE001 - mmcv-lite without its placeholder raises ModuleNotFoundError
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _mmseg_available(), reason="mmsegmentation is not importable (not a segattn dependency)")
+def test_live_against_installed_mmseg(tmp_path) -> None:  # pragma: no cover - runs only beside mmseg
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_fixtures", Path(__file__).parents[2] / "scripts"
+                                                  / "make_mmseg_fixtures.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.OUT = str(tmp_path)
+    mod._placeholder_ext()
+    from mmseg.models.decode_heads import psa_head
+    from mmseg.utils import register_all_modules
+
+    psa_head.PSAMask = mod.PSAMaskPort
+    register_all_modules(init_default_scope=True)
+    for name in ("isanet_r50-d8_4xb2-80k_cityscapes-512x1024", "psanet_r50-d8_4xb2-80k_cityscapes-512x1024"):
+        folder, head_kw = mod.FIXTURES[name]
+        mod.make(name, folder, head_kw)
+        with np.load(tmp_path / f"{name}.npz") as live:
+            for key, value in expected(name).items():
+                np.testing.assert_array_equal(live[key], value)
