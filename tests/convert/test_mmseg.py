@@ -186,10 +186,18 @@ def test_converted_folder_works_everywhere(tmp_path) -> None:
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(tmp_path / "a.png")
     assert main(["predict", str(tmp_path / "a.png"), "--checkpoint", str(out), "--out", str(tmp_path / "pred")]) == 0
     assert any((tmp_path / "pred").iterdir())
-    # fine-tuning: the converted folder as model.pretrained, classifier re-initialised for another class count
-    from segattn.engine import build
-
-    assert callable(getattr(build, "build_model", None))
+    assert main(["viz", str(tmp_path / "a.png"), "--checkpoint", str(out), "--out", str(tmp_path / "viz")]) == 0
+    assert (tmp_path / "viz" / "report.html").is_file()
+    assert main(["export", "--checkpoint", str(out), "--format", "onnx", "--dynamic", "--size", "48x64",
+                 "--out", str(tmp_path / "m.onnx")]) == 0  # verified on ONNX Runtime at two sizes
+    # fine-tuning: the folder as model.pretrained; the classifiers start fresh for another number of classes
+    kw = dict(model.pretrained_config["kwargs"])
+    tuned = segattn.create_model("danet", 3, **{**kw, "pretrained": str(out)})
+    assert torch.equal(tuned.state_dict()["head.pam.value.weight"].double(),
+                       model.state_dict()["head.pam.value.weight"])
+    assert tuned.head.cls[1].out_channels == 3
+    with pytest.raises(ValueError, match="does not fit this model"):
+        segattn.create_model("danet", 3, pretrained=str(out))  # default widths: not the folder's model
 
 
 def test_save_mmseg_refuses_a_bad_out_before_converting(tmp_path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from torch import nn
@@ -62,13 +63,44 @@ def create_model(name: str, num_classes: int, **kwargs: Any) -> SegmentationMode
 
     Common keywords: ``backbone="resnet50"`` (``resnet18/34/50/101/152`` plain, ``...c`` V1c deep stem,
     ``...d`` V1d, or ``"timm:<name>"``), ``output_stride=8``, ``pretrained=None`` (backbone weights:
-    a path or URL, never fetched implicitly), ``aux=True``, ``aux_weight=0.4``, ``channels=512``
+    a path or URL, never fetched implicitly; a ``save_pretrained`` folder initialises the whole model,
+    see :func:`load_whole_model`), ``aux=True``, ``aux_weight=0.4``, ``channels=512``
     (head width), ``multi_grid``, ``in_chans``, ``align_corners``, ``dropout``, ``context_kw``
     (keywords for the context module(s)). ``model.config`` records the call for
     ``save_pretrained`` / ``from_pretrained``.
     """
     import segattn.models.zoo  # noqa: F401
 
-    model = MODELS.create(name, num_classes, **kwargs)
-    model.config = {"name": name.lower(), "num_classes": num_classes, **kwargs}
+    folder = kwargs.get("pretrained")
+    whole = isinstance(folder, (str, os.PathLike)) and os.path.isdir(folder)
+    build_kw = {k: v for k, v in kwargs.items() if not (whole and k == "pretrained")}
+    model = MODELS.create(name, num_classes, **build_kw)
+    model.config = {"name": name.lower(), "num_classes": num_classes, **build_kw}
+    if whole:
+        load_whole_model(model, os.fspath(folder))
     return model
+
+
+def load_whole_model(model: nn.Module, folder: str) -> None:
+    """Initialise every layer from a ``save_pretrained`` folder (a converted mmseg model, a trained one):
+    ``pretrained=FOLDER`` in :func:`create_model` (``model.pretrained`` in a run config). Classifier
+    tensors (``cls.1``, ``pam_cls.1``, ...) whose shape differs (another number of classes) keep their fresh
+    initialisation; any other difference is a ``ValueError`` naming the keys."""
+    from segattn.models.weights import load_pretrained_state, read_pretrained_config
+
+    state = load_pretrained_state(folder, read_pretrained_config(folder))
+    own = model.state_dict()
+    fresh = [k for k in state if k in own and state[k].shape != own[k].shape and k.endswith(("cls.1.weight", "cls.1.bias"))]
+    for key in fresh:
+        del state[key]
+    missing = sorted(k for k in own if k not in state and k not in fresh)
+    unexpected = sorted(k for k in state if k not in own)
+    shapes = [k for k in state if k in own and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        raise ValueError(f"pretrained folder {folder!r} does not fit this model (build it with the folder's "
+                         f"config.json keywords): missing {missing[:4]}, unexpected {unexpected[:4]}, "
+                         f"other shapes {shapes[:4]}")
+    model.load_state_dict(state, strict=False)
+    if fresh:
+        print(f"pretrained {folder}: every layer loaded; the classifiers ({len(fresh)} tensors) start fresh "
+              "for the new number of classes")
