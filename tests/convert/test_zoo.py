@@ -32,6 +32,12 @@ def test_manifest_covers_every_head_and_each_entry_converts() -> None:
         assert arch.name == e.model
     ade_psa = [e for e in entries if e.model == "psanet" and e.dataset == "ADE20K"]
     assert ade_psa and all(e.config["model"]["decode_head"]["mask_size"] == [66, 66] for e in ade_psa)
+    from pathlib import Path
+
+    import yaml
+
+    ours = Path(zoo.__file__).parent.parent / "configs" / "ade20k" / "psanet_r50-d8_512x512_160k_ade20k.yaml"
+    assert yaml.safe_load(ours.read_text())["model"]["kwargs"]["context_kw"]["mask_size"] == [66, 66]
     city_psa = [e for e in entries if e.model == "psanet" and e.dataset == "Cityscapes"]
     assert all(e.config["model"]["decode_head"]["mask_size"] == [97, 97] for e in city_psa)
 
