@@ -1,4 +1,4 @@
-"""Write src/segattn/configs/mmseg_zoo.json: mmseg's published checkpoints of the heads segattn converts.
+"""Write src/segattn/convert/mmseg_zoo.json: mmseg's published checkpoints of the heads segattn converts.
 
 Run in the mmseg venv (see scripts/make_mmseg_fixtures.py), with segattn installed there (``pip
 install --no-deps -e .``)::
@@ -29,7 +29,7 @@ from make_mmseg_fixtures import _placeholder_ext  # noqa: E402
 
 METHODS = ["fcn", "pspnet", "deeplabv3", "nonlocal_net", "danet", "ccnet", "isanet", "ann", "apcnet", "emanet",
            "psanet"]
-OUT = os.path.join(ROOT, "src", "segattn", "configs", "mmseg_zoo.json")
+OUT = os.path.join(ROOT, "src", "segattn", "convert", "mmseg_zoo.json")
 _DROP = {"loss_decode", "norm_cfg", "init_cfg", "act_cfg", "conv_cfg", "sampler", "norm_eval", "train_cfg"}
 
 

@@ -225,8 +225,8 @@ def test_normalization_factor_none_divides_by_mask_area():
     module.load_state_dict(ref.state_dict())
     assert module.normalization_factor == 15.0
     x = torch.randn(1, C, 6, 5, dtype=torch.float64)
-    z_ref = torch.cat([ref._branch(k, x, (3, 3))[0] for k in ref.kinds], 1)
-    z = torch.cat([module._branch(k, x, (3, 3))[0] for k in module.kinds], 1)
+    z_ref = torch.cat([ref._branch(k, x, (3, 3), True)[0] for k in ref.kinds], 1)
+    z = torch.cat([module._branch(k, x, (3, 3), True)[0] for k in module.kinds], 1)
     torch.testing.assert_close(z, z_ref / 15.0)
     with pytest.raises(ValueError, match="normalization_factor"):
         segattn.create_module("psanet", C, normalization_factor=0.0)

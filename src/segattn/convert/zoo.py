@@ -1,6 +1,6 @@
 """mmsegmentation's published checkpoints of the heads segattn converts, as data.
 
-``configs/mmseg_zoo.json`` (written by ``scripts/make_mmseg_zoo.py`` from the metafiles of mmseg 1.2.2)
+``mmseg_zoo.json`` beside this file (written by ``scripts/make_mmseg_zoo.py`` from the metafiles of mmseg 1.2.2)
 lists per entry: the config name, method, backbone, dataset, crop, iterations, published single-scale
 and ms+flip mIoU, the weights URL with the first 8 hex digits of its sha256 (mmseg names its files so),
 and the parts of the merged config the converter reads (used when a checkpoint carries no config).
@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Optional, Union
 
 from segattn.errors import SegattnError
 
-MANIFEST = Path(__file__).resolve().parent.parent / "configs" / "mmseg_zoo.json"
+MANIFEST = Path(__file__).resolve().parent / "mmseg_zoo.json"
 OPENMMLAB = "https://download.openmmlab.com"
 
 
