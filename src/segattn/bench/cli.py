@@ -4,10 +4,21 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 from pathlib import Path
+from typing import Dict, List, Optional, Tuple
 
 from segattn.api import list_modules
-from segattn.bench.measure import BenchSetting, add_throughput, describe_modules, peak_memory_mb, time_modules
+from segattn.bench.estimate import duration
+from segattn.bench.measure import (
+    BenchResult,
+    BenchSetting,
+    add_throughput,
+    describe_modules,
+    matmul_rate,
+    peak_memory_mb,
+    time_modules,
+)
 from segattn.bench.report import markdown_table, write_report
 
 
@@ -31,6 +42,44 @@ def positive_int(text: str) -> int:
     return value
 
 
+def _with_baseline(names: List[str], baseline: Optional[str]) -> Tuple[List[str], Optional[str]]:
+    """The modules to bench and the baseline: an explicit ``--baseline`` must be registered and is
+    benched too; without one, ``nonlocal`` when it is benched."""
+    from segattn.errors import SegattnError
+
+    if baseline is None:
+        return names, ("nonlocal" if "nonlocal" in names else None)
+    if baseline not in list_modules():
+        raise SegattnError(f"--baseline {baseline!r} is not a registered module; see `segattn modules`")
+    return (names if baseline in names else sorted(names + [baseline])), baseline
+
+
+def _fitting(names: List[str], setting: BenchSetting, memory_only: bool) -> Tuple[List[str], Dict[str, BenchResult], float]:
+    """Modules whose estimated step fits the free memory, the others as results that say why they were
+    not run, and the estimated time of the run; every module too big is a :class:`SegattnError`."""
+    from segattn.bench.estimate import available_bytes, estimate_all, gib
+    from segattn.errors import SegattnError
+
+    rate = matmul_rate(setting, size=512, repeats=3)
+    estimates = estimate_all(names, setting, rate)
+    free = available_bytes(setting.device)
+    big = {n: e.bytes for n, e in estimates.items() if free is not None and e.bytes > free}
+    where = (f"{setting.batch}x{setting.in_channels}x{setting.height}x{setting.width}"
+             f"{' forward+backward' if setting.backward else ''}")
+    if big and len(big) == len(names):
+        worst = min(big, key=big.get)
+        raise SegattnError(f"bench at {where}: no module fits in the {gib(free)} of free memory; the smallest "
+                           f"step, {worst}, needs about {gib(big[worst])} (estimated); pick a smaller --size, "
+                           "--channels or --batch")
+    skipped = {n: BenchResult(n, 0, 0, error=f"not run: needs about {gib(b)} at {where} (estimated), "
+                              f"{gib(free)} free") for n, b in big.items()}
+    for n, b in big.items():
+        print(f"segattn bench: warning: {n} skipped: needs about {gib(b)} (estimated), {gib(free)} free",
+              file=sys.stderr)
+    seconds = 0.0 if memory_only else sum(e.seconds for n, e in estimates.items() if n not in big)
+    return [n for n in names if n not in big], skipped, seconds
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmark context modules (MACs, params, latency, peak memory)")
     p.add_argument("patterns", nargs="*", default=["*"], help="module name patterns (default: all)")
@@ -45,7 +94,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--memory-only", action="store_true",
                    help="peak memory, params and MACs without timing (one step per module: for sizes where a "
                         "timed run would take hours)")
-    p.add_argument("--baseline", default="nonlocal", help="module the ratios are relative to")
+    p.add_argument("--baseline", default=None,
+                   help="module the ratios are relative to (benched too if no pattern names it; "
+                        "default: nonlocal when it is benched, else no ratio columns)")
     p.add_argument("--out", type=Path, default=None, help="folder for bench.md/json/csv/png")
     p.set_defaults(func=run)
 
@@ -58,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
     names = sorted({n for pat in args.patterns for n in list_modules(pat)})
     if not names:
         raise SegattnError(f"no registered module matches {args.patterns}; see `segattn modules`")
+    names, baseline = _with_baseline(names, args.baseline)
     pick_device(args.device)  # an unavailable device fails here, not once per module
     if args.out:
         check_writable_dir(args.out, "bench --out")  # before the timing, not after it
@@ -65,11 +117,13 @@ def run(args: argparse.Namespace) -> int:
         in_channels=args.channels, height=args.size[0], width=args.size[1], batch=args.batch,
         backward=args.backward, device=args.device, dtype=args.dtype, rounds=args.rounds,
     )
+    runnable, skipped, seconds = _fitting(names, setting, args.memory_only)
     if args.memory_only:
-        results = describe_modules(names, setting)
+        results = describe_modules(runnable, setting)
     else:
-        print(f"timing {len(names)} modules in {setting.rounds} interleaved rounds ...", flush=True)
-        results = time_modules(names, setting, show_progress=True)
+        print(f"timing {len(runnable)} modules in {setting.rounds} interleaved rounds "
+              f"(estimated {duration(seconds)}) ...", flush=True)
+        results = time_modules(runnable, setting, show_progress=True)
     if args.memory or args.memory_only:
         for i, name in enumerate(names, 1):
             if not results[name].error:
@@ -78,7 +132,11 @@ def run(args: argparse.Namespace) -> int:
                     results[name].peak_mem_mb = peak_memory_mb(name, setting)
                 except RuntimeError as exc:  # one module's failure is reported in its row; the others still run
                     results[name].error = str(exc)[:200]
-    baseline = args.baseline if args.baseline in results else None
+    results.update(skipped)
+    if baseline is not None and results[baseline].error:
+        print(f"segattn bench: warning: the baseline {baseline} did not run ({results[baseline].error}); "
+              "no ratio columns", file=sys.stderr)
+    baseline = baseline if baseline is not None and not results[baseline].error else None
     # executed MACs and the machine's matmul rate, for GMAC/s (nothing to relate them to without timing)
     rate = None if args.memory_only else add_throughput(results, setting)
     print(markdown_table(results, setting, baseline, rate))
