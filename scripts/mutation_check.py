@@ -6,9 +6,10 @@
 
 ``src/`` and ``tests/`` are copied to a temporary directory; each mutation edits one line of the
 *copy*, runs its test subset there with pytest (``PYTHONPATH`` = the copy, 1 thread, ``-x``) and
-restores the line. The working tree is never touched. First the unmutated copy must pass every
-subset; then a mutation is "caught" when its subset fails. Exit status 0 when every mutation is
-caught, 1 otherwise. Takes a few minutes on 2 cores.
+restores the line. The working tree is never touched. First every mutation's target line must be
+in its file exactly once (a target that moved or is gone fails the script: the mutation would test
+nothing), and the unmutated copy must pass every subset; then a mutation is "caught" when its subset
+fails. Exit status 0 when every mutation is caught, 1 otherwise. Takes a few minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ MUTATIONS: List[Mutation] = [
     Mutation(
         "CAM sign: reference logits rowmax - E replaced by E",
         "src/segattn/modules/danet.py",
-        "logits = energy.amax(dim=-1, keepdim=True) - energy",
+        "logits = energy.amax(dim=-1, keepdim=True).detach() - energy",
         "logits = energy",
         ("tests/modules/test_reference.py", "-k", "danet"),
     ),
@@ -130,6 +131,18 @@ MUTATIONS: List[Mutation] = [
 ]
 
 
+def missing_targets(mutations: List[Mutation], root: str = ROOT) -> List[str]:
+    """One line for every mutation whose target line is not in its file exactly once."""
+    problems = []
+    for m in mutations:
+        path = os.path.join(root, m.path)
+        count = open(path, encoding="utf-8").read().count(m.old) if os.path.isfile(path) else 0
+        if count != 1:
+            where = "is gone from" if count == 0 else f"occurs {count} times in"
+            problems.append(f"{m.name}: the line to mutate {where} {m.path} ({m.old!r}); update the script")
+    return problems
+
+
 def run_tests(copy: str, args: Tuple[str, ...]) -> Tuple[int, float, str]:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(copy, "src"), copy]), OMP_NUM_THREADS="1",
                PYTHONDONTWRITEBYTECODE="1")
@@ -150,6 +163,12 @@ def main() -> int:
         for m in MUTATIONS:
             print(m.name)
         return 0 if args.list else 2
+    problems = missing_targets(chosen)
+    for problem in problems:
+        print(f"FAILED   {problem}")
+    if problems:
+        print(f"mutation_check: {len(problems)} of {len(chosen)} mutations have no target; nothing was run")
+        return 1
     copy = tempfile.mkdtemp(prefix="segattn-mutation-")
     try:
         for part in ("src", "tests"):
@@ -173,9 +192,8 @@ def main() -> int:
             path = os.path.join(copy, m.path)
             with open(path) as f:
                 original = f.read()
-            if original.count(m.old) != 1:
-                print(f"SKIPPED  {m.name}: the line to mutate is not in {m.path} exactly once (update the script)")
-                continue
+            if original.count(m.old) != 1:  # checked above; the copy is the same tree
+                raise RuntimeError(f"{m.name}: target line changed while the script ran")
             with open(path, "w") as f:
                 f.write(original.replace(m.old, m.new))
             try:
