@@ -113,13 +113,37 @@ def _foreign_object(message: str, path: str) -> str:
     return ""
 
 
-def safe_torch_load(path: PathLike, map_location: Any = "cpu", what: str = "checkpoint") -> Any:
+class Skipped:
+    """What :func:`safe_torch_load` puts where a file names one of its ``skip`` globals: an inert object
+    of ours that takes any arguments and state and keeps none (the named class or function is never
+    imported or called)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return "<skipped>"
+
+
+def _skipped(*args: Any, **kwargs: Any) -> Skipped:
+    return Skipped()
+
+
+def safe_torch_load(path: PathLike, map_location: Any = "cpu", what: str = "checkpoint",
+                    skip: Any = ()) -> Any:
     """``torch.load(path, weights_only=True)``: plain data only (tensors, numbers, strings, lists, dicts).
 
     Unpickling arbitrary objects can run code, so a file holding anything else is refused with a
     ``ValueError`` that says so and names the first such object (``posix.system``, a class, ...); a
     truncated or non-PyTorch file is a ``ValueError`` naming the file too. A missing file is a
     ``FileNotFoundError``.
+
+    ``skip``: fully qualified names (``"mmengine.logging.history_buffer.HistoryBuffer"``) that the
+    caller does not read and wants replaced by inert :class:`Skipped` objects instead of refused, e.g.
+    the training-state part of another library's checkpoint (torch >= 2.5; older torch refuses them).
     """
     import torch
 
@@ -131,6 +155,10 @@ def safe_torch_load(path: PathLike, map_location: Any = "cpu", what: str = "chec
     try:
         with warnings.catch_warnings():  # torch's note on pickle protocols concerns torch, not the user
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            if skip and hasattr(torch.serialization, "safe_globals"):
+                inert = [(_skipped if name.rsplit(".", 1)[-1][:1].islower() else Skipped, name) for name in skip]
+                with torch.serialization.safe_globals(inert):
+                    return torch.load(path, map_location=map_location, weights_only=True)
             return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # a corrupt file fails anywhere in the reader (KeyError, struct.error, ...)
         text = str(exc).strip()

@@ -237,3 +237,39 @@ def test_live_against_installed_mmseg(tmp_path) -> None:  # pragma: no cover - r
         with np.load(tmp_path / f"{name}.npz") as live:
             for key, value in expected(name).items():
                 np.testing.assert_array_equal(live[key], value)
+
+
+def test_mmengine_training_state_is_skipped_not_run(tmp_path, monkeypatch) -> None:
+    """A user's own ``iter_N.pth`` carries ``message_hub`` (mmengine HistoryBuffer objects with numpy
+    arrays): those are replaced by inert placeholders; the same objects in ``meta`` are refused."""
+    import sys
+    import types
+
+    module = types.ModuleType("mmengine.logging.history_buffer")
+
+    class HistoryBuffer:
+        def __init__(self) -> None:
+            self._log_history = np.arange(5, dtype=np.float64)
+            self._count_history = np.ones(5)
+
+    HistoryBuffer.__module__ = module.__name__
+    HistoryBuffer.__qualname__ = "HistoryBuffer"
+    module.HistoryBuffer = HistoryBuffer
+    for name in ("mmengine", "mmengine.logging", "mmengine.logging.history_buffer"):
+        monkeypatch.setitem(sys.modules, name, sys.modules.get(name) or types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    name = "emanet_r50-d8_4xb2-80k_cityscapes-512x1024"
+    rec = record(name)
+    hub = {"log_scalars": {"train/loss": HistoryBuffer()}, "runtime_info": {"iter": 80000}}
+    path = write_checkpoint(rec, tmp_path / "iter_80000.pth", message_hub=hub,
+                            optimizer={"state": {}, "param_groups": [{"lr": 0.01, "params": [0]}]})
+    bad = tmp_path / "bad.pth"
+    torch.save({"meta": {"cfg": rec["cfg"], "x": HistoryBuffer()}, "state_dict": state_dict(rec)}, bad)
+    monkeypatch.delitem(sys.modules, module.__name__)  # loading must not need (or import) it
+    model = from_mmseg(path).double()
+    h, w = rec["sizes"][0]
+    with torch.no_grad():
+        assert _rel(model(synth_input(name, (h, w))), expected(name)[f"logits_{h}x{w}"]) < TOL
+    assert module.__name__ not in sys.modules
+    with pytest.raises(ConversionError, match="meta or state_dict holds training-state objects"):
+        from_mmseg(bad)

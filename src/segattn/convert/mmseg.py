@@ -79,15 +79,38 @@ class MmsegCheckpoint:
     path: Optional[str] = None
 
 
+#: globals of an mmengine run's training state (``message_hub``: ``HistoryBuffer`` objects holding numpy
+#: arrays) that the converter never reads: replaced by inert objects instead of refusing the file
+TRAINING_STATE_GLOBALS = (
+    "mmengine.logging.history_buffer.HistoryBuffer",
+    "numpy._core.multiarray._reconstruct", "numpy.core.multiarray._reconstruct", "numpy.ndarray", "numpy.dtype",
+    "builtins.getattr",  # numpy 2 pickles dtypes through getattr(numpy.dtypes, ...): replaced, never called
+)
+
+
+def _holds_skipped(node: Any) -> bool:
+    from segattn.io import Skipped
+
+    if isinstance(node, Skipped):
+        return True
+    if isinstance(node, Mapping):
+        return any(_holds_skipped(v) for v in node.values())
+    if isinstance(node, (list, tuple)):
+        return any(_holds_skipped(v) for v in node)
+    return False
+
+
 def read_mmseg_checkpoint(path: PathLike) -> MmsegCheckpoint:
     """Load ``path`` with ``weights_only=True`` and pick out the state dict, config text and dataset meta.
 
     A file whose pickle holds objects beyond tensors and plain data (which could run code when
-    loaded) is refused by :func:`segattn.io.safe_torch_load` with a message naming the first one.
+    loaded) is refused by :func:`segattn.io.safe_torch_load` with a message naming the first one. The
+    training state of mmengine runs (``TRAINING_STATE_GLOBALS``, in ``message_hub``) is replaced by
+    inert placeholders, never imported or called; it may not appear in ``meta`` or ``state_dict``.
     """
     from segattn.io import safe_torch_load
 
-    obj = safe_torch_load(path, what="mmseg checkpoint")
+    obj = safe_torch_load(path, what="mmseg checkpoint", skip=TRAINING_STATE_GLOBALS)
     name = os.fspath(path)
     if not isinstance(obj, Mapping) or not isinstance(obj.get("state_dict"), Mapping):
         found = sorted(obj)[:8] if isinstance(obj, Mapping) else type(obj).__name__
@@ -100,6 +123,8 @@ def read_mmseg_checkpoint(path: PathLike) -> MmsegCheckpoint:
         if isinstance(meta.get(key), str) and meta[key].strip():
             text, source = meta[key], f"{name}: meta[{key!r}]"
             break
+    _require(not _holds_skipped(meta) and not _holds_skipped(obj["state_dict"]),
+             f"{name}: meta or state_dict holds training-state objects; expected tensors and plain data there")
     dataset_meta = dict(meta.get("dataset_meta") or {})
     if not dataset_meta and meta.get("CLASSES"):  # mmseg 0.x
         dataset_meta = {"classes": list(meta["CLASSES"]), "palette": meta.get("PALETTE")}
