@@ -190,7 +190,10 @@ class EMMapper(nn.Module):
     bases never silently stay at their initialisation. After the first hook call, updates are left
     to the hooks (several forwards per step then accumulate into one update). Samples whose ``mu``
     is not finite (a NaN / inf batch) are left out of the average, and a step whose average is not
-    finite is skipped, with a warning: one bad batch cannot turn the bases into NaN for good.
+    finite is skipped, with a warning: one bad batch cannot turn the bases into NaN for good. Only
+    the bases: the batch's output, loss, gradients and the BatchNorm running statistics of the model
+    still see the NaN, so a training loop outside segattn's engine must check its input or loss (and
+    skip the optimiser step) itself; the engine stops on a non-finite loss.
     Init: ``mu ~ N(0, sqrt(2 / K))``, l2-normalised over C. MACs: ``T * 2 N K C``.
     """
 
@@ -297,7 +300,10 @@ class EMMapper(nn.Module):
         if skipped or (count and not bool(torch.isfinite(mean).all())):
             warnings.warn(
                 f"EMMapper: {int(skipped)} sample(s) with non-finite bases left out of the moving average"
-                + ("" if count and torch.isfinite(mean).all() else "; update skipped"),
+                + ("" if count and torch.isfinite(mean).all() else "; update skipped")
+                + ". Only the EM bases are protected: that forward's output, loss and gradients, and the "
+                "BatchNorm running statistics, still saw the NaN/inf input; a training loop of your own "
+                "must check the input or the loss (segattn's engine stops on a non-finite loss)",
                 stacklevel=3,
             )
         if count == 0.0 or not bool(torch.isfinite(mean).all()):
