@@ -172,6 +172,7 @@ BAD_CALLS = [  # (id, argv with {t} = folder of bad inputs, {ckpt} = a good chec
     ("bench-cannot-fit", "bench nonlocal --size 16384 --batch 64", "needs about"),
     ("bench-unknown-baseline", "bench nonlocal --channels 8 --size 8 --rounds 1 --baseline zzz",
      "--baseline 'zzz' is not a registered module"),
+    ("compare-threads-0", "compare all-modules --threads 0 --out {t}/p", "--threads must be >= 1, got 0"),
     ("bench-out-is-file", "bench nonlocal --channels 8 --size 8 --rounds 1 --out {t}/afile", "afile is not usable"),
     ("bench-out-read-only", "bench nonlocal --channels 8 --size 8 --rounds 1 --out {ro}/b", "cannot write"),
     ("bench-no-module", "bench zzz*", "no registered module"),

@@ -38,6 +38,8 @@ def run(args: argparse.Namespace) -> int:
     plan = load_plan(args.plan)
     if args.seeds is not None and args.seeds < 1:
         raise PlanError(f"--seeds must be >= 1, got {args.seeds}")
+    if args.threads is not None and args.threads < 1:
+        raise PlanError(f"--threads must be >= 1, got {args.threads}")
     out = args.out or Path("outputs") / "compare" / f"{plan.name}-{args.dataset}"
     if args.report_only:
         plan.protocol(args.dataset)
