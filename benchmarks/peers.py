@@ -69,7 +69,17 @@ CASES: Dict[str, Case] = {c.name: c for c in [
     Case("ccnet_model", "model", "CCHead recurrence 2, channels 512"),
     Case("emanet_model", "model", "EMAHead channels 256, K 64, T 3 (mmseg keeps concat input, ours not)"),
     Case("isanet_model", "model", "ISAHead isa_channels 256, channels 512"),
+] + [
+    # converted models: mmseg's own EncoderDecoder built from the zoo config (R50-D8, Cityscapes 512x1024, 80k)
+    # with random weights and BN statistics saved as an mmseg checkpoint, against segattn's
+    # segattn.convert.mmseg.from_mmseg of that file: the same weights; eval, logits resized to the input
+    Case(f"{head}_converted", "converted", f"{cfg} (zoo config, same weights through `segattn convert mmseg`)")
+    for head, cfg in (("fcn", "FCNHead"), ("pspnet", "PSPHead"), ("deeplabv3", "ASPPHead"), ("nonlocal", "NLHead"),
+                      ("danet", "DAHead"), ("ccnet", "CCHead"), ("isanet", "ISAHead"), ("ann", "ANNHead"),
+                      ("apcnet", "APCHead"), ("emanet", "EMAHead"), ("psanet", "PSAHead"))
 ]}
+CONVERTED_CONFIG = "{head}_r50-d8_4xb2-80k_cityscapes-512x1024"  # under mmseg/.mim/configs/<folder>/
+CONVERTED_FOLDER = {"nonlocal": "nonlocal_net"}
 MMSEG_HEADS = {  # mmseg decode-head configs (PSAHead's mask size depends on the input: see build_mmseg)
     "fcn_head": dict(type="FCNHead", num_convs=2, concat_input=True),
     "nl_head": dict(type="NLHead", reduction=2, use_scale=True, mode="embedded_gaussian"),
@@ -108,9 +118,83 @@ def _ours(case: str) -> Callable[..., Any]:
     return model_name, kw
 
 
-def build_ours(case: str, size: int) -> Any:
+def _hw(size: str) -> Tuple[int, int]:
+    """``"97"`` -> (97, 97); ``"512x1024"`` -> (512, 1024)."""
+    h, _, w = str(size).partition("x")
+    return int(h), int(w or h)
+
+
+def converted_checkpoint(case: str) -> str:
+    """The mmseg checkpoint of a ``*_converted`` case (built once, cached in $PEERS_CACHE): mmseg's model
+    from the shipped config (SyncBN -> BN) with deterministic random weights and BN statistics."""
+    head = case[: -len("_converted")]
+    name = CONVERTED_CONFIG.format(head=head)
+    cache = os.environ.get("PEERS_CACHE", os.path.join("/tmp", "segattn-peers"))
+    path = os.path.join(cache, name + ".pth")
+    if os.path.exists(path):
+        return path
+    install_ext_placeholder()
+    import mmseg
+    import torch
+    from mmengine.config import Config
+    from mmseg.registry import MODELS
+    from mmseg.utils import register_all_modules
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from tests.convert.mmseg_synth import synth_tensor
+
+    register_all_modules(init_default_scope=True)
+    cfg = Config.fromfile(os.path.join(os.path.dirname(mmseg.__file__), ".mim", "configs",
+                                       CONVERTED_FOLDER.get(head, head), name + ".py"))
+    cfg.model.pretrained = None
+    text = cfg.pretty_text.replace("type='SyncBN'", "type='BN'")
+    cfg.model.backbone.norm_cfg = cfg.model.decode_head.norm_cfg = cfg.model.auxiliary_head.norm_cfg = \
+        dict(type="BN", requires_grad=True)
+    model = MODELS.build(cfg.model)
+    model.load_state_dict({k: synth_tensor(k, list(v.shape), str(v.dtype).replace("torch.", ""))
+                           for k, v in model.state_dict().items()})
+    os.makedirs(cache, exist_ok=True)  # the state dict as loaded: a module under two names holds one value
+    torch.save({"meta": {"cfg": text}, "state_dict": model.state_dict()}, path + ".tmp")
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def build_converted(case: str, impl: str) -> Any:
+    """Eval-mode model returning logits at the input size: segattn's conversion or mmseg's EncoderDecoder."""
     import torch
 
+    path = converted_checkpoint(case)
+    if impl == "ours":
+        from segattn.convert.mmseg import from_mmseg
+
+        return from_mmseg(path)
+    install_ext_placeholder()
+    from mmengine.config import Config
+    from mmseg.registry import MODELS
+    from mmseg.utils import register_all_modules
+
+    register_all_modules(init_default_scope=True)
+    ckpt = torch.load(path, weights_only=True)
+    net = MODELS.build(Config.fromstring(ckpt["meta"]["cfg"], ".py").model)
+    net.load_state_dict(ckpt["state_dict"])
+
+    class Model(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x: Any) -> Any:
+            shape = tuple(x.shape[-2:])
+            return self.net.encode_decode(x, [dict(img_shape=shape, ori_shape=shape, pad_shape=shape)] * len(x))
+
+    return Model()
+
+
+def build_ours(case: str, size: str) -> Any:
+    import torch
+
+    if CASES[case].kind == "converted":
+        return build_converted(case, "ours")
     if CASES[case].kind == "model":
         import segattn
 
@@ -120,7 +204,7 @@ def build_ours(case: str, size: int) -> Any:
         return built
     model_name, kw = built
     if case == "psa_head":
-        h = (size - 1) // 2 + 1
+        h = (_hw(size)[0] - 1) // 2 + 1
         kw = {"context_kw": {"mask_size": (2 * h - 1, 2 * h - 1)}}
     # resnet18's layer4 has 512 channels: the head sees C_in = 512 like mmseg's head below.
     import segattn
@@ -189,8 +273,10 @@ def build_mmseg_model(case: str) -> Any:
     return Model()
 
 
-def build_mmseg(case: str, size: int) -> Any:
+def build_mmseg(case: str, size: str) -> Any:
     install_ext_placeholder()
+    if CASES[case].kind == "converted":
+        return build_converted(case, "mmseg")
     if CASES[case].kind == "model":
         return build_mmseg_model(case)
     if case == "nonlocal":
@@ -215,7 +301,7 @@ def build_mmseg(case: str, size: int) -> Any:
     register_all_modules(init_default_scope=False)
     common = dict(in_channels=CHANNELS, in_index=0, channels=CHANNELS, num_classes=NUM_CLASSES, dropout_ratio=0.1,
                   norm_cfg=dict(type="BN", requires_grad=True), align_corners=False)
-    h = (size - 1) // 2 + 1
+    h = (_hw(size)[0] - 1) // 2 + 1
     cfg = MMSEG_HEADS.get(case) or dict(type="PSAHead", mask_size=(2 * h - 1, 2 * h - 1), psa_type="bi-direction",
                                         compact=False, shrink_factor=2, normalization_factor=1.0, psa_softmax=True)
     head = MODELS.build({**common, **cfg})
@@ -248,7 +334,7 @@ def _outputs(out: Any) -> List[Any]:
     return list(out) if isinstance(out, (list, tuple)) else [out]
 
 
-def worker(impl: str, case: str, size: int, mode: str, reps: int, threads: int, batch: int = 1,
+def worker(impl: str, case: str, size: str, mode: str, reps: int, threads: int, batch: int = 1,
            measure: str = "time") -> Dict[str, Any]:
     """One process, one implementation: a warm-up step, then ``reps`` timed steps (the first memory-measured);
     with ``measure="tensors"`` one untimed step under ``PeakLiveRecorder`` (exact peak of live tensor bytes)."""
@@ -260,14 +346,17 @@ def worker(impl: str, case: str, size: int, mode: str, reps: int, threads: int, 
     module = build_ours(case, size) if impl == "ours" else build_mmseg(case, size)
     train = mode == "train"
     module.train(train)
-    whole = CASES[case].kind == "model"
-    x = torch.randn(batch, 3, size, size) if whole else torch.randn(batch, CHANNELS, size, size)
-    labels = torch.randint(0, NUM_CLASSES, (batch, size, size))
+    whole = CASES[case].kind in ("model", "converted")
+    if CASES[case].kind == "converted" and mode != "eval":
+        raise ValueError("converted models are measured in eval mode only")
+    h, w = _hw(size)
+    x = torch.randn(batch, 3, h, w) if whole else torch.randn(batch, CHANNELS, h, w)
+    labels = torch.randint(0, NUM_CLASSES, (batch, h, w))
 
     def loss(outs: List[Any]) -> Any:
         if not whole:  # modules and heads: the mean of every output
             return sum(o.float().mean() for o in outs)
-        return sum(F.cross_entropy(F.interpolate(o, size=(size, size), mode="bilinear", align_corners=False), labels)
+        return sum(F.cross_entropy(F.interpolate(o, size=(h, w), mode="bilinear", align_corners=False), labels)
                    for o in outs)
 
     def step() -> None:
@@ -309,7 +398,7 @@ def short_error(message: str) -> str:
     return message[:160]
 
 
-def run_worker(python: str, impl: str, case: str, size: int, mode: str, reps: int, threads: int,
+def run_worker(python: str, impl: str, case: str, size: str, mode: str, reps: int, threads: int,
                timeout: float, batch: int = 1, measure: str = "time") -> Dict[str, Any]:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MALLOC_MMAP_THRESHOLD_": "65536",
            "PYTHONWARNINGS": "ignore"}
@@ -330,7 +419,7 @@ def _cell(values: List[float], digits: int = 0) -> str:
     return f"{statistics.median(values):.{digits}f}" if values else "-"
 
 
-def table(results: Dict[Tuple[str, int, str, str], Dict[str, Any]], cases: List[str], sizes: List[int],
+def table(results: Dict[Tuple[str, str, str, str], Dict[str, Any]], cases: List[str], sizes: List[str],
           modes: List[str]) -> str:
     lines = ["| case | size | mode | ours ms | mmseg ms | time ours/mmseg | ours MiB | mmseg MiB | memory ours/mmseg |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|"]
@@ -338,7 +427,7 @@ def table(results: Dict[Tuple[str, int, str, str], Dict[str, Any]], cases: List[
         for size in sizes:
             for mode in modes:
                 o, m = results.get((case, size, mode, "ours"), {}), results.get((case, size, mode, "mmseg"), {})
-                row = [case, f"{size}x{size}", mode]
+                row = [case, "x".join(map(str, _hw(size))), mode]
                 ot, mt = o.get("ms", []), m.get("ms", [])
                 om, mm = o.get("peak_mb", []), m.get("peak_mb", [])
                 row += [_cell(ot) if ot else o.get("error", "-"), _cell(mt) if mt else m.get("error", "-")]
@@ -350,7 +439,7 @@ def table(results: Dict[Tuple[str, int, str, str], Dict[str, Any]], cases: List[
     return "\n".join(lines)
 
 
-def tensor_table(results: Dict[Tuple[str, int, str, str], Dict[str, Any]], cases: List[str], sizes: List[int],
+def tensor_table(results: Dict[Tuple[str, str, str, str], Dict[str, Any]], cases: List[str], sizes: List[str],
                  modes: List[str]) -> str:
     """``--tensors``: peak live tensor MiB of one step, ours against mmseg."""
     lines = ["| case | size | mode | ours tensor MiB | mmseg tensor MiB | ours/mmseg |", "|---|---|---|---:|---:|---:|"]
@@ -359,7 +448,7 @@ def tensor_table(results: Dict[Tuple[str, int, str, str], Dict[str, Any]], cases
             for mode in modes:
                 o, m = results.get((case, size, mode, "ours"), {}), results.get((case, size, mode, "mmseg"), {})
                 ol, ml = o.get("live_mb", []), m.get("live_mb", [])
-                row = [case, f"{size}x{size}", mode, _cell(ol, 1) if ol else o.get("error", "-"),
+                row = [case, "x".join(map(str, _hw(size))), mode, _cell(ol, 1) if ol else o.get("error", "-"),
                        _cell(ml, 1) if ml else m.get("error", "-")]
                 row.append(f"{statistics.median(ol) / statistics.median(ml):.2f}x" if ol and ml else "-")
                 lines.append("| " + " | ".join(row) + " |")
@@ -368,9 +457,11 @@ def tensor_table(results: Dict[Tuple[str, int, str, str], Dict[str, Any]], cases
 
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--cases", nargs="*", default=[c for c in CASES if CASES[c].kind != "model"],
-                   help=f"subset of {', '.join(CASES)} (default: every module and head; whole models on request)")
-    p.add_argument("--sizes", nargs="*", type=int, default=[64, 97, 128])
+    p.add_argument("--cases", nargs="*", default=[c for c in CASES if CASES[c].kind not in ("model", "converted")],
+                   help=f"subset of {', '.join(CASES)} (default: every module and head; whole and converted "
+                        "models on request)")
+    p.add_argument("--sizes", nargs="*", default=["64", "97", "128"],
+                   help="N (N x N) or HxW, e.g. 512x1024 for the converted models")
     p.add_argument("--modes", nargs="*", default=["eval", "train"], choices=["eval", "train"])
     p.add_argument("--rounds", type=int, default=2, help="interleaved rounds (fresh processes each)")
     p.add_argument("--reps", type=int, default=2, help="timed steps per process (median)")
@@ -390,8 +481,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = p.parse_args(argv)
     if args.worker:
         impl, case, size, mode, reps, threads, batch, measure = args.worker
-        print(json.dumps(worker(impl, case, int(size), mode, int(reps), int(threads), int(batch), measure)))
+        print(json.dumps(worker(impl, case, size, mode, int(reps), int(threads), int(batch), measure)))
         return 0
+    try:
+        args.sizes = ["x".join(map(str, _hw(sz))) if "x" in sz else str(int(sz)) for sz in args.sizes]
+    except ValueError:
+        p.error(f"--sizes takes N or HxW (positive integers), got {args.sizes}")
     bad = [c for c in args.cases if c not in CASES]
     if bad:
         p.error(f"unknown case(s) {bad}; expected some of {list(CASES)}")
@@ -418,7 +513,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"mmseg {probe.stdout.strip()}, {args.threads} thread(s), {args.rounds} interleaved round(s) of fresh "
           f"processes, median of {args.reps} timed steps each; batch {args.batch}, {CHANNELS} channels "
           "(whole models: 3-channel images)", flush=True)
-    done = {(r["round"], r["case"], r["size"], r["mode"], r["impl"]) for r in records}
+    done = {(r["round"], r["case"], str(r["size"]), r["mode"], r["impl"]) for r in records}
     jobs = [(r, case, size, mode, impl) for r in range(args.rounds) for case in args.cases for size in args.sizes
             for mode in args.modes for impl in (("ours", "mmseg") if r % 2 == 0 else ("mmseg", "ours"))]
     todo = [job for job in jobs if job not in done]
@@ -433,9 +528,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             from segattn.io import atomic_write_json
 
             atomic_write_json(args.out, {"command": cmd, "settings": settings, "records": records})
-    results: Dict[Tuple[str, int, str, str], Dict[str, Any]] = {}
+    results: Dict[Tuple[str, str, str, str], Dict[str, Any]] = {}
     for rec in records:
-        slot = results.setdefault((rec["case"], rec["size"], rec["mode"], rec["impl"]),
+        slot = results.setdefault((rec["case"], str(rec["size"]), rec["mode"], rec["impl"]),
                                   {"ms": [], "peak_mb": [], "live_mb": []})
         if "error" in rec:
             slot["error"] = rec["error"]
