@@ -21,14 +21,14 @@ import segattn
 from segattn.lowrank import IdentityReasoner
 from segattn.modules.ccnet import criss_cross_aggregate
 from segattn.viz import NoAttentionError, channel_attention, pixel_weights, run_with_attention
-from segattn.viz.weights import FAMILIES
+from segattn.viz.weights import supports_pixel_weights
 from tests.helpers import perturb_
 
 pytestmark = pytest.mark.filterwarnings("ignore:SGR without a knowledge graph")
 C, H, W = 16, 16, 16
 QUERY = (5, 6)
 NAMES = segattn.list_modules() + ["carafe"]
-WITH_WEIGHTS = [n for n in NAMES if n in FAMILIES and n != "danet_cam"]
+WITH_WEIGHTS = [n for n in NAMES if supports_pixel_weights(n)]
 
 
 def build(name: str) -> nn.Module:
@@ -230,11 +230,41 @@ def probe(name: str, m: nn.Module, x: Tensor) -> Dict[str, Tensor]:
         xl = x.clone().requires_grad_(True)
         m(xl)
         return {f"bin {b}": grad_of(store["in"][0, C + i * cb, qy, qx], xl)[0, 0] for i, b in enumerate(m.bins)}
+    if name == "gcnet":  # the pooled context c = sum_j a_j x_j, attention logits frozen
+        frozen(m.mask, lambda: m(x))
+        capture_input(m.channel_add[0], store)
+        xl = x.clone().requires_grad_(True)
+        m(xl)
+        return {"*": grad_of(store["in"][0, 0, 0, 0], xl)[0, 0]}
+    if name == "dnl":  # y = P g + 1 u^T g: the pairwise row alone (unary branch removed), then the unary
+        capture_input(m.conv_out, store)
+        (v,) = value_leaf(m.g, lambda: m(x))
+        total = grad_of(store["in"][0, 0, qy, qx], v)[0, 0]
+        m.g._forward_hooks.clear()
+        m.mask = None
+        (v2,) = value_leaf(m.g, lambda: m(x))
+        pairwise = grad_of(store["in"][0, 0, qy, qx], v2)[0, 0]
+        return {"whitened pairwise": pairwise, "unary": total - pairwise}
+    if name == "ocr":  # sum_k W_ik M_kj with delta and rho as identity, regions and relations frozen
+        for sub in (m.region, m.query, m.key):
+            frozen(sub, lambda: m(x))
+        m.value, m.out = nn.Identity(), nn.Identity()
+        capture_input(m.bottleneck, store)
+        xl = x.clone().requires_grad_(True)
+        m(xl)
+        return {"*": grad_of(store["in"][0, 0, qy, qx], xl)[0, 0]}
     raise AssertionError(f"no probe for {name}")
 
 
 def test_every_module_with_weights_has_a_probe():
-    assert set(WITH_WEIGHTS) | {"danet_cam", "aspp"} == set(NAMES)
+    assert {"danet_cam", "aspp"} <= set(NAMES) - set(WITH_WEIGHTS)
+    assert {"nonlocal", "ocr", "dnl", "gcnet", "ema", "carafe"} <= set(WITH_WEIGHTS)
+
+
+@pytest.mark.parametrize("name", sorted(set(NAMES) - set(WITH_WEIGHTS) - {"danet_cam"}))
+def test_module_without_weights_says_so(name):
+    with pytest.raises(NoAttentionError, match="has no per-pixel attention weights"):
+        pixel_weights(build(name), make_input(), QUERY)
 
 
 @pytest.mark.parametrize("name", WITH_WEIGHTS)
@@ -256,7 +286,8 @@ def test_picture_equals_jacobian_probe(name):
 
 # softmax (or other convex) weights: every map >= 0, summing to 1 over the pixels it covers
 CONVEX = {"nonlocal", "nonlocal_gaussian", "danet_pam", "danet", "ocnet_base", "ocnet_asp", "ocnet_pyramid",
-          "ann_apnb", "ann_afnb", "psanet", "ccnet", "isa", "local_relation", "carafe", "ema", "a2", "graphrep", "ppm"}
+          "ann_apnb", "ann_afnb", "psanet", "ccnet", "isa", "local_relation", "carafe", "ema", "a2", "graphrep", "ppm",
+          "gcnet", "dnl", "ocr"}
 
 
 @pytest.mark.parametrize("name", WITH_WEIGHTS)

@@ -170,6 +170,50 @@ class ANNHead(nn.Module):
         return {"out": self.cls(_call(self.apnb, self.bottleneck(fused)))}
 
 
+class OCRHead(nn.Module):
+    """OCRNet head (openseg ``SpatialOCRNet``; mmseg ``CascadeEncoderDecoder`` of FCNHead + OCRHead)::
+
+        L   = region FCN on feats[region_index] (layer3): 3x3 ConvBNReLU (C_3 -> region_channels)
+              -> Dropout2d -> 1x1 classifier: soft-region logits (B, K, h, w)         "region"
+        f   = ConvBNReLU_3x3(C_4 -> channels)(layer4)                                 "reduce"
+        f   = ocr(f, L): gathering, pixel-region attention (``ocr_channels``), fusion  "context"
+        out = conv1x1(Dropout2d(f))
+
+    The region head is the model's auxiliary head (an FCN on layer3, as ``aux_head``), and it is used
+    at inference too. In training (``supervised``) the head returns its logits as ``"aux"`` with loss weight
+    ``region_weight`` (0.4, mmseg's ``loss_weight`` of the first stage; the official code's dsn loss).
+    They are resized to the layer4 size when the two differ (output stride 32).
+    """
+
+    def __init__(self, in_channels: int, region_in_channels: int, channels: int, num_classes: int, *,
+                 ocr_channels: int = 256, region_channels: int = 256, dropout: float = 0.1,
+                 region_dropout: float = 0.1, region_weight: float = 0.4, supervised: bool = True, region_index: int = 2,
+                 context_kw: Optional[Mapping[str, Any]] = None, align_corners: bool = False) -> None:
+        super().__init__()
+        self.align_corners = align_corners
+        self.region = ContextHead(region_in_channels, region_channels, num_classes, post_conv=False, concat=None,
+                                  dropout=region_dropout, in_index=region_index)
+        self.reduce = ConvNormAct(in_channels, channels, 3)
+        kw = {"num_regions": num_classes, "key_channels": ocr_channels, "region_head": False, "dropout": 0.0}
+        self.context = create_module("ocr", channels, **{**kw, **dict(context_kw or {})})
+        self.cls = classifier(_module_out(self.context, channels), num_classes, dropout)
+        self.supervised = supervised
+        self.loss_weights = {"aux": float(region_weight)} if supervised else {}
+
+    def forward(self, feats: Sequence[Tensor]) -> Dict[str, Tensor]:
+        regions = self.region(feats)["out"]
+        f = self.reduce(feats[-1])
+        if regions.shape[-2:] != f.shape[-2:]:
+            regions_in = torch.nn.functional.interpolate(regions, size=f.shape[-2:], mode="bilinear",
+                                                         align_corners=self.align_corners)
+        else:
+            regions_in = regions
+        outs = {"out": self.cls(_call(self.context, f, regions_in))}
+        if self.training and self.supervised:
+            outs["aux"] = regions
+        return outs
+
+
 def fcn_head(in_channels: int, channels: int, num_classes: int, num_convs: int = 2, concat_input: bool = True,
              dropout: float = 0.1) -> ContextHead:
     """mmseg FCNHead: ``num_convs`` (1 or 2) 3x3 ConvBNReLU, optional concat with the input."""
@@ -184,4 +228,4 @@ def aux_head(in_channels: int, channels: int, num_classes: int, dropout: float =
     return fcn_head(in_channels, channels, num_classes, num_convs=1, concat_input=False, dropout=dropout)
 
 
-__all__ = ["ContextHead", "DANetHead", "ANNHead", "classifier", "fcn_head", "aux_head"]
+__all__ = ["ContextHead", "DANetHead", "ANNHead", "OCRHead", "classifier", "fcn_head", "aux_head"]

@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, TypeVar
 from torch import nn
 
 from segattn.models.factory import build_segmentor
-from segattn.models.heads import ANNHead, ContextHead, DANetHead
+from segattn.models.heads import ANNHead, ContextHead, DANetHead, OCRHead
 from segattn.models.segmentor import SegmentationModel
 from segattn.registry import MODELS, MODULES
 
@@ -248,6 +248,52 @@ def isanet(num_classes: int, *, context_kw: Optional[Mapping[str, Any]] = None, 
                 "fuse_kernel": 1}
 
     return _head_model(num_classes, head_kw, dropout, **kwargs)
+
+
+@register_model("ocrnet", ("ocr",), paper="Yuan, Chen, Wang, ECCV 2020")
+def ocrnet(num_classes: int, *, context_kw: Optional[Mapping[str, Any]] = None, dropout: float = 0.1,
+           ocr_channels: Optional[int] = None, region_channels: Optional[int] = None, region_weight: float = 0.4,
+           **kwargs: Any) -> SegmentationModel:
+    """OCRNet (openseg ``SpatialOCRNet``; mmseg ``CascadeEncoderDecoder`` with FCNHead + OCRHead): the
+    soft-region head (3x3 ConvBNReLU 1024->``region_channels`` (256) -> Dropout2d(0.1) -> classifier on
+    layer3) gives K = ``num_classes`` region logits; 3x3 ConvBNReLU 2048->512 -> ``ocr`` (gathering, pixel-
+    region attention with ``ocr_channels`` = ``channels // 2`` (256), 1x1 ConvBNReLU fusion, no dropout
+    as mmseg) -> Dropout2d(0.1) -> classifier. The region head is the auxiliary head: training returns
+    its logits as ``"aux"`` with weight ``region_weight`` 0.4 (mmseg's first-stage loss); no second
+    auxiliary FCN is built, and ``aux=False`` leaves the regions unsupervised (no ``"aux"`` output). mmseg's R101-D8 checkpoints convert (``segattn convert
+    mmseg``). Deviations from the official network: its region head uses 512 channels and
+    Dropout2d(0.05), its OCR fusion Dropout2d(0.05) and no classifier dropout (pass
+    ``region_channels=512``, ``context_kw={"dropout": 0.05}``, ``dropout=0``)."""
+    supervised = bool(kwargs.get("aux", True))
+    kwargs["aux"] = False  # the region head is the auxiliary head: never a second FCN on layer3
+    align = bool(kwargs.get("align_corners", False))
+
+    def make_head(chans: List[int], channels: int, k: int) -> nn.Module:
+        return OCRHead(chans[-1], chans[2], channels, k, ocr_channels=ocr_channels or max(channels // 2, 1),
+                       region_channels=region_channels or max(channels // 2, 1), dropout=dropout,
+                       region_weight=region_weight, supervised=supervised, context_kw=context_kw, align_corners=align)
+
+    return build_segmentor(make_head, num_classes, **kwargs)
+
+
+@register_model("gcnet", ("gcnet",), paper="Cao, Xu, Lin, Wei, Hu, ICCVW 2019 / TPAMI 2020 (mmseg GCHead)")
+def gcnet(num_classes: int, *, context_kw: Optional[Mapping[str, Any]] = None, dropout: float = 0.1,
+          **kwargs: Any) -> SegmentationModel:
+    """GCNet, mmseg GCHead (the paper puts GC blocks in the backbone for detection; its segmentation
+    entry is mmseg's head): 3x3 ConvBNReLU 2048->512 -> global context block (ratio 1/4, attention
+    pooling, channel add) -> 3x3 ConvBNReLU -> concat with the input -> 3x3 ConvBNReLU ->
+    Dropout2d(0.1) -> classifier. mmseg's R50/R101-D8 checkpoints convert (``segattn convert mmseg``)."""
+    return _nl_layout("gcnet", context_kw, dropout, num_classes, **kwargs)
+
+
+@register_model("dnlnet", ("dnl",), paper="Yin, Yao, Cao, Li, Zhang, Lin, Hu, ECCV 2020 (mmseg DNLHead)")
+def dnlnet(num_classes: int, *, context_kw: Optional[Mapping[str, Any]] = None, dropout: float = 0.1,
+           **kwargs: Any) -> SegmentationModel:
+    """DNLNet, mmseg DNLHead (= the official ``NLModule`` layout): 3x3 ConvBNReLU 2048->512 ->
+    disentangled non-local block (reduction 2, temperature 0.05, whitened pairwise + unary terms) ->
+    3x3 ConvBNReLU -> concat with the input -> 3x3 ConvBNReLU -> Dropout2d(0.1) -> classifier.
+    mmseg's R50/R101-D8 checkpoints convert (``segattn convert mmseg``)."""
+    return _nl_layout("dnl", context_kw, dropout, num_classes, **kwargs)
 
 
 @register_model("emanet", ("ema",), paper="Li et al., ICCV 2019")

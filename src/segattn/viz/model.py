@@ -21,14 +21,15 @@ from segattn.registry import MODULES, UPSAMPLERS
 from segattn.viz import render
 from segattn.viz.weights import (
     ASSIGNMENT_KEYS,
-    FAMILIES,
     base_similarity,
     channel_attention,
     check_query,
     em_responsibilities,
+    extra_inputs,
     pixel_weights,
     registered_name,
     run_with_attention,
+    supports_pixel_weights,
 )
 
 Pair = Tuple[int, int]
@@ -56,7 +57,7 @@ def require_context(model: nn.Module, what: str = "model") -> List[Tuple[str, st
         label = getattr(model, "config", {}).get("name", type(model).__name__) if hasattr(model, "config") else what
         raise ValueError(f"{what} {label!r} has no context module (an FCN-style model); segattn viz needs a model "
                          f"with one of the registered modules (see `segattn modules`)")
-    usable = [f for f in found if f[1] in FAMILIES]
+    usable = [f for f in found if supports_pixel_weights(f[1]) or f[1] == "danet_cam"]
     if not usable:
         names = ", ".join(n for _, n, _ in found)
         raise ValueError(f"the context module(s) of this {what} ({names}) have no attention weights to show "
@@ -152,7 +153,7 @@ def module_views(path: str, module: nn.Module, inputs: Tuple[tuple, dict], decad
     name = registered_name(module)
     if name == "danet_cam":
         return []
-    extra = {"low": args[1]} if name == "ann_afnb" and len(args) > 1 else {}
+    extra = extra_inputs(module, args, kwargs)
     factors = run_with_attention(module, x, **extra)
     qgrid = (size[0] * module.scale_factor, size[1] * module.scale_factor) if name == "carafe" else size
     stride = _stride(qgrid)
@@ -237,7 +238,7 @@ def analyse(model: nn.Module, x: Tensor, image: np.ndarray, name: str = "image",
     for (path, reg, module), inp in zip(found, inputs):
         args, kwargs = inp
         fx = args[0]
-        extra = {"low": args[1]} if reg == "ann_afnb" and len(args) > 1 else {}
+        extra = extra_inputs(module, args, kwargs)
         if reg != "danet_cam":
             qgrid: Pair = (int(fx.shape[2]), int(fx.shape[3]))
             if reg == "carafe":

@@ -17,6 +17,7 @@ node features, not on positions).
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Tuple
@@ -372,8 +373,26 @@ FAMILIES: Dict[str, Family] = {
 }
 
 
+def own_weight_maps(name: str) -> bool:
+    """Whether the registered module ``name`` reads its own weights off (a ``weight_maps`` method beside it)."""
+    registry = MODULES if name in MODULES else UPSAMPLERS if name in UPSAMPLERS else None
+    return registry is not None and callable(getattr(registry.get(name), "weight_maps", None))
+
+
 def supports_pixel_weights(name: str) -> bool:
-    return name in FAMILIES and name != "danet_cam"
+    return (name in FAMILIES and name != "danet_cam") or own_weight_maps(name)
+
+
+def with_weights() -> List[str]:
+    """Registered modules (and upsamplers) that have per-pixel weight maps."""
+    return sorted(n for n in set(MODULES.list()) | set(UPSAMPLERS.list()) if supports_pixel_weights(n))
+
+
+def extra_inputs(module: nn.Module, args: tuple, kwargs: Mapping[str, Any]) -> Dict[str, Any]:
+    """The inputs a module's forward received beyond the feature map, by name (ANN AFNB's ``low``, OCR's
+    ``regions``), from the positional and keyword arguments of one call."""
+    bound = inspect.signature(module.forward).bind_partial(*args, **kwargs)
+    return {k: v for k, v in list(bound.arguments.items())[1:] if k != "return_attention" and v is not None}
 
 
 def run_with_attention(module: nn.Module, x: Tensor, **kwargs: Any) -> Attention:
@@ -397,9 +416,9 @@ def pixel_weights(module: nn.Module, x: Tensor, query: Pair, factors: Mapping[st
     without per-pixel weights (ASPP, DANet CAM) and ValueError for a query outside the map.
     """
     name = registered_name(module)
-    if name not in FAMILIES:
+    if name not in FAMILIES and not own_weight_maps(name):
         raise NoAttentionError(f"{name} has no per-pixel attention weights to show (fixed convolutions / pooling); "
-                               f"modules with weights: {', '.join(n for n in sorted(FAMILIES) if supports_pixel_weights(n))}")
+                               f"modules with weights: {', '.join(with_weights())}")
     if x.dim() != 4 or x.shape[0] != 1:
         raise ValueError(f"pixel_weights expects one feature map of shape (1, C, H, W), got {tuple(x.shape)}")
     size: Pair = (int(x.shape[2]), int(x.shape[3]))
@@ -410,7 +429,10 @@ def pixel_weights(module: nn.Module, x: Tensor, query: Pair, factors: Mapping[st
     if name == "danet_cam":
         raise NoAttentionError("danet_cam attends over channels, not pixels: use segattn.viz.channel_attention()")
     found = dict(factors) if factors is not None else run_with_attention(module, x, **kwargs)
-    if name == "ann_afnb" and kwargs.get("low") is not None:
+    if own_weight_maps(name):  # the module family reads its weights off itself (see its ``weight_maps``)
+        maps, convex = module.weight_maps(found, size, query)
+        result = PixelWeights(name, query, size, dict(maps), bool(convex))
+    elif name == "ann_afnb" and kwargs.get("low") is not None:
         result = ocnet_weights(module, found, size, query, tuple(kwargs["low"].shape[-2:]))
     else:
         result = FAMILIES[name](module, found, size, query)
@@ -480,5 +502,5 @@ def node_assignments(module: nn.Module, x: Tensor) -> Tensor:
 __all__ = [
     "PixelWeights", "NoAttentionError", "pixel_weights", "run_with_attention", "registered_name", "check_query",
     "channel_attention", "em_responsibilities", "base_similarity", "node_assignments", "supports_pixel_weights",
-    "criss_cross_transpose", "FAMILIES", "CONVEX_LOWRANK",
+    "criss_cross_transpose", "FAMILIES", "CONVEX_LOWRANK", "own_weight_maps", "with_weights", "extra_inputs",
 ]

@@ -69,6 +69,63 @@ def nonlocal_block(m, x):
     return x + (bn(z, m.norm) if m.norm is not None else z)
 
 
+@reference("dnl")
+def dnl(m, x):
+    q, k, g = conv(x, m.theta), conv(x, m.phi), conv(x, m.g)
+    if m.whiten:
+        q = q - q.mean(dim=(2, 3), keepdim=True)
+        k = k - k.mean(dim=(2, 3), keepdim=True)
+    scale = (q.shape[1] ** -0.5 if m.use_scale else 1.0) / m.temperature
+    y = dense_attention(q, k, g, scale)
+    if m.unary:
+        logits = conv(x, m.mask)[:, 0]  # (B, H, W)
+        u = torch.softmax(logits.flatten(1), dim=-1).reshape(logits.shape)
+        y = y + torch.einsum("bij,bcij->bc", u, g)[:, :, None, None]
+    z = conv(y, m.conv_out)
+    return x + (bn(z, m.norm) if m.norm is not None else z)
+
+
+def _channel_ln_mlp(c: Tensor, seq) -> Tensor:
+    """conv1x1 -> LayerNorm over the P channels (biased variance) -> ReLU -> conv1x1 on (B, C) vectors."""
+    conv1, ln, conv2 = seq[0], seq[1], seq[3]
+    h = torch.einsum("pc,bc->bp", conv1.weight.double()[:, :, 0, 0], c) + conv1.bias.double()
+    mean, var = h.mean(1, keepdim=True), ((h - h.mean(1, keepdim=True)) ** 2).mean(1, keepdim=True)
+    h = (h - mean) / torch.sqrt(var + ln.eps) * ln.weight.double().flatten() + ln.bias.double().flatten()
+    h = torch.clamp(h, min=0)
+    return torch.einsum("cp,bp->bc", conv2.weight.double()[:, :, 0, 0], h) + conv2.bias.double()
+
+
+@reference("gcnet")
+def gcnet(m, x):
+    if m.pooling == "att":
+        logits = conv(x, m.mask)[:, 0]
+        a = torch.softmax(logits.flatten(1), dim=-1).reshape(logits.shape)
+    else:
+        a = torch.full_like(x[:, 0], 1.0 / (x.shape[2] * x.shape[3]))
+    c = torch.einsum("bij,bcij->bc", a, x)
+    out = x
+    if m.channel_mul is not None:
+        out = out * torch.sigmoid(_channel_ln_mlp(c, m.channel_mul))[:, :, None, None]
+    if m.channel_add is not None:
+        out = out + _channel_ln_mlp(c, m.channel_add)[:, :, None, None]
+    return out
+
+
+@reference("ocr")
+def ocr(m, x, regions=None):
+    logits = conv(x, m.region) if regions is None else regions  # (B, K, H, W)
+    b, kk = logits.shape[:2]
+    mask = torch.softmax(m.gather_scale * logits.reshape(b, kk, -1), dim=-1).reshape(logits.shape)
+    feats = torch.einsum("bkij,bcij->bck", mask, x)[..., None]  # (B, C, K, 1): one column per region
+    q = cna(cna(x, m.query[0]), m.query[1])
+    key = cna(cna(feats, m.key[0]), m.key[1])
+    val = cna(feats, m.value)
+    logit = torch.einsum("bchw,bck->bhwk", q, key[..., 0]) * m.key_channels ** -0.5
+    w = torch.softmax(logit, dim=-1)
+    ctx = cna(torch.einsum("bhwk,bck->bchw", w, val[..., 0]), m.out)
+    return cna(torch.cat([ctx, x], 1), m.bottleneck)
+
+
 def _pam(m, x):
     q, k, v = conv(x, m.query), conv(x, m.key), conv(x, m.value)
     return m.gamma.double() * dense_attention(q, k, v, 1.0)
