@@ -175,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     from segattn.compare.cli import add_parser as add_compare_parser
 
     add_compare_parser(sub)
+    from segattn.analyze.cli import add_parser as add_analyze_parser
+
+    add_analyze_parser(sub)
     from segattn.convert.cli import add_parser as add_convert_parser
 
     add_convert_parser(sub)

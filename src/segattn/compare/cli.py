@@ -25,6 +25,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads per run (default 1)")
     p.add_argument("--keep-checkpoints", action="store_true",
                    help="keep each finished run's last.pt / best.pt (deleted by default once the run is measured)")
+    p.add_argument("--analyze", action="store_true",
+                   help="after the runs, run `segattn analyze` on every finished run with weights (final.pt) and "
+                        "write analysis.md/json/csv/png beside the report (stored per run: resumable)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="extra config override for every run, after the protocol's (repeatable)")
     p.set_defaults(func=run)
@@ -48,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
             raise PlanError(f"--report-only: no finished run under {out} (expected runs/<entry>/seed<k>/result.json)")
         rep = write_report(plan, out, args.dataset, report_dir=args.report_dir, seeds=args.seeds)
         print(open(rep["paths"]["markdown"]).read())
+        if args.analyze:
+            analyze_plan(args, plan, out)
         return 0
     summary = run_plan(plan, args.dataset, args.seeds, out, extra=args.set, threads=args.threads,
                        report_dir=args.report_dir, keep_checkpoints=args.keep_checkpoints)
@@ -60,4 +65,27 @@ def run(args: argparse.Namespace) -> int:
         cmd += "".join(f" --set {s}" for s in args.set)
         print(f"interrupted; {summary['done']}/{summary['total']} runs finished; resume with `{cmd}`", file=sys.stderr)
         return 130
+    if args.analyze:
+        analyze_plan(args, plan, out)
     return 0
+
+
+def analyze_plan(args: argparse.Namespace, plan: object, out: Path) -> None:
+    """``--analyze``: every finished run of the plan with ``final.pt`` (seeds < --seeds) through
+    :func:`segattn.analyze.run.analyze_runs`; the report goes to --report-dir (else --out)."""
+    from segattn.analyze.run import analyze_runs
+    from segattn.compare.plan import PlanError
+
+    n_seeds = args.seeds or plan.seeds  # type: ignore[attr-defined]
+    names = [e.name for e in plan.entries]  # type: ignore[attr-defined]
+    runs = [out / "runs" / n / f"seed{s}" for s in range(n_seeds) for n in names
+            if (out / "runs" / n / f"seed{s}" / "final.pt").is_file()
+            and (out / "runs" / n / f"seed{s}" / "result.json").is_file()]
+    if not runs:
+        raise PlanError(f"--analyze: no finished run under {out} holds final.pt (runs finished before compare "
+                        "kept weights have none)")
+    target = args.report_dir or out
+    cmd = f"segattn compare {args.plan} --dataset {args.dataset} --seeds {n_seeds} --out {out} --report-only --analyze"
+    if args.report_dir:
+        cmd += f" --report-dir {args.report_dir}"
+    analyze_runs(runs, target, cmd, threads=args.threads, copy_to=args.report_dir)

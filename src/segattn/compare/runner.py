@@ -4,6 +4,7 @@ Layout under the output folder ``OUT``::
 
     OUT/runs/<entry>/seed<k>/compare_config.json   the run's full training config (written first)
     OUT/runs/<entry>/seed<k>/train/                the engine's work dir (metrics.jsonl; last.pt while unfinished)
+    OUT/runs/<entry>/seed<k>/final.pt              the trained weights (no optimiser state), for ``segattn analyze``
     OUT/runs/<entry>/seed<k>/result.json           written last, atomically: the run is finished
 
 Resume: a run with ``result.json`` is skipped; one with ``train/last.pt`` continues from it
@@ -45,6 +46,7 @@ from segattn.io import atomic_write_json
 
 RESULT = "result.json"
 RUN_CONFIG = "compare_config.json"
+FINAL_WEIGHTS = "final.pt"  # the finished run's weights (no optimiser state), kept for `segattn analyze`
 Log = Callable[[str], None]
 
 
@@ -308,12 +310,31 @@ def prepare_run(out: Path, plan: Plan, dataset: str, entry: Entry, seed: int, th
     return rdir, data
 
 
+def save_final_weights(rdir: Path, model: nn.Module, cfg_data: Dict[str, Any], meta: Dict[str, Any],
+                       entry: Entry) -> Path:
+    """Write the trained model's state (``OUT/runs/<entry>/seed<k>/final.pt``, atomically) for ``segattn analyze``.
+
+    Holds ``model`` (weights and buffers: EMA bases, BatchNorm statistics), ``config``, ``meta`` and
+    ``entry`` (name, ``reasoner``), no optimiser state: about 0.8 MB per synthetic-protocol run
+    (0.20 M parameters) and 49 MiB per CamVid-protocol run (12.85 M). ``segattn eval --checkpoint``
+    reads it as a training checkpoint.
+    """
+    from segattn.engine.checkpoint import atomic_save
+
+    path = rdir / FINAL_WEIGHTS
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    atomic_save({"model": state, "config": cfg_data, "meta": meta,
+                 "entry": {"name": entry.name, "reasoner": entry.reasoner}}, str(path))
+    return path
+
+
 def train_run(rdir: Path, data: Dict[str, Any], entry: Entry, seed: int, dataset: str, plan: Plan,
               callbacks: Sequence[Any] = (), log: Log = _print, keep_checkpoints: bool = False) -> Optional[Dict[str, Any]]:
     """Train (or resume) one run and measure it; returns the result, or None when interrupted.
 
-    Once ``result.json`` is written the run's checkpoints are deleted unless ``keep_checkpoints``
-    (``metrics.jsonl`` and ``config.json`` stay)."""
+    The final weights go to ``final.pt`` (:func:`save_final_weights`) just before ``result.json``;
+    then the run's training checkpoints are deleted unless ``keep_checkpoints`` (``metrics.jsonl``
+    and ``config.json`` stay)."""
     from segattn.engine.train import dataset_meta, train
 
     rdir.mkdir(parents=True, exist_ok=True)
@@ -358,6 +379,7 @@ def train_run(rdir: Path, data: Dict[str, Any], entry: Entry, seed: int, dataset
     }
     from segattn.engine.metrics import json_safe
 
+    save_final_weights(rdir, model, cfg_data, meta, entry)  # before result.json: a finished run has its weights
     atomic_write_json(rdir / RESULT, json_safe(result))
     if not keep_checkpoints:  # the run is finished and measured; its optimiser state is not needed
         for name in ("last.pt", "best.pt"):

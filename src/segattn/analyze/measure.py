@@ -1,0 +1,467 @@
+"""The five measurements of ``segattn analyze`` on a trained model and its validation set.
+
+Each ``measure_*`` function takes an eval-mode model, a list of validation batches ``(images,
+masks)`` and the dataset's ``num_classes`` / ``ignore_index``, and returns a flat dict of floats
+(plus, for the EM diagnostics, per-iteration lists). Metric definitions: :mod:`segattn.analyze.metrics`.
+The *module* of a model is its head's context slot (``model.head.context``; ``nn.Identity`` for the
+FCN baseline, which thereby measures as the identity), else its outermost registered context module.
+Its input is the reduced backbone feature ``r`` the module reads, its output what the head gets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from segattn.analyze import metrics as M
+
+NAN = float("nan")
+Batches = Sequence[Tuple[Tensor, Tensor]]
+Log = Callable[[str], None]
+NOISE_SIGMAS = (0.05, 0.1)  # input-noise std, in units of the model's input tensor
+FGSM_EPS = (1 / 255, 2 / 255)  # FGSM step, same units
+FEATURE_NOISE = 0.1  # module-input noise std as a fraction of the input's RMS
+MAX_QUERIES = 256  # query pixels per image for the attention-map distances
+
+
+# -------------------------------------------------------------------------------------- model parts
+def context_slot(model: nn.Module) -> Optional[nn.Module]:
+    """The module whose input/output are measured: ``model.head.context`` or the outermost context module."""
+    head = getattr(model, "head", None)
+    if head is not None and isinstance(getattr(head, "context", None), nn.Module):
+        return head.context
+    from segattn.modules.base import ContextModule
+
+    return next((m for m in model.modules() if isinstance(m, ContextModule)), None)
+
+
+def module_name(module: Optional[nn.Module]) -> str:
+    """Registered name of a context module ('identity' for ``nn.Identity``, '' for none)."""
+    if module is None:
+        return ""
+    if isinstance(module, nn.Identity):
+        return "identity"
+    from segattn.viz.weights import registered_name
+
+    try:
+        return registered_name(module)
+    except Exception:  # noqa: BLE001 - an unregistered module keeps its class name
+        return type(module).__name__
+
+
+def em_mappers(model: nn.Module) -> List[nn.Module]:
+    from segattn.lowrank.mappers import EMMapper
+
+    return [m for m in model.modules() if isinstance(m, EMMapper)]
+
+
+@contextlib.contextmanager
+def em_stages(model: nn.Module, stages: Optional[int]) -> Iterator[None]:
+    """Temporarily run every EM mapper with ``stages`` iterations (None: unchanged)."""
+    mappers = em_mappers(model)
+    old = [m.num_stages for m in mappers]
+    try:
+        if stages is not None:
+            for m in mappers:
+                m.num_stages = int(stages)
+        yield
+    finally:
+        for m, t in zip(mappers, old):
+            m.num_stages = t
+
+
+@contextlib.contextmanager
+def em_gradient_cut(model: nn.Module) -> Iterator[None]:
+    """EM iterations without autograd, as in training (``backprop_through_em=False``), while the rest of
+    the model stays in eval mode and the bases are not updated (the mappers' momentum is switched off)."""
+    mappers = [m for m in em_mappers(model) if not m.backprop]
+    saved = [(m.training, m.momentum) for m in mappers]
+    try:
+        for m in mappers:
+            m.training, m.momentum = True, None
+        yield
+    finally:
+        for m, (tr, mom) in zip(mappers, saved):
+            m.training, m.momentum = tr, mom
+
+
+@contextlib.contextmanager
+def capture(module: nn.Module, keep_grad: bool = False) -> Iterator[Dict[str, Tensor]]:
+    """Record ``module``'s first input (``"in"``) and output (``"out"``) of the forwards inside the block."""
+    store: Dict[str, Tensor] = {}
+
+    def pre(mod: nn.Module, args: Tuple[Any, ...]) -> None:
+        if keep_grad and args[0].requires_grad:
+            args[0].retain_grad()
+        store["in"] = args[0]
+
+    def post(mod: nn.Module, args: Tuple[Any, ...], out: Any) -> None:
+        store["out"] = out[0] if isinstance(out, tuple) else out
+
+    handles = [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+    try:
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def logits_of(model: nn.Module, images: Tensor) -> Tensor:
+    out = model(images)
+    return out["out"] if isinstance(out, dict) else out
+
+
+def labels_at(masks: Tensor, size: Tuple[int, int]) -> Tensor:
+    """Masks (B, H, W) sampled at the pixel centres of a (h, w) grid (nearest), int64."""
+    return F.interpolate(masks[:, None].float(), size=size, mode="nearest")[:, 0].long()
+
+
+# ----------------------------------------------------------------------------------------- accuracy
+class Confusion:
+    """Dataset-level mIoU (percent) from accumulated per-class counts (the engine's definition)."""
+
+    def __init__(self, num_classes: int, ignore_index: int) -> None:
+        self.k, self.ignore = num_classes, ignore_index
+        self.tp = torch.zeros(num_classes, dtype=torch.float64)
+        self.gt = torch.zeros(num_classes, dtype=torch.float64)
+        self.pr = torch.zeros(num_classes, dtype=torch.float64)
+
+    def add(self, pred: Tensor, target: Tensor) -> None:
+        keep = (target != self.ignore) & (target >= 0) & (target < self.k)
+        p, t = pred[keep].cpu().long().clamp(0, self.k - 1), target[keep].cpu().long()
+        self.tp += torch.bincount(t[p == t], minlength=self.k).double()
+        self.gt += torch.bincount(t, minlength=self.k).double()
+        self.pr += torch.bincount(p, minlength=self.k).double()
+
+    def miou(self) -> float:
+        union = self.gt + self.pr - self.tp
+        iou = self.tp[union > 0] / union[union > 0]
+        return 100.0 * float(iou.mean()) if iou.numel() else NAN
+
+
+def fgsm(model: nn.Module, images: Tensor, masks: Tensor, eps: float, ignore_index: int) -> Tensor:
+    """One FGSM step: ``x + eps * sign(grad_x CE(model(x), y))`` (mean CE over labelled pixels; no clamp)."""
+    x = images.clone().requires_grad_(True)
+    loss = F.cross_entropy(logits_of(model, x).float(), masks, ignore_index=ignore_index)
+    (grad,) = torch.autograd.grad(loss, x, allow_unused=True)
+    if grad is None:  # the output does not depend on the input: nothing to attack
+        return images.clone()
+    return (images + eps * grad.sign()).detach()
+
+
+def measure_robustness(model: nn.Module, batches: Batches, num_classes: int, ignore_index: int,
+                       sigmas: Sequence[float] = NOISE_SIGMAS, eps: Sequence[float] = FGSM_EPS,
+                       seed: int = 0) -> Dict[str, float]:
+    """Explanation 1 (denoising), the model side: mIoU under input perturbations and its drop.
+
+    ``miou_clean``: dataset-level mIoU (percent) of plain eval forwards. ``miou_noise_<s>``: with
+    white Gaussian noise of std ``s`` (units of the input tensor; the synthetic set's inputs are
+    [0, 1] intensities) added to every input value, the same noise for every model (generator seeded
+    with ``seed``). ``miou_fgsm_<e>``: after one FGSM step of size ``e`` against the model's own
+    cross-entropy (white box). ``drop_*`` = clean minus perturbed, in mIoU points (positive = the
+    perturbation hurts). An input-independent model has every drop 0.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    conf = {"clean": Confusion(num_classes, ignore_index)}
+    conf.update({f"noise_{s:g}": Confusion(num_classes, ignore_index) for s in sigmas})
+    conf.update({f"fgsm_{e:.4g}": Confusion(num_classes, ignore_index) for e in eps})
+    for images, masks in batches:
+        with torch.no_grad():
+            conf["clean"].add(logits_of(model, images).argmax(1), masks)
+            for s in sigmas:
+                noise = torch.randn(images.shape, generator=gen).to(images) * s
+                conf[f"noise_{s:g}"].add(logits_of(model, images + noise).argmax(1), masks)
+        for e in eps:
+            adv = fgsm(model, images, masks, e, ignore_index)
+            with torch.no_grad():
+                conf[f"fgsm_{e:.4g}"].add(logits_of(model, adv).argmax(1), masks)
+    out = {f"miou_{k}": c.miou() for k, c in conf.items()}
+    for k in conf:
+        if k != "clean":
+            out[f"drop_{k}"] = out["miou_clean"] - out[f"miou_{k}"]
+    return out
+
+
+# ----------------------------------------------------------------------------------------- features
+def _cue_cells(images: Tensor, size: Tuple[int, int]) -> Tensor:
+    """Synthetic set: fraction of each feature cell covered by the colour cue (pixels whose RGB
+    channels differ; everything else in that set is grey), (B, h, w)."""
+    rgb = images[:, :3]
+    colour = ((rgb[:, 0] - rgb[:, 1]).abs() + (rgb[:, 1] - rgb[:, 2]).abs()) > 1e-3
+    return F.adaptive_avg_pool2d(colour[:, None].float(), size)[:, 0]
+
+
+def attention_rows(module: nn.Module, x: Tensor) -> Optional[Tensor]:
+    """(N, M) pixel-weight rows of a one-image input (1, C, h, w): Non-local's attention, a low-rank
+    module's ``M_rev M_map``; None for modules without such rows."""
+    from segattn.viz.weights import run_with_attention
+
+    name = module_name(module)
+    if name.startswith("nonlocal"):
+        return run_with_attention(module, x)["attention"][0].float()
+    if name in ("ema", "a2", "glore", "graphrep", "sgr"):
+        f = run_with_attention(module, x)
+        return (f["reverse"][0] @ f["map"][0]).float()
+    return None
+
+
+def lowrank_parts(module: nn.Module, x: Tensor) -> Optional[Tuple[Tensor, Tensor, Tensor]]:
+    """(features F (C', N), bases (C', K), reconstruction (C', N)) of a low-rank block on one image:
+    F is what the block aggregates (its ``value``, else its input), the bases its ``nodes``, the
+    reconstruction ``nodes @ reverse^T``. None for modules without a ``LowRankBlock``."""
+    from segattn.lowrank import LowRankBlock
+    from segattn.viz.weights import run_with_attention
+
+    block = next((m for m in module.modules() if isinstance(m, LowRankBlock)), None)
+    if block is None:
+        return None
+    seen: Dict[str, Tensor] = {}
+
+    def pre(mod: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> None:
+        seen["f"] = kwargs.get("value") if kwargs.get("value") is not None else (
+            args[1] if len(args) > 1 and args[1] is not None else args[0])
+
+    h = block.register_forward_pre_hook(pre, with_kwargs=True)
+    try:
+        fac = run_with_attention(module, x)
+    finally:
+        h.remove()
+    if "f" not in seen or "nodes" not in fac or "reverse" not in fac:
+        return None
+    feats = seen["f"][0].reshape(seen["f"].shape[1], -1).float()
+    nodes, rev = fac["nodes"][0].float(), fac["reverse"][0].float()
+    if nodes.shape[0] != feats.shape[0] or rev.shape[0] != feats.shape[1]:
+        return None
+    return feats, nodes, nodes @ rev.transpose(0, 1)
+
+
+def _image_feature_metrics(module: nn.Module, r: Tensor, c: Tensor, lab: Tensor, cue: Optional[Tensor],
+                           ignore_index: int, gen: torch.Generator) -> Dict[str, float]:
+    """Per-image metrics of explanations 1 (module side), 2, 3, 4 (bases) and 5 (query independence)."""
+    out: Dict[str, float] = {}
+    j_in, j_out = M.class_separation(r, lab, ignore_index), M.class_separation(c, lab, ignore_index)
+    out["separation_in"], out["separation_out"] = j_in, j_out
+    out["separation_ratio"] = j_out / j_in if j_in and not math.isnan(j_in) else NAN
+    e_in, e_out = M.effective_rank(r), M.effective_rank(c)
+    out["erank_in"], out["erank_out"] = e_in, e_out
+    out["erank_ratio"] = e_out / e_in if e_in and not math.isnan(e_in) else NAN
+    x = r[None]
+    rms = float(r.pow(2).mean().sqrt())
+    noise = torch.randn(x.shape, generator=gen).to(x) * (FEATURE_NOISE * rms)
+    with torch.no_grad():
+        y0 = c[None] if not isinstance(module, nn.Identity) else x
+        y1 = module(x + noise)
+        y1 = y1[0] if isinstance(y1, tuple) else y1
+    out["nsr_gain"] = M.noise_to_signal_gain(x, x + noise, y0, y1)
+    parts = lowrank_parts(module, x) if not isinstance(module, nn.Identity) else None
+    if parts is not None:
+        feats, bases, rec = parts
+        out["bases_cosine"] = M.mean_pairwise_cosine(bases)
+        out["bases_recon_error"] = M.reconstruction_error(feats, rec)
+        out["erank_rec"] = M.effective_rank(rec)
+        out["num_bases"] = float(bases.shape[1])
+    rows = attention_rows(module, x) if not isinstance(module, nn.Identity) else None
+    if rows is not None:
+        out.update(_row_metrics(rows, lab, cue, gen))
+    return out
+
+
+def _row_metrics(rows: Tensor, lab: Tensor, cue: Optional[Tensor], gen: torch.Generator) -> Dict[str, float]:
+    """Query independence (mean TV distance of query pairs: all, different-class) and cue mass."""
+    n = rows.shape[0]
+    flat = lab.reshape(-1)
+    q = torch.randperm(n, generator=gen)[:MAX_QUERIES] if n > MAX_QUERIES else torch.arange(n)
+    sub, ql = rows[q].double(), flat[q]
+    d = 0.5 * torch.cdist(sub, sub, p=1.0)
+    off = ~torch.eye(len(q), dtype=torch.bool)
+    diff = off & (ql[:, None] != ql[None, :])
+    out = {"tv_all": float(d[off].mean()) if off.any() else NAN,
+           "tv_diff_class": float(d[diff].mean()) if diff.any() else NAN}
+    if cue is not None and rows.shape[1] == cue.numel():
+        shape = flat > 0
+        if shape.any():
+            mass = rows[shape] @ cue.reshape(-1).to(rows)
+            out["cue_mass"] = float(mass.mean())
+            out["cue_area"] = float(cue.mean())
+    return out
+
+
+def measure_features(model: nn.Module, batches: Batches, ignore_index: int, synthetic: bool = False,
+                     seed: int = 0) -> Dict[str, float]:
+    """Explanations 1 (module), 2, 3, 4 (bases) and 5 (query independence), averaged over images.
+
+    Per validation image, at the module's feature resolution (labels sampled at cell centres):
+    ``separation_in/out`` and ``separation_ratio`` = J(out) / J(in) (:func:`metrics.class_separation`;
+    below 1 = edge-preserving smoothing); ``erank_in/out``, ``erank_ratio`` and, for low-rank
+    modules, ``erank_rec`` of the reconstruction ``nodes @ reverse^T`` (:func:`metrics.effective_rank`);
+    ``nsr_gain`` of the module for white Gaussian noise of std 0.1 x the input's RMS added to its
+    input (:func:`metrics.noise_to_signal_gain`); ``bases_cosine``, ``bases_recon_error`` (low-rank
+    modules); ``tv_all`` / ``tv_diff_class`` (mean TV distance between the attention rows of two
+    query pixels, all pairs / pairs of different labels, up to 256 queries per image) and, on the
+    synthetic set, ``cue_mass`` (mean over shape-pixel queries of the attention weight on the cue,
+    each cell weighted by the fraction of it the cue covers) and ``cue_area`` (that fraction's mean:
+    the cue mass of a uniform map). Every value is the mean over images where it is defined.
+    """
+    module = context_slot(model)
+    if module is None:
+        return {}
+    gen = torch.Generator().manual_seed(seed)
+    sums: Dict[str, List[float]] = {}
+    for images, masks in batches:
+        with torch.no_grad(), capture(module) as st:
+            logits_of(model, images)
+        r, c = st["in"].float(), st["out"].float()
+        lab = labels_at(masks, tuple(r.shape[-2:]))
+        cues = _cue_cells(images, tuple(r.shape[-2:])) if synthetic else None
+        for i in range(r.shape[0]):
+            vals = _image_feature_metrics(module, r[i], c[i], lab[i], None if cues is None else cues[i],
+                                          ignore_index, gen)
+            for k, v in vals.items():
+                sums.setdefault(k, []).append(v)
+    return {k: _nanmean(v) for k, v in sums.items()}
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    return sum(vals) / len(vals) if vals else NAN
+
+
+# -------------------------------------------------------------------------------------- segments
+def segment_records_of(model: nn.Module, batches: Batches, ignore_index: int) -> List[Dict[str, float]]:
+    """Every non-background ground-truth segment of the validation set with its area and correct pixels."""
+    recs: List[Dict[str, float]] = []
+    for images, masks in batches:
+        with torch.no_grad():
+            pred = logits_of(model, images).argmax(1)
+        for p, t in zip(pred, masks):
+            recs += M.segment_records(p.cpu(), t.cpu(), ignore_index,
+                                      classes=[c for c in torch.unique(t).tolist() if c != 0])
+    return recs
+
+
+def area_edges(records: Sequence[Dict[str, float]]) -> List[float]:
+    """Tertile edges of the segments' areas (ground truth only, so the same for every model of a protocol)."""
+    areas = sorted(r["area"] for r in records)
+    if not areas:
+        return [0.0, math.inf]
+    q = [areas[int(len(areas) * f)] for f in (1 / 3, 2 / 3)]
+    return [0.0, float(q[0]), float(q[1]), math.inf]
+
+
+def measure_segments(model: nn.Module, batches: Batches, ignore_index: int) -> Dict[str, float]:
+    """Accuracy (percent of pixels) of small / medium / large ground-truth segments of the non-background
+    classes, the bins being the tertiles of the segments' areas (4-connected components) over the
+    validation set (:func:`metrics.accuracy_by_area`)."""
+    recs = segment_records_of(model, batches, ignore_index)
+    edges = area_edges(recs)
+    acc = M.accuracy_by_area(recs, edges)
+    return {"acc_small": acc[0], "acc_medium": acc[1], "acc_large": acc[2],
+            "area_small_max": edges[1], "area_medium_max": edges[2], "segments": float(len(recs))}
+
+
+# ---------------------------------------------------------------------------------------- EM and T
+def em_curves(model: nn.Module, batches: Batches, synthetic: bool = False, max_t: int = 5) -> Dict[str, List[float]]:
+    """Per EM iteration t = 1..max_t from the trained bases (eval mode, on the first EM module's input):
+
+    ``em_objective``: ``mean_n log sum_k exp(lambda x_n^T mu_k)`` after the M-step of iteration t (the
+    log-likelihood, up to a constant, of the kernel mixture EM ascends; x = the module's ``conv_in``
+    features; nats per pixel); ``em_entropy``: :func:`metrics.entropy_ratio` of the responsibilities Z_t;
+    ``em_bases_cosine``: mean pairwise cosine of mu_t; ``em_cue_mass`` (synthetic set): the cue mass of
+    the rows of ``Z_t Zbar_t^T`` over shape pixels, as in :func:`measure_features`. Means over images.
+    """
+    from segattn.lowrank.mappers import em_step
+
+    mods = [m for m in model.modules() if module_name(m) == "ema"]
+    if not mods:
+        return {}
+    ema = mods[0]
+    mapper = ema.block.mapper
+    keys = ("em_objective", "em_entropy", "em_bases_cosine", "em_cue_mass")
+    vals: Dict[str, List[List[float]]] = {k: [[] for _ in range(max_t)] for k in keys}
+    for images, masks in batches:
+        with torch.no_grad(), capture(ema) as st:
+            logits_of(model, images)
+        with torch.no_grad():
+            h = ema.conv_in(st["in"]).float()
+            size = tuple(h.shape[-2:])
+            x = h.reshape(h.shape[0], h.shape[1], -1)
+            lab = labels_at(masks, size).reshape(h.shape[0], -1)
+            cues = _cue_cells(images, size).reshape(h.shape[0], -1) if synthetic else None
+            mu = mapper.bases.float()[None].expand(x.shape[0], -1, -1)
+            for t in range(max_t):
+                z, zbar, mu = em_step(x, mu, mapper.kernel_scale, mapper.l2norm, mapper.eps)
+                obj = torch.logsumexp(mapper.kernel_scale * x.transpose(1, 2) @ mu, dim=2).mean(1)
+                for i in range(x.shape[0]):
+                    vals["em_objective"][t].append(float(obj[i]))
+                    vals["em_entropy"][t].append(M.entropy_ratio(z[i], dim=-1))
+                    vals["em_bases_cosine"][t].append(M.mean_pairwise_cosine(mu[i]))
+                    if cues is not None and (lab[i] > 0).any():
+                        rows = z[i][lab[i] > 0] @ zbar[i].transpose(0, 1)
+                        vals["em_cue_mass"][t].append(float((rows @ cues[i]).mean()))
+    return {k: [_nanmean(v) for v in per_t] for k, per_t in vals.items() if any(per_t)}
+
+
+def measure_stage_swap(model: nn.Module, batches: Batches, num_classes: int, ignore_index: int,
+                       stages: Sequence[int] = (1, 3, 5)) -> Dict[str, float]:
+    """mIoU (percent) of the trained model evaluated with each number of EM iterations in ``stages``
+    (the trained bases and weights unchanged): ``miou_T<t>``. Empty for a model without EM."""
+    if not em_mappers(model):
+        return {}
+    out = {}
+    for t in stages:
+        conf = Confusion(num_classes, ignore_index)
+        with em_stages(model, t), torch.no_grad():
+            for images, masks in batches:
+                conf.add(logits_of(model, images).argmax(1), masks)
+        out[f"miou_T{t}"] = conf.miou()
+    return out
+
+
+def measure_gradients(model: nn.Module, batches: Batches, ignore_index: int) -> Dict[str, float]:
+    """Gradient that reaches the backbone and the module's input, per image (eval-mode BatchNorm).
+
+    For each validation image alone, ``L`` = mean cross-entropy over its labelled pixels;
+    ``grad_backbone`` = ``||dL/df||_F`` at the backbone's last feature map f, ``grad_module_in`` =
+    ``||dL/dr||_F`` at the module's input r (in the generic layout r reaches the loss only through the
+    module). Both with the EM iterations cut from autograd as in training (``*_cut``; EMA's default)
+    and differentiated exactly (``*_exact``); equal for modules without EM. Means over images.
+    """
+    module = context_slot(model)
+    if module is None:
+        return {}
+    feats: Dict[str, Tensor] = {}
+
+    def grab(mod: nn.Module, args: Tuple[Any, ...], out: Any) -> None:
+        last = out[-1] if isinstance(out, (list, tuple)) else out
+        last.retain_grad()
+        feats["f"] = last
+
+    out: Dict[str, List[float]] = {}
+    hook = model.backbone.register_forward_hook(grab)
+    try:
+        for mode in ("cut", "exact"):
+            ctx = em_gradient_cut(model) if mode == "cut" else contextlib.nullcontext()
+            with ctx:
+                for images, masks in batches:
+                    for i in range(images.shape[0]):
+                        with capture(module, keep_grad=True) as st:
+                            loss = F.cross_entropy(logits_of(model, images[i:i + 1]).float(), masks[i:i + 1],
+                                                   ignore_index=ignore_index)
+                            loss.backward()
+                        gf, gr = feats["f"].grad, st["in"].grad
+                        out.setdefault(f"grad_backbone_{mode}", []).append(float(gf.norm()) if gf is not None else 0.0)
+                        out.setdefault(f"grad_module_in_{mode}", []).append(float(gr.norm()) if gr is not None else 0.0)
+    finally:
+        hook.remove()
+        model.zero_grad(set_to_none=True)
+    return {k: _nanmean(v) for k, v in out.items()}
+
+
+__all__ = ["context_slot", "module_name", "measure_robustness", "measure_features", "measure_segments",
+           "em_curves", "measure_stage_swap", "measure_gradients", "fgsm", "Confusion", "attention_rows",
+           "lowrank_parts", "em_stages", "em_gradient_cut"]

@@ -1,0 +1,197 @@
+"""Load a trained run, build its validation batches, run every measurement, store ``analysis.json``.
+
+A *run* is a ``segattn compare`` run folder (``runs/<entry>/seed<k>/`` holding ``final.pt``), a
+``final.pt`` file, or a training checkpoint written by ``segattn train`` (``last.pt`` / ``best.pt``:
+config and meta travel with it). The measurements run on the validation split of the run's own
+config, in eval mode, on CPU unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from segattn.analyze import measure
+from segattn.errors import SegattnError
+from segattn.io import atomic_write_json
+
+ANALYSIS = "analysis.json"
+VERSION = 1  # bump when a measurement changes: stored analyses of another version are redone
+Log = Callable[[str], None]
+PathLike = Union[str, Path]
+
+
+def _print(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def checkpoint_path(run: PathLike) -> Path:
+    """The weights file of ``run`` (a compare run folder's ``final.pt``, or the file itself)."""
+    p = Path(run)
+    if p.is_dir():
+        if (p / "final.pt").is_file():
+            return p / "final.pt"
+        raise SegattnError(f"{p} holds no final.pt (runs finished before `segattn compare` kept weights have "
+                           "none: rerun them, or pass a checkpoint written by `segattn train`)")
+    if not p.is_file():
+        raise SegattnError(f"checkpoint {p} does not exist")
+    return p
+
+
+def load_run(run: PathLike) -> Tuple[nn.Module, Any, Dict[str, Any], Dict[str, Any]]:
+    """(eval model, run config, meta, entry ``{name, reasoner}``) of a run folder or checkpoint file."""
+    from segattn.compare.runner import ablate_reasoners
+    from segattn.engine import build
+    from segattn.engine.config import config_from_dict
+    from segattn.engine.run import load_weights, read_checkpoint
+
+    path = checkpoint_path(run)
+    ckpt = read_checkpoint(str(path))
+    if not isinstance(ckpt.get("config"), dict) or not isinstance(ckpt.get("meta"), dict) \
+            or "num_classes" not in ckpt["meta"]:
+        raise SegattnError(f"{path} is not a segattn training checkpoint or compare run (no 'config' and 'meta')")
+    data = {k: v for k, v in ckpt["config"].items() if not k.startswith("_")}
+    cfg = config_from_dict(data)
+    meta = dict(ckpt["meta"])
+    entry = dict(ckpt.get("entry") or {"name": cfg.name, "reasoner": None})
+    model = build.build_model(cfg.model, int(meta["num_classes"]))
+    if entry.get("reasoner") == "identity":
+        ablate_reasoners(model)
+    load_weights(model, ckpt, str(path))
+    return model.eval(), cfg, meta, entry
+
+
+def validation_batches(cfg: Any, max_images: Optional[int] = None, device: str = "cpu") -> List[Tuple[torch.Tensor, torch.Tensor]]:
+    """The run's validation images and masks in batches of ``data.val_batch_size`` (first ``max_images``)."""
+    from segattn.engine import build
+
+    _, val = build.build_datasets(cfg)
+    if val is None:
+        raise SegattnError(f"config {cfg.name!r} has no validation split (data.val_split); analyze needs one")
+    n = len(val) if max_images is None else min(len(val), int(max_images))
+    bs = int(cfg.data.val_batch_size)
+    batches = []
+    for start in range(0, n, bs):
+        items = [val[i] for i in range(start, min(n, start + bs))]
+        if len({tuple(x.shape) for x, _ in items}) != 1:  # sizes differ: one image per batch
+            batches += [(x[None].to(device), m[None].long().to(device)) for x, m in items]
+            continue
+        batches.append((torch.stack([x for x, _ in items]).to(device), torch.stack([m for _, m in items]).long().to(device)))
+    return batches
+
+
+STEPS = ("robustness", "features", "segments", "em", "gradients")
+
+
+def analyze_model(model: nn.Module, batches: Sequence[Tuple[torch.Tensor, torch.Tensor]], num_classes: int,
+                  ignore_index: int, synthetic: bool = False, log: Log = _print, tag: str = "") -> Dict[str, Any]:
+    """Every measurement of :mod:`segattn.analyze.measure` on one model; a progress line per step."""
+    out: Dict[str, Any] = {"module": measure.module_name(measure.context_slot(model))}
+    em = measure.em_mappers(model)
+    out["em_stages"] = em[0].num_stages if em else None
+    steps: Dict[str, Callable[[], Dict[str, Any]]] = {
+        "robustness": lambda: measure.measure_robustness(model, batches, num_classes, ignore_index),
+        "features": lambda: measure.measure_features(model, batches, ignore_index, synthetic),
+        "segments": lambda: measure.measure_segments(model, batches, ignore_index),
+        "em": lambda: {**measure.measure_stage_swap(model, batches, num_classes, ignore_index),
+                       **measure.em_curves(model, batches, synthetic)},
+        "gradients": lambda: measure.measure_gradients(model, batches, ignore_index),
+    }
+    for i, (name, step) in enumerate(steps.items(), 1):
+        t0 = time.time()
+        out.update(step())
+        log(f"{tag}analyze {name} ({i}/{len(steps)}) done in {time.time() - t0:.1f} s")
+    return out
+
+
+def analyze_run(run: PathLike, max_images: Optional[int] = None, threads: Optional[int] = None,
+                log: Log = _print, force: bool = False, tag: str = "") -> Dict[str, Any]:
+    """Analyse one run; for a compare run folder the result is stored (atomically) in its
+    ``analysis.json`` and reused by the next call unless ``force`` or it was made with other settings."""
+    p = Path(run)
+    stored = p / ANALYSIS if p.is_dir() else None
+    settings = {"version": VERSION, "max_images": max_images}
+    if stored is not None and stored.is_file() and not force:
+        old = json.loads(stored.read_text())
+        if old.get("settings") == settings:
+            return old
+    if threads:
+        torch.set_num_threads(int(threads))
+    model, cfg, meta, entry = load_run(run)
+    batches = validation_batches(cfg, max_images)
+    synthetic = cfg.data.dataset == "synthetic"
+    torch.manual_seed(0)
+    t0 = time.time()
+    result = analyze_model(model, batches, int(meta["num_classes"]), int(meta.get("ignore_index", 255)), synthetic,
+                           log, tag)
+    result.update({"entry": entry.get("name"), "seed": cfg.train.seed, "checkpoint": str(checkpoint_path(run)),
+                   "images": sum(int(b[0].shape[0]) for b in batches), "dataset": cfg.data.dataset,
+                   "seconds": round(time.time() - t0, 1), "settings": settings})
+    if stored is not None:
+        from segattn.engine.metrics import json_safe
+
+        atomic_write_json(stored, json_safe(result))
+    return result
+
+
+def finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def expand_runs(paths: Sequence[PathLike]) -> List[Path]:
+    """Run folders / checkpoint files named by ``paths``; a compare output folder stands for every run
+    under it (``runs/*/seed*`` with ``final.pt``). Checked up front: a path that holds no weights is
+    one ``SegattnError`` before anything is measured."""
+    found: List[Path] = []
+    for item in paths:
+        p = Path(item)
+        if p.is_dir() and (p / "runs").is_dir() and not (p / "final.pt").is_file():
+            runs = sorted(d for d in p.glob("runs/*/seed*") if (d / "final.pt").is_file())
+            if not runs:
+                raise SegattnError(f"{p} is a compare folder without any run holding final.pt (runs finished before "
+                                   "`segattn compare` kept weights have none)")
+            found += runs
+        else:
+            checkpoint_path(p)
+            found.append(p)
+    if not found:
+        raise SegattnError("no run or checkpoint given")
+    return found
+
+
+def analyze_runs(runs: Sequence[PathLike], out: PathLike, command: str, max_images: Optional[int] = None,
+                 threads: Optional[int] = None, force: bool = False, log: Log = _print,
+                 copy_to: Optional[PathLike] = None) -> Dict[str, Any]:
+    """Analyse every run (each stored beside its weights when it is a run folder, so an interrupted call
+    resumes where it stopped) and write the report into ``out``. ``copy_to``: a compare folder root;
+    each run's ``analysis.json`` is also copied to ``copy_to/runs/<entry>/seed<k>/``."""
+    from segattn.analyze.report import write_report
+
+    paths = expand_runs(runs)
+    results = []
+    t_start = time.time()
+    for i, p in enumerate(paths, 1):
+        tag = f"[{i}/{len(paths)}] {p}: "
+        cached = (p / ANALYSIS).is_file() if p.is_dir() else False
+        res = analyze_run(p, max_images, threads, log, force, tag)
+        results.append(res)
+        left = (time.time() - t_start) / i * (len(paths) - i)
+        log(f"{tag}{'stored analysis reused' if cached and not force else 'analysed'}; about {left:.0f} s left")
+        if copy_to is not None and p.is_dir() and p.parent.parent.name == "runs":
+            dest = Path(copy_to) / "runs" / p.parent.name / p.name / ANALYSIS
+            from segattn.engine.metrics import json_safe
+
+            atomic_write_json(dest, json_safe(res))
+    rep = write_report(results, out, command)
+    log(f"analysis report: {rep['paths']['markdown']}")
+    return rep
+
+
+__all__ = ["ANALYSIS", "checkpoint_path", "load_run", "validation_batches", "analyze_model", "analyze_run",
+           "expand_runs", "analyze_runs"]

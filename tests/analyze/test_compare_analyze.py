@@ -1,0 +1,65 @@
+"""`segattn compare PLAN --analyze` end to end on a tiny plan, and `segattn analyze`'s refusals."""
+
+import json
+
+import pytest
+import torch
+
+from segattn.cli import main
+
+TINY_SET = {
+    "schedule.iters": 3, "schedule.warmup_iters": 0, "data.batch_size": 2, "data.val_batch_size": 2,
+    "model.kwargs.channels": 16, "train.log_interval": 1, "train.ckpt_interval": 1,
+    "data.dataset_kwargs": {"size": [32, 32], "num_classes": 3, "blob_size": [8, 10], "margin": 8, "cue_size": 6,
+                            "num_blobs": [1, 2]},
+    "data.train_kwargs.num_samples": 8, "data.val_kwargs.num_samples": 4,
+}
+PLAN = {
+    "name": "tiny-analyze", "reference": "fcn", "seeds": 2, "margin": 1.0,
+    "protocols": {"synthetic": {"config": "synthetic/fcn_r18_synthetic.yaml", "set": TINY_SET}},
+    "entries": [{"name": "fcn", "model": "fcn"},
+                {"name": "ema-T1", "model": "generic", "context": "ema", "context_kw": {"num_bases": 4, "num_stages": 1}},
+                {"name": "ema-T3", "model": "generic", "context": "ema", "context_kw": {"num_bases": 4, "num_stages": 3}}],
+}
+
+
+@pytest.mark.slow
+def test_compare_keeps_weights_and_analyze_reports_claims(tmp_path, capsys):
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps(PLAN))
+    out, rep = tmp_path / "cmp", tmp_path / "published"
+    assert main(["compare", str(plan), "--out", str(out), "--analyze", "--report-dir", str(rep)]) == 0
+    for entry in ("fcn", "ema-T1", "ema-T3"):
+        for seed in (0, 1):
+            rdir = out / "runs" / entry / f"seed{seed}"
+            weights = torch.load(rdir / "final.pt", weights_only=True)
+            assert set(weights) == {"model", "config", "meta", "entry"} and weights["entry"]["name"] == entry
+            assert not list(rdir.glob("train/*.pt"))  # training checkpoints still go
+            result = json.loads((rdir / "result.json").read_text())
+            analysis = json.loads((rdir / "analysis.json").read_text())
+            # same weights, same validation images, same whole-image forward: the same mIoU
+            assert analysis["miou_clean"] == pytest.approx(100 * result["metrics"]["mIoU"], abs=1e-9)
+            assert (rep / "runs" / entry / f"seed{seed}" / "analysis.json").is_file()
+    agg = json.loads((rep / "analysis.json").read_text())
+    ids = {c["id"] for c in agg["claims"]}
+    assert {"1n.ema-T1", "2.ema-T1", "3.ema-T3", "5t.ema-T3", "5s.ema-T3"} <= ids
+    assert all(c["verdict"] in ("holds", "does not hold", "cannot tell") for c in agg["claims"])
+    md = (rep / "analysis.md").read_text()
+    assert "--analyze" in md and "## EM iterations" in md and "## Claims" in md
+    fcn = next(e for e in agg["entries"] if e["name"] == "fcn")
+    assert fcn["module"] == "identity" and fcn["metrics"]["separation_ratio"]["mean"] == pytest.approx(1.0)
+    # stored analyses are reused: a second call measures nothing
+    capsys.readouterr()
+    assert main(["analyze", str(out), "--out", str(tmp_path / "again")]) == 0
+    assert "stored analysis reused" in capsys.readouterr().out
+
+
+def test_analyze_refuses_bad_input_in_one_line(tmp_path, capsys):
+    assert main(["analyze", str(tmp_path / "missing.pt")]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not exist" in err[0]
+    (tmp_path / "runs" / "x" / "seed0").mkdir(parents=True)
+    assert main(["analyze", str(tmp_path)]) != 0
+    assert "final.pt" in capsys.readouterr().err
+    assert main(["analyze", str(tmp_path), "--max-images", "0"]) != 0
+    assert "--max-images" in capsys.readouterr().err
