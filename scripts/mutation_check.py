@@ -128,6 +128,41 @@ MUTATIONS: List[Mutation] = [
         "return torch.softmax(upcast(z).reshape(b, self.up_group, ss, kk, h, w).transpose(2, 3), dim=2)",
         ("tests/modules/test_carafe.py", "-k", "one_hot"),
     ),
+    Mutation(
+        "Hamburger one-step gradient cut removed: NMF iterations back-propagate in training",
+        "src/segattn/lowrank/decomposition.py",
+        'cut = self.training and self.grad == "one_step"',
+        "cut = False",
+        ("tests/modules/test_hamburger.py", "-k", "one_step or gradient_modes"),
+    ),
+    Mutation(
+        "Hamburger eval uses the training iteration count",
+        "src/segattn/lowrank/decomposition.py",
+        "steps = self.train_steps if self.training else self.eval_steps",
+        "steps = self.train_steps",
+        ("tests/modules/test_reference.py", "-k", "hamburger"),
+    ),
+    Mutation(
+        "EncNet soft assignment normalised over pixels instead of codewords",
+        "src/segattn/modules/encnet.py",
+        "assign = torch.softmax(upcast(self.scale).to(xt.dtype) * dist2, dim=2)",
+        "assign = torch.softmax(upcast(self.scale).to(xt.dtype) * dist2, dim=1)",
+        ("tests/modules/test_reference.py", "-k", "encnet"),
+    ),
+    Mutation(
+        "DMNet even filter padded on the bottom/right instead of the top/left",
+        "src/segattn/modules/dmnet.py",
+        "padded = F.pad(x, (pad + extra, pad, pad + extra, pad))",
+        "padded = F.pad(x, (pad, pad + extra, pad, pad + extra))",
+        ("tests/modules/test_reference.py", "-k", "dmnet"),
+    ),
+    Mutation(
+        "SE loss target counts void pixels as a class",
+        "src/segattn/models/losses.py",
+        "valid = (target >= 0) & (target < num_classes) & (target != ignore_index)",
+        "valid = (target >= 0) & (target < num_classes)",
+        ("tests/models/test_se_loss.py",),
+    ),
 ]
 
 

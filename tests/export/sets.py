@@ -22,7 +22,7 @@ def families(name: str) -> List[str]:
 def representative_models() -> List[str]:
     """Every model with adaptive pooling, then the first model (alphabetical) of each family not yet
     covered; ``fcn`` stands for models without a context module."""
-    pooled = ["ann", "apcnet", "deeplabv3", "pspnet"]  # checked by test_adaptive_pooling_models_listed
+    pooled = ["ann", "apcnet", "deeplabv3", "dmnet", "pspnet"]  # checked by test_adaptive_pooling_models_listed
     chosen, covered = list(pooled), {f for n in pooled for f in families(n)}
     for name in segattn.list_models():
         new = set(families(name)) - covered

@@ -70,7 +70,7 @@ def test_pooling_calls_name_the_layers() -> None:
 def test_adaptive_pooling_models_listed() -> None:
     """The CI set must hold every model that pools adaptively (tests/export/sets.py lists them)."""
     pooling = sorted(n for n in ALL_MODELS if adaptive_pooling_calls(segattn.create_model(n, 3, **TINY)))
-    assert pooling == ["ann", "apcnet", "deeplabv3", "pspnet"]
+    assert pooling == ["ann", "apcnet", "deeplabv3", "dmnet", "pspnet"]
     assert set(pooling) <= set(CI_MODELS)
 
 
@@ -160,4 +160,4 @@ def test_every_model_exports_dynamically_and_matches_on_ort(name: str, tmp_path)
     result = export_model(model, tmp_path / f"{name}.onnx", size=(64, 64), dynamic=True)
     assert [c.size for c in result.checks] == [(64, 64), (49, 51)]
     assert all(c.ok for c in result.checks), result
-    assert bool(result.generic_pooling) == (name in ("ann", "apcnet", "pspnet"))
+    assert bool(result.generic_pooling) == (name in ("ann", "apcnet", "dmnet", "pspnet"))

@@ -15,6 +15,7 @@ EXPECTED = {
     "psanet": 2.0, "nonlocal_dot": 1.0, "danet_cam": 1.0, "ccnet": 1.5, "ema": 1.0, "a2": 1.0, "glore": 1.0,
     "latentgnn": 1.0, "ann_apnb": 1.0, "cgnl": 1.0, "local_relation": 1.0, "dgmn": 1.0, "ppm": 1.0,
     "aspp": 1.0, "graphrep": 1.0, "sgr": 1.0, "apcnet": 1.0, "dnl": 2.0, "gcnet": 1.0, "ocr": 1.0,
+    "hamburger": 1.0, "encnet": 1.0, "dmnet": 1.0,
 }
 SIDES = (32, 48, 64, 96, 128)
 # PSANet's mask-prediction conv has a fixed (59 x 59) output, linear in N; its N'^2 aggregation

@@ -232,6 +232,7 @@ class Trainer:
         else:
             self.ddp = model
         self.loss_weights: Dict[str, float] = dict(getattr(model, "loss_weights", None) or {"out": 1.0})
+        self.loss_kinds: Dict[str, str] = dict(getattr(model, "loss_kinds", None) or {})
         self._build_loaders()
 
     def _class_weight(self) -> Optional[List[float]]:
@@ -367,7 +368,13 @@ class Trainer:
             w = float(self.loss_weights.get(key, 1.0))
             if w == 0.0:
                 continue
-            term = self.criterion(logits.float(), target)
+            kind = self.loss_kinds.get(key)  # EncNet's "se": class-presence logits, not a map
+            if kind is None:
+                term = self.criterion(logits.float(), target)
+            else:
+                from segattn.models.losses import output_loss
+
+                term = output_loss(kind, logits.float(), target, self.criterion, self.meta["ignore_index"])
             terms[f"loss_{key}"] = term.detach()
             total = w * term if total is None else total + w * term
         if total is None:

@@ -6,7 +6,8 @@ a node function ``f`` and ``M_rev`` (N, K). ``segattn.lowrank`` offers each step
 * mappers (``x`` (B, C, H, W) -> ``MapResult(map (B, K, N), nodes (B, C_v, K), assignment, ...)``):
   ``GridPoolingMapper`` (fixed adaptive-pooling grids, PPM), ``ProjectionMapper`` (learned 1x1
   conv, softmax over pixels or not), ``EMMapper`` (EM iterations, EMANet), ``PyramidAnchorMapper``
-  (pyramid-pooled anchors), ``GaussianAnchorMapper`` (learned anchors, Beyond Grids);
+  (pyramid-pooled anchors), ``GaussianAnchorMapper`` (learned anchors, Beyond Grids),
+  ``MatrixDecompositionMapper`` (NMF / VQ / CD iterations, Hamburger);
 * reasoners ((B, C, K) -> (B, C', K)): ``IdentityReasoner``, ``GraphConvReasoner`` (GloRe),
   ``NodeAttentionReasoner`` (LatentGNN);
 * reverse mappers (nodes -> (B, C', H, W)): ``TransposeReverse`` (the mapper's own assignment),
@@ -39,6 +40,7 @@ GraphConvReasoner(b * b, C, C_b), UpsampleReverse())`` (any
 """
 
 from segattn.lowrank.block import LowRankBlock
+from segattn.lowrank.decomposition import MatrixDecompositionMapper
 from segattn.lowrank.hooks import call_step_hooks
 from segattn.lowrank.mappers import (
     EMMapper,
@@ -62,6 +64,7 @@ __all__ = [
     "EMMapper",
     "PyramidAnchorMapper",
     "GaussianAnchorMapper",
+    "MatrixDecompositionMapper",
     "aggregate",
     "em_step",
     "IdentityReasoner",

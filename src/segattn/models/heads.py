@@ -1,8 +1,8 @@
 """Decode heads: reduction conv -> context module(s) -> the paper's fusion -> dropout + 1x1 classifier.
 
 A head maps the backbone feature list ``feats`` (layer1..layer4 by default) to a dict of logits at
-feature resolution: ``"out"`` plus extra supervised outputs (DANet's ``"pam"`` / ``"cam"``, produced
-only in training). Context modules are built by name through :func:`segattn.create_module` and
+feature resolution: ``"out"`` plus extra supervised outputs (DANet's ``"pam"`` / ``"cam"``, EncNet's
+``"se"`` class-presence logits, produced only in training). Context modules are built by name through :func:`segattn.create_module` and
 their ``out_channels`` attribute, so any registered module can be placed in :class:`ContextHead`.
 """
 
@@ -214,6 +214,82 @@ class OCRHead(nn.Module):
         return outs
 
 
+class EncHead(nn.Module):
+    """EncNet head (mmseg ``EncHead`` = PyTorch-Encoding ``EncHead``)::
+
+        f   = ConvBNReLU_3x3(C_4 -> channels)(res5)                    "bottleneck" (official conv5)
+        f   = ConvBNReLU_3x3(cat[f, l_2, l_3] -> channels)             with ``lateral``: l_i = ConvBNReLU_1x1
+                                                                      (res_i -> channels), resized to f
+        y, e = encnet(f)                                                 the encoding module (K = 32 codes)
+        out = conv1x1(Dropout2d(y)),   se = Linear(channels -> classes)(e)   (B, K) class presence
+
+    In training the head also returns ``"se"`` (not a map: its loss kind is ``"presence"``, EncNet's
+    SE loss, binary cross entropy against the classes present in the label map) with loss weight
+    ``se_weight`` (0.2 as the paper and mmseg). ``se_loss=False`` drops the SE layer.
+    ``lateral=True`` is the official Pascal setting (mmseg ``add_lateral``, off in its configs); the
+    laterals read ``feats[lateral_index]`` (layer2 and layer3).
+    """
+
+    def __init__(self, in_channels: Sequence[int], channels: int, num_classes: int, *, dropout: float = 0.1,
+                 context_kw: Optional[Mapping[str, Any]] = None, se_loss: bool = True, se_weight: float = 0.2,
+                 lateral: bool = False, lateral_index: Sequence[int] = (1, 2),
+                 align_corners: bool = False) -> None:
+        super().__init__()
+        self.lateral_index, self.align_corners = tuple(lateral_index), align_corners
+        self.bottleneck = ConvNormAct(in_channels[-1], channels, 3)
+        self.laterals = nn.ModuleList(ConvNormAct(in_channels[i], channels, 1) for i in self.lateral_index) \
+            if lateral else None
+        self.fusion = ConvNormAct((1 + len(self.lateral_index)) * channels, channels, 3) if lateral else None
+        self.context = create_module("encnet", channels, **dict(context_kw or {}))
+        self.cls = classifier(channels, num_classes, dropout)
+        self.se_layer = nn.Linear(channels, num_classes) if se_loss else None
+        self.loss_weights = {"se": float(se_weight)} if se_loss else {}
+        self.loss_kinds = {"se": "presence"} if se_loss else {}
+
+    def forward(self, feats: Sequence[Tensor]) -> Dict[str, Tensor]:
+        f = self.bottleneck(feats[-1])
+        if self.laterals is not None and self.fusion is not None:
+            size = f.shape[-2:]
+            lat = [torch.nn.functional.interpolate(conv(feats[i]), size=size, mode="bilinear",
+                                                   align_corners=self.align_corners)
+                   for i, conv in zip(self.lateral_index, self.laterals)]
+            f = self.fusion(torch.cat([f, *lat], dim=1))
+        y, e, _ = self.context.encode(f)
+        outs = {"out": self.cls(y)}
+        if self.training and self.se_layer is not None:
+            outs["se"] = self.se_layer(e.to(self.se_layer.weight.dtype))
+        return outs
+
+
+class LightHamHead(nn.Module):
+    """mmseg ``LightHamHead`` (SegNeXt's decoder, the authors' light Hamburger head)::
+
+        x   = cat[resize(feats[i]) for i in in_index]     to the size of the first selected level
+        x   = ConvBNReLU_1x1(sum C_i -> ham_channels)      "squeeze"
+        x   = hamburger(x)                                   ReLU(x + BN(W_u NMF(ReLU(W_l x))))
+        x   = ConvBNReLU_1x1(ham_channels -> channels)     "align"
+        out = conv1x1(Dropout2d(x))
+    """
+
+    def __init__(self, in_channels: Sequence[int], channels: int, num_classes: int, *, ham_channels: int = 512,
+                 in_index: Sequence[int] = (1, 2, 3), dropout: float = 0.1,
+                 context_kw: Optional[Mapping[str, Any]] = None, align_corners: bool = False) -> None:
+        super().__init__()
+        self.in_index, self.align_corners = tuple(in_index), align_corners
+        self.squeeze = ConvNormAct(sum(in_channels[i] for i in self.in_index), ham_channels, 1)
+        self.context = create_module("hamburger", ham_channels, **dict(context_kw or {}))
+        self.align = ConvNormAct(ham_channels, channels, 1)
+        self.cls = classifier(channels, num_classes, dropout)
+
+    def forward(self, feats: Sequence[Tensor]) -> Dict[str, Tensor]:
+        size = feats[self.in_index[0]].shape[-2:]
+        levels = [feats[i] if feats[i].shape[-2:] == size else
+                  torch.nn.functional.interpolate(feats[i], size=size, mode="bilinear",
+                                                  align_corners=self.align_corners) for i in self.in_index]
+        x = self.squeeze(torch.cat(levels, dim=1))
+        return {"out": self.cls(self.align(_call(self.context, x)))}
+
+
 def fcn_head(in_channels: int, channels: int, num_classes: int, num_convs: int = 2, concat_input: bool = True,
              dropout: float = 0.1) -> ContextHead:
     """mmseg FCNHead: ``num_convs`` (1 or 2) 3x3 ConvBNReLU, optional concat with the input."""
@@ -228,4 +304,4 @@ def aux_head(in_channels: int, channels: int, num_classes: int, dropout: float =
     return fcn_head(in_channels, channels, num_classes, num_convs=1, concat_input=False, dropout=dropout)
 
 
-__all__ = ["ContextHead", "DANetHead", "ANNHead", "OCRHead", "classifier", "fcn_head", "aux_head"]
+__all__ = ["ContextHead", "DANetHead", "ANNHead", "OCRHead", "EncHead", "LightHamHead", "classifier", "fcn_head", "aux_head"]

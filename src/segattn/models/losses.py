@@ -165,6 +165,44 @@ class LovaszSoftmaxLoss(_SegLoss):
 LOSSES.update(ce=CrossEntropyLoss, ohem=OhemCrossEntropyLoss, dice=DiceLoss, lovasz=LovaszSoftmaxLoss)
 
 
+def class_presence(target: Tensor, num_classes: int, ignore_index: int = 255) -> Tensor:
+    """(B, H, W) label map -> (B, K) float32: 1 where class k occurs in the image, else 0.
+
+    Pixels equal to ``ignore_index`` or outside 0..K-1 count for no class (mmseg EncHead's
+    ``_convert_to_onehot_labels``, a histogram over 0..K-1 per image)."""
+    valid = (target >= 0) & (target < num_classes) & (target != ignore_index)
+    index = torch.where(valid, target.long(), torch.zeros_like(target, dtype=torch.long)).flatten(1)
+    counts = torch.zeros(target.shape[0], num_classes, device=target.device)
+    counts.scatter_add_(1, index, valid.flatten(1).float())
+    return (counts > 0).float()
+
+
+def class_presence_loss(logits: Tensor, target: Tensor, ignore_index: int = 255) -> Tensor:
+    """EncNet's semantic-encoding (SE) loss: binary cross entropy with logits between the (B, K)
+    class-presence logits and :func:`class_presence` of the label map, averaged over B * K (mmseg
+    ``CrossEntropyLoss(use_sigmoid=True)``; the weight, 0.2, is the model's ``loss_weights["se"]``)."""
+    if logits.dim() != 2 or target.dim() != 3 or logits.shape[0] != target.shape[0]:
+        raise ValueError(f"expected presence logits (B, K) and target (B, H, W), got {tuple(logits.shape)} "
+                         f"and {tuple(target.shape)}")
+    presence = class_presence(target, logits.shape[1], ignore_index)
+    return F.binary_cross_entropy_with_logits(logits.float(), presence)
+
+
+# losses of model outputs that are not per-pixel logits, by the kind a head declares in ``loss_kinds``
+OUTPUT_LOSSES: Dict[str, Callable[..., Tensor]] = {"presence": class_presence_loss}
+
+
+def output_loss(kind: Optional[str], logits: Tensor, target: Tensor, criterion: Callable[[Tensor, Tensor], Tensor],
+                ignore_index: int = 255) -> Tensor:
+    """The loss of one model output: ``criterion(logits, target)`` for per-pixel logits (``kind`` None),
+    else ``OUTPUT_LOSSES[kind](logits, target, ignore_index)`` (``"presence"``: the SE loss)."""
+    if kind is None:
+        return criterion(logits, target)
+    if kind not in OUTPUT_LOSSES:
+        raise ValueError(f"unknown output loss {kind!r}; expected one of {sorted(OUTPUT_LOSSES)}")
+    return OUTPUT_LOSSES[kind](logits, target, ignore_index)
+
+
 def build_loss(name: str = "ce", ignore_index: int = 255, class_weight: Optional[Sequence[float]] = None,
                **kwargs: Any) -> nn.Module:
     """Loss ``name`` in ``"ce"``, ``"ohem"``, ``"dice"``, ``"lovasz"``; callable ``(logits, target) -> scalar``."""
@@ -173,4 +211,5 @@ def build_loss(name: str = "ce", ignore_index: int = 255, class_weight: Optional
     return LOSSES[name](ignore_index=ignore_index, class_weight=class_weight, **kwargs)
 
 
-__all__ = ["build_loss", "CrossEntropyLoss", "OhemCrossEntropyLoss", "DiceLoss", "LovaszSoftmaxLoss", "LOSSES"]
+__all__ = ["build_loss", "CrossEntropyLoss", "OhemCrossEntropyLoss", "DiceLoss", "LovaszSoftmaxLoss", "LOSSES",
+           "class_presence", "class_presence_loss", "output_loss", "OUTPUT_LOSSES"]

@@ -2,7 +2,8 @@
 
 ``model(x)`` in eval mode returns logits (B, K, H, W) at the input size; in train mode a dict with
 ``"out"``, ``"aux"`` (FCN head on stage 4 = ``layer3``, when ``aux=True``) and any extra supervised
-outputs of the head (DANet's ``"pam"`` and ``"cam"``), all at the input size. ``loss_weights`` gives
+outputs of the head (DANet's ``"pam"`` and ``"cam"``), all at the input size, except outputs that are
+not maps (EncNet's ``"se"`` class-presence logits (B, K), whose loss kind is in ``loss_kinds``). ``loss_weights`` gives
 each key's weight. ``save_pretrained`` / :func:`from_pretrained` write / read a Hub-format folder
 (:mod:`segattn.models.weights`).
 """
@@ -49,6 +50,8 @@ class SegmentationModel(nn.Module):
         if aux_head is not None:
             self.loss_weights["aux"] = float(aux_weight)
         self.loss_weights.update(getattr(head, "loss_weights", {}))
+        # outputs that are not per-pixel logits and their loss kind (EncNet's "se": "presence")
+        self.loss_kinds: Dict[str, str] = dict(getattr(head, "loss_kinds", {}))
         self.config: Dict[str, Any] = {}
         self._backbone_frozen = False
         self.in_channels: Optional[int] = _input_channels(backbone)
@@ -79,7 +82,7 @@ class SegmentationModel(nn.Module):
             return self._resize(outs["out"], size)
         if self.aux_head is not None:
             outs["aux"] = self.aux_head([feats[self.aux_index]])["out"]
-        return {k: self._resize(v, size) for k, v in outs.items()}
+        return {k: self._resize(v, size) if v.dim() == 4 else v for k, v in outs.items()}
 
     @torch.no_grad()
     def predict(self, images: Tensor) -> Tensor:
@@ -94,8 +97,14 @@ class SegmentationModel(nn.Module):
 
     def compute_loss(self, outputs: Dict[str, Tensor], target: Tensor,
                      criterion: Callable[[Tensor, Tensor], Tensor]) -> Tuple[Tensor, Dict[str, Tensor]]:
-        """Weighted sum of ``criterion`` over the train-mode outputs; returns ``(total, per_key)``."""
-        parts = {k: criterion(v, target) for k, v in outputs.items()}
+        """Weighted sum of ``criterion`` over the train-mode outputs; returns ``(total, per_key)``.
+
+        Outputs named in :attr:`loss_kinds` (EncNet's ``"se"`` class-presence logits) take their own
+        loss (:func:`segattn.models.losses.output_loss`, with the criterion's ``ignore_index``)."""
+        from segattn.models.losses import output_loss
+
+        ignore = int(getattr(criterion, "ignore_index", 255))
+        parts = {k: output_loss(self.loss_kinds.get(k), v, target, criterion, ignore) for k, v in outputs.items()}
         total = sum(self.loss_weights.get(k, 1.0) * v for k, v in parts.items())
         return total, parts  # type: ignore[return-value]
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, TypeVar
 from torch import nn
 
 from segattn.models.factory import build_segmentor
-from segattn.models.heads import ANNHead, ContextHead, DANetHead, OCRHead
+from segattn.models.heads import ANNHead, ContextHead, DANetHead, EncHead, LightHamHead, OCRHead
 from segattn.models.segmentor import SegmentationModel
 from segattn.registry import MODELS, MODULES
 
@@ -324,6 +324,61 @@ def apcnet(num_classes: int, *, context_kw: Optional[Mapping[str, Any]] = None, 
         return {"context": "apcnet", "context_kw": _kw(context_kw, reduction=_ratio(c, w)), **ON_BACKBONE}
 
     return _head_model(num_classes, head_kw, dropout, **kwargs)
+
+
+@register_model("dmnet", ("dmnet",), paper="He, Deng, Qiao, ICCV 2019")
+def dmnet(num_classes: int, *, context_kw: Optional[Mapping[str, Any]] = None, dropout: float = 0.1,
+          **kwargs: Any) -> SegmentationModel:
+    """DMNet (mmseg DMHead, contributed by the paper's first author; no other official code): dynamic
+    convolutional modules with filter sizes (1, 3, 5, 7) on the res5 feature itself, ``cat[X, DCM_1..DCM_7]``
+    -> 3x3 ConvBNReLU -> ``channels`` (inside the ``dmnet`` module, width set through its ``reduction``)
+    -> Dropout2d(0.1) -> classifier. mmseg's R50/R101-D8 checkpoints convert (``segattn convert mmseg``)."""
+    def head_kw(c: int, w: int) -> Dict[str, Any]:
+        return {"context": "dmnet", "context_kw": _kw(context_kw, reduction=_ratio(c, w)), **ON_BACKBONE}
+
+    return _head_model(num_classes, head_kw, dropout, **kwargs)
+
+
+@register_model("encnet", ("encnet",), paper="Zhang et al., CVPR 2018")
+def encnet(num_classes: int, *, context_kw: Optional[Mapping[str, Any]] = None, dropout: float = 0.1,
+           se_loss: bool = True, se_weight: float = 0.2, lateral: bool = False, **kwargs: Any) -> SegmentationModel:
+    """EncNet (PyTorch-Encoding ``EncNet`` = mmseg EncHead): 3x3 ConvBNReLU 2048->512 (with ``lateral``:
+    1x1 ConvBNReLU laterals from layer2 and layer3, concatenated, 3x3 ConvBNReLU) -> context encoding
+    module (K = 32 codewords, channel gate) -> Dropout2d(0.1) -> classifier. Training adds the SE loss:
+    ``"se"`` class-presence logits from a linear layer on the encoded feature, binary cross entropy
+    against the classes present in the label map, weight ``se_weight`` 0.2 (``se_loss=False`` drops
+    it). ``lateral`` is off as in mmseg's configs (the official code turns it on for Pascal datasets).
+    mmseg's R50/R101-D8 checkpoints convert (``segattn convert mmseg``)."""
+    align = bool(kwargs.get("align_corners", False))
+
+    def make_head(chans: List[int], channels: int, k: int) -> nn.Module:
+        return EncHead(chans, channels, k, dropout=dropout, context_kw=_kw(context_kw), se_loss=se_loss,
+                       se_weight=se_weight, lateral=lateral, align_corners=align)
+
+    return build_segmentor(make_head, num_classes, **kwargs)
+
+
+@register_model("hamnet", ("hamburger",), paper="Geng et al., ICLR 2021")
+def hamnet(num_classes: int, *, context_kw: Optional[Mapping[str, Any]] = None, dropout: float = 0.1,
+           ham_channels: Optional[int] = None, **kwargs: Any) -> SegmentationModel:
+    """Hamburger on the dilated ResNet with mmseg's ``LightHamHead`` layout: layer2, layer3 and layer4
+    (all at output stride 8) concatenated -> 1x1 ConvBNReLU -> ``ham_channels`` (default ``channels``,
+    512) -> Hamburger (NMF, R = 64, 6 / 7 steps, ``grad="bptt"`` as the light heads) -> 1x1
+    ConvBNReLU -> ``channels`` -> Dropout2d(0.1) -> classifier; auxiliary FCN on layer3.
+
+    Choice: mmseg ships the light head only on SegNeXt's MSCAN backbone (``in_channels`` [64, 160,
+    256], 256 wide, ``MD_R`` 16, GroupNorm), with no ResNet model and no checkpoint here; the
+    authors' ResNet HamNet (``seg/HamNet``) uses a 3x3 squeeze of res5 only, V2 "cheese" and the
+    one-step gradient. This model keeps the light head's layout (the one users train today) on the
+    shared dilated-ResNet protocol, with BatchNorm and the ResNet widths, so that it is comparable with
+    the other heads. ``context_kw={"grad": "one_step"}`` gives the paper's gradient."""
+    align = bool(kwargs.get("align_corners", False))
+
+    def make_head(chans: List[int], channels: int, k: int) -> nn.Module:
+        return LightHamHead(chans, channels, k, ham_channels=ham_channels or channels, dropout=dropout,
+                            context_kw=_kw(context_kw, grad="bptt"), align_corners=align)
+
+    return build_segmentor(make_head, num_classes, **kwargs)
 
 
 def _nl_layout_family(name: str, module: str, paper: str, what: str) -> None:
