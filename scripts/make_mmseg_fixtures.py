@@ -63,6 +63,8 @@ FIXTURES = {
     f"psanet_r50-d8_{_CITY}": ("psanet", {}),
     f"psanet_r50-d8_{_CITY769}": ("psanet", {}),
     "psanet_r50-d8_4xb4-80k_ade20k-512x512": ("psanet", {}),
+    f"encnet_r50-d8_{_CITY}": ("encnet", {"num_codes": 8}),
+    f"dmnet_r50-d8_{_CITY}": ("dmnet", {}),
 }
 STEM, BASE, CHANNELS, AUX_CHANNELS = 16, 16, 64, 32
 
@@ -133,7 +135,10 @@ def build_config(name: str, folder: str, head_kw: dict):
     m.backbone.update(stem_channels=STEM, base_channels=BASE)
     last = BASE * 8 * 4
     dh = m.decode_head
-    dh.in_channels = [last // 2, last] if isinstance(dh.in_channels, (list, tuple)) else last
+    if isinstance(dh.in_channels, (list, tuple)):  # ANN: stages 3-4; EncHead: stages 2-4
+        dh.in_channels = [last >> (len(dh.in_channels) - 1 - i) for i in range(len(dh.in_channels))]
+    else:
+        dh.in_channels = last
     dh.update(channels=CHANNELS, num_classes=NUM_CLASSES)
     dh.update(head_kw)
     m.auxiliary_head.update(in_channels=last // 2, channels=AUX_CHANNELS, num_classes=NUM_CLASSES)

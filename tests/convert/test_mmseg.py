@@ -31,7 +31,9 @@ CONTEXT_KEY = {"fcn": "decode_head.convs.1.conv.weight", "pspnet": "decode_head.
                "isanet": "decode_head.global_relation.value_project.weight",
                "ann": "decode_head.context.stages.0.value_project.weight",
                "apcnet": "decode_head.acm_modules.3.gla.weight", "emanet": "decode_head.ema_module.bases",
-               "psanet": "decode_head.attention_p.1.weight"}
+               "psanet": "decode_head.attention_p.1.weight",
+               "encnet": "decode_head.enc_module.encoding.0.codewords",
+               "dmnet": "decode_head.dcm_modules.2.filter_gen_conv.weight"}
 
 
 def _rel(a: torch.Tensor, b: np.ndarray) -> float:

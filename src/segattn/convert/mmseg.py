@@ -26,6 +26,9 @@ ISAHead       isanet      fuse-conv input halves swapped (mmseg: [context, reduc
 ANNHead       ann         zero q/k conv biases; APNB's key projection is stored twice (shared
                           with the query): checked equal, read once
 APCHead       apcnet      renames only
+EncHead       encnet      renames only (``add_lateral``, ``num_codes``, the SE layer and its loss weight
+                          from the config; the Encoding's BN1d -> ``context.norm``)
+DMHead        dmnet       renames only (``filter_sizes``, ``fusion``)
 EMAHead       emanet      ``concat_input`` (mmseg's ``conv_cat``), ``eps=1e-12`` (``F.normalize``),
                           l2-renormalised bases, momentum ``1 - m``; bases (1, C, K) -> (C, K)
 PSAHead       psanet      ``proj_padding=1`` and ``shrink_rule='mmseg'``; ``mask_size`` from the
@@ -198,7 +201,7 @@ def _head_kwargs(dh: Mapping[str, Any], base: int) -> Tuple[str, Dict[str, Any]]
     if kind not in HEADS:
         raise ConversionError(f"decode head {kind!r} is not supported; supported: {', '.join(sorted(HEADS))}")
     in_index = dh.get("in_index")
-    want = [2, 3] if kind == "ANNHead" else 3
+    want = MULTI_INPUT[kind][0] if kind in MULTI_INPUT else 3
     _require(list(in_index) == want if isinstance(in_index, (list, tuple)) else in_index == want,
              f"{kind}: in_index {in_index!r} is not supported; supported: {want}")
     c = int(dh["channels"])
@@ -220,7 +223,9 @@ def architecture_from_config(cfg: Mapping[str, Any], dataset_meta: Optional[Mapp
     base = int(bb.get("base_channels", 64))
     dh = model.get("decode_head")
     _require(isinstance(dh, Mapping), "the model has no single decode_head dict (cascaded heads are not supported)")
-    _require(dh.get("in_channels") == ([base * 16, base * 32] if dh.get("type") == "ANNHead" else base * 32),
+    stages = MULTI_INPUT[dh["type"]][1] if dh.get("type") in MULTI_INPUT else 32
+    want_in = [base * m for m in stages] if isinstance(stages, list) else base * stages
+    _require(dh.get("in_channels") == want_in,
              f"decode_head in_channels {dh.get('in_channels')!r} does not match the backbone's stage widths")
     name, head_kw = _head_kwargs(dh, base)
     kwargs.update(head_kw)
@@ -386,6 +391,18 @@ def _apc(dh: Mapping[str, Any], c: int) -> Tuple[str, Dict[str, Any]]:
     return "apcnet", {"context_kw": {"pool_scales": tuple(dh.get("pool_scales", (1, 2, 3, 6)))}}
 
 
+def _enc(dh: Mapping[str, Any], c: int) -> Tuple[str, Dict[str, Any]]:
+    se = bool(dh.get("use_se_loss", True))
+    se_weight = float((dh.get("loss_se_decode") or {}).get("loss_weight", 0.2))
+    return "encnet", {"context_kw": {"num_codes": int(dh.get("num_codes", 32))}, "se_loss": se,
+                      "se_weight": se_weight, "lateral": bool(dh.get("add_lateral", False))}
+
+
+def _dm(dh: Mapping[str, Any], c: int) -> Tuple[str, Dict[str, Any]]:
+    return "dmnet", {"context_kw": {"filter_sizes": tuple(dh.get("filter_sizes", (1, 3, 5, 7))),
+                                    "fusion": bool(dh.get("fusion", False))}}
+
+
 def _ema(dh: Mapping[str, Any], c: int) -> Tuple[str, Dict[str, Any]]:
     ema = int(dh["ema_channels"])
     kw = {"num_bases": int(dh["num_bases"]), "num_stages": int(dh["num_stages"]), "eps": 1e-12,
@@ -451,7 +468,15 @@ HEADS: Dict[str, HeadSpec] = {
                                ("ema_module.bases", "context.block.mapper.bases"), ("ema_out_conv", "context.conv_out"),
                                ("bottleneck", "post_conv"), ("conv_cat", "fuse")], _ema_fix),
     "PSAHead": HeadSpec(_psa, []),
+    "EncHead": HeadSpec(_enc, [("lateral_convs", "laterals"), ("enc_module.encoding_project", "context.project"),
+                               ("enc_module.encoding.0", "context.encoding"), ("enc_module.encoding.1", "context.norm"),
+                               ("enc_module.fc.0", "context.fc")]),
+    "DMHead": HeadSpec(_dm, [("dcm_modules.{i}.filter_gen_conv", "context.dcms.{i}.filter_gen"),
+                             ("dcm_modules.{i}.input_redu_conv", "context.dcms.{i}.reduce"),
+                             ("dcm_modules.{i}", "context.dcms.{i}"), ("bottleneck", "context.bottleneck")]),
 }
+#: heads reading several backbone stages: (in_index, in_channels as multiples of base_channels)
+MULTI_INPUT: Dict[str, Tuple[List[int], List[int]]] = {"ANNHead": ([2, 3], [16, 32]), "EncHead": ([1, 2, 3], [8, 16, 32])}
 
 
 # ----- key conversion -----------------------------------------------------------------------------
