@@ -32,6 +32,9 @@ CONTEXT_KEY = {"fcn": "decode_head.convs.1.conv.weight", "pspnet": "decode_head.
                "ann": "decode_head.context.stages.0.value_project.weight",
                "apcnet": "decode_head.acm_modules.3.gla.weight", "emanet": "decode_head.ema_module.bases",
                "psanet": "decode_head.attention_p.1.weight",
+               "gcnet": "decode_head.gc_block.conv_mask.weight",
+               "dnl": "decode_head.dnl_block.conv_mask.weight",
+               "ocrnet": "decode_head.1.object_context_block.key_project.1.conv.weight",
                "encnet": "decode_head.enc_module.encoding.0.codewords",
                "dmnet": "decode_head.dcm_modules.2.filter_gen_conv.weight"}
 
@@ -188,6 +191,22 @@ def test_converted_folder_works_everywhere(tmp_path) -> None:
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(tmp_path / "a.png")
     assert main(["predict", str(tmp_path / "a.png"), "--checkpoint", str(out), "--out", str(tmp_path / "pred")]) == 0
     assert any((tmp_path / "pred").iterdir())
+    # eval: the folder names its dataset (cityscapes) and eval settings; here a 7-class folder dataset instead
+    root = tmp_path / "data"
+    for i in range(2):
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        (root / "masks").mkdir(exist_ok=True)
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(
+            root / "images" / f"{i}.png")
+        Image.fromarray(np.random.default_rng(i).integers(0, 7, (40, 56), dtype=np.uint8)).save(root / "masks" / f"{i}.png")
+    (root / "classes.txt").write_text("\n".join(rec["dataset_meta"]["classes"]) + "\n")
+    (root / "val.txt").write_text("0\n1\n")
+    from segattn.models.weights import pretrained_run_config
+
+    assert pretrained_run_config(out)["data"]["dataset"] == "cityscapes"
+    assert main(["eval", "--checkpoint", str(out), "--set", "data.dataset=folder", "--set", f"data.root={root}",
+                 "--out", str(tmp_path / "eval.json")]) == 0
+    assert "mIoU" in (tmp_path / "eval.json").read_text()
     assert main(["viz", str(tmp_path / "a.png"), "--checkpoint", str(out), "--out", str(tmp_path / "viz")]) == 0
     assert (tmp_path / "viz" / "report.html").is_file()
     assert main(["export", "--checkpoint", str(out), "--format", "onnx", "--dynamic", "--size", "48x64",

@@ -428,7 +428,8 @@ def pretrained_meta(model: nn.Module) -> Dict[str, Any]:
 
 def pretrained_run_config(directory: Union[str, os.PathLike[str]]) -> Dict[str, Any]:
     """A run config (as `segattn train` writes) for a saved folder: ``training_config.json`` when
-    present, else one built from ``config.json`` (model, normalisation, eval settings)."""
+    present, else one built from ``config.json`` (normalisation, the dataset when it is one of
+    segattn's readers, eval settings)."""
     directory = os.fspath(directory)
     path = os.path.join(directory, TRAINING_CONFIG_FILE)
     if os.path.isfile(path):
@@ -440,6 +441,11 @@ def pretrained_run_config(directory: Union[str, os.PathLike[str]]) -> Dict[str, 
         data.update(transforms=True, mean=config["mean"], std=config["std"])
     elif config.get("format_version", 1) >= 2:
         data.update(transforms=False)
+    import segattn.data.datasets  # noqa: F401  (registers the readers)
+    from segattn.registry import DATASETS
+
+    if config.get("dataset") in DATASETS:  # e.g. a converted mmseg Cityscapes model: its dataset's reader
+        data["dataset"] = config["dataset"]
     run: Dict[str, Any] = {"data": data} if data else {}
     ev = {k: v for k, v in (config.get("eval") or {}).items() if v is not None}
     if ev:
