@@ -365,7 +365,7 @@ def measure_segments(model: nn.Module, batches: Batches, ignore_index: int) -> D
 
 
 # ---------------------------------------------------------------------------------------- EM and T
-def em_curves(model: nn.Module, batches: Batches, synthetic: bool = False, max_t: int = 5) -> Dict[str, List[float]]:
+def em_curves(model: nn.Module, batches: Batches, synthetic: bool = False, max_t: int = 5) -> Dict[str, Any]:
     """Per EM iteration t = 1..max_t from the trained bases (eval mode, on the first EM module's input):
 
     ``em_objective``: ``mean_n log sum_k exp(lambda x_n^T mu_k)`` after the M-step of iteration t (the
@@ -373,6 +373,9 @@ def em_curves(model: nn.Module, batches: Batches, synthetic: bool = False, max_t
     features; nats per pixel); ``em_entropy``: :func:`metrics.entropy_ratio` of the responsibilities Z_t;
     ``em_bases_cosine``: mean pairwise cosine of mu_t; ``em_cue_mass`` (synthetic set): the cue mass of
     the rows of ``Z_t Zbar_t^T`` over shape pixels, as in :func:`measure_features`. Means over images.
+    Also ``em_buffer_cosine`` (mean pairwise cosine of the trained bases buffer, the t = 0 bases) and
+    ``em_feature_norm`` (mean l2 norm of a pixel's x: with unit bases, ``lambda ||x||`` bounds the
+    E-step's logits, so it sets how sharp the responsibilities can be).
     """
     from segattn.lowrank.mappers import em_step
 
@@ -383,6 +386,7 @@ def em_curves(model: nn.Module, batches: Batches, synthetic: bool = False, max_t
     mapper = ema.block.mapper
     keys = ("em_objective", "em_entropy", "em_bases_cosine", "em_cue_mass")
     vals: Dict[str, List[List[float]]] = {k: [[] for _ in range(max_t)] for k in keys}
+    norms: List[float] = []
     for images, masks in batches:
         with torch.no_grad(), capture(ema) as st:
             logits_of(model, images)
@@ -393,6 +397,7 @@ def em_curves(model: nn.Module, batches: Batches, synthetic: bool = False, max_t
             lab = labels_at(masks, size).reshape(h.shape[0], -1)
             cues = _cue_cells(images, size).reshape(h.shape[0], -1) if synthetic else None
             mu = mapper.bases.float()[None].expand(x.shape[0], -1, -1)
+            norms += x.norm(dim=1).mean(1).tolist()
             for t in range(max_t):
                 z, zbar, mu = em_step(x, mu, mapper.kernel_scale, mapper.l2norm, mapper.eps)
                 obj = torch.logsumexp(mapper.kernel_scale * x.transpose(1, 2) @ mu, dim=2).mean(1)
@@ -403,7 +408,10 @@ def em_curves(model: nn.Module, batches: Batches, synthetic: bool = False, max_t
                     if cues is not None and (lab[i] > 0).any():
                         rows = z[i][lab[i] > 0] @ zbar[i].transpose(0, 1)
                         vals["em_cue_mass"][t].append(float((rows @ cues[i]).mean()))
-    return {k: [_nanmean(v) for v in per_t] for k, per_t in vals.items() if any(per_t)}
+    out: Dict[str, Any] = {k: [_nanmean(v) for v in per_t] for k, per_t in vals.items() if any(per_t)}
+    out["em_buffer_cosine"] = M.mean_pairwise_cosine(mapper.bases)
+    out["em_feature_norm"] = _nanmean(norms)
+    return out
 
 
 def measure_stage_swap(model: nn.Module, batches: Batches, num_classes: int, ignore_index: int,
