@@ -48,6 +48,14 @@ def test_compare_keeps_weights_and_analyze_reports_claims(tmp_path, capsys):
     assert "--analyze" in md and "## EM iterations" in md and "## Claims" in md
     fcn = next(e for e in agg["entries"] if e["name"] == "fcn")
     assert fcn["module"] == "identity" and fcn["metrics"]["separation_ratio"]["mean"] == pytest.approx(1.0)
+    # final.pt is an ordinary checkpoint: `segattn eval` reads it, `segattn analyze` takes the file itself
+    final = out / "runs" / "ema-T3" / "seed1" / "final.pt"
+    assert main(["eval", "--checkpoint", str(final), "--out", str(tmp_path / "m.json")]) == 0
+    assert json.loads((tmp_path / "m.json").read_text())["mIoU"] == pytest.approx(
+        json.loads((final.parent / "result.json").read_text())["metrics"]["mIoU"], abs=1e-12)
+    assert main(["analyze", str(final), "--out", str(tmp_path / "file"), "--max-images", "2"]) == 0
+    one = json.loads((tmp_path / "file" / "analysis.json").read_text())["per_run"][0]
+    assert one["entry"] == "ema-T3" and one["em_stages"] == 3 and one["images"] == 2
     # stored analyses are reused: a second call measures nothing
     capsys.readouterr()
     assert main(["analyze", str(out), "--out", str(tmp_path / "again")]) == 0
