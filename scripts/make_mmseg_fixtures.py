@@ -63,6 +63,9 @@ FIXTURES = {
     f"psanet_r50-d8_{_CITY}": ("psanet", {}),
     f"psanet_r50-d8_{_CITY769}": ("psanet", {}),
     "psanet_r50-d8_4xb4-80k_ade20k-512x512": ("psanet", {}),
+    f"gcnet_r50-d8_{_CITY}": ("gcnet", {}),
+    f"dnl_r50-d8_{_CITY}": ("dnlnet", {}),
+    "ocrnet_r101-d8_4xb2-40k_cityscapes-512x1024": ("ocrnet", {"ocr_channels": 32}),
     f"encnet_r50-d8_{_CITY}": ("encnet", {"num_codes": 8}),
     f"dmnet_r50-d8_{_CITY}": ("dmnet", {}),
 }
@@ -135,13 +138,17 @@ def build_config(name: str, folder: str, head_kw: dict):
     m.backbone.update(stem_channels=STEM, base_channels=BASE)
     last = BASE * 8 * 4
     dh = m.decode_head
+    if isinstance(dh, (list, tuple)):  # CascadeEncoderDecoder (OCRNet): [FCNHead on stage 3, OCRHead]
+        dh[0].update(in_channels=last // 2, channels=AUX_CHANNELS, num_classes=NUM_CLASSES)
+        dh = dh[-1]
     if isinstance(dh.in_channels, (list, tuple)):  # ANN: stages 3-4; EncHead: stages 2-4
         dh.in_channels = [last >> (len(dh.in_channels) - 1 - i) for i in range(len(dh.in_channels))]
     else:
         dh.in_channels = last
     dh.update(channels=CHANNELS, num_classes=NUM_CLASSES)
     dh.update(head_kw)
-    m.auxiliary_head.update(in_channels=last // 2, channels=AUX_CHANNELS, num_classes=NUM_CLASSES)
+    if m.get("auxiliary_head") is not None:
+        m.auxiliary_head.update(in_channels=last // 2, channels=AUX_CHANNELS, num_classes=NUM_CLASSES)
     if m.test_cfg.get("mode") == "slide":
         m.test_cfg.update(crop_size=(40, 48), stride=(24, 32))
     cfg.model = m

@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.join(ROOT, "scripts"))
 from make_mmseg_fixtures import _placeholder_ext  # noqa: E402
 
 METHODS = ["fcn", "pspnet", "deeplabv3", "nonlocal_net", "danet", "ccnet", "isanet", "ann", "apcnet", "emanet",
-           "psanet"]
+           "psanet", "encnet", "dmnet"]
 OUT = os.path.join(ROOT, "src", "segattn", "convert", "mmseg_zoo.json")
 _DROP = {"loss_decode", "norm_cfg", "init_cfg", "act_cfg", "conv_cfg", "sampler", "norm_eval", "train_cfg"}
 

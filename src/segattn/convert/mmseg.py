@@ -31,6 +31,10 @@ EncHead       encnet      renames only (``add_lateral``, ``num_codes``, the SE l
 DMHead        dmnet       renames only (``filter_sizes``, ``fusion``)
 EMAHead       emanet      ``concat_input`` (mmseg's ``conv_cat``), ``eps=1e-12`` (``F.normalize``),
                           l2-renormalised bases, momentum ``1 - m``; bases (1, C, K) -> (C, K)
+GCHead        gcnet       renames only (``ratio``, ``pooling_type``, ``fusion_types``)
+DNLHead       dnlnet      a zero bias for ``conv_out`` (as NLHead); ``temperature``, ``use_scale``
+OCRHead       ocrnet      ``CascadeEncoderDecoder`` of an FCNHead on stage 3 (the soft regions, segattn's
+                          ``head.region``) and the OCRHead; ``ocr_channels``, region width and loss weight
 PSAHead       psanet      ``proj_padding=1`` and ``shrink_rule='mmseg'``; ``mask_size`` from the
                           config (97 for Cityscapes / VOC, 66 for ADE20K)
 ============  ==========  =====================================================================
@@ -211,17 +215,39 @@ def _head_kwargs(dh: Mapping[str, Any], base: int) -> Tuple[str, Dict[str, Any]]
     return name, kw
 
 
+def _cascade_kwargs(model: Mapping[str, Any], base: int) -> Tuple[Mapping[str, Any], Dict[str, Any]]:
+    """OCRNet's two stages: an FCNHead on stage 3 (the soft-region logits, segattn's ``head.region``, the
+    supervised auxiliary output) and the OCRHead; returns the OCRHead and the keywords of the first."""
+    heads = model.get("decode_head")
+    ok = isinstance(heads, (list, tuple)) and len(heads) == 2 == int(model.get("num_stages", 2))
+    _require(ok and all(isinstance(h, Mapping) for h in heads) and heads[1].get("type") == "OCRHead",
+             "CascadeEncoderDecoder: only OCRNet's two stages [FCNHead, OCRHead] are supported")
+    fcn, ocr = heads
+    good = (fcn.get("type") == "FCNHead" and fcn.get("in_index") == 2 and fcn.get("num_convs", 2) == 1
+            and not fcn.get("concat_input", True) and fcn.get("kernel_size", 3) == 3
+            and fcn.get("in_channels") == base * 16 and fcn.get("num_classes") == ocr.get("num_classes"))
+    _require(good, "OCRNet's first stage must be an FCNHead with in_index=2, num_convs=1, concat_input=False, "
+                   f"kernel_size=3 and the OCRHead's num_classes, got {dict(fcn)!r:.200}")
+    _require(model.get("auxiliary_head") is None, "OCRNet with a separate auxiliary_head is not supported")
+    weight = float((fcn.get("loss_decode") or {}).get("loss_weight", 0.4)) if isinstance(fcn.get("loss_decode"), Mapping) else 0.4
+    return ocr, {"aux": True, "region_channels": int(fcn["channels"]), "region_weight": weight}
+
+
 def architecture_from_config(cfg: Mapping[str, Any], dataset_meta: Optional[Mapping[str, Any]] = None) -> MmsegArchitecture:
     """The segattn equivalent of a parsed mmseg config (``parse_config`` output); :class:`ConversionError`
     naming the unsupported part and what is supported otherwise."""
     model = cfg.get("model")
     _require(isinstance(model, Mapping), "the config has no 'model' dict")
-    _require(model.get("type") == "EncoderDecoder",
-             f"segmentor type {model.get('type')!r} is not supported; supported: EncoderDecoder")
+    _require(model.get("type") in ("EncoderDecoder", "CascadeEncoderDecoder"),
+             f"segmentor type {model.get('type')!r} is not supported; supported: EncoderDecoder, "
+             "CascadeEncoderDecoder (OCRNet)")
     bb = model.get("backbone") or {}
     kwargs = _backbone_kwargs(bb)
     base = int(bb.get("base_channels", 64))
     dh = model.get("decode_head")
+    cascade: Dict[str, Any] = {}
+    if model.get("type") == "CascadeEncoderDecoder":
+        dh, cascade = _cascade_kwargs(model, base)
     _require(isinstance(dh, Mapping), "the model has no single decode_head dict (cascaded heads are not supported)")
     stages = MULTI_INPUT[dh["type"]][1] if dh.get("type") in MULTI_INPUT else 32
     want_in = [base * m for m in stages] if isinstance(stages, list) else base * stages
@@ -230,6 +256,7 @@ def architecture_from_config(cfg: Mapping[str, Any], dataset_meta: Optional[Mapp
     name, head_kw = _head_kwargs(dh, base)
     kwargs.update(head_kw)
     kwargs.update(_aux_kwargs(model.get("auxiliary_head"), base))
+    kwargs.update(cascade)
     align = bool(dh.get("align_corners", False))
     kwargs["align_corners"] = align
     if name == "pspnet":
@@ -403,6 +430,32 @@ def _dm(dh: Mapping[str, Any], c: int) -> Tuple[str, Dict[str, Any]]:
                                     "fusion": bool(dh.get("fusion", False))}}
 
 
+def _gc(dh: Mapping[str, Any], c: int) -> Tuple[str, Dict[str, Any]]:
+    _check(dh, num_convs=2, concat_input=True, kernel_size=3)
+    kw = {"ratio": float(dh.get("ratio", 1 / 4)), "pooling": str(dh.get("pooling_type", "att")),
+          "fusion": tuple(dh.get("fusion_types", ("channel_add",)))}
+    return "gcnet", {"context_kw": kw}
+
+
+def _dnl(dh: Mapping[str, Any], c: int) -> Tuple[str, Dict[str, Any]]:
+    _check(dh, num_convs=2, concat_input=True, kernel_size=3, mode="embedded_gaussian")
+    kw = {"reduction": int(dh.get("reduction", 2)), "use_scale": bool(dh.get("use_scale", True)),
+          "temperature": float(dh.get("temperature", 0.05))}
+    return "dnlnet", {"context_kw": kw}
+
+
+def _ocr(dh: Mapping[str, Any], c: int) -> Tuple[str, Dict[str, Any]]:
+    _check(dh, scale=1)  # mmseg's scale > 1 also max-pools the queries and never resizes back
+    return "ocrnet", {"ocr_channels": int(dh["ocr_channels"])}
+
+
+_OCR_RULES: Rules = [("0.convs.0", "region.reduce"), ("0.conv_seg", "region.cls.1"), ("1.bottleneck", "reduce"),
+                     ("1.conv_seg", "cls.1")] + [
+    (f"1.object_context_block.{a}", f"context.{b}") for a, b in (
+        ("query_project", "query"), ("key_project", "key"), ("value_project", "value"), ("out_project", "out"),
+        ("bottleneck", "bottleneck"))]
+
+
 def _ema(dh: Mapping[str, Any], c: int) -> Tuple[str, Dict[str, Any]]:
     ema = int(dh["ema_channels"])
     kw = {"num_bases": int(dh["num_bases"]), "num_stages": int(dh["num_stages"]), "eps": 1e-12,
@@ -468,6 +521,15 @@ HEADS: Dict[str, HeadSpec] = {
                                ("ema_module.bases", "context.block.mapper.bases"), ("ema_out_conv", "context.conv_out"),
                                ("bottleneck", "post_conv"), ("conv_cat", "fuse")], _ema_fix),
     "PSAHead": HeadSpec(_psa, []),
+    "GCHead": HeadSpec(_gc, FCN_RULES + [("gc_block.conv_mask", "context.mask"),
+                                         ("gc_block.channel_add_conv", "context.channel_add"),
+                                         ("gc_block.channel_mul_conv", "context.channel_mul")]),
+    "DNLHead": HeadSpec(_dnl, FCN_RULES + [("dnl_block.conv_out.0", "context.conv_out"),
+                                           ("dnl_block.conv_out.1", "context.norm"),
+                                           ("dnl_block.theta.0", "context.theta"), ("dnl_block.phi.0", "context.phi"),
+                                           ("dnl_block.g.0", "context.g"), ("dnl_block.conv_mask", "context.mask")],
+                        _nl_fix),
+    "OCRHead": HeadSpec(_ocr, _OCR_RULES),
     "EncHead": HeadSpec(_enc, [("lateral_convs", "laterals"), ("enc_module.encoding_project", "context.project"),
                                ("enc_module.encoding.0", "context.encoding"), ("enc_module.encoding.1", "context.norm"),
                                ("enc_module.fc.0", "context.fc")]),
@@ -512,6 +574,8 @@ def convert_state_dict(state_dict: Mapping[str, Tensor], arch: MmsegArchitecture
     bb, _, _ = remap_resnet_state_dict(backbone)
     out: StateDict = {f"backbone.{k}": v for k, v in bb.items()}
     spec = HEADS[arch.head]
+    if isinstance(dh, (list, tuple)):  # CascadeEncoderDecoder: the last stage is the head
+        dh = dh[-1]
     rules = spec.rules or _psa_rules(str(dh.get("psa_type", "bi-direction")))
     rules = rules + [("conv_seg", "cls.1")]
     leftovers = []
