@@ -10,8 +10,9 @@ the config name, dataset, published single-scale and ms+flip mIoU and the weight
 ``-xxxxxxxx.pth`` suffix is the first 8 hex digits of the file's sha256), merges the config with
 mmengine, keeps the parts the converter reads (model without losses / init, dataset type, crop) and
 checks that :func:`segattn.convert.mmseg.architecture_from_config` accepts it. Entries it does not
-accept are listed with the reason and left out. Two typos of the 1.2.2 metafiles are corrected
-(``_fix``): the name / config ``eemanet_r50-...`` and the host ``download.oz1z1penmmlab.com``.
+accept are listed with the reason and left out. Three typos of the 1.2.2 metafiles are corrected
+(``_fix``): the name / config ``eemanet_r50-...``, the host ``download.oz1z1penmmlab.com`` and the
+dataset ``'# ResNet backbone'`` of OCRNet's R101 rows (Cityscapes, as their names say).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ sys.path.insert(0, os.path.join(ROOT, "scripts"))
 from make_mmseg_fixtures import _placeholder_ext  # noqa: E402
 
 METHODS = ["fcn", "pspnet", "deeplabv3", "nonlocal_net", "danet", "ccnet", "isanet", "ann", "apcnet", "emanet",
-           "psanet", "encnet", "dmnet"]
+           "psanet", "encnet", "dmnet", "gcnet", "dnlnet", "ocrnet"]
 OUT = os.path.join(ROOT, "src", "segattn", "convert", "mmseg_zoo.json")
 _DROP = {"loss_decode", "norm_cfg", "init_cfg", "act_cfg", "conv_cfg", "sampler", "norm_eval", "train_cfg"}
 
@@ -38,6 +39,10 @@ def _fix(m: dict) -> dict:
     m["Name"] = m["Name"].replace("eemanet_", "emanet_")
     m["Config"] = m["Config"].replace("eemanet_", "emanet_")
     m["Weights"] = (m.get("Weights") or "").replace("download.oz1z1penmmlab.com", "download.openmmlab.com")
+    results = dict(m.get("Results") or {})
+    if str(results.get("Dataset", "")).startswith("#") and "_cityscapes-" in m["Name"]:  # OCRNet R101 rows
+        results["Dataset"] = "Cityscapes"  # the metafile has '# ResNet backbone' (a README heading) there
+        m["Results"] = results
     return m
 
 

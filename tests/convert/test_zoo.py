@@ -20,7 +20,7 @@ from tests.convert.fixtures import expected, record, write_checkpoint
 from tests.convert.mmseg_synth import synth_input
 
 HEADS = {"fcn", "pspnet", "deeplabv3", "nonlocal", "danet", "ccnet", "isanet", "ann", "apcnet", "emanet", "psanet",
-         "encnet", "dmnet"}
+         "encnet", "dmnet", "gcnet", "dnlnet", "ocrnet"}
 
 
 def test_manifest_covers_every_head_and_each_entry_converts() -> None:
