@@ -60,6 +60,10 @@ CASES: Dict[str, Case] = {c.name: c for c in [
                              "mmseg adds its frozen mid conv, out conv and residual)"),
     Case("apc_head", "head", "APCHead, pool scales (1, 2, 3, 6), fusion"),
     Case("psa_head", "head", "PSANet bi-direction, mask 2h'-1 (mmseg's PSAMask is a compiled op)"),
+    Case("enc_head", "head", "EncHead, 32 codes, SE layer (its logits in the loss), no laterals"),
+    Case("dm_head", "head", "DMHead, filter sizes (1, 3, 5, 7), no fusion"),
+    Case("ham_head", "head", "LightHamHead on one 512-channel level, ham_channels 512, NMF R 64, 6 / 7 steps, "
+                             "BPTT (mmseg: fresh random bases at every forward; ours: in training only)"),
     # whole models: ResNet-50 V1c at output stride 8 + head + auxiliary FCN on layer3, 3-channel images of
     # SIZE x SIZE, batch --batch; train = forward, bilinear resize of every output, cross-entropy against fixed
     # random labels, backward (mmseg: EncoderDecoder.extract_feat + decode and auxiliary heads, same loss)
@@ -76,7 +80,8 @@ CASES: Dict[str, Case] = {c.name: c for c in [
     Case(f"{head}_converted", "converted", f"{cfg} (zoo config, same weights through `segattn convert mmseg`)")
     for head, cfg in (("fcn", "FCNHead"), ("pspnet", "PSPHead"), ("deeplabv3", "ASPPHead"), ("nonlocal", "NLHead"),
                       ("danet", "DAHead"), ("ccnet", "CCHead"), ("isanet", "ISAHead"), ("ann", "ANNHead"),
-                      ("apcnet", "APCHead"), ("emanet", "EMAHead"), ("psanet", "PSAHead"))
+                      ("apcnet", "APCHead"), ("emanet", "EMAHead"), ("psanet", "PSAHead"), ("encnet", "EncHead"),
+                      ("dmnet", "DMHead"))
 ]}
 CONVERTED_CONFIG = "{head}_r50-d8_4xb2-80k_cityscapes-512x1024"  # under mmseg/.mim/configs/<folder>/
 CONVERTED_FOLDER = {"nonlocal": "nonlocal_net"}
@@ -89,6 +94,11 @@ MMSEG_HEADS = {  # mmseg decode-head configs (PSAHead's mask size depends on the
     "ema_head": dict(type="EMAHead", ema_channels=512, num_bases=64, num_stages=3, momentum=0.1,
                      concat_input=False, channels=256),
     "apc_head": dict(type="APCHead", pool_scales=(1, 2, 3, 6), fusion=True),
+    "enc_head": dict(type="EncHead", in_channels=[CHANNELS], in_index=[0], num_codes=32, use_se_loss=True,
+                     add_lateral=False),
+    "dm_head": dict(type="DMHead", filter_sizes=(1, 3, 5, 7), fusion=False),
+    "ham_head": dict(type="LightHamHead", in_channels=[CHANNELS], in_index=[0], ham_channels=CHANNELS,
+                     ham_kwargs=dict(MD_S=1, MD_R=64, train_steps=6, eval_steps=7, inv_t=100, rand_init=True)),
 }
 MODEL_HEADS = {  # whole-model case -> (segattn model, mmseg decode head config)
     "fcn_model": ("fcn", MMSEG_HEADS["fcn_head"]),
@@ -113,7 +123,8 @@ def _ours(case: str) -> Callable[..., Any]:
     model_name, kw = {
         "fcn_head": ("fcn", {}), "nl_head": ("nonlocal", {}), "da_head": ("danet", {}), "cc_head": ("ccnet", {}),
         "isa_head": ("isanet", {}), "ema_head": ("emanet", {}), "apc_head": ("apcnet", {}),
-        "psa_head": ("psanet", {}),
+        "psa_head": ("psanet", {}), "enc_head": ("encnet", {}), "dm_head": ("dmnet", {}),
+        "ham_head": ("hamnet", {"in_index": (-1,)}),
     }[case]
     return model_name, kw
 
