@@ -163,6 +163,48 @@ MUTATIONS: List[Mutation] = [
         "valid = (target >= 0) & (target < num_classes)",
         ("tests/models/test_se_loss.py",),
     ),
+    Mutation(
+        "DNL queries not whitened (whitening the keys alone; the keys' mean drops out of the softmax anyway)",
+        "src/segattn/modules/dnl.py",
+        "q, k = whiten(q), whiten(k)",
+        "q, k = upcast(q), whiten(k)",
+        ("tests/modules/test_reference.py", "tests/modules/test_dnl.py", "-k", "dnl"),
+    ),
+    Mutation(
+        "DNL unary softmax over the batch instead of the positions",
+        "src/segattn/modules/dnl.py",
+        "u = torch.softmax(upcast(logits).flatten(1), dim=-1)",
+        "u = torch.softmax(upcast(logits).flatten(1), dim=0)",
+        ("tests/modules/test_reference.py", "-k", "dnl"),
+    ),
+    Mutation(
+        "GCNet attention pooling softmax over the batch instead of the positions",
+        "src/segattn/modules/gcnet.py",
+        "weights = torch.softmax(upcast(logits).flatten(1), dim=-1)",
+        "weights = torch.softmax(upcast(logits).flatten(1), dim=0)",
+        ("tests/modules/test_reference.py", "-k", "gcnet"),
+    ),
+    Mutation(
+        "OCR soft regions normalised over the regions instead of the pixels",
+        "src/segattn/modules/ocr.py",
+        "return torch.softmax(upcast(logits).flatten(2) * scale, dim=-1)",
+        "return torch.softmax(upcast(logits).flatten(2) * scale, dim=1)",
+        ("tests/modules/test_reference.py", "tests/modules/test_ocr.py", "-k", "ocr"),
+    ),
+    Mutation(
+        "OCR fusion concatenates [x, context] (official and mmseg: [context, x])",
+        "src/segattn/modules/ocr.py",
+        "out = self.dropout(self.bottleneck(torch.cat([context, x], dim=1)))",
+        "out = self.dropout(self.bottleneck(torch.cat([x, context], dim=1)))",
+        ("tests/modules/test_reference.py", "-k", "ocr"),
+    ),
+    Mutation(
+        "OCR picture: relations read at the transposed query pixel (x, y)",
+        "src/segattn/modules/ocr.py",
+        'row = factors["attention"][0, query[0] * size[1] + query[1]]',
+        'row = factors["attention"][0, query[1] * size[1] + query[0]]',
+        ("tests/viz/test_weights.py", "-k", "ocr"),
+    ),
 ]
 
 

@@ -34,6 +34,11 @@ WITH_WEIGHTS = [n for n in NAMES if supports_pixel_weights(n)]
 def build(name: str) -> nn.Module:
     torch.manual_seed(0)
     module = segattn.create_upsampler(name, C) if name == "carafe" else segattn.create_module(name, C)
+    if name == "ocr":  # fresh BN statistics and ReLUs leave most pixel-region rows exactly uniform: randomise
+        g = torch.Generator().manual_seed(3)
+        with torch.no_grad():
+            for p in module.parameters():
+                p.copy_(torch.randn(p.shape, generator=g))
     return perturb_(module).double().eval()
 
 

@@ -37,7 +37,9 @@ class DisentangledNonLocal2d(NonLocalBase):
     are requested); the whitening, the unary softmax and its aggregation run in at least float32.
     The embedded-Gaussian logit ``theta_i . phi_j`` equals the whitened term plus ``mu_q . k_j``
     plus terms constant in j (the paper's decomposition; the unary term ``m^T x_j`` learns the
-    j-only part separately). ``whiten=False, unary=False, temperature=1`` is exactly ``nonlocal``.
+    j-only part separately). Once the queries are whitened, whitening the keys changes nothing (their
+    mean adds ``(q_i - mu_q) . mu_k``, constant in j); it is kept as in the paper and the official code.
+    ``whiten=False, unary=False, temperature=1`` is exactly ``nonlocal``.
 
     Defaults (mmseg DNLHead, the official ``NonLocal2d_bn`` with ``whiten_type=['channel']``,
     ``with_gc=True`` and the Cityscapes config ``NLin_fcn``): reduction 2, ``use_scale`` True,
