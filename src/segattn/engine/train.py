@@ -195,6 +195,7 @@ class Trainer:
         self.best: Optional[float] = None
         self.stop = _StopFlag()
         self.info = DistInfo()
+        self.loss_kinds: Dict[str, str] = {}  # outputs that are not maps -> loss kind (set from the model)
 
     # -------------------------------------------------------------------------------- setup
     def _setup(self) -> None:
@@ -232,7 +233,7 @@ class Trainer:
         else:
             self.ddp = model
         self.loss_weights: Dict[str, float] = dict(getattr(model, "loss_weights", None) or {"out": 1.0})
-        self.loss_kinds: Dict[str, str] = dict(getattr(model, "loss_kinds", None) or {})
+        self.loss_kinds = dict(getattr(model, "loss_kinds", None) or {})
         self._build_loaders()
 
     def _class_weight(self) -> Optional[List[float]]:
