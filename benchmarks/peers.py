@@ -51,6 +51,8 @@ CASES: Dict[str, Case] = {c.name: c for c in [
     Case("danet_pam", "module", "DANet PAM, q/k C/8, no scaling (mmseg da_head.PAM)"),
     Case("danet_cam", "module", "DANet CAM, max - energy (mmseg da_head.CAM)"),
     Case("ccnet", "module", "one criss-cross pass, q/k C/8 (mmcv.ops.CrissCrossAttention; ours recurrence=1)"),
+    Case("gcnet", "module", "GC block, ratio 1/4, attention pooling, channel add (mmcv ContextBlock)"),
+    Case("dnl", "module", "disentangled NL, reduction 2, scaled, temperature 0.05 (mmseg DisentangledNonLocal2d)"),
     Case("fcn_head", "head", "FCNHead, 2 convs + concat input (identical layers)"),
     Case("nl_head", "head", "NLHead (NonLocal2d between the two 3x3 convs, concat input)"),
     Case("da_head", "head", "DAHead, pam_channels 64; all three outputs in the loss"),
@@ -62,6 +64,10 @@ CASES: Dict[str, Case] = {c.name: c for c in [
     Case("psa_head", "head", "PSANet bi-direction, mask 2h'-1 (mmseg's PSAMask is a compiled op)"),
     Case("enc_head", "head", "EncHead, 32 codes, SE layer (its logits in the loss), no laterals"),
     Case("dm_head", "head", "DMHead, filter sizes (1, 3, 5, 7), no fusion"),
+    Case("gc_head", "head", "GCHead, ratio 1/4, attention pooling, channel add"),
+    Case("dnl_head", "head", "DNLHead, reduction 2, temperature 0.05"),
+    Case("ocr_head", "head", "OCRNet's two stages on one level: FCNHead (256, 1 conv) soft regions -> OCRHead "
+                             "(ocr_channels 256); both outputs in the loss"),
     Case("ham_head", "head", "LightHamHead on one 512-channel level, ham_channels 512, NMF R 64, 6 / 7 steps, "
                              "BPTT (mmseg: fresh random bases at every forward; ours: in training only)"),
     # whole models: ResNet-50 V1c at output stride 8 + head + auxiliary FCN on layer3, 3-channel images of
@@ -81,10 +87,10 @@ CASES: Dict[str, Case] = {c.name: c for c in [
     for head, cfg in (("fcn", "FCNHead"), ("pspnet", "PSPHead"), ("deeplabv3", "ASPPHead"), ("nonlocal", "NLHead"),
                       ("danet", "DAHead"), ("ccnet", "CCHead"), ("isanet", "ISAHead"), ("ann", "ANNHead"),
                       ("apcnet", "APCHead"), ("emanet", "EMAHead"), ("psanet", "PSAHead"), ("encnet", "EncHead"),
-                      ("dmnet", "DMHead"))
+                      ("dmnet", "DMHead"), ("gcnet", "GCHead"), ("dnl", "DNLHead"))
 ]}
 CONVERTED_CONFIG = "{head}_r50-d8_4xb2-80k_cityscapes-512x1024"  # under mmseg/.mim/configs/<folder>/
-CONVERTED_FOLDER = {"nonlocal": "nonlocal_net"}
+CONVERTED_FOLDER = {"nonlocal": "nonlocal_net", "dnl": "dnlnet"}
 MMSEG_HEADS = {  # mmseg decode-head configs (PSAHead's mask size depends on the input: see build_mmseg)
     "fcn_head": dict(type="FCNHead", num_convs=2, concat_input=True),
     "nl_head": dict(type="NLHead", reduction=2, use_scale=True, mode="embedded_gaussian"),
@@ -97,6 +103,8 @@ MMSEG_HEADS = {  # mmseg decode-head configs (PSAHead's mask size depends on the
     "enc_head": dict(type="EncHead", in_channels=[CHANNELS], in_index=[0], num_codes=32, use_se_loss=True,
                      add_lateral=False),
     "dm_head": dict(type="DMHead", filter_sizes=(1, 3, 5, 7), fusion=False),
+    "gc_head": dict(type="GCHead", ratio=1 / 4, pooling_type="att", fusion_types=("channel_add",)),
+    "dnl_head": dict(type="DNLHead", reduction=2, use_scale=True, mode="embedded_gaussian", temperature=0.05),
     "ham_head": dict(type="LightHamHead", in_channels=[CHANNELS], in_index=[0], ham_channels=CHANNELS,
                      ham_kwargs=dict(MD_S=1, MD_R=64, train_steps=6, eval_steps=7, inv_t=100, rand_init=True)),
 }
@@ -120,10 +128,18 @@ def _ours(case: str) -> Callable[..., Any]:
         return segattn.create_module(case, CHANNELS)
     if case == "ccnet":
         return segattn.create_module("ccnet", CHANNELS, recurrence=1)
+    if case in ("gcnet", "dnl"):
+        return segattn.create_module(case, CHANNELS)
+    if case == "ocr_head":  # both stages read the one level (mmseg's case below does the same)
+        from segattn.models.heads import OCRHead
+
+        return OCRHead(CHANNELS, CHANNELS, CHANNELS, NUM_CLASSES, ocr_channels=256, region_channels=256,
+                       region_index=0)
     model_name, kw = {
         "fcn_head": ("fcn", {}), "nl_head": ("nonlocal", {}), "da_head": ("danet", {}), "cc_head": ("ccnet", {}),
         "isa_head": ("isanet", {}), "ema_head": ("emanet", {}), "apc_head": ("apcnet", {}),
         "psa_head": ("psanet", {}), "enc_head": ("encnet", {}), "dm_head": ("dmnet", {}),
+        "gc_head": ("gcnet", {}), "dnl_head": ("dnlnet", {}),
         "ham_head": ("hamnet", {"in_index": (-1,)}),
     }[case]
     return model_name, kw
@@ -211,8 +227,22 @@ def build_ours(case: str, size: str) -> Any:
 
         return segattn.create_model(MODEL_HEADS[case][0], NUM_CLASSES, backbone="resnet50c", output_stride=8, aux=True)
     built = _ours(case)
-    if not isinstance(built, tuple):
+    if isinstance(built, torch.nn.Module) and case.endswith("_head"):
+        head = built
+    elif not isinstance(built, tuple):
         return built
+    else:
+        head = None
+    if head is not None:
+        class OneLevel(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.head = head
+
+            def forward(self, x: Any) -> Any:
+                return list(self.head([x]).values())
+
+        return OneLevel()
     model_name, kw = built
     if case == "psa_head":
         h = (_hw(size)[0] - 1) // 2 + 1
@@ -284,6 +314,30 @@ def build_mmseg_model(case: str) -> Any:
     return Model()
 
 
+def _mmseg_ocr() -> Any:
+    """mmseg's OCRNet stages (FCNHead soft regions -> OCRHead) on one level, returning [out, regions]."""
+    import torch
+    from mmseg.registry import MODELS
+    from mmseg.utils import register_all_modules
+
+    register_all_modules(init_default_scope=False)
+    common = dict(in_channels=CHANNELS, in_index=0, num_classes=NUM_CLASSES, dropout_ratio=0.1,
+                  norm_cfg=dict(type="BN", requires_grad=True), align_corners=False)
+    fcn = MODELS.build({**common, "type": "FCNHead", "channels": 256, "num_convs": 1, "concat_input": False})
+    ocr = MODELS.build({**common, "type": "OCRHead", "channels": CHANNELS, "ocr_channels": 256})
+
+    class Cascade(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fcn, self.ocr = fcn, ocr
+
+        def forward(self, x: Any) -> Any:
+            regions = self.fcn([x])
+            return [self.ocr([x], regions), regions]
+
+    return Cascade()
+
+
 def build_mmseg(case: str, size: str) -> Any:
     install_ext_placeholder()
     if CASES[case].kind == "converted":
@@ -306,6 +360,17 @@ def build_mmseg(case: str, size: str) -> Any:
         from mmcv.ops import CrissCrossAttention
 
         return CrissCrossAttention(CHANNELS)
+    if case == "gcnet":
+        from mmcv.cnn import ContextBlock
+
+        return ContextBlock(CHANNELS, 1 / 4, "att", ("channel_add",))
+    if case == "dnl":
+        from mmseg.models.decode_heads.dnl_head import DisentangledNonLocal2d
+
+        return DisentangledNonLocal2d(in_channels=CHANNELS, reduction=2, use_scale=True, norm_cfg=dict(type="BN"),
+                                      mode="embedded_gaussian", temperature=0.05)
+    if case == "ocr_head":
+        return _mmseg_ocr()
     from mmseg.registry import MODELS
     from mmseg.utils import register_all_modules
 
