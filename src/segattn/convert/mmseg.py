@@ -153,7 +153,6 @@ class MmsegArchitecture:
     std: List[float]
     dataset: Optional[str] = None
     crop_size: Optional[List[int]] = None
-    reduce_zero_label: bool = False
 
     def build(self) -> torch.nn.Module:
         from segattn.models import create_model
@@ -277,8 +276,6 @@ def architecture_from_config(cfg: Mapping[str, Any], dataset_meta: Optional[Mapp
         head=str(dh["type"]), name=name, num_classes=num_classes, kwargs=kwargs, eval=ev, mean=mean, std=std,
         dataset=DATASETS.get(str(dataset_type), None) if dataset_type else None,
         crop_size=list(crop) if isinstance(crop, (list, tuple)) else None,
-        reduce_zero_label=bool(get(cfg, "test_dataloader.dataset.reduce_zero_label", False)
-                               or cfg.get("reduce_zero_label", False)),
     )
     if dataset_meta and dataset_meta.get("classes") is not None:
         _require(len(dataset_meta["classes"]) == num_classes,
