@@ -85,6 +85,8 @@ def test_bootstrap_is_zero_for_identical_runs_and_covers_the_observed_difference
     ("no_gain", -1.0, 2.0, "cannot tell"),
     ("equivalent", -0.8, 0.9, "holds"), ("equivalent", 1.5, 4.0, "does not hold"),
     ("equivalent", -4.0, -1.2, "does not hold"), ("equivalent", -0.5, 1.5, "cannot tell"),
+    ("not_worse", -0.9, 2.0, "holds"), ("not_worse", -3.0, -1.1, "does not hold"),
+    ("not_worse", -2.0, 0.5, "cannot tell"),
     ("better", math.nan, math.nan, "cannot tell"),
 ])
 def test_verdicts(kind, lo, hi, expected):

@@ -23,8 +23,10 @@ Entry keys: ``name`` (unique, ``[A-Za-z0-9._-]``), ``model`` (a registered model
 ``context_kw`` (the ``generic`` model's module and its keywords), ``kwargs`` (further model
 keywords), ``reasoner: identity`` (every ``LowRankBlock`` reasoner in the model replaced by
 ``IdentityReasoner``, all else equal) and ``note``. Claim kinds: ``better`` (``a`` beats ``b``),
-``no_gain`` (``a`` adds nothing over ``b``), ``equivalent`` (every pair of ``entries`` within the
-margin). Everything is checked when the plan is loaded, before any run starts.
+``no_gain`` (``a`` adds nothing over ``b``), ``not_worse`` (``a`` loses less than the margin to ``b``),
+``equivalent`` (every pair of ``entries`` within the margin) and ``cheaper`` (``a``'s context-module
+MACs at most ``ratio`` times ``b``'s; ``ratio`` defaults to 1). Everything is checked when the plan
+is loaded, before any run starts.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from segattn.engine.config import CONFIG_DIR, apply_overrides, config_from_dict,
 PLAN_DIR = CONFIG_DIR / "plans"
 NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 ENTRY_KEYS = ("name", "model", "context", "context_kw", "kwargs", "reasoner", "note")
-CLAIM_KINDS = ("better", "no_gain", "equivalent")
+CLAIM_KINDS = ("better", "no_gain", "not_worse", "equivalent", "cheaper")
 PLAN_KEYS = ("name", "description", "reference", "seeds", "margin", "protocols", "entries", "claims")
 
 
@@ -83,7 +85,8 @@ class Entry:
 
 @dataclass
 class Claim:
-    """A statement the numbers decide: ``better``/``no_gain`` (``a`` vs ``b``) or ``equivalent``."""
+    """A statement the numbers decide: ``better``/``no_gain``/``not_worse``/``cheaper`` (``a`` vs ``b``)
+    or ``equivalent``; ``ratio`` is the bound of ``cheaper`` (context MACs of a <= ratio * b's)."""
 
     id: str
     text: str
@@ -91,6 +94,7 @@ class Claim:
     a: Optional[str] = None
     b: Optional[str] = None
     entries: List[str] = field(default_factory=list)
+    ratio: float = 1.0
 
 
 @dataclass
@@ -185,10 +189,15 @@ def _entry(data: Any, where: str) -> Entry:
 
 
 def _claim(data: Any, where: str, names: Sequence[str]) -> Claim:
-    _check_keys(data, ("id", "text", "kind", "a", "b", "entries"), where)
+    _check_keys(data, ("id", "text", "kind", "a", "b", "entries", "ratio"), where)
     kind = data.get("kind")
     if kind not in CLAIM_KINDS:
         raise PlanError(f"{where}: kind must be one of {list(CLAIM_KINDS)}, got {kind!r}")
+    ratio = data.get("ratio", 1.0)
+    if "ratio" in data and kind != "cheaper":
+        raise PlanError(f"{where}: 'ratio' belongs to 'cheaper' claims only")
+    if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or ratio <= 0:
+        raise PlanError(f"{where}: ratio must be a positive number, got {ratio!r}")
     refs = list(data.get("entries") or []) if kind == "equivalent" else [data.get("a"), data.get("b")]
     if kind == "equivalent" and len(refs) < 2:
         raise PlanError(f"{where}: an 'equivalent' claim needs 'entries' with at least two names")
@@ -196,7 +205,7 @@ def _claim(data: Any, where: str, names: Sequence[str]) -> Claim:
     if missing:
         raise PlanError(f"{where}: unknown entr{'y' if len(missing) == 1 else 'ies'} {missing}; plan entries: {list(names)}")
     return Claim(id=str(data.get("id", "")), text=str(data.get("text", "")), kind=kind, a=data.get("a"),
-                 b=data.get("b"), entries=[str(r) for r in data.get("entries") or []])
+                 b=data.get("b"), entries=[str(r) for r in data.get("entries") or []], ratio=float(ratio))
 
 
 def plan_from_dict(data: Dict[str, Any], source: str = "<plan>") -> Plan:

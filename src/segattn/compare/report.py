@@ -120,8 +120,24 @@ def _protocol_summary(results: List[Dict[str, Any]]) -> Dict[str, Any]:
             "threads": results[0].get("train", {}).get("threads"), "device": results[0].get("train", {}).get("device")}
 
 
+def _cost_claim(claim: Any, by_entry: Dict[str, Dict[int, Dict[str, Any]]]) -> Dict[str, Any]:
+    """``cheaper``: the context modules' MACs (exact, the same for every seed) of a against ratio x b's."""
+    macs = {}
+    for name in (claim.a, claim.b):
+        runs = by_entry[name]
+        macs[name] = float(runs[min(runs)]["cost"]["context_macs"]) if runs else math.nan
+    a, b = macs[claim.a], macs[claim.b]
+    frac = a / b if b and not math.isnan(a) and not math.isnan(b) else math.nan
+    verdict_ = "cannot tell" if math.isnan(frac) else "holds" if frac <= claim.ratio else "does not hold"
+    test = {"a": claim.a, "b": claim.b, "a_macs": a, "b_macs": b, "fraction": frac, "ratio": claim.ratio,
+            "verdict": verdict_}
+    return {"id": claim.id, "text": claim.text, "kind": claim.kind, "tests": [test], "verdict": verdict_}
+
+
 def _claim_result(claim: Any, by_entry: Dict[str, Dict[int, Dict[str, Any]]], margin: float,
                   resamples: int) -> Dict[str, Any]:
+    if claim.kind == "cheaper":
+        return _cost_claim(claim, by_entry)
     if claim.kind == "equivalent":
         names = claim.entries
         pairs = [(names[i], names[j]) for i in range(len(names)) for j in range(i + 1, len(names))]
@@ -184,6 +200,14 @@ def describe_diff(a: str, b: str, diff: Dict[str, Any]) -> str:
     return text
 
 
+def describe_cost(t: Dict[str, Any]) -> str:
+    """One sentence with the context MACs of a ``cheaper`` claim."""
+    if math.isnan(t["fraction"]):
+        return f"`{t['a']}` / `{t['b']}` context MACs: no finished run of both (or `{t['b']}` has none)"
+    return (f"`{t['a']}` {t['a_macs'] / 1e6:.3f} M / `{t['b']}` {t['b_macs'] / 1e6:.3f} M context MACs = "
+            f"{t['fraction']:.3f} (bound {t['ratio']:g})")
+
+
 def markdown(agg: Dict[str, Any], command: str) -> str:
     ref, margin = agg["reference"], agg["margin"]
     p = agg.get("protocol", {})
@@ -231,15 +255,18 @@ def markdown(agg: Dict[str, Any], command: str) -> str:
               f"Each claim is decided from the paired 95 % t-interval over seeds of the mIoU difference, with a "
               f"margin of {margin:g} point(s): *better* holds when the interval lies above 0 and does not hold "
               f"when it lies below +{margin:g}; *adds nothing* holds when it lies below +{margin:g} and does not "
-              f"hold when it lies above 0; *equivalent* holds when it lies inside ±{margin:g} and does not hold "
+              f"hold when it lies above 0; *not worse* holds when it lies above −{margin:g} and does not hold when "
+              f"it lies below −{margin:g}; *equivalent* holds when it lies inside ±{margin:g} and does not hold "
               f"when it lies entirely outside; anything else cannot be told at this scale (more seeds or a "
-              f"larger setting would be needed). Written by the program from the numbers above.", ""]
+              f"larger setting would be needed). *Cheaper* claims compare the context modules' own MACs "
+              f"(exact) with the claim's bound. Written by the program from the numbers above.", ""]
     if not agg["claims"]:
         lines.append("(this plan states no claims)")
     for c in agg["claims"]:
         lines.append(f"- **{c['id']}. {c['text']}** — {VERDICT_TEXT[c['verdict']]}.")
         for t in c["tests"]:
-            lines.append(f"  - {describe_diff(t['a'], t['b'], t['diff'])}: {VERDICT_TEXT[t['verdict']]}.")
+            said = describe_cost(t) if c["kind"] == "cheaper" else describe_diff(t["a"], t["b"], t["diff"])
+            lines.append(f"  - {said}: {VERDICT_TEXT[t['verdict']]}.")
     lines += ["", "![mIoU against MACs](compare.png)", ""]
     return "\n".join(lines)
 

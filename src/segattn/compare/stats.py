@@ -168,6 +168,8 @@ def verdict(kind: str, diff: Dict[str, float], margin: float) -> Optional[str]:
       ``margin`` (any gain is smaller than the margin, or a is worse); else cannot tell.
     * ``no_gain`` (a adds nothing over b): holds if the interval lies below ``margin``; does not hold
       if it lies above 0 (checked in that order: a significant but negligible gain still holds).
+    * ``not_worse`` (a loses less than the margin to b): holds if the interval lies above
+      ``-margin``; does not hold if it lies below ``-margin``.
     * ``equivalent``: holds if the interval lies inside (-margin, margin); does not hold if it lies
       entirely outside [-margin, margin]; else cannot tell.
     With fewer than two seeds there is no interval: cannot tell.
@@ -179,6 +181,8 @@ def verdict(kind: str, diff: Dict[str, float], margin: float) -> Optional[str]:
         return "holds" if lo > 0 else "does not hold" if hi < margin else "cannot tell"
     if kind == "no_gain":
         return "holds" if hi < margin else "does not hold" if lo > 0 else "cannot tell"
+    if kind == "not_worse":
+        return "holds" if lo > -margin else "does not hold" if hi < -margin else "cannot tell"
     if kind == "equivalent":
         if -margin < lo and hi < margin:
             return "holds"
