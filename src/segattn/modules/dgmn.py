@@ -41,7 +41,20 @@ class DGMN2d(ContextModule):
     instead of GroupNorm(32) (segmentation heads use (Sync)BN, and GN(32) needs C_r >= 32); the offsets
     come from their own zero-initialised 3x3 convolution (the reference slices them from the filter
     conv, default init) so a fresh module samples the fixed neighbourhoods; the training-time random
-    group ``shuffle`` is not implemented. The paper's segmentation head is not released.
+    group ``shuffle`` is not implemented. The paper's segmentation head is not released. Where the
+    reference cannot run and this module can: its ``deform='deform'`` mode (offsets, no affinity)
+    takes only the first 9 filter logits whatever the group count, so G > 1 fails in its ``bmm``
+    (here ``deformable=True, affinity=False`` takes G k^2 filters); its layers hard-code k = 3 (9, 18
+    and 27 channels, 3x3 unfolds) and exactly four dilations (``cata``..``catd``, ``5 C_r`` fusion
+    input), here any odd k and any number of dilations; its ``DeformUnfold`` is CUDA-only
+    (``NotImplementedError`` on CPU). Reduction is fixed at 4 there (``reduction`` here).
+
+    Checked against a CPU port of the reference (``DynamicWeightsCat11`` and the ``deformable_im2col``
+    kernel's sampling rule: sample s = 3i + j at ``p - d + (i, j) d + (off[2s], off[2s+1])``, zero
+    unless -1 < y < H and -1 < x < W, out-of-map bilinear corners zero; filters / offsets / affinity
+    = the predictor's channels ``[:9G]``, ``[9G:9G+18]``, ``[-9:]``), float64, weights copied and
+    BatchNorm in both: largest output difference 6.7e-16 over deformatt G 1, 2, 4 (offsets up to 24 px),
+    deform G 1 and none G 1, 4; sampling alone 4.9e-15, also at integer and boundary offsets.
 
     Cost (MACs, batch 1): ``C C_r N`` + per dilation ``9 C_r (G K + K + 2K) N`` (predictors)
     + ``C_r K N`` (aggregation; einsum under ``reference_attention()``) + ``(D+1) C_r^2 N + C_r C N``;
