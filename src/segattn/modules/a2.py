@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Dict, Optional, Tuple
 
 from torch import Tensor, nn
 
 from segattn.lowrank import LowRankBlock, ProjectionMapper, ProjectionReverse
-from segattn.modules.base import ContextModule, ModuleOutput
+from segattn.modules.base import Attention, ContextModule, ModuleOutput
+from segattn.ops.weightmaps import operator_row
 from segattn.registry import MODULES
 
 
@@ -64,6 +65,10 @@ class DoubleAttention(ContextModule):
             z, factors = self.reconstruct(x, return_factors=True)
             return x + self.conv_out(z), factors
         return x + self.conv_out(self.reconstruct(x))
+
+    def weight_maps(self, factors: Attention, size: Tuple[int, int], query: Tuple[int, int]) -> Tuple[Dict[str, Tensor], bool]:
+        """Row ``query`` of ``M_rev M_map`` (softmax over descriptors times softmax over pixels): convex."""
+        return {"M_rev M_map": operator_row(factors["reverse"], factors["map"], size, query)}, True
 
     def flops(self, height: int, width: int) -> int:
         n, c, m = height * width, self.in_channels, self.mid_channels

@@ -6,14 +6,14 @@ reusing OCNet's :class:`~segattn.modules.ocnet.SelfAttentionUnit` with ``key_poo
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from segattn.layers import ConvNormAct
-from segattn.modules.base import ContextModule, ModuleOutput, check_feature_map
-from segattn.modules.ocnet import BaseOC, SelfAttentionUnit
+from segattn.modules.base import Attention, ContextModule, ModuleOutput, check_feature_map
+from segattn.modules.ocnet import BaseOC, SelfAttentionUnit, unit_maps
 from segattn.registry import MODULES
 
 PAPER = "Zhu, Xu, Bai, Huang, Bai, ICCV 2019"
@@ -115,6 +115,13 @@ class AFNB(ContextModule):
         ctx, weights = self.attention(x, source=source, return_attention=return_attention)
         y = self.dropout(self.bottleneck(torch.cat([ctx, x], dim=1)))
         return (y, {"attention": weights, "context": ctx}) if return_attention else y
+
+    def weight_maps(self, factors: Attention, size: Tuple[int, int], query: Tuple[int, int],
+                    low: Optional[Tensor] = None) -> Tuple[Dict[str, Tensor], bool]:
+        """Weights of the high-level query pixel over the low-level map's pixels (``low``, the forward's
+        second input; the query map's own size when not given), through the pooled anchors."""
+        source = tuple(low.shape[-2:]) if low is not None else size
+        return unit_maps(self.attention, factors["attention"], size, source, query)
 
     def flops(self, height: int, width: int, low_size: Optional[Tuple[int, int]] = None) -> int:
         """MACs (batch 1) for a high-level map ``height x width`` and a low-level map ``low_size``

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import Dict, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -10,7 +10,9 @@ from torch import Tensor, nn
 
 from segattn.layers import ConvNormAct
 from segattn.lowrank import GridPoolingMapper, LowRankBlock, ProjectionReverse
-from segattn.modules.base import ContextModule, ModuleOutput
+from segattn.lowrank.functional import pooling_matrix
+from segattn.modules.base import Attention, ContextModule, ModuleOutput
+from segattn.ops.weightmaps import flat_index
 from segattn.registry import MODULES
 
 
@@ -135,6 +137,14 @@ class APCNet(ContextModule):
         del outs  # the branch outputs are freed before the bottleneck conv (inference peak memory)
         out = self.bottleneck(cat)
         return (out, factors) if return_attention else out
+
+    def weight_maps(self, factors: Attention, size: Tuple[int, int], query: Tuple[int, int]) -> Tuple[Dict[str, Tensor], bool]:
+        """Per scale s, the sigmoid affinity of the pixel to the s x s cells times the pooling: not convex."""
+        maps: Dict[str, Tensor] = {}
+        for s in self.pool_scales:
+            alpha = factors[f"affinity_{s}"][0, flat_index(query, size[1])]
+            maps[f"scale {s}"] = (alpha @ pooling_matrix(size, (s, s), alpha.device, alpha.dtype)).reshape(size)
+        return maps, False
 
     def flops(self, height: int, width: int) -> int:
         total = sum(acm.macs(self.in_channels, height, width) for acm in self.acms)

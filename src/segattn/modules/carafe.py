@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segattn.modules.base import ContextModule, ModuleOutput
+from segattn.modules.base import Attention, ContextModule, ModuleOutput
 from segattn.ops.attention import full_precision, upcast
 from segattn.ops.flops import conv2d_macs
 from segattn.ops.sampling import window_aggregate
+from segattn.ops.weightmaps import window_map
 from segattn.registry import UPSAMPLERS
 
 
@@ -104,6 +105,18 @@ class CARAFE(ContextModule):
         shuffled = weights.reshape(b, self.up_group * self.up_kernel**2 * s * s, h, w)
         maps = F.pixel_shuffle(shuffled, s).reshape(b, self.up_group, self.up_kernel**2, s * h, s * w)
         return y, {"kernels": maps}
+
+    def weight_query_size(self, size: Tuple[int, int]) -> Tuple[int, int]:
+        """The grid ``weight_maps``' query lives on: the upsampled output."""
+        return size[0] * self.scale_factor, size[1] * self.scale_factor
+
+    def weight_maps(self, factors: Attention, size: Tuple[int, int], query: Tuple[int, int]) -> Tuple[Dict[str, Tensor], bool]:
+        """The reassembly kernel of output pixel ``query`` (upsampled grid) on the source grid (k x k
+        around ``query // s``), averaged over groups; convex."""
+        kernels = factors["kernels"][0, :, :, query[0], query[1]].mean(0)
+        s = self.scale_factor
+        centre = (query[0] // s, query[1] // s)
+        return {"reassembly kernel": window_map(kernels, centre, size, self.up_kernel)}, True
 
     def flops(self, height: int, width: int) -> int:
         n = height * width

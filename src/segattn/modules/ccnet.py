@@ -37,6 +37,15 @@ def criss_cross_aggregate(attn: Tensor, v: Tensor) -> Tensor:
     return out + torch.einsum("byxj,bcyj->bcyx", a_row, v)
 
 
+
+def criss_cross_transpose(u: Tensor, attn: Tensor) -> Tensor:
+    """``u^T A`` for one criss-cross attention ``attn`` (H, W, H + W) and a pixel vector ``u`` (H, W):
+    the adjoint of ``criss_cross_aggregate``, so rows compose without an N x N matrix."""
+    height = u.shape[0]
+    col = torch.einsum("yx,yxi->ix", u, attn[..., :height])
+    row = torch.einsum("yx,yxj->yj", u, attn[..., height:])
+    return col + row
+
 @MODULES.register("ccnet", paper="Huang et al., ICCV 2019", family="sparse", order="O(R N (H+W) (C'+C))")
 class CrissCrossAttention(ContextModule):
     """Recurrent criss-cross attention (RCCA) of CCNet, one CCA module applied ``recurrence`` times.
@@ -101,6 +110,22 @@ class CrissCrossAttention(ContextModule):
         factors: Attention = dict(maps)
         factors["attention"] = maps[f"attention_{self.recurrence - 1}"]
         return x, factors
+
+    def weight_maps(self, factors: Attention, size: Tuple[int, int], query: Tuple[int, int]) -> Tuple[Dict[str, Tensor], bool]:
+        """The query's criss-cross row after one recurrence (``R=1``) and the rows of the composed
+        operators ``A_R ... A_1`` (R = 2 reaches every pixel); convex."""
+        maps: Dict[str, Tensor] = {}
+        first = factors["attention_0"][0]
+        u = torch.zeros(size, dtype=first.dtype, device=first.device)
+        u[query] = 1.0
+        maps["R=1"] = criss_cross_transpose(u, first)
+        for r in range(1, self.recurrence):
+            u = torch.zeros_like(u)
+            u[query] = 1.0
+            for t in range(r, -1, -1):
+                u = criss_cross_transpose(u, factors[f"attention_{t}"][0])
+            maps[f"R={r + 1}"] = u
+        return maps, True
 
     def flops(self, height: int, width: int) -> int:
         n, c, ck = height * width, self.in_channels, self.key_channels

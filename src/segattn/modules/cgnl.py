@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
-from typing import Tuple
+from typing import Dict, Tuple
 
 import torch
 from torch import Tensor, nn
 
-from segattn.modules.base import ContextModule, ModuleOutput
+from segattn.modules.base import Attention, ContextModule, ModuleOutput
 from segattn.ops.attention import full_precision, upcast
+from segattn.ops.weightmaps import flat_index
 from segattn.registry import MODULES
 
 KERNELS = ("dot", "gaussian")
@@ -148,6 +149,29 @@ class CGNL(ContextModule):
         if return_attention:
             return out, {"theta": theta, "phi": phi, "g": g, "att": att}
         return out
+
+    def weight_maps(self, factors: Attention, size: Tuple[int, int], query: Tuple[int, int]) -> Tuple[Dict[str, Tensor], bool]:
+        """Every (channel, pixel) of a group is a position; the map is the weight of value pixel j for the
+        query pixel, averaged over query channels and groups, summed over value channels: not convex."""
+        g = factors["theta"].shape[1]
+        n = size[0] * size[1]
+        theta = factors["theta"][0].reshape(g, -1, n)  # (G, A, N)
+        phi = factors["phi"][0].reshape(g, -1, n)
+        t_q = theta[:, :, flat_index(query, size[1])]  # (G, A)
+        if self.kernel == "dot":
+            scale = 1.0 / (theta.shape[1] * n) ** 0.5 if self.use_scale else 1.0
+            per = t_q.mean(1)[:, None] * phi.sum(1) * scale  # (G, N)
+        else:
+            coeff = torch.tensor(taylor_coefficients(self.order, self.gamma), dtype=theta.dtype, device=theta.device)
+            tp = torch.stack([t_q**p for p in range(self.order + 1)], -1)  # (G, A, P+1)
+            pp = torch.stack([phi**p for p in range(self.order + 1)], -1)  # (G, B, N, P+1)
+            if self.exact_beta:
+                tp = tp * torch.exp(-self.gamma * t_q * t_q)[..., None]
+                pp = pp * torch.exp(-self.gamma * phi * phi)[..., None]
+            else:
+                coeff = coeff * torch.exp(torch.tensor(-2.0 * self.gamma, dtype=theta.dtype))
+            per = torch.einsum("gap,gbnp,p->gn", tp, pp, coeff) / tp.shape[1]
+        return {f"{self.kernel} kernel": per.mean(0).reshape(size)}, False
 
     def flops(self, height: int, width: int) -> int:
         n = height * width

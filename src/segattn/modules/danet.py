@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from segattn.modules.base import Attention, ContextModule, ModuleOutput
 from segattn.modules.nonlocal_ import from_tokens, to_tokens
 from segattn.ops.attention import full_precision, softmax_attention, upcast
+from segattn.ops.weightmaps import flat_index
 from segattn.registry import MODULES
 
 PAPER = "Fu, Liu, Tian, Li, Bao, Fang, Lu, CVPR 2019"
@@ -58,6 +59,10 @@ class PositionAttention(ContextModule):
         ctx, factors = self.context(x, return_attention)
         return (x + ctx, factors) if return_attention else x + ctx
 
+    def weight_maps(self, factors: Attention, size: Tuple[int, int], query: Tuple[int, int]) -> Tuple[Dict[str, Tensor], bool]:
+        """Row ``query`` of the N x N position attention (softmax, convex)."""
+        return {"position attention": factors["attention"][0, flat_index(query, size[1])].reshape(size)}, True
+
     def flops(self, height: int, width: int) -> int:
         """MACs: three 1x1 projections and the N x N attention (batch 1)."""
         n, c, d = height * width, self.in_channels, self.key_channels
@@ -76,6 +81,8 @@ class ChannelAttention(ContextModule):
     ``cam_mode='paper'`` uses ``softmax(E)`` as the paper's equation (CASIA-IVA-Lab/DANet #9, #106).
     Cost (MACs, batch 1): 2 N C^2, order O(N C^2), attention memory O(C^2).
     """
+
+    no_pixel_weights = "attends over channels, not pixels: use segattn.viz.channel_attention()"
 
     def __init__(self, in_channels: int, *, cam_mode: str = "reference", gamma_init: float = 0.0) -> None:
         super().__init__(in_channels)
@@ -147,6 +154,10 @@ class DualAttention(ContextModule):
         if not return_attention:
             return out
         return out, {"position_attention": pam_f["attention"], "channel_attention": cam_f["attention"]}
+
+    def weight_maps(self, factors: Attention, size: Tuple[int, int], query: Tuple[int, int]) -> Tuple[Dict[str, Tensor], bool]:
+        """The PAM branch's row ``query`` (softmax, convex); the CAM branch: ``segattn.viz.channel_attention``."""
+        return {"position attention": factors["position_attention"][0, flat_index(query, size[1])].reshape(size)}, True
 
     def flops(self, height: int, width: int) -> int:
         """MACs of both branches (batch 1)."""

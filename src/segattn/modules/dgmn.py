@@ -8,10 +8,11 @@ import torch
 from torch import Tensor, nn
 
 from segattn.layers import ConvNormAct
-from segattn.modules.base import ContextModule, ModuleOutput
+from segattn.modules.base import Attention, ContextModule, ModuleOutput
 from segattn.ops.attention import full_precision, upcast
 from segattn.ops.flops import conv2d_macs
-from segattn.ops.sampling import aggregate_columns, deform_unfold, unfold_window
+from segattn.ops.sampling import aggregate_columns, deform_unfold, unfold_window, window_offsets
+from segattn.ops.weightmaps import splat
 from segattn.registry import MODULES
 
 
@@ -132,6 +133,20 @@ class DGMN2d(ContextModule):
             factors[f"weights_d{d}"], factors[f"offsets_d{d}"] = weights, offsets
         y = x + self.fuse(torch.cat(messages, dim=1))
         return (y, factors) if return_attention else y
+
+    def weight_maps(self, factors: Attention, size: Tuple[int, int], query: Tuple[int, int]) -> Tuple[Dict[str, Tensor], bool]:
+        """Per dilation, the k^2 sampled neighbours (deformable offsets, bilinear) with their weights
+        (softmax filter times sigmoid affinity, averaged over groups): not a convex combination."""
+        maps: Dict[str, Tensor] = {}
+        qy, qx = query
+        for d in self.dilations:
+            w = factors[f"weights_d{d}"][0, :, :, qy, qx].mean(0)
+            off = factors[f"offsets_d{d}"][0, :, qy, qx]
+            out = torch.zeros(size, dtype=w.dtype, device=w.device)
+            for s, (dy, dx) in enumerate(window_offsets(self.kernel_size, d)):
+                splat(out, qy + dy + float(off[2 * s]), qx + dx + float(off[2 * s + 1]), w[s])
+            maps[f"dilation {d}"] = out
+        return maps, False
 
     def flops(self, height: int, width: int) -> int:
         c, mid, g, n = self.in_channels, self.mid_channels, self.groups, height * width

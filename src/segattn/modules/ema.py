@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
+from typing import Dict, Tuple
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segattn.layers import ConvNormAct
 from segattn.lowrank import EMMapper, LowRankBlock, TransposeReverse
-from segattn.modules.base import ContextModule, ModuleOutput
+from segattn.modules.base import Attention, ContextModule, ModuleOutput
+from segattn.ops.weightmaps import operator_row
 from segattn.registry import MODULES
 
 
@@ -108,6 +110,10 @@ class EMAttention(ContextModule):
         # so inference holds one map less at its peak (as the official code's ReLU(inplace=True))
         y = F.relu(self.conv_out(F.relu(rec, inplace=True)) + x, inplace=True)
         return (y, factors) if return_attention else y
+
+    def weight_maps(self, factors: Attention, size: Tuple[int, int], query: Tuple[int, int]) -> Tuple[Dict[str, Tensor], bool]:
+        """Row ``query`` of ``Z (Z D^-1)^T`` (the last E-step's responsibilities): convex."""
+        return {"M_rev M_map": operator_row(factors["reverse"], factors["map"], size, query)}, True
 
     def flops(self, height: int, width: int) -> int:
         n, c = height * width, self.in_channels

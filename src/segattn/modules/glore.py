@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Dict, Optional, Tuple
 
 from torch import Tensor, nn
 
 from segattn.layers import BatchNorm2d
 from segattn.lowrank import GraphConvReasoner, LowRankBlock, ProjectionMapper, TransposeReverse
-from segattn.modules.base import ContextModule, ModuleOutput
+from segattn.modules.base import Attention, ContextModule, ModuleOutput
+from segattn.ops.weightmaps import operator_row
 from segattn.registry import MODULES
 
 
@@ -70,6 +71,10 @@ class GloRe(ContextModule):
             y, factors = self.reconstruct(x, return_factors=True)
             return x + self.blocker(self.conv_extend(y)), factors
         return x + self.blocker(self.conv_extend(self.reconstruct(x)))
+
+    def weight_maps(self, factors: Attention, size: Tuple[int, int], query: Tuple[int, int]) -> Tuple[Dict[str, Tensor], bool]:
+        """Row ``query`` of ``B^T B`` (the reasoner left out; B unnormalised): not convex."""
+        return {"M_rev M_map": operator_row(factors["reverse"], factors["map"], size, query)}, False
 
     def flops(self, height: int, width: int) -> int:
         n, c, s = height * width, self.in_channels, self.state_channels

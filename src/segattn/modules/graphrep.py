@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Dict, Tuple
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segattn.lowrank import GaussianAnchorMapper, LowRankBlock, NodeAttentionReasoner, TransposeReverse
-from segattn.modules.base import ContextModule, ModuleOutput
+from segattn.modules.base import Attention, ContextModule, ModuleOutput
 from segattn.ops.attention import full_precision, upcast
+from segattn.ops.weightmaps import operator_row
 from segattn.registry import MODULES
 
 
@@ -75,6 +78,10 @@ class GraphRep(ContextModule):
             y, factors = self.block(x, return_factors=True)
             return x + y, factors
         return x + self.block(x)
+
+    def weight_maps(self, factors: Attention, size: Tuple[int, int], query: Tuple[int, int]) -> Tuple[Dict[str, Tensor], bool]:
+        """Row ``query`` of ``M_rev M_map`` (anchor assignments normalised over anchors / pixels): convex."""
+        return {"M_rev M_map": operator_row(factors["reverse"], factors["map"], size, query)}, True
 
     def flops(self, height: int, width: int) -> int:
         return self.block.macs(height, width, self.in_channels)

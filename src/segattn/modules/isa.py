@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segattn.layers import ConvNormAct
-from segattn.modules.base import ContextModule, ModuleOutput
+from segattn.modules.base import Attention, ContextModule, ModuleOutput
 from segattn.ops.attention import softmax_attention
+from segattn.ops.weightmaps import flat_index, index_map
 from segattn.registry import MODULES
 
 Pair = Tuple[int, int]
@@ -214,6 +215,29 @@ class InterlacedSparseSelfAttention(ContextModule):
         offset = group((1.0 - valid) * _PAD_LOGIT, self.down_factor).expand(k.shape[0], -1, -1, -1)  # (B, G, S, 1)
         ones = torch.ones(q.shape[0], q.shape[1], q.shape[2], 1, dtype=q.dtype, device=q.device)
         return torch.cat([q, ones], dim=-1), torch.cat([k, offset], dim=-1)
+
+    def weight_maps(self, factors: Attention, size: Tuple[int, int], query: Tuple[int, int]) -> Tuple[Dict[str, Tensor], bool]:
+        """The short-range row of the query and the composed long-then-short operator (every pixel
+        reached), on the padded grid cropped back to the image (padded relays keep their mass); convex."""
+        factor = self.down_factor
+        left, right, top, bottom = padding_for(size, factor)
+        padded = (size[0] + top + bottom, size[1] + left + right)
+        short, long = factors["short"][0], factors["long"][0]
+        index = index_map(padded, short.device)
+        q = flat_index((query[0] + top, query[1] + left), padded[1])
+        members_s = group_short(index, factor)[0, :, :, 0].long()  # (groups, l)
+        hit = (members_s == q).nonzero()
+        group, pos = int(hit[0, 0]), int(hit[0, 1])
+        u = torch.zeros(padded[0] * padded[1], dtype=short.dtype, device=short.device)
+        u[members_s[group]] = short[group, pos]
+        members_l = group_long(index, factor)[0, :, :, 0].long()  # (groups, g)
+        composed = torch.zeros_like(u)
+        composed[members_l.reshape(-1)] = torch.einsum("gb,gbc->gc", u[members_l], long).reshape(-1)
+
+        def crop(t: Tensor) -> Tensor:
+            return t.reshape(padded)[top:top + size[0], left:left + size[1]]
+
+        return {"short": crop(u), "long then short": crop(composed)}, True
 
     def flops(self, height: int, width: int) -> int:
         dh, dw = self.down_factor

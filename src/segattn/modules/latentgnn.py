@@ -17,8 +17,9 @@ from segattn.lowrank import (
     ProjectionReverse,
     TransposeReverse,
 )
-from segattn.modules.base import ContextModule, ModuleOutput
+from segattn.modules.base import Attention, ContextModule, ModuleOutput
 from segattn.ops.attention import full_precision, upcast
+from segattn.ops.weightmaps import operator_row
 from segattn.registry import MODULES
 
 MODES = ("asymmetric", "symmetric")
@@ -140,6 +141,12 @@ class LatentGNN(ContextModule):
             factors.update(_rename(f, i))
         out = x + self.gamma * self.norm(self.up(torch.cat(outs, dim=1)))
         return (out, factors) if return_attention else out
+
+    def weight_maps(self, factors: Attention, size: Tuple[int, int], query: Tuple[int, int]) -> Tuple[Dict[str, Tensor], bool]:
+        """One operator row ``M_rev M_map`` per latent kernel (l2-normalised maps): not convex."""
+        maps = {f"kernel {i} ({d} latents)": operator_row(factors[f"reverse_{i}"], factors[f"map_{i}"], size, query)
+                for i, d in enumerate(self.latent_dims)}
+        return maps, False
 
     def flops(self, height: int, width: int) -> int:
         n, c = height * width, self.channels

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Dict, Tuple
+
 import torch
 from torch import Tensor, nn
 
-from segattn.modules.base import ContextModule, ModuleOutput
+from segattn.modules.base import Attention, ContextModule, ModuleOutput
 from segattn.ops.attention import full_precision, upcast
 from segattn.ops.flops import conv2d_macs
 from segattn.ops.sampling import unfold_window, window_aggregate
+from segattn.ops.weightmaps import window_map
 from segattn.registry import MODULES
 
 
@@ -96,6 +99,13 @@ class LocalRelation2d(ContextModule):
         if not return_attention:
             return y
         return y, {"weights": weights, "geometry": upcast(self.geometry_prior()).detach()}
+
+    def weight_maps(self, factors: Attention, size: Tuple[int, int], query: Tuple[int, int]) -> Tuple[Dict[str, Tensor], bool]:
+        """The query's k x k softmax window, averaged over the channel groups (convex up to the window's
+        taps that fall outside the map)."""
+        w = factors["weights"][0, :, :, query[0], query[1]].mean(0)
+        k = self.kernel_size
+        return {f"{k}x{k} window": window_map(w, query, size, k)}, True
 
     def flops(self, height: int, width: int) -> int:
         c, g, h, kk = self.in_channels, self.groups, self.geo_hidden, self.kernel_size**2

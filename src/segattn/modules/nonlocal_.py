@@ -9,7 +9,7 @@ ANN modules.
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,7 @@ from segattn.ops.attention import (
     upcast,
 )
 from segattn.ops.flops import conv2d_macs
+from segattn.ops.weightmaps import flat_index
 from segattn.registry import MODULES
 
 PAPER = "Wang, Girshick, Gupta, He, CVPR 2018"
@@ -212,6 +213,13 @@ class NonLocalBase(ContextModule):
         factors: Attention = {"attention": weights, "query": upcast(q.squeeze(1)), "key": upcast(k.squeeze(1))}
         factors["value"] = upcast(v.squeeze(1))
         return z, factors
+
+    def weight_maps(self, factors: Attention, size: Tuple[int, int], query: Tuple[int, int]) -> Tuple[Dict[str, Tensor], bool]:
+        """Row ``query`` of the (N, M) weights (keys on the pooled grid with ``sub_sample``): softmax rows
+        for embedded Gaussian / Gaussian (convex), ``f / M`` for dot / concat."""
+        grid = subsampled_size(*size) if self.sub_sample else size
+        row = factors["attention"][0, flat_index(query, size[1])]
+        return {self.mode.replace("_", " "): row.reshape(grid)}, self.mode in ("embedded_gaussian", "gaussian")
 
     def flops(self, height: int, width: int) -> int:
         """MACs of one forward at (1, C, height, width); ``nonlocal_dot`` costs ``(M + N) C' C_v``

@@ -13,10 +13,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segattn.layers import ConvNormAct
-from segattn.modules.base import ContextModule, ModuleOutput, zero_init_
+from segattn.lowrank.functional import pooling_matrix, upsampling_matrix
+from segattn.modules.base import Attention, ContextModule, ModuleOutput, zero_init_
 from segattn.modules.nonlocal_ import from_tokens, to_tokens
 from segattn.modules.pooling import pyramid_pool
 from segattn.ops.attention import softmax_attention
+from segattn.ops.weightmaps import flat_index, index_map, onehot
 from segattn.registry import MODULES
 
 PAPER = "Yuan, Wang, arXiv 2018 (IJCV 2021)"
@@ -134,6 +136,31 @@ class SelfAttentionUnit(nn.Module):
         return macs
 
 
+def unit_maps(unit: SelfAttentionUnit, attention: Tensor, size: Tuple[int, int], source_size: Tuple[int, int],
+              query: Tuple[int, int]) -> Tuple[Dict[str, Tensor], bool]:
+    """The ``weight_maps`` of a module built on one :class:`SelfAttentionUnit` (OCNet base / ASP, ANN
+    APNB / AFNB): weights of pixel ``query`` over the unit's value positions, on the (pooled) source grid.
+
+    Queries on the ``pool_scale``-pooled grid are bilinearly upsampled (align_corners=True), so the
+    pixel's row is the bilinear mix of the pooled rows; pyramid-pooled anchors (``key_pool_sizes``)
+    are averages of value pixels, so their weights are spread back through the pooling matrices. Convex.
+    """
+    s = unit.pool_scale
+    qgrid, sgrid = pooled_size(*size, s), pooled_size(*source_size, s)
+    attn = attention[0]
+    q = flat_index(query, size[1])
+    if s == 1:
+        coeff = onehot(q, qgrid[0] * qgrid[1], attn)
+    else:
+        coeff = upsampling_matrix(size, qgrid, True, attn.device, attn.dtype)[q]
+    row = coeff @ attn
+    if unit.key_pool_sizes is not None:
+        pools = [pooling_matrix(sgrid, (b, b), attn.device, attn.dtype) for b in unit.key_pool_sizes]
+        row = row @ torch.cat(pools, dim=0)
+    label = "pooled anchors" if unit.key_pool_sizes is not None else "object context"
+    return {label: row.reshape(sgrid)}, True
+
+
 def _default(value: Optional[int], fallback: int) -> int:
     return max(1, fallback) if value is None else value
 
@@ -184,6 +211,10 @@ class BaseOC(ContextModule):
         ctx, weights = self.attention(x, return_attention=return_attention)
         y = self.dropout(self.bottleneck(torch.cat([ctx, x], dim=1)))
         return (y, {"attention": weights, "context": ctx}) if return_attention else y
+
+    def weight_maps(self, factors: Attention, size: Tuple[int, int], query: Tuple[int, int]) -> Tuple[Dict[str, Tensor], bool]:
+        """Weights over the value pixels through the attention unit (``SelfAttentionUnit.weight_row``)."""
+        return unit_maps(self.attention, factors["attention"], size, size, query)
 
     def flops(self, height: int, width: int) -> int:
         """MACs of the unit and the fusion conv (batch 1)."""
@@ -297,6 +328,30 @@ class PyramidOC(ContextModule):
         y = self.dropout(self.bottleneck(torch.cat(feats, dim=1)))
         return (y, factors) if return_attention else y
 
+    def weight_maps(self, factors: Attention, size: Tuple[int, int], query: Tuple[int, int]) -> Tuple[Dict[str, Tensor], bool]:
+        """One map per region size s: the softmax row of the query inside its own sub-region (convex)."""
+        h, w = size
+        q = flat_index(query, w)
+        index = index_map(size, factors[next(iter(factors))].device)
+        maps: Dict[str, Tensor] = {}
+        for s in self.sizes:
+            out = torch.zeros(h * w, dtype=torch.float32, device=index.device)
+            r0 = 0
+            for rs, rc in _splits(h, s):
+                c0 = 0
+                for cs, cc in _splits(w, s):
+                    blocks = _to_blocks(index[:, :, r0:r0 + rs * rc, c0:c0 + cs * cc], rs, rc, cs, cc)[0, :, :, 0].long()
+                    hit = (blocks == q).nonzero()
+                    if hit.numel():
+                        region, pos = int(hit[0, 0]), int(hit[0, 1])
+                        weights = factors[f"size{s}_r{r0}_c{c0}"][0, region, pos]
+                        out = out.to(weights.dtype)
+                        out[blocks[region]] = weights
+                    c0 += cs * cc
+                r0 += rs * rc
+            maps[f"regions {s}x{s}"] = out.reshape(size)
+        return maps, True
+
     def flops(self, height: int, width: int) -> int:
         """MACs of the lift, the per-size units and the fusion conv (batch 1)."""
         n, c = height * width, self.in_channels
@@ -355,6 +410,10 @@ class ASPOC(ContextModule):
         feats = [self.context_out(ctx), self.conv1x1(x)] + [conv(x) for conv in self.atrous]
         y = self.dropout(self.bottleneck(torch.cat(feats, dim=1)))
         return (y, {"attention": weights, "context": ctx}) if return_attention else y
+
+    def weight_maps(self, factors: Attention, size: Tuple[int, int], query: Tuple[int, int]) -> Tuple[Dict[str, Tensor], bool]:
+        """The object-context branch's weights over the pixels (``SelfAttentionUnit.weight_row``)."""
+        return unit_maps(self.attention, factors["attention"], size, size, query)
 
     def flops(self, height: int, width: int) -> int:
         """MACs of all branches and the fusion conv (batch 1)."""

@@ -6,14 +6,16 @@ Also the helpers other modules reuse: :func:`pyramid_pool` (ANN's parameter-free
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segattn.layers import ConvNormAct
+from segattn.lowrank.functional import pooling_matrix, upsampling_matrix
 from segattn.modules.base import Attention, ContextModule, ModuleOutput
+from segattn.ops.weightmaps import flat_index
 from segattn.registry import MODULES
 
 
@@ -101,6 +103,16 @@ class PyramidPooling(ContextModule):
         if self.bottleneck is not None:
             y = self.bottleneck(y)
         return (y, factors) if return_attention else y
+
+    def weight_maps(self, factors: Attention, size: Tuple[int, int], query: Tuple[int, int]) -> Tuple[Dict[str, Tensor], bool]:
+        """Per bin b, the fixed row ``U_b P_b`` (adaptive average pooling, then bilinear upsampling): convex."""
+        ref = next(iter(factors.values()))
+        q = flat_index(query, size[1])
+        maps = {}
+        for b in self.bins:
+            up = upsampling_matrix(size, (b, b), self.align_corners, ref.device, torch.float32)[q]
+            maps[f"bin {b}"] = (up @ pooling_matrix(size, (b, b), ref.device, torch.float32)).reshape(size)
+        return maps, True
 
     def flops(self, height: int, width: int) -> int:
         """MACs of the branch convs (at b x b) and the 3x3 bottleneck (batch 1)."""

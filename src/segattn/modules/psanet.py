@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segattn.layers import ConvNormAct
+from segattn.lowrank.functional import upsampling_matrix
 from segattn.modules.base import Attention, ContextModule, ModuleOutput
 from segattn.ops.attention import full_precision, upcast
+from segattn.ops.weightmaps import flat_index, onehot
 from segattn.registry import MODULES
 
 Pair = Tuple[int, int]
@@ -234,6 +236,23 @@ class PointwiseSpatialAttention(ContextModule):
             return y
         factors: Attention = maps
         return y, factors
+
+    def weight_maps(self, factors: Attention, size: Tuple[int, int], query: Tuple[int, int]) -> Tuple[Dict[str, Tensor], bool]:
+        """Collect / distribute: column ``query`` of the (source, target) attention on the shrunk grid,
+        with the bilinear resize of the output (target side) and of the reduced input (source side)."""
+        grid = shrunk_size(size, self.shrink_factor)
+        q = flat_index(query, size[1])
+        maps: Dict[str, Tensor] = {}
+        for kind in self.kinds:
+            attn = factors[kind][0]
+            if self.shrink_factor == 1:
+                row = attn @ onehot(q, grid[0] * grid[1], attn)
+            else:
+                coeff = upsampling_matrix(size, grid, True, attn.device, attn.dtype)[q]
+                shrink = upsampling_matrix(grid, size, True, attn.device, attn.dtype)  # (N', N)
+                row = (attn @ coeff) @ shrink
+            maps[kind] = row.reshape(size) / self.normalization_factor
+        return maps, self.psa_softmax and self.normalization_factor == 1.0
 
     def flops(self, height: int, width: int) -> int:
         (h, w), _ = self.shrink((height, width))

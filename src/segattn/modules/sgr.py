@@ -11,15 +11,16 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from typing import Optional, Tuple, Union
+from typing import Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segattn.lowrank import LowRankBlock, MapResult, ProjectionMapper
-from segattn.modules.base import ContextModule, ModuleOutput
+from segattn.modules.base import Attention, ContextModule, ModuleOutput
 from segattn.ops.attention import full_precision, softmax_attention, upcast
+from segattn.ops.weightmaps import operator_row
 from segattn.registry import MODULES
 
 COMPATIBILITIES = ("bilinear", "concat")
@@ -300,6 +301,10 @@ class SGR(ContextModule):
             y, factors = self.block(x, value=self.value(x), return_factors=True)
             return x + F.relu(y), factors
         return x + F.relu(self.block(x, value=self.value(x)))
+
+    def weight_maps(self, factors: Attention, size: Tuple[int, int], query: Tuple[int, int]) -> Tuple[Dict[str, Tensor], bool]:
+        """Row ``query`` of ``M_rev M_map`` (compatibility times voting; the graph reasoning left out): not convex."""
+        return {"M_rev M_map": operator_row(factors["reverse"], factors["map"], size, query)}, False
 
     def flops(self, height: int, width: int) -> int:
         return height * width * self.in_channels * self.node_channels + self.block.macs(height, width, self.node_channels)
