@@ -46,12 +46,21 @@ def module_name(module: Optional[nn.Module]) -> str:
         return ""
     if isinstance(module, nn.Identity):
         return "identity"
-    from segattn.viz.weights import registered_name
+    from segattn.registry import MODULES
 
+    return next((n for n in MODULES.list() if type(module) is MODULES.get(n)), type(module).__name__)
+
+
+def run_with_attention(module: nn.Module, x: Tensor) -> Dict[str, Tensor]:
+    """Eval-mode, no-grad ``module(x, return_attention=True)`` factors (training flag restored)."""
+    was_training = module.training
+    module.eval()
     try:
-        return registered_name(module)
-    except Exception:  # noqa: BLE001 - an unregistered module keeps its class name
-        return type(module).__name__
+        with torch.no_grad():
+            out = module(x, return_attention=True)
+    finally:
+        module.train(was_training)
+    return out[1]
 
 
 def em_mappers(model: nn.Module) -> List[nn.Module]:
@@ -199,8 +208,6 @@ def _cue_cells(images: Tensor, size: Tuple[int, int]) -> Tensor:
 def attention_rows(module: nn.Module, x: Tensor) -> Optional[Tensor]:
     """(N, M) pixel-weight rows of a one-image input (1, C, h, w): Non-local's attention, a low-rank
     module's ``M_rev M_map``; None for modules without such rows."""
-    from segattn.viz.weights import run_with_attention
-
     name = module_name(module)
     if name.startswith("nonlocal"):
         return run_with_attention(module, x)["attention"][0].float()
@@ -215,8 +222,6 @@ def lowrank_parts(module: nn.Module, x: Tensor) -> Optional[Tuple[Tensor, Tensor
     F is what the block aggregates (its ``value``, else its input), the bases its ``nodes``, the
     reconstruction ``nodes @ reverse^T``. None for modules without a ``LowRankBlock``."""
     from segattn.lowrank import LowRankBlock
-    from segattn.viz.weights import run_with_attention
-
     block = next((m for m in module.modules() if isinstance(m, LowRankBlock)), None)
     if block is None:
         return None
