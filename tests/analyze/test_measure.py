@@ -64,6 +64,7 @@ def test_fcn_measures_as_the_identity():
     assert feats["separation_ratio"] == pytest.approx(1.0, abs=1e-9)
     assert feats["erank_ratio"] == pytest.approx(1.0, abs=1e-9)
     assert feats["nsr_gain"] == pytest.approx(1.0, abs=1e-9)
+    assert feats["pooled_separation_out"] == pytest.approx(feats["pooled_separation_in"], rel=1e-12)
     assert measure.measure_stage_swap(model, _batches(1, 32), 3, 255) == {}
 
 
@@ -78,7 +79,8 @@ def test_em_objective_never_decreases_and_stage_swap_restores():
     assert len(obj) == 5 and all(b >= a - 1e-6 for a, b in zip(obj, obj[1:]))
     assert set(curves) >= {"em_entropy", "em_bases_cosine"}
     swap = measure.measure_stage_swap(model, _batches(1, 32), 3, 255)
-    assert set(swap) == {"miou_T1", "miou_T3", "miou_T5"} and ema.block.mapper.num_stages == 3
+    assert set(swap) == {f"{k}_T{t}" for k in ("miou", "pooled_separation") for t in (1, 3, 5)}
+    assert ema.block.mapper.num_stages == 3
 
 
 def test_em_step_objective_is_em_ascent_by_hand():

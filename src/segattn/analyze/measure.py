@@ -310,13 +310,18 @@ def measure_features(model: nn.Module, batches: Batches, ignore_index: int, synt
     query pixels, all pairs / pairs of different labels, up to 256 queries per image) and, on the
     synthetic set, ``cue_mass`` (mean over shape-pixel queries of the attention weight on the cue,
     each cell weighted by the fraction of it the cue covers) and ``cue_area`` (that fraction's mean:
-    the cue mass of a uniform map). Every value is the mean over images where it is defined.
+    the cue mass of a uniform map). Every value is the mean over images where it is defined, except
+    ``pooled_separation_in/out``: J of the module's input / output over the foreground pixels (label
+    not 0) of all images pooled (64 random pixels per image), so the classes are told apart across
+    images; on the synthetic set these are the shape pixels, whose class is the far cue's colour, and
+    a low J out means the module has brought the cue's information to them.
     """
     module = context_slot(model)
     if module is None:
         return {}
     gen = torch.Generator().manual_seed(seed)
     sums: Dict[str, List[float]] = {}
+    pooled_in, pooled_out = Pooled(ignore_index, seed), Pooled(ignore_index, seed)
     for images, masks in batches:
         with torch.no_grad(), capture(module) as st:
             logits_of(model, images)
@@ -324,16 +329,46 @@ def measure_features(model: nn.Module, batches: Batches, ignore_index: int, synt
         lab = labels_at(masks, tuple(r.shape[-2:]))
         cues = _cue_cells(images, tuple(r.shape[-2:])) if synthetic else None
         for i in range(r.shape[0]):
+            pooled_in.add(r[i], lab[i])
+            pooled_out.add(c[i], lab[i])
             vals = _image_feature_metrics(module, r[i], c[i], lab[i], None if cues is None else cues[i],
                                           ignore_index, gen)
             for k, v in vals.items():
                 sums.setdefault(k, []).append(v)
-    return {k: _nanmean(v) for k, v in sums.items()}
+    out = {k: _nanmean(v) for k, v in sums.items()}
+    out["pooled_separation_in"], out["pooled_separation_out"] = pooled_in.separation(), pooled_out.separation()
+    return out
 
 
 def _nanmean(values: Sequence[float]) -> float:
     vals = [v for v in values if v is not None and not math.isnan(v)]
     return sum(vals) / len(vals) if vals else NAN
+
+
+POOLED_PER_IMAGE = 64  # foreground pixels per image kept for the pooled separation
+
+
+class Pooled:
+    """Features of up to 64 random foreground pixels (label not 0 / ignore) per image, pooled over images."""
+
+    def __init__(self, ignore_index: int, seed: int = 0) -> None:
+        self.ignore, self.gen = ignore_index, torch.Generator().manual_seed(seed)
+        self.feats: List[Tensor] = []
+        self.labels: List[Tensor] = []
+
+    def add(self, feats: Tensor, lab: Tensor) -> None:
+        """``feats`` (C, h, w) and ``lab`` (h, w) of one image."""
+        flat, f = lab.reshape(-1), feats.reshape(feats.shape[0], -1)
+        idx = torch.nonzero((flat != 0) & (flat != self.ignore))[:, 0]
+        idx = idx[torch.randperm(len(idx), generator=self.gen)[:POOLED_PER_IMAGE]]
+        self.feats.append(f[:, idx].detach().double().cpu())
+        self.labels.append(flat[idx].cpu())
+
+    def separation(self) -> float:
+        """:func:`metrics.class_separation` of the pooled pixels (NaN with fewer than two classes)."""
+        if not self.feats:
+            return NAN
+        return M.class_separation(torch.cat(self.feats, 1), torch.cat(self.labels), self.ignore)
 
 
 # -------------------------------------------------------------------------------------- segments
@@ -422,16 +457,24 @@ def em_curves(model: nn.Module, batches: Batches, synthetic: bool = False, max_t
 def measure_stage_swap(model: nn.Module, batches: Batches, num_classes: int, ignore_index: int,
                        stages: Sequence[int] = (1, 3, 5)) -> Dict[str, float]:
     """mIoU (percent) of the trained model evaluated with each number of EM iterations in ``stages``
-    (the trained bases and weights unchanged): ``miou_T<t>``. Empty for a model without EM."""
+    (the trained bases and weights unchanged): ``miou_T<t>``, and the pooled foreground separation
+    of the module's output at that T (``pooled_separation_T<t>``, as in :func:`measure_features`).
+    Empty for a model without EM."""
     if not em_mappers(model):
         return {}
     out = {}
+    module = context_slot(model)
     for t in stages:
         conf = Confusion(num_classes, ignore_index)
-        with em_stages(model, t), torch.no_grad():
+        pooled = Pooled(ignore_index)
+        with em_stages(model, t), torch.no_grad(), capture(module) as st:
             for images, masks in batches:
                 conf.add(logits_of(model, images).argmax(1), masks)
+                lab = labels_at(masks, tuple(st["out"].shape[-2:]))
+                for i in range(lab.shape[0]):
+                    pooled.add(st["out"][i].float(), lab[i])
         out[f"miou_T{t}"] = conf.miou()
+        out[f"pooled_separation_T{t}"] = pooled.separation()
     return out
 
 

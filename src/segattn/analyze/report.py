@@ -33,7 +33,8 @@ TABLE = [("miou_clean", "mIoU", 1), (NOISE_KEY, "drop σ=0.1", 1), (FGSM_KEY, "d
          ("nsr_gain", "NSR gain", 2), ("separation_ratio", "J out/in", 2), ("erank_in", "erank in", 1),
          ("erank_out", "erank out", 1), ("erank_rec", "erank rec", 1), ("bases_cosine", "bases cos", 2),
          ("bases_recon_error", "recon err", 2), ("acc_small", "acc small", 1), ("tv_diff_class", "TV diff-class", 3),
-         ("cue_mass", "cue mass", 3), ("grad_backbone_cut", "‖∂L/∂f‖", 4)]
+         ("cue_mass", "cue mass", 3), ("pooled_separation_in", "pooled J in", 2),
+         ("pooled_separation_out", "pooled J out", 2), ("grad_backbone_cut", "‖∂L/∂f‖", 4)]
 
 
 def group(results: Sequence[Dict[str, Any]]) -> Dict[str, Dict[int, Dict[str, Any]]]:
@@ -209,9 +210,12 @@ def markdown(agg: Dict[str, Any], command: str) -> str:
         for e in emas:
             for k, vals in e["em_curves"].items():
                 lines.append(f"| `{e['name']}` | {k} | " + " | ".join(f"{v:.4g}" for v in vals) + " |")
-        lines += ["", "| entry | mIoU at T=1 | T=3 | T=5 |", "|---|---:|---:|---:|"]
+        lines += ["", "| entry | mIoU at T=1 | T=3 | T=5 | pooled J out at T=1 | T=3 | T=5 |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
         for e in emas:
-            lines.append(f"| `{e['name']}` | " + " | ".join(_pm(e["metrics"].get(f"miou_T{t}"), 1) for t in (1, 3, 5)) + " |")
+            lines.append(f"| `{e['name']}` | " + " | ".join(_pm(e["metrics"].get(f"miou_T{t}"), 1) for t in (1, 3, 5))
+                         + " | " + " | ".join(_pm(e["metrics"].get(f"pooled_separation_T{t}"), 2) for t in (1, 3, 5))
+                         + " |")
     lines += ["", "## Claims", "", "Judged from the 95 % t-interval over seeds (see `segattn.analyze.report`).", ""]
     for key, title in EXPLANATIONS.items():
         cs = [c for c in agg["claims"] if c["explanation"] == key]

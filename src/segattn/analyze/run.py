@@ -22,7 +22,7 @@ from segattn.errors import SegattnError
 from segattn.io import atomic_write_json
 
 ANALYSIS = "analysis.json"
-VERSION = 1  # bump when a measurement changes: stored analyses of another version are redone
+VERSION = 2  # bump when a measurement changes: stored analyses of another version are redone
 Log = Callable[[str], None]
 PathLike = Union[str, Path]
 
