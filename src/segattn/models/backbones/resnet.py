@@ -99,7 +99,8 @@ class BasicBlock(nn.Module):
         shortcut = x if self.downsample is None else self.downsample(x)
         y = self.relu(self.bn1(self.conv1(x)))
         y = self.bn2(self.conv2(y))
-        return self.relu(y + shortcut)
+        y += shortcut  # in place, as torchvision / mmcv: one block-sized map less at the peak
+        return self.relu(y)
 
 
 class Bottleneck(nn.Module):
@@ -122,7 +123,8 @@ class Bottleneck(nn.Module):
         y = self.relu(self.bn1(self.conv1(x)))
         y = self.relu(self.bn2(self.conv2(y)))
         y = self.bn3(self.conv3(y))
-        return self.relu(y + shortcut)
+        y += shortcut  # in place, as torchvision / mmcv: one block-sized map less at the peak
+        return self.relu(y)
 
 
 def _block_dilations(n: int, dilation: int, grid: Optional[Sequence[int]]) -> List[int]:
@@ -235,23 +237,31 @@ class ResNet(nn.Module):
     def stages(self) -> List[nn.Module]:
         return [self.stem, self.layer1, self.layer2, self.layer3, self.layer4]
 
-    def forward_features(self, x: Tensor) -> List[Tensor]:
-        """All five feature maps (stem, layer1..layer4)."""
+    def forward_features(self, x: Tensor, indices: Sequence[int] = (0, 1, 2, 3, 4)) -> List[Tensor]:
+        """The feature maps at timm ``indices`` (0 = stem, 1..4 = layer1..layer4), in increasing order.
+
+        A map that is not asked for is dropped as soon as the next stage has read it (the stem
+        output of a ResNet-50 at 512x1024 is 32 MiB), so inference holds no more than it returns.
+        """
+        keep = set(indices)
         x = self.stem(x)
-        feats = [x]
+        feats = [x] if 0 in keep else []
         x = self.maxpool(x)
-        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+        for i, layer in enumerate((self.layer1, self.layer2, self.layer3, self.layer4), 1):
             x = layer(x)
-            feats.append(x)
+            if i in keep:
+                feats.append(x)
         return feats
 
     def forward(self, x: Tensor) -> Union[List[Tensor], Tensor]:
         if x.dim() != 4:
             raise ValueError(f"ResNet expects a (B, C, H, W) image batch, got shape {tuple(x.shape)}")
-        feats = self.forward_features(x)
         if self.features_only:
-            return [feats[i] for i in self.out_indices]
-        pooled = torch.flatten(feats[-1].mean((2, 3), keepdim=True), 1)
+            feats = self.forward_features(x, self.out_indices)
+            order = sorted(set(self.out_indices))
+            return [feats[order.index(i)] for i in self.out_indices]
+        last = self.forward_features(x, (4,))[0]
+        pooled = torch.flatten(last.mean((2, 3), keepdim=True), 1)
         return pooled if self.fc is None else self.fc(pooled)
 
 
