@@ -96,10 +96,9 @@ class BasicBlock(nn.Module):
         self.downsample = downsample
 
     def forward(self, x: Tensor) -> Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
         y = self.relu(self.bn1(self.conv1(x)))
         y = self.bn2(self.conv2(y))
-        y += shortcut  # in place, as torchvision / mmcv: one block-sized map less at the peak
+        y += x if self.downsample is None else self.downsample(x)  # in place, as torchvision / mmcv
         return self.relu(y)
 
 
@@ -119,11 +118,10 @@ class Bottleneck(nn.Module):
         self.downsample = downsample
 
     def forward(self, x: Tensor) -> Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
         y = self.relu(self.bn1(self.conv1(x)))
         y = self.relu(self.bn2(self.conv2(y)))
         y = self.bn3(self.conv3(y))
-        y += shortcut  # in place, as torchvision / mmcv: one block-sized map less at the peak
+        y += x if self.downsample is None else self.downsample(x)  # in place, as torchvision / mmcv
         return self.relu(y)
 
 
