@@ -9,7 +9,8 @@ rules (:func:`segattn.compare.stats.verdict` on the 95 % t-interval over seeds):
   the interval lies above 0, does not hold when it lies below the claim's margin;
 * ``below`` (a one-sample statement ``value < threshold``): the same rule on ``threshold - value``
   with margin 0: holds when the whole interval of the value lies below the threshold, does not hold
-  when it lies above it.
+  when it lies above it; ``above`` (``value > threshold``): the rule on ``value - threshold`` with
+  the claim's margin (0 unless stated). Within-run differences (:func:`derive`) use these.
 
 Anything else, or fewer than two seeds, is *cannot tell at this scale*.
 """
@@ -37,11 +38,38 @@ TABLE = [("miou_clean", "mIoU", 1), (NOISE_KEY, "drop σ=0.1", 1), (FGSM_KEY, "d
          ("pooled_separation_out", "pooled J out", 2), ("grad_backbone_cut", "‖∂L/∂f‖", 4)]
 
 
+def derive(r: Dict[str, Any]) -> Dict[str, Any]:
+    """A run's analysis plus the within-run differences the EM claims use (EMA runs only):
+
+    * ``swap_gain`` = mIoU at T = 1 − mIoU at the trained T (points);
+    * ``iter_sep_gain`` = pooled J of the module output at the trained T − at T = 1 (positive: the
+      iterations after the first make the foreground classes less separable);
+    * ``iter_cue_loss`` = cue mass after iteration 1 − after iteration T (positive: the iterations
+      move the shape pixels' attention off the cue);
+    * ``grad_kept`` = ‖∂L/∂r‖ with the EM cut / exact, at the module input (1 = the cut loses nothing).
+    """
+    out = dict(r)
+    t = r.get("em_stages")
+    if t:
+        def get(key: str) -> float:
+            v = r.get(key)
+            return float(v) if isinstance(v, (int, float)) else NAN
+
+        out["swap_gain"] = get("miou_T1") - get(f"miou_T{t}")
+        out["iter_sep_gain"] = get(f"pooled_separation_T{t}") - get("pooled_separation_T1")
+        cue = r.get("em_cue_mass") or []
+        out["iter_cue_loss"] = cue[0] - cue[t - 1] if len(cue) >= t else NAN
+    cut, exact = r.get("grad_module_in_cut"), r.get("grad_module_in_exact")
+    if isinstance(cut, (int, float)) and isinstance(exact, (int, float)) and exact > 0:
+        out["grad_kept"] = cut / exact
+    return out
+
+
 def group(results: Sequence[Dict[str, Any]]) -> Dict[str, Dict[int, Dict[str, Any]]]:
-    """``{entry: {seed: analysis}}`` in the order entries first appear."""
+    """``{entry: {seed: analysis with derived values}}`` in the order entries first appear."""
     out: Dict[str, Dict[int, Dict[str, Any]]] = {}
     for r in results:
-        out.setdefault(str(r.get("entry")), {})[int(r.get("seed") or 0)] = r
+        out.setdefault(str(r.get("entry")), {})[int(r.get("seed") or 0)] = derive(r)
     return out
 
 
@@ -102,20 +130,26 @@ def make_claims(groups: Dict[str, Dict[int, Dict[str, Any]]]) -> List[Dict[str, 
         claims.append(_claim(f"5t.{e}", f"`{e}` carries less of the cue to the shapes than `{t1}` (cue mass)",
                              "better", "cue_mass", t1, e, higher=True, margin=0.0, explanation="5"))
         claims.append(_claim(f"5s.{e}", f"`{e}` evaluated with T = 1 is more accurate than with its own T",
-                             "better", "_swap_gain", e, None, higher=True, margin=1.0, explanation="5"))
+                             "above", "swap_gain", e, threshold=0.0, margin=1.0, explanation="5"))
+        claims.append(_claim(f"5i.{e}", f"in `{e}`, the EM iterations after the first make the shape pixels' "
+                                        "classes less separable (pooled J out at its T above J out at T = 1)",
+                             "above", "iter_sep_gain", e, threshold=0.0, explanation="5"))
+        claims.append(_claim(f"5m.{e}", f"in `{e}`, the EM iterations after the first move the shape pixels' "
+                                        "attention off the cue (cue mass after iteration 1 above after T)",
+                             "above", "iter_cue_loss", e, threshold=0.0, explanation="5"))
+        claims.append(_claim(f"5g.{e}", f"the EM gradient cut loses more of the gradient at the module input in "
+                                        f"`{e}` than in `{t1}`", "better", "grad_kept", e, t1, higher=False,
+                             margin=0.05, explanation="5"))
     return claims
 
 
 def _claim_values(claim: Dict[str, Any], groups: Dict[str, Dict[int, Dict[str, Any]]]) -> Dict[str, Any]:
     a = groups.get(claim["a"], {})
-    if claim["metric"] == "_swap_gain":  # within run: mIoU at T = 1 minus mIoU at the trained T
-        seeds = sorted(a)
-        own = [a[s].get(f"miou_T{a[s].get('em_stages')}", a[s].get("miou_clean")) for s in seeds]
-        return {"seeds": seeds, **paired(_vals(a, "miou_T1", seeds), [float(v) for v in own])}
-    if claim["kind"] == "below":
+    if claim["kind"] in ("below", "above"):
         seeds = sorted(a)
         vals = _vals(a, claim["metric"], seeds)
-        d = summarize([claim["threshold"] - v for v in vals])
+        sign = 1.0 if claim["kind"] == "below" else -1.0
+        d = summarize([sign * (claim["threshold"] - v) for v in vals])
         return {"seeds": seeds, "value": summarize(vals), **d}
     b = groups.get(claim["b"], {})
     seeds = sorted(set(a) & set(b))
@@ -131,7 +165,7 @@ def judge(claims: Sequence[Dict[str, Any]], groups: Dict[str, Dict[int, Dict[str
     out = []
     for c in claims:
         diff = _claim_values(c, groups)
-        margin = 0.0 if c["kind"] == "below" else c["margin"]
+        margin = 0.0 if c["kind"] == "below" else c["margin"]  # "above": its own margin (0 unless set)
         out.append({**c, "diff": diff, "verdict": verdict("better", diff, margin)})
     return out
 
@@ -145,7 +179,8 @@ def aggregate(results: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
         seeds = sorted(runs)
         first = runs[seeds[0]]
         keys = sorted({k for r in runs.values() for k, v in r.items()
-                       if isinstance(v, (int, float)) and not isinstance(v, bool)} - {"seed", "seconds", "images"})
+                       if isinstance(v, (int, float)) and not isinstance(v, bool)} - {"seed", "seconds", "images",
+                                                                                       "em_stages"})
         row: Dict[str, Any] = {"name": name, "module": first.get("module"), "em_stages": first.get("em_stages"),
                                "seeds": seeds, "metrics": {k: summarize(_vals(runs, k, seeds)) for k in keys}}
         curves = {k: [summarize([runs[s][k][t] for s in seeds if k in runs[s]])["mean"]
@@ -176,12 +211,12 @@ def describe_claim(c: Dict[str, Any]) -> str:
     n = d.get("n", 0)
     if n == 0:
         return "no seed with both values"
-    if c["kind"] == "below":
+    if c["kind"] in ("below", "above"):
         v = d["value"]
+        side = "threshold − value" if c["kind"] == "below" else "value − threshold"
         return (f"{c['metric']} = {_pm(v, 3)} over {n} seed(s); threshold {c['threshold']:g}, "
-                f"threshold − value 95 % CI {_ci(d)}")
-    what = "mIoU(T=1) − mIoU(own T)" if c["metric"] == "_swap_gain" else (
-        f"{c['metric']}: `{c['a']}` − `{c['b']}`" if c["higher"] else f"{c['metric']}: `{c['b']}` − `{c['a']}`")
+                f"{side} 95 % CI {_ci(d)}" + (f", margin {c['margin']:g}" if c["kind"] == "above" and c["margin"] else ""))
+    what = f"{c['metric']}: `{c['a']}` − `{c['b']}`" if c["higher"] else f"{c['metric']}: `{c['b']}` − `{c['a']}`"
     return f"{what} = {d['mean']:+.3g} over {n} seed(s), 95 % CI {_ci(d)}, margin {c['margin']:g}"
 
 
@@ -216,6 +251,13 @@ def markdown(agg: Dict[str, Any], command: str) -> str:
             lines.append(f"| `{e['name']}` | " + " | ".join(_pm(e["metrics"].get(f"miou_T{t}"), 1) for t in (1, 3, 5))
                          + " | " + " | ".join(_pm(e["metrics"].get(f"pooled_separation_T{t}"), 2) for t in (1, 3, 5))
                          + " |")
+        lines += ["", "Within each run (`derive`): mIoU(T=1) − mIoU(own T); pooled J out at own T − at T = 1; cue "
+                  "mass after iteration 1 − after iteration T; and the share of the module-input gradient "
+                  "that survives the EM cut (cut / exact).", "",
+                  "| entry | swap gain | iter J gain | iter cue loss | grad kept |", "|---|---:|---:|---:|---:|"]
+        for e in emas:
+            lines.append(f"| `{e['name']}` | " + " | ".join(_pm(e["metrics"].get(k), d) for k, d in (
+                ("swap_gain", 2), ("iter_sep_gain", 2), ("iter_cue_loss", 3), ("grad_kept", 2))) + " |")
     lines += ["", "## Claims", "", "Judged from the 95 % t-interval over seeds (see `segattn.analyze.report`).", ""]
     for key, title in EXPLANATIONS.items():
         cs = [c for c in agg["claims"] if c["explanation"] == key]
