@@ -260,3 +260,15 @@ def test_export_hub_from_checkpoint_then_predict_and_eval_take_the_folder(tmp_pa
     assert "overwrite" in capsys.readouterr().err
     assert main(["export", "--model", "fcn", "--format", "hub", "--out", str(tmp_path / "h2")]) == 2
     assert "--format hub converts a training checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mean, std, message", [
+    ([0.0, 0.0, 0.0], [1.0, 0.0, 1.0], "every std must be > 0"),
+    ([0.0, 0.0, 0.0], None, "give both mean and std"),
+    ([0.0, 0.0], [1.0, 1.0, 1.0], "equal length"),
+    ([0.0, float("nan"), 0.0], [1.0, 1.0, 1.0], "finite"),
+])
+def test_save_pretrained_refuses_a_meaningless_normalisation(model, tmp_path, mean, std, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        model.save_pretrained(tmp_path / "m", mean=mean, std=std)
+    assert not (tmp_path / "m").exists()

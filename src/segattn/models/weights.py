@@ -118,6 +118,19 @@ def _tuplify(value: Any) -> Any:
     return value
 
 
+def _check_normalisation(mean: Optional[List[float]], std: Optional[List[float]]) -> None:
+    """``ValueError`` unless mean/std are both given or both absent, equally long, finite, std > 0."""
+    if (mean is None) != (std is None):
+        raise ValueError(f"give both mean and std (0-255 pixel units) or neither, got mean={mean!r}, std={std!r}")
+    if mean is None:
+        return
+    values = [float(v) for v in list(mean) + list(std)]
+    if len(mean) != len(std) or not all(v == v and abs(v) != float("inf") for v in values):
+        raise ValueError(f"mean and std must be finite and of equal length, got mean={mean!r}, std={std!r}")
+    if min(float(v) for v in std) <= 0:
+        raise ValueError(f"every std must be > 0 (images are divided by it), got std={list(std)!r}")
+
+
 def hub_config(model: nn.Module, *, classes: Optional[List[str]] = None, palette: Optional[List[Any]] = None,
                mean: Optional[List[float]] = None, std: Optional[List[float]] = None,
                crop_size: Optional[List[int]] = None, eval: Optional[Dict[str, Any]] = None,
@@ -129,6 +142,7 @@ def hub_config(model: nn.Module, *, classes: Optional[List[str]] = None, palette
     if "name" not in mc or "num_classes" not in mc:
         raise RuntimeError("model has no config (build it with segattn.create_model to save it)")
     k = int(mc["num_classes"])
+    _check_normalisation(mean, std)
     classes = [str(c) for c in (classes or [str(i) for i in range(k)])]
     if len(classes) != k:
         raise ValueError(f"{len(classes)} class names given for a model with {k} classes")
