@@ -62,7 +62,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 IMAGENET_MEAN = [123.675, 116.28, 103.53]
 IMAGENET_STD = [58.395, 57.12, 57.375]
 
-#: mmseg dataset type -> (segattn dataset name, class names of the built-in list)
+#: mmseg dataset type -> segattn dataset name (the reader whose class list and palette a converted model takes)
 DATASETS = {
     "CityscapesDataset": "cityscapes",
     "ADE20KDataset": "ade20k",
@@ -618,7 +618,8 @@ def _read_config(config: Union[None, PathLike, Mapping[str, Any]], ckpt: MmsegCh
     return parse_config(ckpt.config_text, source=ckpt.config_source)
 
 
-def from_mmseg(checkpoint: PathLike, config: Union[None, PathLike, Mapping[str, Any]] = None) -> torch.nn.Module:
+def from_mmseg(checkpoint: PathLike, config: Union[None, PathLike, Mapping[str, Any]] = None, *,
+               fallback_config: Optional[Mapping[str, Any]] = None) -> torch.nn.Module:
     """The segattn model of an mmseg checkpoint, in eval mode.
 
     ``checkpoint`` is a local ``.pth`` written by mmseg (0.x or 1.x); ``config`` a flat (merged)
@@ -627,8 +628,12 @@ def from_mmseg(checkpoint: PathLike, config: Union[None, PathLike, Mapping[str, 
     holds what :func:`save_mmseg` writes: classes and palette (``meta["dataset_meta"]``, else the
     dataset's built-in list), normalisation, eval settings (whole / slide with crop and stride) and
     the source; ``model.mmseg_architecture`` the parsed :class:`MmsegArchitecture`.
+    ``fallback_config`` (a parsed config, e.g. the zoo manifest's copy) is used when neither ``config``
+    nor the checkpoint has one.
     """
     ckpt = read_mmseg_checkpoint(checkpoint)
+    if config is None and ckpt.config_text is None:
+        config = fallback_config
     cfg = _read_config(config, ckpt)
     arch = architecture_from_config(cfg, ckpt.dataset_meta)
     model = arch.build()
@@ -669,10 +674,9 @@ def _card(arch: MmsegArchitecture, dataset_meta: Mapping[str, Any], source: str)
 def save_mmseg(checkpoint: PathLike, out: PathLike, config: Union[None, PathLike, Mapping[str, Any]] = None, *,
                overwrite: bool = False, metrics: Optional[Mapping[str, float]] = None,
                source: Optional[str] = None, fallback_config: Optional[Mapping[str, Any]] = None) -> str:
-    """Convert ``checkpoint`` and write a segattn folder (``save_pretrained`` format) to ``out``.
+    """Convert ``checkpoint`` (read once) and write a segattn folder (``save_pretrained`` format) to ``out``.
 
-    ``fallback_config`` (a parsed config) is used when neither ``config`` nor the checkpoint has one
-    (the zoo manifest's copy of the entry's config). ``metrics`` (fractions) and ``source`` go to the
+    ``fallback_config``: see :func:`from_mmseg`. ``metrics`` (fractions) and ``source`` go to the
     model card. The output folder is checked before the conversion starts.
     """
     from segattn.io import check_writable_dir
@@ -682,9 +686,7 @@ def save_mmseg(checkpoint: PathLike, out: PathLike, config: Union[None, PathLike
         raise FileExistsError(f"{target} already exists and is not empty; pass --overwrite (overwrite=True) to replace "
                               "a segattn folder there")
     check_writable_dir(os.path.dirname(os.path.abspath(target)), "--out parent folder")
-    if config is None and fallback_config is not None and read_mmseg_checkpoint(checkpoint).config_text is None:
-        config = fallback_config
-    model = from_mmseg(checkpoint, config)
+    model = from_mmseg(checkpoint, config, fallback_config=fallback_config)
     card = dict(model.pretrained_config)
     if source:
         card["source"] = source
