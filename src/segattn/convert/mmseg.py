@@ -671,6 +671,19 @@ def _card(arch: MmsegArchitecture, dataset_meta: Mapping[str, Any], source: str)
             "crop_size": arch.crop_size, "dataset": arch.dataset, "source": f"mmsegmentation checkpoint {source}"}
 
 
+def check_out_folder(out: PathLike, overwrite: bool) -> None:
+    """Refuse ``out`` before any work: a non-empty folder without ``overwrite``, or an unwritable place."""
+    from segattn.io import check_writable_dir
+
+    target = os.fspath(out)
+    if os.path.exists(target) and not os.path.isdir(target):
+        raise FileExistsError(f"--out {target} is a file, expected a folder")
+    if os.path.isdir(target) and os.listdir(target) and not overwrite:
+        raise FileExistsError(f"{target} already exists and is not empty; pass --overwrite (overwrite=True) to replace "
+                              "a segattn folder there")
+    check_writable_dir(os.path.dirname(os.path.abspath(target)), "--out parent folder")
+
+
 def save_mmseg(checkpoint: PathLike, out: PathLike, config: Union[None, PathLike, Mapping[str, Any]] = None, *,
                overwrite: bool = False, metrics: Optional[Mapping[str, float]] = None,
                source: Optional[str] = None, fallback_config: Optional[Mapping[str, Any]] = None) -> str:
@@ -679,13 +692,7 @@ def save_mmseg(checkpoint: PathLike, out: PathLike, config: Union[None, PathLike
     ``fallback_config``: see :func:`from_mmseg`. ``metrics`` (fractions) and ``source`` go to the
     model card. The output folder is checked before the conversion starts.
     """
-    from segattn.io import check_writable_dir
-
-    target = os.fspath(out)
-    if os.path.exists(target) and os.listdir(target) and not overwrite:
-        raise FileExistsError(f"{target} already exists and is not empty; pass --overwrite (overwrite=True) to replace "
-                              "a segattn folder there")
-    check_writable_dir(os.path.dirname(os.path.abspath(target)), "--out parent folder")
+    check_out_folder(out, overwrite)
     model = from_mmseg(checkpoint, config, fallback_config=fallback_config)
     card = dict(model.pretrained_config)
     if source:

@@ -99,11 +99,9 @@ def download(entry: ZooEntry, directory: Union[None, str, os.PathLike] = None, q
 def convert_entry(entry: ZooEntry, out: Union[str, os.PathLike], *, overwrite: bool = False,
                   directory: Union[None, str, os.PathLike] = None, quiet: bool = False) -> str:
     """Download (if needed) and convert ``entry`` to a segattn folder whose card carries its published mIoU."""
-    from segattn.convert.mmseg import save_mmseg
+    from segattn.convert.mmseg import check_out_folder, save_mmseg
 
-    target = os.fspath(out)
-    if os.path.exists(target) and os.listdir(target) and not overwrite:  # before a long download
-        raise FileExistsError(f"{target} already exists and is not empty; pass --overwrite to replace it")
+    check_out_folder(out, overwrite)  # before a long download
     path = download(entry, directory, quiet=quiet)
     metrics = {"mIoU": entry.miou / 100} if entry.miou is not None else {}
     if entry.miou_ms_flip is not None:
