@@ -446,8 +446,9 @@ def em_curves(model: nn.Module, batches: Batches, synthetic: bool = False, max_t
                     vals["em_entropy"][t].append(M.entropy_ratio(z[i], dim=-1))
                     vals["em_bases_cosine"][t].append(M.mean_pairwise_cosine(mu[i]))
                     if cues is not None and (lab[i] > 0).any():
-                        rows = z[i][lab[i] > 0] @ zbar[i].transpose(0, 1)
-                        vals["em_cue_mass"][t].append(float((rows @ cues[i]).mean()))
+                        # shape pixels' attention on the cue, Z_fg (Zbar^T cue): no (N_fg, N) map
+                        mass = z[i][lab[i] > 0] @ (zbar[i].transpose(0, 1) @ cues[i].to(zbar.dtype))
+                        vals["em_cue_mass"][t].append(float(mass.mean()))
     out: Dict[str, Any] = {k: [_nanmean(v) for v in per_t] for k, per_t in vals.items() if any(per_t)}
     out["em_buffer_cosine"] = M.mean_pairwise_cosine(mapper.bases)
     out["em_feature_norm"] = _nanmean(norms)
