@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from segattn.analyze import measure
+from segattn.analyze import metrics as M
 from segattn.lowrank.mappers import em_step
 
 
@@ -123,3 +124,43 @@ def test_report_derives_within_run_differences_and_judges_them():
     assert claims["5i.ema-T3"] == "holds" and claims["5m.ema-T3"] == "holds"
     assert claims["5s.ema-T3"] == "does not hold"  # T = 1 is 1 point worse on every seed
     assert claims["5g.ema-T3"] == "holds"  # 0.25 of the gradient kept against 0.5 at T = 1
+
+
+def test_pyramid_pooling_parts_are_its_pooled_bins():
+    """PPM read as map / reverse-map: bases = the pooled bin vectors, reconstruction = the mean over
+    bins of U_b P_b X, checked against the modules' pooling/upsampling matrices (another path)."""
+    from segattn import create_module
+    from segattn.modules.pooling import pooling_matrices
+
+    torch.manual_seed(0)
+    ppm = create_module("ppm", 8, bins=(1, 2, 3)).eval()
+    x = torch.randn(1, 8, 7, 9)
+    feats, bases, rec = measure.lowrank_parts(ppm, x)
+    assert bases.shape == (8, 1 + 4 + 9) and feats.shape == rec.shape == (8, 63)
+    xt = x[0].reshape(8, -1).double().T  # (N, C)
+    ref = sum(u @ (p @ xt) for p, u in (pooling_matrices(7, 9, b, True) for b in (1, 2, 3))) / 3
+    assert torch.allclose(rec.double(), ref.T, atol=1e-5)
+    assert torch.allclose(bases[:, 0].double(), xt.mean(0), atol=1e-6)  # bin 1 = the global mean
+    # a spatially constant input: every base is the same vector, rebuilt exactly
+    const = torch.randn(1, 8, 1, 1).expand(1, 8, 6, 6).contiguous()
+    feats, bases, rec = measure.lowrank_parts(ppm, const)
+    assert M.mean_pairwise_cosine(bases) == pytest.approx(1.0, abs=1e-6)
+    assert M.reconstruction_error(feats, rec) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_apcnet_parts_use_its_pooled_cells_and_affinities():
+    """APCNet: bases = the pooled cells of X at every scale, reconstruction = the mean over scales of
+    alpha_s (pooling matrix X), rebuilt here from the module's returned affinities."""
+    from segattn import create_module
+    from segattn.modules.pooling import pooling_matrices
+
+    torch.manual_seed(0)
+    apc = create_module("apcnet", 8, pool_scales=(1, 2)).eval()
+    x = torch.randn(1, 8, 6, 7)
+    feats, bases, rec = measure.lowrank_parts(apc, x)
+    assert bases.shape == (8, 5) and rec.shape == (8, 42)
+    with torch.no_grad():
+        _, factors = apc(x, return_attention=True)
+    xt = x[0].reshape(8, -1).double().T
+    ref = sum(factors[f"affinity_{s}"][0].double() @ (pooling_matrices(6, 7, s, True)[0] @ xt) for s in (1, 2)) / 2
+    assert torch.allclose(rec.double(), ref.T, atol=1e-5)

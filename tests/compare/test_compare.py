@@ -149,7 +149,7 @@ def test_shipped_plans_validate(name):
 
 
 def test_shipped_plan_names():
-    assert {"survey-table", "reasoning-ablation", "pairwise-functions", "all-modules"} <= set(list_plans())
+    assert {"survey-table", "reasoning-ablation", "pairwise-functions", "all-modules", "successors", "bases"} <= set(list_plans())
 
 
 @pytest.mark.parametrize("mutate, match", [

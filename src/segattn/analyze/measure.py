@@ -217,11 +217,47 @@ def attention_rows(module: nn.Module, x: Tensor) -> Optional[Tensor]:
     return None
 
 
+def pyramid_parts(module: nn.Module, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """PSPNet's pyramid pooling read as a crude map / reverse-map (survey, and spec 1.2), one image:
+    F = the module input X (C, N); bases = the adaptive-average-pooled bin vectors of X at every bin
+    b (C, K = sum b^2); reconstruction = (1 / |bins|) sum_b U_b P_b X, the bilinear upsampling of each
+    level averaged over levels, so each pixel is a convex combination of the bases, as in A2 / EMA.
+    The branch convs act on the pooled vectors after this and are not part of the bases."""
+    from segattn.modules.pooling import pyramid_pool
+
+    bins, size = module.bins, x.shape[-2:]  # type: ignore[attr-defined]
+    ups = [F.interpolate(F.adaptive_avg_pool2d(x, b), size, mode="bilinear",
+                         align_corners=module.align_corners) for b in bins]  # type: ignore[attr-defined]
+    rec = torch.stack(ups).mean(0)[0]
+    return x[0].reshape(x.shape[1], -1).float(), pyramid_pool(x, bins)[0].float(), rec.reshape(x.shape[1], -1).float()
+
+
+def apcnet_parts(module: nn.Module, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """APCNet read the same way as :func:`pyramid_parts`, one image: F = the module input X (C, N);
+    bases = the adaptive-average-pooled cells of X at every scale s (C, K = sum s^2); reconstruction
+    = (1 / |scales|) sum_s P_s(X) alpha_s^T with alpha_s (N, s^2) the module's own sigmoid affinity
+    (its reverse map, not normalised). Each ACM's conv on the pooled cells is not part of the bases."""
+    from segattn.modules.pooling import pyramid_pool
+
+    scales = module.pool_scales  # type: ignore[attr-defined]
+    factors = run_with_attention(module, x)
+    rec = torch.stack([F.adaptive_avg_pool2d(x, s)[0].flatten(1).float() @ factors[f"affinity_{s}"][0].float().T
+                       for s in scales]).mean(0)
+    return x[0].reshape(x.shape[1], -1).float(), pyramid_pool(x, scales)[0].float(), rec
+
+
 def lowrank_parts(module: nn.Module, x: Tensor) -> Optional[Tuple[Tensor, Tensor, Tensor]]:
     """(features F (C', N), bases (C', K), reconstruction (C', N)) of a low-rank block on one image:
     F is what the block aggregates (its ``value``, else its input), the bases its ``nodes``, the
-    reconstruction ``nodes @ reverse^T``. None for modules without a ``LowRankBlock``."""
+    reconstruction ``nodes @ reverse^T``. PPM and APCNet (several pooled grids): :func:`pyramid_parts`,
+    :func:`apcnet_parts`. None for modules without a ``LowRankBlock``."""
     from segattn.lowrank import LowRankBlock
+    from segattn.modules.apcnet import APCNet
+    from segattn.modules.pooling import PyramidPooling
+
+    if isinstance(module, (PyramidPooling, APCNet)):
+        with torch.no_grad():
+            return (pyramid_parts if isinstance(module, PyramidPooling) else apcnet_parts)(module, x)
     block = next((m for m in module.modules() if isinstance(m, LowRankBlock)), None)
     if block is None:
         return None
@@ -306,7 +342,7 @@ def measure_features(model: nn.Module, batches: Batches, ignore_index: int, synt
     modules, ``erank_rec`` of the reconstruction ``nodes @ reverse^T`` (:func:`metrics.effective_rank`);
     ``nsr_gain`` of the module for white Gaussian noise of std 0.1 x the input's RMS added to its
     input (:func:`metrics.noise_to_signal_gain`); ``bases_cosine``, ``bases_recon_error`` (low-rank
-    modules); ``tv_all`` / ``tv_diff_class`` (mean TV distance between the attention rows of two
+    modules, and the pooled grids of PPM and APCNet: :func:`pyramid_parts`, :func:`apcnet_parts`); ``tv_all`` / ``tv_diff_class`` (mean TV distance between the attention rows of two
     query pixels, all pairs / pairs of different labels, up to 256 queries per image) and, on the
     synthetic set, ``cue_mass`` (mean over shape-pixel queries of the attention weight on the cue,
     each cell weighted by the fraction of it the cue covers) and ``cue_area`` (that fraction's mean:
