@@ -32,3 +32,19 @@ def naive_bilinear(img: torch.Tensor, y: float, x: float) -> torch.Tensor:
             if 0 <= yy < h and 0 <= xx < w:
                 val = val + wy * wx * img[:, yy, xx]
     return val
+
+
+def live_maps_before(module: nn.Module, submodule: nn.Module, x: torch.Tensor) -> float:
+    """Tensor bytes allocated in an eval forward of ``module(x)`` and still live when ``submodule`` is
+    called, in units of ``x`` (``PeakLiveRecorder.current`` at its forward pre-hook): what a
+    step holds beside that layer's own workspace, which the peak-RSS benchmarks add on top."""
+    from segattn.bench.tensors import PeakLiveRecorder
+
+    seen = []
+    with torch.no_grad(), PeakLiveRecorder() as rec:
+        handle = submodule.register_forward_pre_hook(lambda mod, args: seen.append(rec.current))
+        try:
+            module.eval()(x)
+        finally:
+            handle.remove()
+    return seen[0] / (x.numel() * x.element_size())

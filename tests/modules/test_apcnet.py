@@ -71,3 +71,13 @@ def test_bad_scales():
         segattn.create_module("apcnet", 16, pool_scales=(0, 2))
     with pytest.raises(ValueError, match="pool_scales"):
         segattn.create_module("apcnet", 16, pool_scales=())
+
+
+def test_only_the_concatenation_is_live_at_the_bottleneck():
+    """Memory: at the 3x3 bottleneck only the concatenation (C + 4c = 5 maps at reduction 1) and the
+    small affinities are live, not the last ACM's output map too."""
+    from tests.helpers import live_maps_before
+
+    module = segattn.create_module("apcnet", 32, reduction=1)
+    affinities = (1 + 4 + 9 + 36) / 32  # N x sum s^2 against N x C
+    assert live_maps_before(module, module.bottleneck, torch.randn(1, 32, 24, 24)) <= 5.1 + affinities

@@ -134,7 +134,7 @@ class APCNet(ContextModule):
             outs.append(y)
             factors[f"affinity_{acm.scale}"] = alpha
         cat = torch.cat(outs, dim=1)
-        del outs  # the branch outputs are freed before the bottleneck conv (inference peak memory)
+        del outs, y  # the branch outputs (the loop's last one too) are freed before the bottleneck conv
         out = self.bottleneck(cat)
         return (out, factors) if return_attention else out
 

@@ -21,8 +21,11 @@ def dynamic_depthwise_conv(x: Tensor, kernels: Tensor) -> Tensor:
     s = kernels.shape[-1]
     pad = (s - 1) // 2
     extra = (s - 1) % 2
+    weight = kernels.reshape(b * c, 1, s, s)
+    if not extra:  # symmetric: the convolution pads (no padded copy of x, as big as x)
+        return F.conv2d(x.reshape(1, b * c, h, w), weight, padding=pad, groups=b * c).reshape(b, c, h, w)
     padded = F.pad(x, (pad + extra, pad, pad + extra, pad))
-    out = F.conv2d(padded.reshape(1, b * c, h + s - 1, w + s - 1), kernels.reshape(b * c, 1, s, s), groups=b * c)
+    out = F.conv2d(padded.reshape(1, b * c, h + s - 1, w + s - 1), weight, groups=b * c)
     return out.reshape(b, c, h, w)
 
 
@@ -104,7 +107,7 @@ class DMNet(ContextModule):
             if return_attention:
                 factors[f"filter_{dcm.filter_size}"] = kernels.float() if kernels.dtype != torch.float64 else kernels
         cat = torch.cat(outs, dim=1)
-        del outs
+        del outs, y  # the branch maps (the loop's last one too) are freed before the bottleneck conv
         out = self.bottleneck(cat)
         return (out, factors) if return_attention else out
 
