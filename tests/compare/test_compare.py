@@ -126,6 +126,34 @@ def test_tiny_plan_interrupt_resume_and_report(tmp_path):
     assert (out / "headline.md").read_text() == headline(agg) + "\n"  # the README snippet, written with the report
 
 
+@pytest.mark.slow
+def test_runs_held_by_another_process_are_left_to_it(tmp_path):
+    """Several `segattn compare` processes on one --out share the runs: a run whose folder lock is
+    held by a live process is skipped (not trained twice, its files untouched); a dead owner's lock
+    is taken over."""
+    import os
+    import subprocess
+    import sys
+
+    plan = plan_from_dict(json.loads(json.dumps(TINY)), "tiny")
+    out = tmp_path / "cmp"
+    held = run_dir(out, "fcn", 0)
+    held.mkdir(parents=True)
+    lock = held / ".segattn.lock"
+    lock.write_text(json.dumps({"pid": os.getpid(), "host": __import__("socket").gethostname(), "started": "now"}))
+    logs = []
+    first = run_plan(plan, "synthetic", out=out, seeds=1, threads=1, log=logs.append)
+    assert first["busy"] == 1 and first["trained"] == 1 and first["done"] == 1
+    assert any("fcn seed 0: being trained by another process" in line for line in logs)
+    assert lock.is_file() and sorted(p.name for p in held.iterdir()) == [".segattn.lock"]
+    assert (run_dir(out, "nl", 0) / RESULT).is_file() and not (run_dir(out, "nl", 0) / ".segattn.lock").exists()
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock.write_text(json.dumps({"pid": int(dead.stdout), "host": __import__("socket").gethostname(), "started": "x"}))
+    second = run_plan(plan, "synthetic", out=out, seeds=1, threads=1, log=logs.append, report=False)
+    assert second["busy"] == 0 and second["trained"] == 1 and (held / RESULT).is_file() and not lock.exists()
+
+
 def test_resume_refuses_a_changed_config(tmp_path):
     plan = plan_from_dict(json.loads(json.dumps(TINY)), "tiny")
     out = tmp_path / "cmp"

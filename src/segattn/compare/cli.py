@@ -18,7 +18,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int, default=None, help="seeds per entry (default: the plan's)")
     p.add_argument("--out", type=Path, default=None,
                    help="folder of the runs and the report (default outputs/compare/<plan>-<dataset>); "
-                        "finished runs in it are skipped, interrupted ones resumed")
+                        "finished runs in it are skipped, interrupted ones resumed; several processes on one --out "
+                        "share the runs (each leaves the runs another is training to it)")
     p.add_argument("--report-dir", type=Path, default=None,
                    help="write the report (and copies of the runs' result.json) here instead of --out")
     p.add_argument("--report-only", action="store_true", help="only aggregate the runs already finished")

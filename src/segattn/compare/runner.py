@@ -42,6 +42,7 @@ from torch import nn
 from segattn.compare.plan import Entry, Plan, PlanError, entry_config_dict, load_plan, validate_plan
 from segattn.engine import build
 from segattn.engine.config import config_from_dict
+from segattn.engine.workdir import WorkDirError, WorkDirLock
 from segattn.io import atomic_write_json
 
 RESULT = "result.json"
@@ -328,6 +329,20 @@ def save_final_weights(rdir: Path, model: nn.Module, cfg_data: Dict[str, Any], m
     return path
 
 
+def claim_run(rdir: Path) -> Optional[WorkDirLock]:
+    """Take the run folder's lock (``<rdir>/.segattn.lock``, :class:`WorkDirLock`), or None when a live
+    process holds it: several ``segattn compare`` processes on one ``--out`` share the runs (each
+    trains the ones no other is training), and none of them touches a run another is writing. A lock
+    left by a dead process is taken over."""
+    rdir.mkdir(parents=True, exist_ok=True)
+    claim = WorkDirLock(str(rdir))
+    try:
+        claim.acquire()
+    except WorkDirError:
+        return None
+    return claim
+
+
 def train_run(rdir: Path, data: Dict[str, Any], entry: Entry, seed: int, dataset: str, plan: Plan,
               callbacks: Sequence[Any] = (), log: Log = _print, keep_checkpoints: bool = False) -> Optional[Dict[str, Any]]:
     """Train (or resume) one run and measure it; returns the result, or None when interrupted.
@@ -434,17 +449,28 @@ def run_plan(plan: Union[str, Plan], dataset: str = "synthetic", seeds: Optional
                 stored_walls.append(float(json.loads((rdir / RESULT).read_text())["train"]["wall_s"]))
             except (ValueError, KeyError, TypeError):
                 pass
-    trained = skipped = 0
+    trained = skipped = busy = 0
     interrupted = False
     for i, (seed, entry, rdir, data) in enumerate(prepared, 1):
         tag = f"[{i}/{total}] {entry.name} seed {seed}"
         if (rdir / RESULT).is_file():
             skipped += 1
             continue
-        state = "resuming" if (rdir / "train" / "last.pt").is_file() else "starting"
-        log(f"{tag}: {state}")
-        t0 = time.time()
-        result = train_run(rdir, data, entry, seed, dataset, plan, callbacks, log, keep_checkpoints)
+        claim = claim_run(rdir)
+        if claim is None:
+            busy += 1
+            log(f"{tag}: being trained by another process; left to it")
+            continue
+        try:
+            if (rdir / RESULT).is_file():  # finished by another process since the check above
+                skipped += 1
+                continue
+            state = "resuming" if (rdir / "train" / "last.pt").is_file() else "starting"
+            log(f"{tag}: {state}")
+            t0 = time.time()
+            result = train_run(rdir, data, entry, seed, dataset, plan, callbacks, log, keep_checkpoints)
+        finally:
+            claim.release()
         if result is None:
             interrupted = True
             log(f"{tag}: interrupted; checkpoint kept in {rdir / 'train'}; run the same command again to resume")
@@ -457,11 +483,14 @@ def run_plan(plan: Union[str, Plan], dataset: str = "synthetic", seeds: Optional
         left = (total - done) * per_run
         log(f"{tag}: mIoU {100 * result['metrics']['mIoU']:.2f} in {_fmt_time(walls[-1])}; "
             f"{done}/{total} done, about {_fmt_time(left)} left")
+    if busy:
+        log(f"{busy} run(s) were being trained by other processes; the report below covers the finished ones "
+            "(run the command again, or with --report-only, once they are done)")
     rep = None
     if report:
         from segattn.compare.report import write_report
 
         rep = write_report(plan, out, dataset, report_dir=report_dir, seeds=n_seeds)
         log(f"report: {rep['paths']['markdown']}")
-    return {"out": str(out), "done": done, "trained": trained, "skipped": skipped, "interrupted": interrupted,
-            "total": total, "report": rep}
+    return {"out": str(out), "done": done, "trained": trained, "skipped": skipped, "busy": busy,
+            "interrupted": interrupted, "total": total, "report": rep}
