@@ -164,3 +164,21 @@ def test_apcnet_parts_use_its_pooled_cells_and_affinities():
     xt = x[0].reshape(8, -1).double().T
     ref = sum(factors[f"affinity_{s}"][0].double() @ (pooling_matrices(6, 7, s, True)[0] @ xt) for s in (1, 2)) / 2
     assert torch.allclose(rec.double(), ref.T, atol=1e-5)
+
+
+def test_attention_rows_only_for_weight_distributions():
+    """TV distances and cue mass need rows that are weight distributions: Non-local's softmax and the
+    convex M_rev M_map of EMA, A2 and Beyond Grids give rows summing to 1; GloRe's and SGR's learned
+    linear projections do not, and give none (they once reported TV distances of 478 and 8.6)."""
+    from segattn import create_module
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 16, 8, 10)
+    for name in ("nonlocal", "ema", "a2", "graphrep"):
+        rows = measure.attention_rows(create_module(name, 16).eval(), x)
+        assert rows.shape == (80, 80) and rows.min() >= 0
+        torch.testing.assert_close(rows.sum(1), torch.ones(80), atol=1e-5, rtol=0)
+    with pytest.warns(UserWarning, match="knowledge graph"):
+        sgr = create_module("sgr", 16)
+    for module in (create_module("glore", 16), sgr):
+        assert measure.attention_rows(module.eval(), x) is None

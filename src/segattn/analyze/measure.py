@@ -207,14 +207,19 @@ def _cue_cells(images: Tensor, size: Tuple[int, int]) -> Tensor:
 
 def attention_rows(module: nn.Module, x: Tensor) -> Optional[Tensor]:
     """(N, M) pixel-weight rows of a one-image input (1, C, h, w): Non-local's attention, a low-rank
-    module's ``M_rev M_map``; None for modules without such rows."""
+    module's ``M_rev M_map``; None for modules without such rows, and None when the rows are not
+    weight distributions (a negative weight or a row sum off 1 by more than 1e-3: GloRe's and SGR's
+    learned linear projections), for which TV distances and cue mass mean nothing."""
     name = module_name(module)
     if name.startswith("nonlocal"):
-        return run_with_attention(module, x)["attention"][0].float()
-    if name in ("ema", "a2", "glore", "graphrep", "sgr"):
+        rows = run_with_attention(module, x)["attention"][0].float()
+    elif name in ("ema", "a2", "glore", "graphrep", "sgr"):
         f = run_with_attention(module, x)
-        return (f["reverse"][0] @ f["map"][0]).float()
-    return None
+        rows = (f["reverse"][0] @ f["map"][0]).float()
+    else:
+        return None
+    convex = bool(rows.min() >= -1e-6) and bool(torch.allclose(rows.sum(1), torch.ones(()), atol=1e-3))
+    return rows if convex else None
 
 
 def pyramid_parts(module: nn.Module, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:

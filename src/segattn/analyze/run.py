@@ -22,7 +22,8 @@ from segattn.errors import SegattnError
 from segattn.io import atomic_write_json
 
 ANALYSIS = "analysis.json"
-VERSION = 2  # bump when a measurement changes: stored analyses of another version are redone
+VERSION = 3  # bump when a measurement changes: stored analyses of another version are redone
+# 3: TV distances and cue mass only for rows that are weight distributions (not GloRe / SGR)
 Log = Callable[[str], None]
 PathLike = Union[str, Path]
 
