@@ -97,13 +97,13 @@ class Hamburger(ContextModule):
     def forward(self, x: Tensor, return_attention: bool = False) -> ModuleOutput:
         self.check_input(x)
         z = self.ham_in(x)
-        if self.in_act:
-            z = F.relu(z)
+        if self.in_act:  # in place, as mmseg: the conv output is not needed by its backward
+            z = F.relu_(z)
         if return_attention:
             rec, factors = self.block(z, return_factors=True)
         else:
             rec, factors = self.block(z), {}
-        y = F.relu(x + self.ham_out(rec))
+        y = F.relu_(x + self.ham_out(rec))  # in place on the fresh sum
         return (y, factors) if return_attention else y
 
     def flops(self, height: int, width: int) -> int:
