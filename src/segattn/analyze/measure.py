@@ -347,7 +347,8 @@ def measure_features(model: nn.Module, batches: Batches, ignore_index: int, synt
     modules, ``erank_rec`` of the reconstruction ``nodes @ reverse^T`` (:func:`metrics.effective_rank`);
     ``nsr_gain`` of the module for white Gaussian noise of std 0.1 x the input's RMS added to its
     input (:func:`metrics.noise_to_signal_gain`); ``bases_cosine``, ``bases_recon_error`` (low-rank
-    modules, and the pooled grids of PPM and APCNet: :func:`pyramid_parts`, :func:`apcnet_parts`); ``tv_all`` / ``tv_diff_class`` (mean TV distance between the attention rows of two
+    modules, and the pooled grids of PPM and APCNet: :func:`pyramid_parts`, :func:`apcnet_parts`);
+    ``tv_all`` / ``tv_diff_class`` (mean TV distance between the attention rows of two
     query pixels, all pairs / pairs of different labels, up to 256 queries per image) and, on the
     synthetic set, ``cue_mass`` (mean over shape-pixel queries of the attention weight on the cue,
     each cell weighted by the fraction of it the cue covers) and ``cue_area`` (that fraction's mean:
