@@ -114,3 +114,50 @@ def test_effective_rank_by_hand():
     x = torch.tensor([[3.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
     assert M.effective_rank(x) == pytest.approx(math.exp(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25))), rel=1e-9)
     assert math.isnan(M.effective_rank(torch.zeros(3, 4)))
+
+
+def _flood_fill_components(mask):
+    """Reference: breadth-first flood fill in plain Python, components numbered in raster order."""
+    h, w = len(mask), len(mask[0])
+    out = [[0] * w for _ in range(h)]
+    n = 0
+    for i in range(h):
+        for j in range(w):
+            if mask[i][j] and not out[i][j]:
+                n += 1
+                out[i][j] = n
+                queue = [(i, j)]
+                while queue:
+                    y, x = queue.pop()
+                    for yy, xx in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
+                        if 0 <= yy < h and 0 <= xx < w and mask[yy][xx] and not out[yy][xx]:
+                            out[yy][xx] = n
+                            queue.append((yy, xx))
+    return out
+
+
+def _serpentine(n):
+    """A one-pixel-wide winding corridor: one component whose longest path is about n * n / 2 pixels."""
+    m = torch.zeros(n, n, dtype=torch.bool)
+    m[::2] = True
+    for row in range(1, n, 2):
+        m[row, n - 1 if row % 4 == 1 else 0] = True
+    return m
+
+
+@pytest.mark.parametrize("case", ["random-0.4", "random-0.6", "serpentine", "empty", "full", "single"])
+def test_connected_components_match_flood_fill(case):
+    g = torch.Generator().manual_seed(0)
+    if case.startswith("random"):
+        mask = torch.rand(23, 31, generator=g) < float(case.split("-")[1])
+    elif case == "serpentine":
+        mask = _serpentine(41)
+    else:
+        mask = torch.zeros(7, 9, dtype=torch.bool)
+        if case == "full":
+            mask[:] = True
+        elif case == "single":
+            mask[3, 4] = True
+    got = M.connected_components(mask)
+    assert got.dtype == torch.int64 and got.shape == mask.shape
+    assert got.tolist() == _flood_fill_components(mask.tolist())

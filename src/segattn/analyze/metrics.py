@@ -177,25 +177,39 @@ def entropy_ratio(z: Tensor, dim: int = -1) -> float:
 def connected_components(mask: Tensor) -> Tensor:
     """4-connected components of a boolean (H, W) mask: int64 labels, 0 outside, 1.. inside.
 
-    Min-label propagation to a fixed point (each pixel takes the smallest index among itself and its
-    4 neighbours inside the mask), then renumbered 1..n in order of first appearance.
+    Union-find on the flat pixel indices, vectorised: each round hooks the root of the larger index of
+    every mask edge whose ends have different roots onto the smaller root, then pointer jumping makes
+    every pixel point at its root. A component's root is its smallest flat index (pointers only go
+    down), so numbering the roots in increasing order numbers the components 1..n in raster order of
+    their first pixel. Rounds grow like log(n) where propagating labels to a fixed point needs as many
+    rounds as the longest path in a component (thousands for a winding road of a 360x480 image).
     """
     m = mask.bool()
     h, w = m.shape
-    big = h * w + 1
-    lab = torch.where(m, torch.arange(1, h * w + 1, dtype=torch.int64).reshape(h, w), torch.full((h, w), big))
+    flat = m.reshape(-1)
+    idx = torch.arange(h * w, dtype=torch.int64)
+    grid = idx.reshape(h, w)
+    right = m[:, :-1] & m[:, 1:]
+    down = m[:-1, :] & m[1:, :]
+    a = torch.cat([grid[:, :-1][right], grid[:-1, :][down]])
+    b = torch.cat([grid[:, 1:][right], grid[1:, :][down]])
+    parent = idx.clone()
     while True:
-        pad = torch.nn.functional.pad(lab[None, None].double(), (1, 1, 1, 1), value=float(big))[0, 0].long()
-        nb = torch.stack([pad[1:-1, 1:-1], pad[:-2, 1:-1], pad[2:, 1:-1], pad[1:-1, :-2], pad[1:-1, 2:]]).min(0).values
-        new = torch.where(m, nb, lab)
-        if torch.equal(new, lab):
+        ra, rb = parent[a], parent[b]
+        differ = ra != rb
+        if not bool(differ.any()):
             break
-        lab = new
-    out = torch.zeros((h, w), dtype=torch.int64)
-    ids = torch.unique(lab[m])
-    for i, v in enumerate(ids.tolist(), 1):
-        out[lab == v] = i
-    return out
+        lo, hi = torch.minimum(ra, rb)[differ], torch.maximum(ra, rb)[differ]
+        parent.scatter_reduce_(0, hi, lo, reduce="amin")
+        while True:
+            jumped = parent[parent]
+            if torch.equal(jumped, parent):
+                break
+            parent = jumped
+    out = torch.zeros(h * w, dtype=torch.int64)
+    if bool(flat.any()):
+        out[flat] = torch.unique(parent[flat], return_inverse=True)[1] + 1
+    return out.reshape(h, w)
 
 
 def segment_records(pred: Tensor, target: Tensor, ignore_index: int = 255,
