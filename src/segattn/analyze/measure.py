@@ -100,13 +100,11 @@ def em_gradient_cut(model: nn.Module) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def capture(module: nn.Module, keep_grad: bool = False) -> Iterator[Dict[str, Tensor]]:
+def capture(module: nn.Module) -> Iterator[Dict[str, Tensor]]:
     """Record ``module``'s first input (``"in"``) and output (``"out"``) of the forwards inside the block."""
     store: Dict[str, Tensor] = {}
 
     def pre(mod: nn.Module, args: Tuple[Any, ...]) -> None:
-        if keep_grad and args[0].requires_grad:
-            args[0].retain_grad()
         store["in"] = args[0]
 
     def post(mod: nn.Module, args: Tuple[Any, ...], out: Any) -> None:
@@ -521,6 +519,17 @@ def measure_stage_swap(model: nn.Module, batches: Batches, num_classes: int, ign
     return out
 
 
+def _grads(loss: Tensor, *wrt: Tensor) -> List[float]:
+    """``||d loss / d t||_F`` for each tensor t (0 where t does not reach the loss)."""
+    live = [t for t in wrt if t.requires_grad]
+    grads = iter(torch.autograd.grad(loss, live, allow_unused=True)) if live else iter(())
+    norms = []
+    for t in wrt:
+        g = next(grads) if t.requires_grad else None
+        norms.append(float(g.norm()) if g is not None else 0.0)
+    return norms
+
+
 def measure_gradients(model: nn.Module, batches: Batches, ignore_index: int) -> Dict[str, float]:
     """Gradient that reaches the backbone and the module's input, per image (eval-mode BatchNorm).
 
@@ -536,28 +545,30 @@ def measure_gradients(model: nn.Module, batches: Batches, ignore_index: int) -> 
     feats: Dict[str, Tensor] = {}
 
     def grab(mod: nn.Module, args: Tuple[Any, ...], out: Any) -> None:
-        last = out[-1] if isinstance(out, (list, tuple)) else out
-        last.retain_grad()
-        feats["f"] = last
+        feats["f"] = out[-1] if isinstance(out, (list, tuple)) else out
 
     out: Dict[str, List[float]] = {}
+    # without EM iterations cut from autograd the two modes are the same computation: run it once
+    modes = ("cut", "exact") if any(not m.backprop for m in em_mappers(model)) else ("cut",)
     hook = model.backbone.register_forward_hook(grab)
     try:
-        for mode in ("cut", "exact"):
+        for mode in modes:
             ctx = em_gradient_cut(model) if mode == "cut" else contextlib.nullcontext()
             with ctx:
                 for images, masks in batches:
                     for i in range(images.shape[0]):
-                        with capture(module, keep_grad=True) as st:
+                        with capture(module) as st:
                             loss = F.cross_entropy(logits_of(model, images[i:i + 1]).float(), masks[i:i + 1],
                                                    ignore_index=ignore_index)
-                            loss.backward()
-                        gf, gr = feats["f"].grad, st["in"].grad
-                        out.setdefault(f"grad_backbone_{mode}", []).append(float(gf.norm()) if gf is not None else 0.0)
-                        out.setdefault(f"grad_module_in_{mode}", []).append(float(gr.norm()) if gr is not None else 0.0)
+                        # gradients at f and r only: nothing is back-propagated into the backbone
+                        gf, gr = _grads(loss, feats["f"], st["in"])
+                        out.setdefault(f"grad_backbone_{mode}", []).append(gf)
+                        out.setdefault(f"grad_module_in_{mode}", []).append(gr)
     finally:
         hook.remove()
-        model.zero_grad(set_to_none=True)
+    if modes == ("cut",):
+        out["grad_backbone_exact"] = out.get("grad_backbone_cut", [])
+        out["grad_module_in_exact"] = out.get("grad_module_in_cut", [])
     return {k: _nanmean(v) for k, v in out.items()}
 
 
