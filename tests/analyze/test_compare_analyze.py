@@ -71,3 +71,49 @@ def test_analyze_refuses_bad_input_in_one_line(tmp_path, capsys):
     assert "final.pt" in capsys.readouterr().err
     assert main(["analyze", str(tmp_path), "--max-images", "0"]) != 0
     assert "--max-images" in capsys.readouterr().err
+
+
+def test_processes_share_the_analysis_of_one_compare_folder(tmp_path, monkeypatch):
+    """A run whose folder lock a live process holds is left to it: this process measures the others,
+    waits, then reads the stored analysis instead of measuring the run again; a dead owner's lock is
+    taken over."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from segattn.analyze import run as R
+
+    for entry in ("a", "b", "c"):
+        (tmp_path / "runs" / entry / "seed0").mkdir(parents=True)
+        (tmp_path / "runs" / entry / "seed0" / "final.pt").write_bytes(b"")
+    held, orphan = tmp_path / "runs" / "b" / "seed0", tmp_path / "runs" / "c" / "seed0"
+    host = socket.gethostname()
+    (held / ".segattn.lock").write_text(json.dumps({"pid": os.getpid(), "host": host, "started": "now"}))
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+    (orphan / ".segattn.lock").write_text(json.dumps({"pid": dead, "host": host, "started": "then"}))
+    measured, logs, reported = [], [], []
+
+    def fake_analyze_run(p, max_images, threads, log, force, tag):
+        stored = p / R.ANALYSIS
+        if stored.is_file():
+            return json.loads(stored.read_text())
+        assert (p / ".segattn.lock").is_file()  # measured under the lock
+        measured.append(p.parent.name)
+        stored.write_text(json.dumps({"entry": p.parent.name}))
+        return {"entry": p.parent.name}
+
+    def other_process_finishes(seconds):  # the owner of b stores its analysis and lets go
+        (held / R.ANALYSIS).write_text(json.dumps({"entry": "b", "by": "other"}))
+        (held / ".segattn.lock").unlink()
+
+    monkeypatch.setattr(R, "analyze_run", fake_analyze_run)
+    monkeypatch.setattr(R.time, "sleep", other_process_finishes)
+    monkeypatch.setattr("segattn.analyze.report.write_report",
+                        lambda results, out, command: reported.append(results) or {"paths": {"markdown": "x"}})
+    R.analyze_runs([tmp_path], tmp_path / "report", "cmd", log=logs.append, poll_s=0.0)
+    assert measured == ["a", "c"]  # b left to its owner, c's dead owner's lock taken over
+    assert [r["entry"] for r in reported[0]] == ["a", "b", "c"] and reported[0][1]["by"] == "other"
+    assert any("left to it" in m for m in logs) and any("waiting for 1 run" in m for m in logs)
+    assert not any((p / ".segattn.lock").exists() for p in (tmp_path / "runs").glob("*/seed0"))

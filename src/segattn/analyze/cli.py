@@ -13,7 +13,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Run the measurements of segattn.analyze on trained runs (compare run folders "
                                    "with final.pt, a compare output folder for all its runs, or `segattn train` "
                                    "checkpoints) on their own validation split, and write analysis.md/json/csv/png "
-                                   "with spread over seeds and judged claims.")
+                                   "with spread over seeds and judged claims. Several processes on the same runs share them "
+                                   "(one per core).")
     p.add_argument("runs", nargs="+", help="compare run folders (runs/<entry>/seed<k>), compare output folders, "
                                            "or checkpoint files")
     p.add_argument("--out", type=Path, default=Path("outputs/analyze"), help="report folder (default outputs/analyze)")

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from segattn.analyze import measure
+from segattn.engine.workdir import WorkDirError, WorkDirLock
 from segattn.errors import SegattnError
 from segattn.io import atomic_write_json
 
@@ -166,33 +167,70 @@ def expand_runs(paths: Sequence[PathLike]) -> List[Path]:
     return found
 
 
+def claim_analysis(run: Path) -> Optional[WorkDirLock]:
+    """Take the run folder's lock (the one ``segattn compare`` trains under), or None when a live
+    process holds it: several processes analysing one compare folder share its runs."""
+    claim = WorkDirLock(str(run))
+    try:
+        claim.acquire()
+    except WorkDirError:
+        return None
+    return claim
+
+
 def analyze_runs(runs: Sequence[PathLike], out: PathLike, command: str, max_images: Optional[int] = None,
                  threads: Optional[int] = None, force: bool = False, log: Log = _print,
-                 copy_to: Optional[PathLike] = None) -> Dict[str, Any]:
+                 copy_to: Optional[PathLike] = None, poll_s: float = 15.0) -> Dict[str, Any]:
     """Analyse every run (each stored beside its weights when it is a run folder, so an interrupted call
     resumes where it stopped) and write the report into ``out``. ``copy_to``: a compare folder root;
-    each run's ``analysis.json`` is also copied to ``copy_to/runs/<entry>/seed<k>/``."""
+    each run's ``analysis.json`` is also copied to ``copy_to/runs/<entry>/seed<k>/``.
+
+    Several processes may analyse the same runs at once (one per core): each run folder is locked
+    while it is measured, a process leaves locked runs to their owner and, once it has nothing else
+    to do, waits for them (checking every ``poll_s`` seconds) and reads their stored analysis; a
+    dead owner's lock is taken over. Every process writes the same report at the end."""
     from segattn.analyze.report import write_report
 
     paths = expand_runs(runs)
-    results = []
-    t_start = time.time()
-    for i, p in enumerate(paths, 1):
-        tag = f"[{i}/{len(paths)}] {p}: "
-        cached = (p / ANALYSIS).is_file() if p.is_dir() else False
-        res = analyze_run(p, max_images, threads, log, force, tag)
-        results.append(res)
-        left = (time.time() - t_start) / i * (len(paths) - i)
-        log(f"{tag}{'stored analysis reused' if cached and not force else 'analysed'}; about {left:.0f} s left")
-        if copy_to is not None and p.is_dir() and p.parent.parent.name == "runs":
-            dest = Path(copy_to) / "runs" / p.parent.name / p.name / ANALYSIS
-            from segattn.engine.metrics import json_safe
+    results: List[Optional[Dict[str, Any]]] = [None] * len(paths)
+    pending = list(range(len(paths)))
+    t_start, measured, told = time.time(), 0, set()
+    while pending:
+        busy = []
+        for i in pending:
+            p = paths[i]
+            tag = f"[{i + 1}/{len(paths)}] {p}: "
+            claim = claim_analysis(p) if p.is_dir() else None
+            if p.is_dir() and claim is None:
+                busy.append(i)
+                if i not in told:
+                    told.add(i)
+                    log(f"{tag}being analysed by another process; left to it")
+                continue
+            try:
+                cached = (p / ANALYSIS).is_file() if p.is_dir() else False
+                # with force, an analysis another process stored after this one started is not redone
+                redo = force and not (cached and (p / ANALYSIS).stat().st_mtime >= t_start)
+                results[i] = res = analyze_run(p, max_images, threads, log, redo, tag)
+            finally:
+                if claim is not None:
+                    claim.release()
+            measured += 1
+            left = (time.time() - t_start) / measured * sum(r is None for r in results)
+            log(f"{tag}{'stored analysis reused' if cached and not redo else 'analysed'}; about {left:.0f} s left")
+            if copy_to is not None and p.is_dir() and p.parent.parent.name == "runs":
+                dest = Path(copy_to) / "runs" / p.parent.name / p.name / ANALYSIS
+                from segattn.engine.metrics import json_safe
 
-            atomic_write_json(dest, json_safe(res))
-    rep = write_report(results, out, command)
+                atomic_write_json(dest, json_safe(res))
+        if busy and len(busy) == len(pending):
+            log(f"waiting for {len(busy)} run(s) being analysed by other processes")
+            time.sleep(poll_s)
+        pending = busy
+    rep = write_report([r for r in results if r is not None], out, command)
     log(f"analysis report: {rep['paths']['markdown']}")
     return rep
 
 
 __all__ = ["ANALYSIS", "checkpoint_path", "load_run", "validation_batches", "analyze_model", "analyze_run",
-           "expand_runs", "analyze_runs"]
+           "expand_runs", "claim_analysis", "analyze_runs"]

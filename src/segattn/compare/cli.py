@@ -28,7 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="keep each finished run's last.pt / best.pt (deleted by default once the run is measured)")
     p.add_argument("--analyze", action="store_true",
                    help="after the runs, run `segattn analyze` on every finished run with weights (final.pt) and "
-                        "write analysis.md/json/csv/png beside the report (stored per run: resumable)")
+                        "write analysis.md/json/csv/png beside the report (stored per run: resumable; several processes "
+                        "on one --out share the runs)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="extra config override for every run, after the protocol's (repeatable)")
     p.set_defaults(func=run)
