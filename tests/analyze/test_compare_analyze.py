@@ -13,6 +13,7 @@ TINY_SET = {
     "data.dataset_kwargs": {"size": [32, 32], "num_classes": 3, "blob_size": [8, 10], "margin": 8, "cue_size": 6,
                             "num_blobs": [1, 2]},
     "data.train_kwargs.num_samples": 8, "data.val_kwargs.num_samples": 4,
+    "eval.scales": [0.5],  # evaluated smaller than the images, as the CamVid protocol: analyze must follow
 }
 PLAN = {
     "name": "tiny-analyze", "reference": "fcn", "seeds": 2, "margin": 1.0,
@@ -108,6 +109,8 @@ def test_processes_share_the_analysis_of_one_compare_folder(tmp_path, monkeypatc
         (held / R.ANALYSIS).write_text(json.dumps({"entry": "b", "by": "other"}))
         (held / ".segattn.lock").unlink()
 
+    monkeypatch.setattr(R, "_checkpoint", lambda p: (p, {}, None))  # the runs' configs are not read here
+    monkeypatch.setattr(R, "eval_scale", lambda cfg: 1.0)
     monkeypatch.setattr(R, "analyze_run", fake_analyze_run)
     monkeypatch.setattr(R.time, "sleep", other_process_finishes)
     monkeypatch.setattr("segattn.analyze.report.write_report",

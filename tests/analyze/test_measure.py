@@ -182,3 +182,35 @@ def test_attention_rows_only_for_weight_distributions():
         sgr = create_module("sgr", 16)
     for module in (create_module("glore", 16), sgr):
         assert measure.attention_rows(module.eval(), x) is None
+
+
+def test_at_eval_scale_reproduces_the_engines_single_scale_evaluation():
+    """A model evaluated at a third of the image size (CamVid's protocol) is measured on what the engine
+    scored: the same mIoU to the last digit, inputs and logits in the image's own pixels, hooks gone after."""
+    from segattn.engine.evaluate import evaluate
+
+    model = _tiny("nonlocal")
+    batches = [(x, y % 3) for x, y in _batches(2, 48)]
+    engine = evaluate(model, batches, 3, scales=[1 / 3])["mIoU"]
+    with measure.at_eval_scale(model, 1 / 3):
+        got = measure.measure_robustness(model, batches, 3, 255, sigmas=(), eps=())["miou_clean"]
+        with measure.capture(measure.context_slot(model)) as st:
+            logits = measure.logits_of(model, batches[0][0])
+    assert got == pytest.approx(100 * engine, abs=1e-9)
+    assert logits.shape[-2:] == (48, 48) and st["in"].shape[-2:] == (2, 2)  # 48 / 3 = 16 px, stride 8
+    assert not model._forward_pre_hooks and not model._forward_hooks
+    unscaled = measure.measure_robustness(model, batches, 3, 255, sigmas=(), eps=())["miou_clean"]
+    assert unscaled == pytest.approx(100 * evaluate(model, batches, 3)["mIoU"], abs=1e-9)
+
+
+@pytest.mark.parametrize("override", ["eval.mode=slide", "eval.flip=true", "eval.scales=[0.5,1.0]"])
+def test_analyze_refuses_an_evaluation_that_is_not_one_whole_pass(override):
+    from segattn.analyze.run import eval_scale
+    from segattn.engine.config import load_config
+    from segattn.errors import SegattnError
+
+    assert eval_scale(load_config("synthetic/fcn_r18_synthetic.yaml", ["eval.scales=[0.5]"])) == 0.5
+    extra = ["eval.crop_size=[32,32]", "eval.stride=[16,16]"] if "slide" in override else []
+    cfg = load_config("synthetic/fcn_r18_synthetic.yaml", [override, *extra])
+    with pytest.raises(SegattnError, match="one whole-image forward"):
+        eval_scale(cfg)

@@ -118,6 +118,40 @@ def capture(module: nn.Module) -> Iterator[Dict[str, Tensor]]:
             h.remove()
 
 
+@contextlib.contextmanager
+def at_eval_scale(model: nn.Module, scale: float) -> Iterator[nn.Module]:
+    """Inside the block ``model(x)`` runs as the engine's single-scale whole-image evaluation does:
+    x resized by ``scale`` (:func:`segattn.engine.evaluate.resize_by`), the logits (``"out"``) resized
+    back to x's size (bilinear). Every measurement then sees the model at the input size it was
+    evaluated at (CamVid's protocol: a third), while perturbations, gradients and accuracies stay in
+    the validation images' own pixels. Scale 1 changes nothing."""
+    from segattn.engine.evaluate import resize_by
+
+    if scale == 1.0:
+        yield model
+        return
+    sizes: List[Tuple[int, int]] = []
+
+    def pre(mod: nn.Module, args: Tuple[Any, ...]) -> Tuple[Any, ...]:
+        sizes.append(tuple(args[0].shape[-2:]))
+        return (resize_by(args[0], scale),) + tuple(args[1:])
+
+    def post(mod: nn.Module, args: Tuple[Any, ...], out: Any) -> Any:
+        size = sizes.pop()
+
+        def back(t: Tensor) -> Tensor:
+            return F.interpolate(t, size=size, mode="bilinear", align_corners=False)
+
+        return {**out, "out": back(out["out"])} if isinstance(out, dict) else back(out)
+
+    handles = [model.register_forward_pre_hook(pre), model.register_forward_hook(post)]
+    try:
+        yield model
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def logits_of(model: nn.Module, images: Tensor) -> Tensor:
     out = model(images)
     return out["out"] if isinstance(out, dict) else out
@@ -574,4 +608,4 @@ def measure_gradients(model: nn.Module, batches: Batches, ignore_index: int) -> 
 
 __all__ = ["context_slot", "module_name", "measure_robustness", "measure_features", "measure_segments",
            "em_curves", "measure_stage_swap", "measure_gradients", "fgsm", "Confusion", "attention_rows",
-           "lowrank_parts", "em_stages", "em_gradient_cut"]
+           "lowrank_parts", "em_stages", "em_gradient_cut", "at_eval_scale"]

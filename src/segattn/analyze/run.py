@@ -23,8 +23,9 @@ from segattn.errors import SegattnError
 from segattn.io import atomic_write_json
 
 ANALYSIS = "analysis.json"
-VERSION = 3  # bump when a measurement changes: stored analyses of another version are redone
+VERSION = 4  # bump when a measurement changes: stored analyses of another version are redone
 # 3: TV distances and cue mass only for rows that are weight distributions (not GloRe / SGR)
+# 4: the model sees its inputs at the run's eval scale (CamVid protocol: 1/3); same numbers at scale 1
 Log = Callable[[str], None]
 PathLike = Union[str, Path]
 
@@ -46,20 +47,26 @@ def checkpoint_path(run: PathLike) -> Path:
     return p
 
 
-def load_run(run: PathLike) -> Tuple[nn.Module, Any, Dict[str, Any], Dict[str, Any]]:
-    """(eval model, run config, meta, entry ``{name, reasoner}``) of a run folder or checkpoint file."""
-    from segattn.compare.runner import ablate_reasoners
-    from segattn.engine import build
+def _checkpoint(run: PathLike) -> Tuple[Path, Dict[str, Any], Any]:
+    """(weights path, checkpoint dict, run config) of a run folder or checkpoint file, checked."""
     from segattn.engine.config import config_from_dict
-    from segattn.engine.run import load_weights, read_checkpoint
+    from segattn.engine.run import read_checkpoint
 
     path = checkpoint_path(run)
     ckpt = read_checkpoint(str(path))
     if not isinstance(ckpt.get("config"), dict) or not isinstance(ckpt.get("meta"), dict) \
             or "num_classes" not in ckpt["meta"]:
         raise SegattnError(f"{path} is not a segattn training checkpoint or compare run (no 'config' and 'meta')")
-    data = {k: v for k, v in ckpt["config"].items() if not k.startswith("_")}
-    cfg = config_from_dict(data)
+    return path, ckpt, config_from_dict({k: v for k, v in ckpt["config"].items() if not k.startswith("_")})
+
+
+def load_run(run: PathLike) -> Tuple[nn.Module, Any, Dict[str, Any], Dict[str, Any]]:
+    """(eval model, run config, meta, entry ``{name, reasoner}``) of a run folder or checkpoint file."""
+    from segattn.compare.runner import ablate_reasoners
+    from segattn.engine import build
+    from segattn.engine.run import load_weights
+
+    path, ckpt, cfg = _checkpoint(run)
     meta = dict(ckpt["meta"])
     entry = dict(ckpt.get("entry") or {"name": cfg.name, "reasoner": None})
     model = build.build_model(cfg.model, int(meta["num_classes"]))
@@ -67,6 +74,19 @@ def load_run(run: PathLike) -> Tuple[nn.Module, Any, Dict[str, Any], Dict[str, A
         ablate_reasoners(model)
     load_weights(model, ckpt, str(path))
     return model.eval(), cfg, meta, entry
+
+
+def eval_scale(cfg: Any) -> float:
+    """The one input scale of the run's evaluation (``eval.scales``), at which the analysis feeds the
+    model. ``SegattnError`` for an evaluation that is not one whole-image pass (sliding windows,
+    several scales, flip): the measurements need one forward per image."""
+    e = cfg.eval
+    scales = list(e.scales or [1.0])
+    if e.mode != "whole" or e.flip or len(scales) != 1:
+        raise SegattnError(f"run config {cfg.name!r} evaluates with mode={e.mode!r}, scales={scales}, flip={e.flip}; "
+                           "analyze measures one whole-image forward per image, so it needs eval.mode 'whole', one "
+                           "scale and no flip")
+    return float(scales[0])
 
 
 def validation_batches(cfg: Any, max_images: Optional[int] = None, device: str = "cpu") -> List[Tuple[torch.Tensor, torch.Tensor]]:
@@ -126,14 +146,16 @@ def analyze_run(run: PathLike, max_images: Optional[int] = None, threads: Option
     if threads:
         torch.set_num_threads(int(threads))
     model, cfg, meta, entry = load_run(run)
+    scale = eval_scale(cfg)
     batches = validation_batches(cfg, max_images)
     synthetic = cfg.data.dataset == "synthetic"
     torch.manual_seed(0)
     t0 = time.time()
-    result = analyze_model(model, batches, int(meta["num_classes"]), int(meta.get("ignore_index", 255)), synthetic,
-                           log, tag)
+    with measure.at_eval_scale(model, scale):
+        result = analyze_model(model, batches, int(meta["num_classes"]), int(meta.get("ignore_index", 255)),
+                               synthetic, log, tag)
     result.update({"entry": entry.get("name"), "seed": cfg.train.seed, "checkpoint": str(checkpoint_path(run)),
-                   "images": sum(int(b[0].shape[0]) for b in batches), "dataset": cfg.data.dataset,
+                   "images": sum(int(b[0].shape[0]) for b in batches), "dataset": cfg.data.dataset, "eval_scale": scale,
                    "seconds": round(time.time() - t0, 1), "settings": settings})
     if stored is not None:
         from segattn.engine.metrics import json_safe
@@ -192,6 +214,8 @@ def analyze_runs(runs: Sequence[PathLike], out: PathLike, command: str, max_imag
     from segattn.analyze.report import write_report
 
     paths = expand_runs(runs)
+    for p in paths:  # every run's evaluation checked before anything is measured
+        eval_scale(_checkpoint(p)[2])
     results: List[Optional[Dict[str, Any]]] = [None] * len(paths)
     pending = list(range(len(paths)))
     t_start, measured, told = time.time(), 0, set()
@@ -232,5 +256,5 @@ def analyze_runs(runs: Sequence[PathLike], out: PathLike, command: str, max_imag
     return rep
 
 
-__all__ = ["ANALYSIS", "checkpoint_path", "load_run", "validation_batches", "analyze_model", "analyze_run",
+__all__ = ["ANALYSIS", "checkpoint_path", "load_run", "eval_scale", "validation_batches", "analyze_model", "analyze_run",
            "expand_runs", "claim_analysis", "analyze_runs"]

@@ -89,6 +89,17 @@ def single_pass(model: nn.Module, images: Tensor, mode: str, crop_size: Optional
     raise ValueError(f"unknown eval mode {mode!r}; expected 'whole' or 'slide'")
 
 
+def resize_by(images: Tensor, scale: float) -> Tensor:
+    """``images`` (B, C, H, W) resized by ``scale`` for inference: bilinear to ``round(H * scale)`` x
+    ``round(W * scale)`` (at least 1), antialiased when shrinking as Pillow's bilinear resize in the data
+    pipeline is; the tensor itself when the size does not change."""
+    h, w = images.shape[-2:]
+    size = (max(1, int(round(h * scale))), max(1, int(round(w * scale))))
+    if size == (h, w):
+        return images
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=scale < 1)
+
+
 @torch.no_grad()
 def infer(model: nn.Module, images: Tensor, num_classes: int, mode: str = "whole",
           crop_size: Optional[Sequence[int]] = None, stride: Optional[Sequence[int]] = None,
@@ -101,10 +112,7 @@ def infer(model: nn.Module, images: Tensor, num_classes: int, mode: str = "whole
     total = images.new_zeros((images.shape[0], num_classes, h, w), dtype=torch.float32)
     passes = 0
     for s in scales:
-        size = (max(1, int(round(h * s))), max(1, int(round(w * s))))
-        # antialias when shrinking, as Pillow's bilinear resize in the data pipeline does
-        x = images if size == (h, w) else F.interpolate(images, size=size, mode="bilinear", align_corners=False,
-                                                        antialias=s < 1)
+        x = resize_by(images, s)
         for flipped in ([False, True] if flip else [False]):
             xi = x.flip(-1) if flipped else x
             out = single_pass(model, xi, mode, crop_size, stride, num_classes)
