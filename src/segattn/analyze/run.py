@@ -132,6 +132,18 @@ def analyze_model(model: nn.Module, batches: Sequence[Tuple[torch.Tensor, torch.
     return out
 
 
+def stored_analysis(run: PathLike, max_images: Optional[int] = None) -> Optional[Dict[str, Any]]:
+    """The analysis stored in a run folder when it was made by this version with these settings
+    (None otherwise, an unreadable file included: it is redone)."""
+    stored = Path(run) / ANALYSIS
+    try:
+        old = json.loads(stored.read_text())
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(old, dict) and old.get("settings") == {"version": VERSION, "max_images": max_images}
+    return old if ok else None
+
+
 def analyze_run(run: PathLike, max_images: Optional[int] = None, threads: Optional[int] = None,
                 log: Log = _print, force: bool = False, tag: str = "") -> Dict[str, Any]:
     """Analyse one run; for a compare run folder the result is stored (atomically) in its
@@ -139,10 +151,9 @@ def analyze_run(run: PathLike, max_images: Optional[int] = None, threads: Option
     p = Path(run)
     stored = p / ANALYSIS if p.is_dir() else None
     settings = {"version": VERSION, "max_images": max_images}
-    if stored is not None and stored.is_file() and not force:
-        old = json.loads(stored.read_text())
-        if old.get("settings") == settings:
-            return old
+    old = None if force else stored_analysis(p, max_images)
+    if old is not None:
+        return old
     if threads:
         torch.set_num_threads(int(threads))
     model, cfg, meta, entry = load_run(run)
@@ -232,7 +243,7 @@ def analyze_runs(runs: Sequence[PathLike], out: PathLike, command: str, max_imag
                     log(f"{tag}being analysed by another process; left to it")
                 continue
             try:
-                cached = (p / ANALYSIS).is_file() if p.is_dir() else False
+                cached = p.is_dir() and stored_analysis(p, max_images) is not None
                 # with force, an analysis another process stored after this one started is not redone
                 redo = force and not (cached and (p / ANALYSIS).stat().st_mtime >= t_start)
                 results[i] = res = analyze_run(p, max_images, threads, log, redo, tag)
@@ -256,5 +267,5 @@ def analyze_runs(runs: Sequence[PathLike], out: PathLike, command: str, max_imag
     return rep
 
 
-__all__ = ["ANALYSIS", "checkpoint_path", "load_run", "eval_scale", "validation_batches", "analyze_model", "analyze_run",
-           "expand_runs", "claim_analysis", "analyze_runs"]
+__all__ = ["ANALYSIS", "checkpoint_path", "load_run", "eval_scale", "validation_batches", "analyze_model",
+           "stored_analysis", "analyze_run", "expand_runs", "claim_analysis", "analyze_runs"]
