@@ -124,6 +124,11 @@ def test_report_derives_within_run_differences_and_judges_them():
     assert claims["5i.ema-T3"] == "holds" and claims["5m.ema-T3"] == "holds"
     assert claims["5s.ema-T3"] == "does not hold"  # T = 1 is 1 point worse on every seed
     assert claims["5g.ema-T3"] == "holds"  # 0.25 of the gradient kept against 0.5 at T = 1
+    # a dataset without the synthetic cue (CamVid): no cue claims, the others stay
+    nan = float("nan")
+    no_cue = aggregate([{**r, "em_cue_mass": [nan] * 5, "cue_mass": nan} for r in runs])
+    ids = {c["id"] for c in no_cue["claims"]}
+    assert "5t.ema-T3" not in ids and "5m.ema-T3" not in ids and {"5i.ema-T3", "5s.ema-T3", "5g.ema-T3"} <= ids
 
 
 def test_pyramid_pooling_parts_are_its_pooled_bins():
