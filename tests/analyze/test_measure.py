@@ -219,3 +219,14 @@ def test_analyze_refuses_an_evaluation_that_is_not_one_whole_pass(override):
     cfg = load_config("synthetic/fcn_r18_synthetic.yaml", [override, *extra])
     with pytest.raises(SegattnError, match="one whole-image forward"):
         eval_scale(cfg)
+
+
+def test_segments_under_a_ten_thousandth_of_the_image_are_left_out():
+    masks = torch.zeros(1, 200, 200, dtype=torch.long)  # 0.01 % of 40000 px = 4 px
+    masks[0, 10, 10:13] = 1  # a 3-px speck: out
+    masks[0, 50:52, 50:52] = 1  # 4 px: in
+    masks[0, 100:120, 100:120] = 2  # 400 px: in
+    images = torch.zeros(1, 3, 200, 200)
+    recs = measure.segment_records_of(ConstantModel(), [(images, masks)], 255)
+    assert sorted(r["area"] for r in recs) == [4, 400]
+    assert len(measure.segment_records_of(ConstantModel(), [(images, masks)], 255, min_fraction=0.0)) == 3

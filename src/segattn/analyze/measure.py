@@ -446,15 +446,25 @@ class Pooled:
 
 
 # -------------------------------------------------------------------------------------- segments
-def segment_records_of(model: nn.Module, batches: Batches, ignore_index: int) -> List[Dict[str, float]]:
-    """Every non-background ground-truth segment of the validation set with its area and correct pixels."""
+MIN_SEGMENT_FRACTION = 1e-4  # segments under 0.01 % of the image are annotation fragments, not objects
+
+
+def segment_records_of(model: nn.Module, batches: Batches, ignore_index: int,
+                       min_fraction: float = MIN_SEGMENT_FRACTION) -> List[Dict[str, float]]:
+    """Every non-background ground-truth segment of the validation set with its area and correct pixels,
+    leaving out those smaller than ``min_fraction`` of their image (at least ``ceil(min_fraction * H * W)``
+    pixels are kept). On CamVid's val set (360x480: 18 px) 5298 of the 9062 segments are such specks
+    (tree foliage holes, label edges; 0.1 % of the segment pixels); the synthetic set's smallest shape
+    has 110 px, so nothing is left out there."""
     recs: List[Dict[str, float]] = []
     for images, masks in batches:
         with torch.no_grad():
             pred = logits_of(model, images).argmax(1)
+        min_area = max(1, math.ceil(min_fraction * masks.shape[-2] * masks.shape[-1]))
         for p, t in zip(pred, masks):
-            recs += M.segment_records(p.cpu(), t.cpu(), ignore_index,
-                                      classes=[c for c in torch.unique(t).tolist() if c != 0])
+            recs += [r for r in M.segment_records(p.cpu(), t.cpu(), ignore_index,
+                                                  classes=[c for c in torch.unique(t).tolist() if c != 0])
+                     if r["area"] >= min_area]
     return recs
 
 
@@ -469,8 +479,9 @@ def area_edges(records: Sequence[Dict[str, float]]) -> List[float]:
 
 def measure_segments(model: nn.Module, batches: Batches, ignore_index: int) -> Dict[str, float]:
     """Accuracy (percent of pixels) of small / medium / large ground-truth segments of the non-background
-    classes, the bins being the tertiles of the segments' areas (4-connected components) over the
-    validation set (:func:`metrics.accuracy_by_area`)."""
+    classes, the bins being the tertiles of the segments' areas (4-connected components of at least
+    0.01 % of the image, :func:`segment_records_of`) over the validation set
+    (:func:`metrics.accuracy_by_area`)."""
     recs = segment_records_of(model, batches, ignore_index)
     edges = area_edges(recs)
     acc = M.accuracy_by_area(recs, edges)
