@@ -230,3 +230,36 @@ def test_segments_under_a_ten_thousandth_of_the_image_are_left_out():
     recs = measure.segment_records_of(ConstantModel(), [(images, masks)], 255)
     assert sorted(r["area"] for r in recs) == [4, 400]
     assert len(measure.segment_records_of(ConstantModel(), [(images, masks)], 255, min_fraction=0.0)) == 3
+
+
+class RecordingModel(PixelModel):
+    """PixelModel that keeps every input it is given."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append(x.detach().clone())
+        return super().forward(x)
+
+
+def test_perturbations_are_fractions_of_the_pixel_range():
+    """With standardised inputs (pixel_unit = 255 / std per channel) the noise and the FGSM step of each
+    channel are sigma and eps times its unit: the same size in pixels whatever the normalisation."""
+    from segattn.analyze.run import pixel_unit
+    from segattn.engine.config import load_config
+
+    unit = torch.tensor([1.0, 2.0, 4.0])
+    model = RecordingModel()
+    x = torch.rand(2, 3, 64, 64)
+    batches = [(x, x.argmax(1))]
+    measure.measure_robustness(model, batches, 3, 255, sigmas=(0.1,), eps=(0.01,), pixel_unit=unit)
+    clean, noisy, _, adv = model.seen  # clean, noise, FGSM's forward, attacked
+    noise_std = (noisy - clean).transpose(0, 1).reshape(3, -1).std(1)
+    assert noise_std == pytest.approx(0.1 * unit, rel=0.03)
+    step = (adv - clean).abs().transpose(0, 1).reshape(3, -1).amax(1)
+    assert step == pytest.approx(0.01 * unit, rel=1e-5)
+    camvid = load_config("camvid/compare_camvid.yaml")
+    assert pixel_unit(camvid) == pytest.approx(255 / torch.tensor(camvid.data.std))
+    assert pixel_unit(load_config("synthetic/fcn_r18_synthetic.yaml")).tolist() == [1.0]  # [0, 1] images

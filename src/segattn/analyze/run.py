@@ -23,10 +23,11 @@ from segattn.errors import SegattnError
 from segattn.io import atomic_write_json
 
 ANALYSIS = "analysis.json"
-VERSION = 5  # bump when a measurement changes: stored analyses of another version are redone
+VERSION = 6  # bump when a measurement changes: stored analyses of another version are redone
 # 3: TV distances and cue mass only for rows that are weight distributions (not GloRe / SGR)
 # 4: the model sees its inputs at the run's eval scale (CamVid protocol: 1/3); same numbers at scale 1
 # 5: segments under 0.01 % of the image left out of the small/medium/large bins (none on the synthetic set)
+# 6: input noise and FGSM in fractions of the pixel range on standardised inputs (CamVid); [0, 1] inputs as before
 Log = Callable[[str], None]
 PathLike = Union[str, Path]
 
@@ -112,14 +113,25 @@ def validation_batches(cfg: Any, max_images: Optional[int] = None, device: str =
 STEPS = ("robustness", "features", "segments", "em", "gradients")
 
 
+def pixel_unit(cfg: Any) -> torch.Tensor:
+    """Per input channel, the change of the model's input for a change of the whole pixel range:
+    ``255 / data.std`` when the data pipeline standardises (``data.transforms``), 1 for datasets that
+    give [0, 1] images (the synthetic set)."""
+    if not cfg.data.transforms:
+        return torch.ones(1)
+    return 255.0 / torch.tensor([float(v) for v in cfg.data.std])
+
+
 def analyze_model(model: nn.Module, batches: Sequence[Tuple[torch.Tensor, torch.Tensor]], num_classes: int,
-                  ignore_index: int, synthetic: bool = False, log: Log = _print, tag: str = "") -> Dict[str, Any]:
-    """Every measurement of :mod:`segattn.analyze.measure` on one model; a progress line per step."""
+                  ignore_index: int, synthetic: bool = False, log: Log = _print, tag: str = "",
+                  unit: Optional[torch.Tensor] = None) -> Dict[str, Any]:
+    """Every measurement of :mod:`segattn.analyze.measure` on one model; a progress line per step
+    (``unit``: :func:`pixel_unit` of the inputs, for the perturbations' size)."""
     out: Dict[str, Any] = {"module": measure.module_name(measure.context_slot(model))}
     em = measure.em_mappers(model)
     out["em_stages"] = em[0].num_stages if em else None
     steps: Dict[str, Callable[[], Dict[str, Any]]] = {
-        "robustness": lambda: measure.measure_robustness(model, batches, num_classes, ignore_index),
+        "robustness": lambda: measure.measure_robustness(model, batches, num_classes, ignore_index, pixel_unit=unit),
         "features": lambda: measure.measure_features(model, batches, ignore_index, synthetic),
         "segments": lambda: measure.measure_segments(model, batches, ignore_index),
         "em": lambda: {**measure.measure_stage_swap(model, batches, num_classes, ignore_index),
@@ -165,7 +177,7 @@ def analyze_run(run: PathLike, max_images: Optional[int] = None, threads: Option
     t0 = time.time()
     with measure.at_eval_scale(model, scale):
         result = analyze_model(model, batches, int(meta["num_classes"]), int(meta.get("ignore_index", 255)),
-                               synthetic, log, tag)
+                               synthetic, log, tag, pixel_unit(cfg))
     result.update({"entry": entry.get("name"), "seed": cfg.train.seed, "checkpoint": str(checkpoint_path(run)),
                    "images": sum(int(b[0].shape[0]) for b in batches), "dataset": cfg.data.dataset, "eval_scale": scale,
                    "seconds": round(time.time() - t0, 1), "settings": settings})
@@ -268,5 +280,5 @@ def analyze_runs(runs: Sequence[PathLike], out: PathLike, command: str, max_imag
     return rep
 
 
-__all__ = ["ANALYSIS", "checkpoint_path", "load_run", "eval_scale", "validation_batches", "analyze_model",
+__all__ = ["ANALYSIS", "checkpoint_path", "load_run", "eval_scale", "pixel_unit", "validation_batches", "analyze_model",
            "stored_analysis", "analyze_run", "expand_runs", "claim_analysis", "analyze_runs"]
