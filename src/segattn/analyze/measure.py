@@ -100,6 +100,17 @@ def em_gradient_cut(model: nn.Module) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def _hooks(module: nn.Module, pre: Callable[..., Any], post: Callable[..., Any]) -> Iterator[None]:
+    """``pre`` as a forward pre-hook and ``post`` as a forward hook of ``module`` inside the block."""
+    handles = [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextlib.contextmanager
 def capture(module: nn.Module) -> Iterator[Dict[str, Tensor]]:
     """Record ``module``'s first input (``"in"``) and output (``"out"``) of the forwards inside the block."""
     store: Dict[str, Tensor] = {}
@@ -110,12 +121,8 @@ def capture(module: nn.Module) -> Iterator[Dict[str, Tensor]]:
     def post(mod: nn.Module, args: Tuple[Any, ...], out: Any) -> None:
         store["out"] = out[0] if isinstance(out, tuple) else out
 
-    handles = [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
-    try:
+    with _hooks(module, pre, post):
         yield store
-    finally:
-        for h in handles:
-            h.remove()
 
 
 @contextlib.contextmanager
@@ -144,12 +151,8 @@ def at_eval_scale(model: nn.Module, scale: float) -> Iterator[nn.Module]:
 
         return {**out, "out": back(out["out"])} if isinstance(out, dict) else back(out)
 
-    handles = [model.register_forward_pre_hook(pre), model.register_forward_hook(post)]
-    try:
+    with _hooks(model, pre, post):
         yield model
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def logits_of(model: nn.Module, images: Tensor) -> Tensor:
