@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from segattn.cli import build_parser, main
-from segattn.engine.demo import QUICK
+from segattn.demo import QUICK
 
 TRAIN = ["--config", "synthetic/fcn_r18_synthetic.yaml"] + [a for s in QUICK for a in ("--set", s)] + [
     "--set", "train.progress=false", "--set", "train.threads=1"]

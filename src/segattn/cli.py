@@ -74,7 +74,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from segattn.engine.demo import run_demo
+    from segattn.demo import run_demo
 
     report = run_demo(args.out, quick=args.quick, context=args.context, iters=args.iters, threads=args.threads)
     print(report["markdown"])

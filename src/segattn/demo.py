@@ -26,11 +26,14 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
+from segattn.data.palette import colorize
 from segattn.engine import build
 from segattn.engine.config import Config, load_config, resolve_config_path
 from segattn.engine.metrics import json_safe
 from segattn.engine.train import train
 from segattn.io import atomic_write, atomic_write_json, atomic_write_text, check_writable_dir
+from segattn.models import list_models
+from segattn.viz.run import Item, visualize
 
 QUICK = [
     "schedule.iters=4", "schedule.warmup_iters=0", "data.batch_size=2", "data.val_batch_size=4",
@@ -68,8 +71,6 @@ def _predictions(model: torch.nn.Module, images: torch.Tensor) -> np.ndarray:
 
 def _grid_png(path: str, columns: Dict[str, np.ndarray], palette: List[List[int]]) -> None:
     """Rows = samples; columns = image, ground truth, one per model (matplotlib if installed, else PIL)."""
-    from segattn.data.palette import colorize
-
     names = list(columns)
     tiles = []
     for name in names:
@@ -129,8 +130,6 @@ def _markdown(rows: List[Dict[str, Any]], classes: List[str]) -> str:
 def _attention_pictures(model: torch.nn.Module, images: torch.Tensor, columns: Dict[str, np.ndarray], context: str,
                         palette: Any, out_dir: str, count: int = 2) -> str:
     """``segattn.viz`` pictures and page of the context model for the first validation images (markdown line)."""
-    from segattn.viz.run import Item, visualize
-
     items = [Item(f"val{i}", images[i:i + 1], columns["image"][i], columns[context][i], columns["ground truth"][i])
              for i in range(min(count, len(images)))]
     try:
@@ -144,8 +143,6 @@ def _attention_pictures(model: torch.nn.Module, images: torch.Tensor, columns: D
 
 def check_demo_args(context: str, iters: Optional[int], threads: Optional[int]) -> None:
     """``ValueError`` naming the value when the demo would compare fcn with itself or get a count < 1."""
-    from segattn.models import list_models
-
     if context == "fcn":
         raise ValueError("--context fcn: the demo compares a context model with the fcn baseline, so it must name "
                          "another model (e.g. pspnet, emanet, danet; see `segattn models`)")
