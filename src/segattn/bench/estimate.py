@@ -23,8 +23,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from segattn.api import create_module
+import segattn.modules  # noqa: F401  (registers every context module)
 from segattn.bench.measure import BenchSetting, _dtype
+from segattn.registry import MODULES
 
 PROBE_SIDES = (16, 32)  # the long side of the two probe sizes
 
@@ -72,7 +73,7 @@ class StepEstimate:
 def estimate_step(name: str, setting: BenchSetting, rate_gmacs: float) -> StepEstimate:
     """:class:`StepEstimate` of module ``name`` at ``setting`` (see the module docstring)."""
     dtype = _dtype(setting.dtype) if setting.device == "cpu" else torch.float32
-    module = create_module(name, setting.in_channels).to(dtype=dtype).eval()
+    module = MODULES.create(name, setting.in_channels).to(dtype=dtype).eval()
     h, w = setting.height, setting.width
     scale = [s / max(h, w) for s in PROBE_SIDES]
     sizes = [(max(1, round(h * s)), max(1, round(w * s))) for s in scale]

@@ -23,7 +23,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from segattn.api import create_module
+import segattn.modules  # noqa: F401  (registers every context module)
+from segattn.registry import MODULES
 
 
 @dataclass
@@ -69,7 +70,7 @@ def _sync(device: torch.device) -> None:
 def make_step(name: str, setting: BenchSetting) -> Callable[[], None]:
     """Build module ``name`` and its input; return a closure running one forward (and backward)."""
     device = torch.device(setting.device)
-    module = create_module(name, setting.in_channels).to(device=device, dtype=_dtype(setting.dtype))
+    module = MODULES.create(name, setting.in_channels).to(device=device, dtype=_dtype(setting.dtype))
     module.train(setting.backward)
     x = torch.randn(
         setting.batch, setting.in_channels, setting.height, setting.width, device=device, dtype=_dtype(setting.dtype)
@@ -101,7 +102,7 @@ def describe_modules(names: Sequence[str], setting: BenchSetting) -> Dict[str, B
     results: Dict[str, BenchResult] = {}
     for name in names:
         try:
-            results[name] = _describe(name, create_module(name, setting.in_channels), setting)
+            results[name] = _describe(name, MODULES.create(name, setting.in_channels), setting)
         except Exception as exc:  # reported in the table, as in time_modules
             results[name] = BenchResult(name, 0, 0, error=f"{type(exc).__name__}: {exc}"[:200])
     return results
@@ -161,7 +162,7 @@ def executed_macs(name: str, setting: BenchSetting) -> int:
     from segattn.ops.flops import count_macs
 
     device = torch.device(setting.device)
-    module = create_module(name, setting.in_channels).to(device=device, dtype=_dtype(setting.dtype)).eval()
+    module = MODULES.create(name, setting.in_channels).to(device=device, dtype=_dtype(setting.dtype)).eval()
     x = torch.randn(setting.batch, setting.in_channels, setting.height, setting.width, device=device,
                     dtype=_dtype(setting.dtype))
     return count_macs(module, x, reference=False)

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from segattn.engine.config import CONFIG_DIR, apply_overrides, config_from_dict, load_config_dict
+from segattn.registry import MODULES
 
 PLAN_DIR = CONFIG_DIR / "plans"
 NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
@@ -281,7 +282,7 @@ def entry_config_dict(plan: Plan, dataset: str, entry: Entry, seed: int, work_di
 def validate_plan(plan: Plan, dataset: str, extra: Sequence[str] = ()) -> None:
     """Check before any run: the protocol config loads, every model and context module exists and
     takes the entry's keywords (modules are built at 16 channels, which costs nothing)."""
-    from segattn.api import create_module
+    import segattn.modules  # noqa: F401  (registers the context modules)
     from segattn.models import list_models
 
     models = set(list_models())
@@ -291,7 +292,7 @@ def validate_plan(plan: Plan, dataset: str, extra: Sequence[str] = ()) -> None:
             raise PlanError(f"{where}: unknown model {e.model!r}; registered: {sorted(models)}")
         if e.context is not None:
             try:
-                create_module(e.context, 16, **e.context_kw)
+                MODULES.create(e.context, 16, **e.context_kw)
             except (TypeError, ValueError, KeyError) as exc:
                 raise PlanError(f"{where}: context {e.context!r} with {e.context_kw}: {exc}") from None
         try:

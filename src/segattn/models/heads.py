@@ -2,7 +2,7 @@
 
 A head maps the backbone feature list ``feats`` (layer1..layer4 by default) to a dict of logits at
 feature resolution: ``"out"`` plus extra supervised outputs (DANet's ``"pam"`` / ``"cam"``, EncNet's
-``"se"`` class-presence logits, produced only in training). Context modules are built by name through :func:`segattn.create_module` and
+``"se"`` class-presence logits, produced only in training). Context modules are built by name from the registry (as :func:`segattn.create_module` does) and
 their ``out_channels`` attribute, so any registered module can be placed in :class:`ContextHead`.
 """
 
@@ -13,8 +13,9 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from segattn.api import create_module, create_upsampler
+import segattn.modules  # noqa: F401  (registers every context module and upsampler)
 from segattn.layers import ConvNormAct
+from segattn.registry import MODULES, UPSAMPLERS
 
 
 def classifier(channels: int, num_classes: int, dropout: float) -> nn.Sequential:
@@ -76,7 +77,7 @@ class ContextHead(nn.Module):
         self.in_index, self.concat = in_index, concat
         self.reduce = ConvNormAct(in_channels, channels, kernel_size, act=act) if reduce else nn.Identity()
         reduced = channels if reduce else in_channels
-        self.context = create_module(context, reduced, **dict(context_kw or {})) if context else nn.Identity()
+        self.context = MODULES.create(context, reduced, **dict(context_kw or {})) if context else nn.Identity()
         width = _module_out(self.context, reduced) if context else reduced
         post = post_channels or channels
         self.post_conv = ConvNormAct(width, post, kernel_size, act=act) if post_conv else nn.Identity()
@@ -85,7 +86,7 @@ class ContextHead(nn.Module):
         fused = fuse_channels or channels
         self.fuse = ConvNormAct(skip + width, fused, fuse_kernel, act=act) if concat else None
         width = fused if concat else width
-        self.upsample = create_upsampler(upsampler, width, **dict(upsampler_kw or {})) if upsampler else nn.Identity()
+        self.upsample = UPSAMPLERS.create(upsampler, width, **dict(upsampler_kw or {})) if upsampler else nn.Identity()
         self.cls = classifier(width, num_classes, dropout)
 
     def features(self, feats: Sequence[Tensor]) -> Tensor:
@@ -120,10 +121,10 @@ class DANetHead(nn.Module):
                  branch_weight: float = 1.0) -> None:
         super().__init__()
         self.pam_in = ConvNormAct(in_channels, channels, 3)
-        self.pam = create_module("danet_pam", channels, **dict(pam_kw or {}))
+        self.pam = MODULES.create("danet_pam", channels, **dict(pam_kw or {}))
         self.pam_out = ConvNormAct(_module_out(self.pam, channels), channels, 3)
         self.cam_in = ConvNormAct(in_channels, channels, 3)
-        self.cam = create_module("danet_cam", channels, **dict(cam_kw or {}))
+        self.cam = MODULES.create("danet_cam", channels, **dict(cam_kw or {}))
         self.cam_out = ConvNormAct(_module_out(self.cam, channels), channels, 3)
         self.cls = classifier(channels, num_classes, dropout)
         self.pam_cls = classifier(channels, num_classes, dropout)
@@ -158,10 +159,10 @@ class ANNHead(nn.Module):
                  apnb_kw: Optional[Mapping[str, Any]] = None) -> None:
         super().__init__()
         kv = max(channels // 2, 1)
-        self.afnb = create_module("ann_afnb", in_channels, **{"low_channels": low_channels, "key_channels": kv,
+        self.afnb = MODULES.create("ann_afnb", in_channels, **{"low_channels": low_channels, "key_channels": kv,
                                                               "value_channels": kv, **dict(afnb_kw or {})})
         self.bottleneck = ConvNormAct(_module_out(self.afnb, in_channels), channels, 3)
-        self.apnb = create_module("ann_apnb", channels, **{"key_channels": kv, "value_channels": kv,
+        self.apnb = MODULES.create("ann_apnb", channels, **{"key_channels": kv, "value_channels": kv,
                                                            **dict(apnb_kw or {})})
         self.cls = classifier(_module_out(self.apnb, channels), num_classes, dropout)
 
@@ -195,7 +196,7 @@ class OCRHead(nn.Module):
                                   dropout=region_dropout, in_index=region_index)
         self.reduce = ConvNormAct(in_channels, channels, 3)
         kw = {"num_regions": num_classes, "key_channels": ocr_channels, "region_head": False, "dropout": 0.0}
-        self.context = create_module("ocr", channels, **{**kw, **dict(context_kw or {})})
+        self.context = MODULES.create("ocr", channels, **{**kw, **dict(context_kw or {})})
         self.cls = classifier(_module_out(self.context, channels), num_classes, dropout)
         self.supervised = supervised
         self.loss_weights = {"aux": float(region_weight)} if supervised else {}
@@ -240,7 +241,7 @@ class EncHead(nn.Module):
         self.laterals = nn.ModuleList(ConvNormAct(in_channels[i], channels, 1) for i in self.lateral_index) \
             if lateral else None
         self.fusion = ConvNormAct((1 + len(self.lateral_index)) * channels, channels, 3) if lateral else None
-        self.context = create_module("encnet", channels, **dict(context_kw or {}))
+        self.context = MODULES.create("encnet", channels, **dict(context_kw or {}))
         self.cls = classifier(channels, num_classes, dropout)
         self.se_layer = nn.Linear(channels, num_classes) if se_loss else None
         self.loss_weights = {"se": float(se_weight)} if se_loss else {}
@@ -277,7 +278,7 @@ class LightHamHead(nn.Module):
         super().__init__()
         self.in_index, self.align_corners = tuple(in_index), align_corners
         self.squeeze = ConvNormAct(sum(in_channels[i] for i in self.in_index), ham_channels, 1)
-        self.context = create_module("hamburger", ham_channels, **dict(context_kw or {}))
+        self.context = MODULES.create("hamburger", ham_channels, **dict(context_kw or {}))
         self.align = ConvNormAct(ham_channels, channels, 1)
         self.cls = classifier(channels, num_classes, dropout)
 

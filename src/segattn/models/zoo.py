@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, TypeVar
 
 from torch import nn
 
-from segattn.models.factory import build_segmentor
+from segattn.models.builder import build_segmentor
 from segattn.models.heads import ANNHead, ContextHead, DANetHead, EncHead, LightHamHead, OCRHead
 from segattn.models.segmentor import SegmentationModel
 from segattn.registry import MODELS, MODULES
