@@ -204,6 +204,7 @@ def _where(edge: Edge) -> str:
 
 
 def file_graph(edges: Iterable[Edge]) -> Dict[str, Set[str]]:
+    """Module -> the modules it imports (an import of itself left out)."""
     graph: Dict[str, Set[str]] = {}
     for e in edges:
         if e.imported != e.importer:
@@ -212,6 +213,7 @@ def file_graph(edges: Iterable[Edge]) -> Dict[str, Set[str]]:
 
 
 def unit_graph(edges: Iterable[Edge], floors: Dict[int, Tuple[str, ...]] = FLOORS) -> Dict[str, Set[str]]:
+    """Package (see :func:`unit_of`) -> the packages it imports."""
     graph: Dict[str, Set[str]] = {}
     for e in edges:
         a, b = unit_of(e.importer, floors), unit_of(e.imported, floors)
@@ -233,6 +235,7 @@ def _cycle_lines(found: List[List[str]], edges: List[Edge], key=lambda n: n) -> 
 
 
 def without_pending(edges: List[Edge], pending: Iterable[Pending] = PENDING) -> List[Edge]:
+    """``edges`` less the tolerated ones."""
     skip = {(p.importer, p.imported) for p in pending}
     return [e for e in edges if (e.importer, e.imported) not in skip]
 
@@ -337,6 +340,12 @@ def test_checker_sees_function_level_relative_and_from_imports(tmp_path):
     assert floor_of("pkg.high.cli", floors) == 2 and unit_of("pkg.high.cli", floors) == "pkg.high.cli"
     with pytest.raises(KeyError, match="has no floor"):
         floor_of("pkg.other", floors)
+
+
+def test_cycles_finds_every_circle_and_only_those():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a", "e"}, "e": {"d"}, "f": {"f"}, "g": {"a"}}
+    assert cycles(graph) == [["a", "b", "c"], ["d", "e"]]
+    assert cycles({"a": {"b"}, "b": {"c"}}) == []
 
 
 def test_pending_hides_only_its_own_edge(tmp_path):
