@@ -44,7 +44,7 @@ VARIANTS = {
     "dmnet": [{"filter_sizes": (2, 4), "fusion": True, "bottleneck": False}],
     "dnl": [{"whiten": False, "unary": False, "temperature": 1.0}, {"use_scale": False, "temperature": 0.5}],
     "gcnet": [{"pooling": "avg", "fusion": ("channel_mul",)}, {"fusion": ("channel_add", "channel_mul"), "ratio": 0.5}],
-    "ocr": [{"key_channels": 5, "out_channels": 7, "gather_scale": 2.0, "num_regions": 3}],
+    "ocr": [{"key_channels": 5, "out_channels": 7, "gather_scale": 2.0, "num_regions": 3}, {"act": "leaky_relu"}],
     "upsampler:carafe": [{"scale_factor": 3, "up_kernel": 3, "up_group": 2}],
 }
 CASES = [(n, {}) for n in NAMES] + [(n, kw) for n in NAMES for kw in VARIANTS.get(n, [])]

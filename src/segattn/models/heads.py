@@ -182,19 +182,23 @@ class OCRHead(nn.Module):
     The region head is the model's auxiliary head (an FCN on layer3, as ``aux_head``), and it is used
     at inference too. In training (``supervised``) the head returns its logits as ``"aux"`` with loss weight
     ``region_weight`` (0.4, mmseg's ``loss_weight`` of the first stage; the official code's dsn loss).
-    They are resized to the layer4 size when the two differ (output stride 32).
+    They are resized to the layer4 size when the two differ (output stride 32). ``act`` is the
+    activation of every ConvBNAct of the head (region FCN, reduction, OCR block): ``"relu"`` (mmseg)
+    or ``"leaky_relu"`` (slope 0.01, openseg's InPlaceABN in all its configs).
     """
 
     def __init__(self, in_channels: int, region_in_channels: int, channels: int, num_classes: int, *,
                  ocr_channels: int = 256, region_channels: int = 256, dropout: float = 0.1,
                  region_dropout: float = 0.1, region_weight: float = 0.4, supervised: bool = True, region_index: int = 2,
-                 context_kw: Optional[Mapping[str, Any]] = None, align_corners: bool = False) -> None:
+                 context_kw: Optional[Mapping[str, Any]] = None, align_corners: bool = False,
+                 act: str = "relu") -> None:
         super().__init__()
         self.align_corners = align_corners
         self.region = ContextHead(region_in_channels, region_channels, num_classes, post_conv=False, concat=None,
-                                  dropout=region_dropout, in_index=region_index)
-        self.reduce = ConvNormAct(in_channels, channels, 3)
-        kw = {"num_regions": num_classes, "key_channels": ocr_channels, "region_head": False, "dropout": 0.0}
+                                  dropout=region_dropout, in_index=region_index, act=act)
+        self.reduce = ConvNormAct(in_channels, channels, 3, act=act)
+        kw = {"num_regions": num_classes, "key_channels": ocr_channels, "region_head": False, "dropout": 0.0,
+              "act": act}
         self.context = create_module("ocr", channels, **{**kw, **dict(context_kw or {})})
         self.cls = classifier(_module_out(self.context, channels), num_classes, dropout)
         self.supervised = supervised

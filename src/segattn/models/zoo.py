@@ -253,7 +253,7 @@ def isanet(num_classes: int, *, context_kw: Optional[Mapping[str, Any]] = None, 
 @register_model("ocrnet", ("ocr",), paper="Yuan, Chen, Wang, ECCV 2020")
 def ocrnet(num_classes: int, *, context_kw: Optional[Mapping[str, Any]] = None, dropout: float = 0.1,
            ocr_channels: Optional[int] = None, region_channels: Optional[int] = None, region_weight: float = 0.4,
-           **kwargs: Any) -> SegmentationModel:
+           act: str = "relu", **kwargs: Any) -> SegmentationModel:
     """OCRNet (openseg ``SpatialOCRNet``; mmseg ``CascadeEncoderDecoder`` with FCNHead + OCRHead): the
     soft-region head (3x3 ConvBNReLU 1024->``region_channels`` (256) -> Dropout2d(0.1) -> classifier on
     layer3) gives K = ``num_classes`` region logits; 3x3 ConvBNReLU 2048->512 -> ``ocr`` (gathering, pixel-
@@ -263,7 +263,9 @@ def ocrnet(num_classes: int, *, context_kw: Optional[Mapping[str, Any]] = None, 
     auxiliary FCN is built, and ``aux=False`` leaves the regions unsupervised (no ``"aux"`` output). mmseg's R101-D8 checkpoints convert (``segattn convert
     mmseg``). Deviations from the official network: its region head uses 512 channels and
     Dropout2d(0.05), its OCR fusion Dropout2d(0.05) and no classifier dropout (pass
-    ``region_channels=512``, ``context_kw={"dropout": 0.05}``, ``dropout=0``)."""
+    ``region_channels=512``, ``context_kw={"dropout": 0.05}``, ``dropout=0``), and its activation:
+    every openseg config uses InPlaceABN, i.e. LeakyReLU(0.01) after each BN of the head (pass
+    ``act="leaky_relu"``); the default ``act="relu"`` is mmseg's (its checkpoints, the recipes)."""
     supervised = bool(kwargs.get("aux", True))
     kwargs["aux"] = False  # the region head is the auxiliary head: never a second FCN on layer3
     align = bool(kwargs.get("align_corners", False))
@@ -271,7 +273,8 @@ def ocrnet(num_classes: int, *, context_kw: Optional[Mapping[str, Any]] = None, 
     def make_head(chans: List[int], channels: int, k: int) -> nn.Module:
         return OCRHead(chans[-1], chans[2], channels, k, ocr_channels=ocr_channels or max(channels // 2, 1),
                        region_channels=region_channels or max(channels // 2, 1), dropout=dropout,
-                       region_weight=region_weight, supervised=supervised, context_kw=context_kw, align_corners=align)
+                       region_weight=region_weight, supervised=supervised, context_kw=context_kw, align_corners=align,
+                       act=act)
 
     return build_segmentor(make_head, num_classes, **kwargs)
 
