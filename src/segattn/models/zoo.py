@@ -363,25 +363,28 @@ def encnet(num_classes: int, *, context_kw: Optional[Mapping[str, Any]] = None, 
 
 @register_model("hamnet", ("hamburger",), paper="Geng et al., ICLR 2021")
 def hamnet(num_classes: int, *, context_kw: Optional[Mapping[str, Any]] = None, dropout: float = 0.1,
-           ham_channels: Optional[int] = None, in_index: Tuple[int, ...] = (1, 2, 3),
+           ham_channels: Optional[int] = None, in_index: Tuple[int, ...] = (1, 2, 3), norm: str = "gn",
            **kwargs: Any) -> SegmentationModel:
     """Hamburger on the dilated ResNet with mmseg's ``LightHamHead`` layout: layer2, layer3 and layer4
-    (all at output stride 8) concatenated -> 1x1 ConvBNReLU -> ``ham_channels`` (default ``channels``,
-    512) -> Hamburger (NMF, R = 64, 6 / 7 steps, ``grad="bptt"`` as the light heads) -> 1x1
-    ConvBNReLU -> ``channels`` -> Dropout2d(0.1) -> classifier; auxiliary FCN on layer3.
+    (all at output stride 8) concatenated -> 1x1 ConvGNReLU -> ``ham_channels`` (default ``channels``,
+    512) -> Hamburger (NMF, R = 64, 6 / 7 steps, ``grad="bptt"`` as the light heads, GroupNorm in the
+    upper bread) -> 1x1 ConvGNReLU -> ``channels`` -> Dropout2d(0.1) -> classifier; auxiliary FCN on
+    layer3. ``norm="gn"`` (default): GroupNorm(32) in the head, as mmseg's and the authors' configs
+    (``ham_norm_cfg``); ``norm="bn"``: BatchNorm as the other segattn heads. The auxiliary FCN keeps
+    BatchNorm (the authors' ResNet config ``seg_mm/.../ham_r50-d8.py`` uses GN there too: a listed
+    deviation).
 
     Choice: mmseg ships the light head only on SegNeXt's MSCAN backbone (``in_channels`` [64, 160,
     256], 256 wide, ``MD_R`` 16, GroupNorm), with no ResNet model and no checkpoint here; the
     authors' ResNet HamNet (``seg/HamNet``) uses a 3x3 squeeze of res5 only, V2 "cheese" and the
     one-step gradient. This model keeps the light head's layout (the one users train today) on the
-    shared dilated-ResNet protocol, with BatchNorm and the ResNet widths, so that it is comparable with
-    the other heads. ``context_kw={"grad": "one_step"}`` gives the paper's gradient; ``in_index`` picks
+    shared dilated-ResNet protocol, with the ResNet widths, so that it is comparable with the other heads. ``context_kw={"grad": "one_step"}`` gives the paper's gradient; ``in_index`` picks
     the backbone levels (feature list indices; ``(-1,)``: layer4 only)."""
     align = bool(kwargs.get("align_corners", False))
 
     def make_head(chans: List[int], channels: int, k: int) -> nn.Module:
         return LightHamHead(chans, channels, k, ham_channels=ham_channels or channels, in_index=in_index, dropout=dropout,
-                            context_kw=_kw(context_kw, grad="bptt"), align_corners=align)
+                            context_kw=_kw(context_kw, grad="bptt"), align_corners=align, norm=norm)
 
     return build_segmentor(make_head, num_classes, **kwargs)
 
