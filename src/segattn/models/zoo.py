@@ -295,7 +295,9 @@ def dnlnet(num_classes: int, *, context_kw: Optional[Mapping[str, Any]] = None, 
     """DNLNet, mmseg DNLHead (= the official ``NLModule`` layout): 3x3 ConvBNReLU 2048->512 ->
     disentangled non-local block (reduction 2, temperature 0.05, whitened pairwise + unary terms) ->
     3x3 ConvBNReLU -> concat with the input -> 3x3 ConvBNReLU -> Dropout2d(0.1) -> classifier.
-    mmseg's R50/R101-D8 checkpoints convert (``segattn convert mmseg``)."""
+    mmseg's R50/R101-D8 checkpoints convert (``segattn convert mmseg``). The official Cityscapes block
+    (``NLin_fcn``: no W_z, no BN, gamma on the pairwise term) is ``context_kw={"use_out": False,
+    "norm": False}``; see the ``dnl`` module."""
     return _nl_layout("dnl", context_kw, dropout, num_classes, **kwargs)
 
 

@@ -77,11 +77,13 @@ def dnl(m, x):
         k = k - k.mean(dim=(2, 3), keepdim=True)
     scale = (q.shape[1] ** -0.5 if m.use_scale else 1.0) / m.temperature
     y = dense_attention(q, k, g, scale)
+    if not m.use_out:  # the official use_out=False block: gamma on the pairwise term only, no W_z
+        y = m.gamma.double() * y
     if m.unary:
         logits = conv(x, m.mask)[:, 0]  # (B, H, W)
         u = torch.softmax(logits.flatten(1), dim=-1).reshape(logits.shape)
         y = y + torch.einsum("bij,bcij->bc", u, g)[:, :, None, None]
-    z = conv(y, m.conv_out)
+    z = conv(y, m.conv_out) if m.use_out else y
     return x + (bn(z, m.norm) if m.norm is not None else z)
 
 
