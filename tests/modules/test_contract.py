@@ -25,6 +25,7 @@ FORMS = {
     "dnl[use_out=False]": ("dnl", {"use_out": False, "norm": False}),
     "ocr[leaky_relu]": ("ocr", {"act": "leaky_relu"}),
     "hamburger[gn]": ("hamburger", {"norm": "gn"}),
+    "dgmn[after3x3]": ("dgmn", {"block": "after3x3"}),
 }
 NAMES = segattn.list_modules() + [UPSAMPLER + n for n in segattn.list_upsamplers()] + list(FORMS)
 

@@ -302,8 +302,34 @@ def local_relation(m, x):
     return conv(y, m.proj)
 
 
+def _dgmn_after3x3(m, x):
+    """ReDynamicWeightsCat33: deformable samples of x, a deformable conv for the logits, gamma-weighted sum."""
+    b, c, h, w = x.shape
+    k, r, g = m.kernel_size, (m.kernel_size - 1) // 2, m.groups
+    kk = k * k
+    ys = torch.arange(h, dtype=torch.float64).view(1, h, 1).expand(b, h, w)
+    xs = torch.arange(w, dtype=torch.float64).view(1, 1, w).expand(b, h, w)
+    out = x.clone()
+    for i, d in enumerate(m.dilations):
+        off = conv(x, m.offset_convs[i]) if m.deformable else x.new_zeros(b, 2 * kk, h, w)
+        vals = [sample(x, ys + (s // k - r) * d + off[:, 2 * s], xs + (s % k - r) * d + off[:, 2 * s + 1])
+                for s in range(kk)]  # each (B, C, H, W)
+        wt = m.predictors[i].weight.double()  # (O, C, k, k)
+        logits = sum(torch.einsum("oc,bchw->bohw", wt[:, :, s // k, s % k], vals[s]) for s in range(kk))
+        if m.affinity:
+            att = torch.softmax(logits[:, g * kk:], dim=1)  # (B, K, H, W)
+            wts = logits[:, : g * kk].reshape(b, g, kk, h, w) * att.unsqueeze(1)
+        else:
+            wts = torch.softmax(logits[:, : g * kk].reshape(b, g, kk, h, w), dim=2)
+        msg = sum(wts[:, torch.arange(c) // (c // g), s] * vals[s] for s in range(kk))
+        out = out + m.gammas[i].double() * msg
+    return out
+
+
 @reference("dgmn")
 def dgmn(m, x):
+    if m.block == "after3x3":
+        return _dgmn_after3x3(m, x)
     xd = cna(x, m.reduce)
     b, c, h, w = xd.shape
     k, r, g = m.kernel_size, (m.kernel_size - 1) // 2, m.groups
