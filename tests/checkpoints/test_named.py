@@ -166,9 +166,12 @@ def test_unknown_name_is_one_line_with_the_closest_names():
         named.resolve_pretrained("timm://vit_base")
 
 
-def test_paths_urls_and_none_pass_through_unchanged(tmp_path):
+def test_paths_urls_and_none_pass_through_unchanged(tmp_path, monkeypatch):
     for source in (None, str(tmp_path / "w.pth"), "https://example.org/w.pth", "runs/x/best.pt", "user/repo"):
         assert named.resolve_pretrained(source) == source
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ResNet50_Weights.pth").write_bytes(b"")  # a file that looks like an enum name is a file
+    assert not named.is_named("ResNet50_Weights.pth") and named.is_named("ResNet50_Weights.IMAGENET1K_V2")
 
 
 # ------------------------------------------------------------------ the shipped manifest

@@ -109,7 +109,7 @@ def is_named(source: object) -> bool:
     if not isinstance(source, str):
         return False
     text = source.strip()
-    return text.lower().startswith(_SCHEMES) or bool(_ENUM.match(text))
+    return text.lower().startswith(_SCHEMES) or (bool(_ENUM.match(text)) and not os.path.exists(text))
 
 
 def named_entry(name: str) -> NamedWeights:
