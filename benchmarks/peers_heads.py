@@ -47,7 +47,7 @@ OURS = {  # head case -> (segattn model whose head is measured, its keywords)
     "isa_head": ("isanet", {}), "ema_head": ("emanet", {}), "apc_head": ("apcnet", {}),
     "psa_head": ("psanet", {}), "enc_head": ("encnet", {}), "dm_head": ("dmnet", {}),
     "gc_head": ("gcnet", {}), "dnl_head": ("dnlnet", {}),
-    "ham_head": ("hamnet", {"in_index": (-1,)}),
+    "ham_head": ("hamnet", {"in_index": (-1,), "norm": "bn"}),  # mmseg side built with BN here
 }
 
 

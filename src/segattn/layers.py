@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Optional
+import math
+from typing import Optional, Union
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -35,8 +36,18 @@ def make_act(act: Optional[str]) -> nn.Module:
     raise ValueError(f"unknown activation {act!r}; expected 'relu', 'leaky_relu', 'gelu' or None")
 
 
+def group_norm(channels: int, groups: int = 32) -> nn.GroupNorm:
+    """``GroupNorm(32)`` as mmcv's ``dict(type='GN', num_groups=32)``; a width that 32 does not divide
+    (test-size heads) gets ``gcd(32, channels)`` groups instead of an error."""
+    return nn.GroupNorm(math.gcd(groups, channels), channels)
+
+
 class ConvNormAct(nn.Sequential):
-    """k x k conv ('same' padding, no bias when normalised) -> BatchNorm2d -> activation."""
+    """k x k conv ('same' padding, no bias when normalised) -> norm -> activation.
+
+    ``norm``: ``True`` / ``"bn"`` (BatchNorm2d), ``"gn"`` (:func:`group_norm`, GroupNorm(32)) or
+    ``False`` (none; the conv then has a bias).
+    """
 
     def __init__(
         self,
@@ -46,14 +57,18 @@ class ConvNormAct(nn.Sequential):
         stride: int = 1,
         dilation: int = 1,
         groups: int = 1,
-        norm: bool = True,
+        norm: Union[bool, str] = True,
         act: Optional[str] = "relu",
         bias: Optional[bool] = None,
     ) -> None:
+        if norm not in (True, False, None, "bn", "gn"):
+            raise ValueError(f"norm must be True/'bn' (BatchNorm), 'gn' (GroupNorm(32)) or False, got {norm!r}")
         padding = dilation * (kernel_size - 1) // 2
         use_bias = (not norm) if bias is None else bias
         layers = [nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias=use_bias)]
-        if norm:
+        if norm == "gn":
+            layers.append(group_norm(out_channels))
+        elif norm:
             layers.append(BatchNorm2d(out_channels))
         layers.append(make_act(act))
         super().__init__(*layers)

@@ -19,6 +19,19 @@ def test_hamnet_light_head_defaults():
     assert paper.head.context.ham.grad == "one_step" and paper.head.squeeze[0].in_channels == 512
 
 
+def test_light_ham_head_uses_group_norm_32_as_the_official_configs():
+    """mmseg's and the authors' light-head configs: ham_norm_cfg = GN(32) in squeeze, upper bread, align."""
+    model = create_model("hamnet", 3, backbone="resnet18", channels=64)
+    head = model.head
+    for seq in (head.squeeze, head.context.ham_out, head.align):
+        assert isinstance(seq[1], torch.nn.GroupNorm) and seq[1].num_groups == 32 and seq[0].bias is None
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in head.modules())
+    bn = create_model("hamnet", 3, backbone="resnet18", channels=64, norm="bn").head
+    assert not any(isinstance(m, torch.nn.GroupNorm) for m in bn.modules())
+    narrow = create_model("hamnet", 3, **TINY).head  # 16 channels: gcd(32, 16) groups
+    assert narrow.squeeze[1].num_groups == 16
+
+
 def test_encnet_laterals_read_layer2_and_layer3():
     model = perturb_(create_model("encnet", 3, lateral=True, **TINY)).train()
     assert [c[0].in_channels for c in model.head.laterals] == [128, 256]

@@ -20,10 +20,19 @@ from tests.modules.precision import HalfMathProbe, relative_error
 
 C = 16
 UPSAMPLER = "upsampler:"
-NAMES = segattn.list_modules() + [UPSAMPLER + n for n in segattn.list_upsamplers()]
+# structural forms of a registered module (options that build other layers) run through the whole contract
+FORMS = {
+    "dnl[use_out=False]": ("dnl", {"use_out": False, "norm": False}),
+    "ocr[leaky_relu]": ("ocr", {"act": "leaky_relu"}),
+    "hamburger[gn]": ("hamburger", {"norm": "gn"}),
+    "dgmn[after3x3]": ("dgmn", {"block": "after3x3"}),
+}
+NAMES = segattn.list_modules() + [UPSAMPLER + n for n in segattn.list_upsamplers()] + list(FORMS)
 
 
 def create(name: str) -> torch.nn.Module:
+    if name in FORMS:
+        return segattn.create_module(FORMS[name][0], C, **FORMS[name][1])
     if name.startswith(UPSAMPLER):
         return segattn.create_upsampler(name[len(UPSAMPLER):], C)
     return segattn.create_module(name, C)
@@ -46,7 +55,7 @@ def output(result):
 @pytest.mark.parametrize("name", NAMES)
 def test_registry_metadata(name):
     registry = UPSAMPLERS if name.startswith(UPSAMPLER) else MODULES
-    info = registry.meta(name.removeprefix(UPSAMPLER))
+    info = registry.meta(FORMS.get(name, (name,))[0].removeprefix(UPSAMPLER))
     for key in ("paper", "family", "order"):
         assert info.get(key), f"{name} lacks registry metadata {key!r}"
     module = create(name)

@@ -125,3 +125,42 @@ def test_errors():
         segattn.create_module("dgmn", 16, dilations=())
     with pytest.raises(ValueError, match="distinct"):
         segattn.create_module("dgmn", 16, dilations=(1, 1))
+
+
+def test_after3x3_block_is_the_released_configs_redynamicweightscat33():
+    """No reduction, no fusion convs, gamma_d = 1, predictors over all C channels (G K + K logits)."""
+    m = segattn.create_module("dgmn", 16, block="after3x3")
+    assert isinstance(m.reduce, torch.nn.Identity) and m.fuse is None and m.mid_channels == 16
+    assert m.gammas.tolist() == [1.0, 1.0, 1.0, 1.0]
+    assert [p.weight.shape for p in m.predictors] == [torch.Size([4 * 9 + 9, 16, 3, 3])] * 4
+    assert all(torch.count_nonzero(c.weight) == 0 for c in m.offset_convs)
+    cat11 = segattn.create_module("dgmn", 16)
+    assert cat11.block == "cat11" and cat11.mid_channels == 4 and cat11.gammas is None
+
+
+def test_after3x3_weights_are_raw_filters_times_softmax_affinity():
+    torch.manual_seed(0)
+    m = perturb_(segattn.create_module("dgmn", 8, block="after3x3", groups=2)).double().eval()
+    x = torch.randn(1, 8, 5, 6, dtype=torch.float64)
+    _, f = m(x, return_attention=True)
+    w = f["weights_d1"]  # (B, G, K, H, W): not a softmax over the samples (raw filters), sign-mixed
+    assert (w < 0).any() and not torch.allclose(w.sum(2), torch.ones_like(w.sum(2)))
+    # the ratio of two groups' weights is the ratio of their raw filters: the affinity is shared
+    cols = m.neighbourhoods(x, 0)[0]
+    logits = torch.nn.functional.conv2d(cols.reshape(1, 72, 5, 6), m.predictors[0].weight.reshape(27, 72, 1, 1))
+    att = torch.softmax(logits[:, 18:], dim=1)
+    torch.testing.assert_close(w[0, 1], logits[0, 9:18] * att[0], rtol=1e-12, atol=1e-12)
+
+
+def test_after3x3_fresh_offsets_equal_fixed_neighbourhoods_and_bad_arguments():
+    torch.manual_seed(0)
+    deform = segattn.create_module("dgmn", 8, block="after3x3", groups=2).double().eval()
+    torch.manual_seed(0)
+    fixed = segattn.create_module("dgmn", 8, block="after3x3", groups=2, deformable=False).double().eval()
+    fixed.load_state_dict({k: v for k, v in deform.state_dict().items() if not k.startswith("offset_convs")})
+    x = torch.randn(2, 8, 6, 5, dtype=torch.float64)
+    torch.testing.assert_close(deform(x), fixed(x), rtol=0, atol=1e-13)
+    with pytest.raises(ValueError, match="has no reduction"):
+        segattn.create_module("dgmn", 8, block="after3x3", reduction=4)
+    with pytest.raises(ValueError, match="'cat11'.*'after3x3'"):
+        segattn.create_module("dgmn", 8, block="after1x1")

@@ -106,3 +106,31 @@ def test_temperature_sharpens_the_pairwise_softmax():
     sharp = build(temperature=0.05)(x, return_attention=True)[1]["attention"]
     soft = build(temperature=1.0)(x, return_attention=True)[1]["attention"]
     assert sharp.max(-1).values.mean() > soft.max(-1).values.mean()
+
+
+def test_official_use_out_false_form_builds_the_cited_cityscapes_block():
+    """NLin_fcn (use_out False, out_bn False): bias-free C -> C value conv, no W_z, no BN, gamma init 0."""
+    torch.manual_seed(0)
+    m = segattn.create_module("dnl", C, use_out=False, norm=False)
+    assert m.conv_out is None and m.norm is None and m.g.bias is None
+    assert (m.g.in_channels, m.g.out_channels) == (C, C) and m.theta.out_channels == C // 2
+    assert m.gamma.item() == 0.0 and m.flops(5, 5) > 0
+    default = segattn.create_module("dnl", C)
+    assert default.gamma is None and default.conv_out is not None and default.norm is not None
+
+
+def test_gamma_scales_the_pairwise_term_only():
+    """Z = X + gamma P g(X) + u^T g(X): linear in gamma, and at gamma 0 the unary term alone."""
+    m = build(use_out=False, norm=False)
+    x = torch.randn(2, C, 5, 6, dtype=D64)
+    outs = []
+    with torch.no_grad():
+        for gamma in (0.0, 1.0, 2.0):
+            m.gamma.fill_(gamma)
+            outs.append(m(x))
+        v = m.g(x).flatten(2)  # (B, C, N)
+        u = torch.softmax(m.mask(x).flatten(2), dim=-1)  # (B, 1, N)
+        unary = (v * u).sum(-1)[..., None, None]
+    torch.testing.assert_close(outs[0], x + unary, atol=1e-12, rtol=0)
+    torch.testing.assert_close(outs[2] - outs[0], 2 * (outs[1] - outs[0]), atol=1e-12, rtol=0)
+    assert (outs[1] - outs[0]).abs().max() > 1e-3

@@ -141,3 +141,40 @@ def test_bad_arguments():
             segattn.create_module("hamburger", 8, **kw)
     with pytest.raises(ValueError, match="value"):
         MatrixDecompositionMapper(4, 2)(torch.rand(1, 4, 2, 2), torch.rand(1, 4, 2, 2))
+
+
+def test_cd_ridge_solve_equals_the_official_inverse():
+    """Official ``CD2D.compute_coef``: ``Z^T B (B^T B + beta I)^-1`` with ``torch.inverse``; segattn solves."""
+    torch.manual_seed(0)
+    m = MatrixDecompositionMapper(32, 8, method="cd", eval_steps=7).double().eval()
+    x = torch.randn(2, 32, 60, dtype=D)
+    bases, coef = m.decompose(x)
+    ridge = bases.transpose(1, 2) @ bases + m.beta * torch.eye(8, dtype=D)
+    official = x.transpose(1, 2) @ bases @ torch.inverse(ridge)
+    assert (coef - official).abs().max() <= 1e-12 * official.abs().max()
+
+
+def test_vq_and_cd_default_inverse_temperature_is_settings_py():
+    """The official seg/HamNet/settings.py sets INV_T = 1 (100 is only the classes' fallback)."""
+    for method in ("vq", "cd"):
+        assert segattn.create_module("hamburger", 8, method=method).ham.inv_t == 1.0
+
+
+def test_vq_forward_is_the_same_with_and_without_the_one_step_cut():
+    """The pixel norm's detachment changes gradients only: eval and train (stored bases) forwards agree."""
+    torch.manual_seed(0)
+    m = MatrixDecompositionMapper(8, 3, method="vq", init="stored", train_steps=3, eval_steps=3).double()
+    x = torch.randn(2, 8, 4, 5, dtype=D)
+    train, test = m.train()(x), m.eval()(x)
+    torch.testing.assert_close(train.map, test.map, rtol=0, atol=1e-13)
+    torch.testing.assert_close(train.nodes, test.nodes, rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("norm, kind", [("bn", torch.nn.BatchNorm2d), ("gn", torch.nn.GroupNorm)])
+def test_upper_bread_norm(norm, kind):
+    m = segattn.create_module("hamburger", 64, norm=norm)
+    assert isinstance(m.ham_out[1], kind)
+    if norm == "gn":
+        assert m.ham_out[1].num_groups == 32 and m.ham_out[0].bias is None
+    with pytest.raises(ValueError, match="'bn'.*'gn'"):
+        segattn.create_module("hamburger", 8, norm="ln")

@@ -96,3 +96,35 @@ def test_pixel_queries_are_freed_before_the_fusion():
 
     module = segattn.create_module("ocr", 32, key_channels=32, num_regions=4)
     assert live_maps_before(module, module.bottleneck, torch.randn(1, 32, 24, 24)) <= 3.2
+
+
+def _leaky(x: torch.Tensor) -> torch.Tensor:
+    return torch.where(x > 0, x, 0.01 * x)
+
+
+def test_openseg_activation_is_leaky_relu_001_after_every_bn():
+    """openseg's configs all use InPlaceABN (BN then LeakyReLU(0.01)); act="leaky_relu" builds that,
+    the default stays mmseg's ReLU. Checked on the block's first and last CBR with the slope written out."""
+    relu, leaky = build(), build(act="leaky_relu")
+    acts = [m for m in leaky.modules() if isinstance(m, (torch.nn.ReLU, torch.nn.LeakyReLU))]
+    assert len(acts) == 7 and all(isinstance(m, torch.nn.LeakyReLU) and m.negative_slope == 0.01 for m in acts)
+    assert not any(isinstance(m, torch.nn.LeakyReLU) for m in relu.modules())
+    x = torch.randn(1, C, 5, 6, dtype=D64)
+    with torch.no_grad():
+        q0 = leaky.query[0]
+        want = _leaky(q0[1](q0[0](x)))
+        torch.testing.assert_close(q0(x), want, rtol=0, atol=1e-15)
+        assert not torch.allclose(leaky(x), relu(x))  # same weights (same seed), another activation
+
+
+def test_bad_activation_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match="'relu' .*'leaky_relu'"):
+        segattn.create_module("ocr", C, act="gelu")
+
+
+def test_ocrnet_model_passes_the_activation_to_every_head_cbr():
+    model = segattn.create_model("ocrnet", 3, backbone="resnet18", channels=16, act="leaky_relu")
+    head_acts = [m for m in model.head.modules() if isinstance(m, (torch.nn.ReLU, torch.nn.LeakyReLU))]
+    assert head_acts and all(isinstance(m, torch.nn.LeakyReLU) for m in head_acts)
+    default = segattn.create_model("ocrnet", 3, backbone="resnet18", channels=16)
+    assert not any(isinstance(m, torch.nn.LeakyReLU) for m in default.head.modules())

@@ -183,19 +183,23 @@ class OCRHead(nn.Module):
     The region head is the model's auxiliary head (an FCN on layer3, as ``aux_head``), and it is used
     at inference too. In training (``supervised``) the head returns its logits as ``"aux"`` with loss weight
     ``region_weight`` (0.4, mmseg's ``loss_weight`` of the first stage; the official code's dsn loss).
-    They are resized to the layer4 size when the two differ (output stride 32).
+    They are resized to the layer4 size when the two differ (output stride 32). ``act`` is the
+    activation of every ConvBNAct of the head (region FCN, reduction, OCR block): ``"relu"`` (mmseg)
+    or ``"leaky_relu"`` (slope 0.01, openseg's InPlaceABN in all its configs).
     """
 
     def __init__(self, in_channels: int, region_in_channels: int, channels: int, num_classes: int, *,
                  ocr_channels: int = 256, region_channels: int = 256, dropout: float = 0.1,
                  region_dropout: float = 0.1, region_weight: float = 0.4, supervised: bool = True, region_index: int = 2,
-                 context_kw: Optional[Mapping[str, Any]] = None, align_corners: bool = False) -> None:
+                 context_kw: Optional[Mapping[str, Any]] = None, align_corners: bool = False,
+                 act: str = "relu") -> None:
         super().__init__()
         self.align_corners = align_corners
         self.region = ContextHead(region_in_channels, region_channels, num_classes, post_conv=False, concat=None,
-                                  dropout=region_dropout, in_index=region_index)
-        self.reduce = ConvNormAct(in_channels, channels, 3)
-        kw = {"num_regions": num_classes, "key_channels": ocr_channels, "region_head": False, "dropout": 0.0}
+                                  dropout=region_dropout, in_index=region_index, act=act)
+        self.reduce = ConvNormAct(in_channels, channels, 3, act=act)
+        kw = {"num_regions": num_classes, "key_channels": ocr_channels, "region_head": False, "dropout": 0.0,
+              "act": act}
         self.context = MODULES.create("ocr", channels, **{**kw, **dict(context_kw or {})})
         self.cls = classifier(_module_out(self.context, channels), num_classes, dropout)
         self.supervised = supervised
@@ -266,20 +270,28 @@ class LightHamHead(nn.Module):
     """mmseg ``LightHamHead`` (SegNeXt's decoder, the authors' light Hamburger head)::
 
         x   = cat[resize(feats[i]) for i in in_index]     to the size of the first selected level
-        x   = ConvBNReLU_1x1(sum C_i -> ham_channels)      "squeeze"
-        x   = hamburger(x)                                   ReLU(x + BN(W_u NMF(ReLU(W_l x))))
-        x   = ConvBNReLU_1x1(ham_channels -> channels)     "align"
+        x   = ConvNormReLU_1x1(sum C_i -> ham_channels)    "squeeze"
+        x   = hamburger(x)                                   ReLU(x + Norm(W_u NMF(ReLU(W_l x))))
+        x   = ConvNormReLU_1x1(ham_channels -> channels)   "align"
         out = conv1x1(Dropout2d(x))
+
+    ``norm`` (squeeze, the Hamburger's upper bread, align): ``"gn"`` by default, GroupNorm(32) as the
+    configs this head comes from (mmseg's SegNeXt configs and the authors' ``seg_light_ham`` /
+    ``seg_mm`` configs: ``ham_norm_cfg = dict(type='GN', num_groups=32)``; ``gcd(32, C)`` groups for a
+    width 32 does not divide); ``"bn"`` gives BatchNorm, as the other segattn heads.
     """
 
     def __init__(self, in_channels: Sequence[int], channels: int, num_classes: int, *, ham_channels: int = 512,
                  in_index: Sequence[int] = (1, 2, 3), dropout: float = 0.1,
-                 context_kw: Optional[Mapping[str, Any]] = None, align_corners: bool = False) -> None:
+                 context_kw: Optional[Mapping[str, Any]] = None, align_corners: bool = False,
+                 norm: str = "gn") -> None:
         super().__init__()
+        if norm not in ("bn", "gn"):
+            raise ValueError(f"LightHamHead norm must be 'gn' (GroupNorm(32), the official configs) or 'bn', got {norm!r}")
         self.in_index, self.align_corners = tuple(in_index), align_corners
-        self.squeeze = ConvNormAct(sum(in_channels[i] for i in self.in_index), ham_channels, 1)
-        self.context = MODULES.create("hamburger", ham_channels, **dict(context_kw or {}))
-        self.align = ConvNormAct(ham_channels, channels, 1)
+        self.squeeze = ConvNormAct(sum(in_channels[i] for i in self.in_index), ham_channels, 1, norm=norm)
+        self.context = MODULES.create("hamburger", ham_channels, **{"norm": norm, **dict(context_kw or {})})
+        self.align = ConvNormAct(ham_channels, channels, 1, norm=norm)
         self.cls = classifier(channels, num_classes, dropout)
 
     def forward(self, feats: Sequence[Tensor]) -> Dict[str, Tensor]:

@@ -253,7 +253,7 @@ def isanet(num_classes: int, *, context_kw: Optional[Mapping[str, Any]] = None, 
 @register_model("ocrnet", ("ocr",), paper="Yuan, Chen, Wang, ECCV 2020")
 def ocrnet(num_classes: int, *, context_kw: Optional[Mapping[str, Any]] = None, dropout: float = 0.1,
            ocr_channels: Optional[int] = None, region_channels: Optional[int] = None, region_weight: float = 0.4,
-           **kwargs: Any) -> SegmentationModel:
+           act: str = "relu", **kwargs: Any) -> SegmentationModel:
     """OCRNet (openseg ``SpatialOCRNet``; mmseg ``CascadeEncoderDecoder`` with FCNHead + OCRHead): the
     soft-region head (3x3 ConvBNReLU 1024->``region_channels`` (256) -> Dropout2d(0.1) -> classifier on
     layer3) gives K = ``num_classes`` region logits; 3x3 ConvBNReLU 2048->512 -> ``ocr`` (gathering, pixel-
@@ -263,7 +263,9 @@ def ocrnet(num_classes: int, *, context_kw: Optional[Mapping[str, Any]] = None, 
     auxiliary FCN is built, and ``aux=False`` leaves the regions unsupervised (no ``"aux"`` output). mmseg's R101-D8 checkpoints convert (``segattn convert
     mmseg``). Deviations from the official network: its region head uses 512 channels and
     Dropout2d(0.05), its OCR fusion Dropout2d(0.05) and no classifier dropout (pass
-    ``region_channels=512``, ``context_kw={"dropout": 0.05}``, ``dropout=0``)."""
+    ``region_channels=512``, ``context_kw={"dropout": 0.05}``, ``dropout=0``), and its activation:
+    every openseg config uses InPlaceABN, i.e. LeakyReLU(0.01) after each BN of the head (pass
+    ``act="leaky_relu"``); the default ``act="relu"`` is mmseg's (its checkpoints, the recipes)."""
     supervised = bool(kwargs.get("aux", True))
     kwargs["aux"] = False  # the region head is the auxiliary head: never a second FCN on layer3
     align = bool(kwargs.get("align_corners", False))
@@ -271,7 +273,8 @@ def ocrnet(num_classes: int, *, context_kw: Optional[Mapping[str, Any]] = None, 
     def make_head(chans: List[int], channels: int, k: int) -> nn.Module:
         return OCRHead(chans[-1], chans[2], channels, k, ocr_channels=ocr_channels or max(channels // 2, 1),
                        region_channels=region_channels or max(channels // 2, 1), dropout=dropout,
-                       region_weight=region_weight, supervised=supervised, context_kw=context_kw, align_corners=align)
+                       region_weight=region_weight, supervised=supervised, context_kw=context_kw, align_corners=align,
+                       act=act)
 
     return build_segmentor(make_head, num_classes, **kwargs)
 
@@ -292,7 +295,9 @@ def dnlnet(num_classes: int, *, context_kw: Optional[Mapping[str, Any]] = None, 
     """DNLNet, mmseg DNLHead (= the official ``NLModule`` layout): 3x3 ConvBNReLU 2048->512 ->
     disentangled non-local block (reduction 2, temperature 0.05, whitened pairwise + unary terms) ->
     3x3 ConvBNReLU -> concat with the input -> 3x3 ConvBNReLU -> Dropout2d(0.1) -> classifier.
-    mmseg's R50/R101-D8 checkpoints convert (``segattn convert mmseg``)."""
+    mmseg's R50/R101-D8 checkpoints convert (``segattn convert mmseg``). The official Cityscapes block
+    (``NLin_fcn``: no W_z, no BN, gamma on the pairwise term) is ``context_kw={"use_out": False,
+    "norm": False}``; see the ``dnl`` module."""
     return _nl_layout("dnl", context_kw, dropout, num_classes, **kwargs)
 
 
@@ -360,25 +365,28 @@ def encnet(num_classes: int, *, context_kw: Optional[Mapping[str, Any]] = None, 
 
 @register_model("hamnet", ("hamburger",), paper="Geng et al., ICLR 2021")
 def hamnet(num_classes: int, *, context_kw: Optional[Mapping[str, Any]] = None, dropout: float = 0.1,
-           ham_channels: Optional[int] = None, in_index: Tuple[int, ...] = (1, 2, 3),
+           ham_channels: Optional[int] = None, in_index: Tuple[int, ...] = (1, 2, 3), norm: str = "gn",
            **kwargs: Any) -> SegmentationModel:
     """Hamburger on the dilated ResNet with mmseg's ``LightHamHead`` layout: layer2, layer3 and layer4
-    (all at output stride 8) concatenated -> 1x1 ConvBNReLU -> ``ham_channels`` (default ``channels``,
-    512) -> Hamburger (NMF, R = 64, 6 / 7 steps, ``grad="bptt"`` as the light heads) -> 1x1
-    ConvBNReLU -> ``channels`` -> Dropout2d(0.1) -> classifier; auxiliary FCN on layer3.
+    (all at output stride 8) concatenated -> 1x1 ConvGNReLU -> ``ham_channels`` (default ``channels``,
+    512) -> Hamburger (NMF, R = 64, 6 / 7 steps, ``grad="bptt"`` as the light heads, GroupNorm in the
+    upper bread) -> 1x1 ConvGNReLU -> ``channels`` -> Dropout2d(0.1) -> classifier; auxiliary FCN on
+    layer3. ``norm="gn"`` (default): GroupNorm(32) in the head, as mmseg's and the authors' configs
+    (``ham_norm_cfg``); ``norm="bn"``: BatchNorm as the other segattn heads. The auxiliary FCN keeps
+    BatchNorm (the authors' ResNet config ``seg_mm/.../ham_r50-d8.py`` uses GN there too: a listed
+    deviation).
 
     Choice: mmseg ships the light head only on SegNeXt's MSCAN backbone (``in_channels`` [64, 160,
     256], 256 wide, ``MD_R`` 16, GroupNorm), with no ResNet model and no checkpoint here; the
     authors' ResNet HamNet (``seg/HamNet``) uses a 3x3 squeeze of res5 only, V2 "cheese" and the
     one-step gradient. This model keeps the light head's layout (the one users train today) on the
-    shared dilated-ResNet protocol, with BatchNorm and the ResNet widths, so that it is comparable with
-    the other heads. ``context_kw={"grad": "one_step"}`` gives the paper's gradient; ``in_index`` picks
+    shared dilated-ResNet protocol, with the ResNet widths, so that it is comparable with the other heads. ``context_kw={"grad": "one_step"}`` gives the paper's gradient; ``in_index`` picks
     the backbone levels (feature list indices; ``(-1,)``: layer4 only)."""
     align = bool(kwargs.get("align_corners", False))
 
     def make_head(chans: List[int], channels: int, k: int) -> nn.Module:
         return LightHamHead(chans, channels, k, ham_channels=ham_channels or channels, in_index=in_index, dropout=dropout,
-                            context_kw=_kw(context_kw, grad="bptt"), align_corners=align)
+                            context_kw=_kw(context_kw, grad="bptt"), align_corners=align, norm=norm)
 
     return build_segmentor(make_head, num_classes, **kwargs)
 

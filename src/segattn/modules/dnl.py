@@ -41,22 +41,31 @@ class DisentangledNonLocal2d(NonLocalBase):
     mean adds ``(q_i - mu_q) . mu_k``, constant in j); it is kept as in the paper and the official code.
     ``whiten=False, unary=False, temperature=1`` is exactly ``nonlocal``.
 
-    Defaults (mmseg DNLHead, the official ``NonLocal2d_bn`` with ``whiten_type=['channel']``,
-    ``with_gc=True`` and the Cityscapes config ``NLin_fcn``): reduction 2, ``use_scale`` True,
-    ``temperature`` tau = 0.05, unary on; init as mmcv's NonLocal2d (theta/phi/g/W_z normal(std
-    0.01), biases 0, BN gamma = beta = 0 so a fresh block is the identity; ``mask`` m: PyTorch's
-    default init as mmseg's ``conv_mask``). Deviations from the official code
-    (yinmh17/DNL-Semantic-Segmentation ``model/seg/ops/nonlocal_block.py``): no learnable ``gamma``
-    on the pairwise term (mmseg has none: the zero-initialised output BN plays its part; the
-    official block multiplies the pairwise term alone by gamma, init 0); the unary mask reads the
-    block input x and weights the shared values g (mmseg and the official ``with_gc`` path; the
-    official ``with_unary`` variant, off in its configs, is not built); W_z has a bias (zero in
-    converted mmseg weights, where a BN follows). No sub-sampling (mmseg's DNL cannot either).
+    Defaults (mmseg DNLHead, whose converted checkpoints and recipes segattn follows): reduction 2,
+    ``use_scale`` True, ``temperature`` tau = 0.05, unary on, W_z and its BN (``use_out=True``,
+    ``norm=True``); init as mmcv's NonLocal2d (theta/phi/g/W_z normal(std 0.01), biases 0, BN gamma
+    = beta = 0 so a fresh block is the identity; ``mask`` m: PyTorch's default init as mmseg's
+    ``conv_mask``).
 
-    Cost (MACs, batch 1): ``3 C C' N`` (theta, phi, g) + ``C' C N`` (W_z) + ``2 N^2 C'`` (pairwise)
-    + ``C N`` (mask) + ``N C'`` (unary aggregation), order O(N^2 C'). ``return_attention`` gives
-    ``attention`` (B, N, N) = P, ``unary`` (B, N) = u, the whitened ``query`` / ``key`` tokens
-    (B, N, C') and ``value`` (B, N, C').
+    The official form: the Cityscapes config ``NLin_fcn`` of yinmh17/DNL-Semantic-Segmentation
+    (``NonLocal2d_bn`` with ``whiten_type=['channel']``, ``temp`` 0.05, ``with_gc`` True,
+    ``downsample`` False, ``use_out`` False, ``out_bn`` False) is ``use_out=False, norm=False``::
+
+        Z = X + gamma * sum_j P_ij g(x_j) + sum_j u_j g(x_j)      g: 1x1 conv C -> C, no bias; gamma init 0
+
+    (no W_z, no BN; gamma scales the pairwise term only; g is C -> C so ``value`` is (B, N, C)).
+    ``use_out=False, norm=True`` is its ``out_bn=True`` (a zero-initialised BN(C) on the sum). The
+    default differs from that config (a listed deviation): W_z (C' -> C, with a bias, zero in
+    converted mmseg weights where the BN follows) and BN instead of gamma, as mmseg. Other
+    deviations from the official code (``model/seg/ops/nonlocal_block.py``): the unary mask reads
+    the block input x (the official ``conv_mask`` reads the same tensor when ``downsample`` is off,
+    as in the config); the official ``with_unary`` variant, off in its configs, is not built; no
+    sub-sampling (mmseg's DNL cannot either).
+
+    Cost (MACs, batch 1, V = C' or C without W_z): ``2 C C' N`` (theta, phi) + ``C V N`` (g) + ``V C N``
+    (W_z, if built) + ``N^2 (C' + V)`` (pairwise) + ``C N`` (mask) + ``N V`` (unary aggregation), order
+    O(N^2 C'). ``return_attention`` gives ``attention`` (B, N, N) = P, ``unary`` (B, N) = u, the
+    whitened ``query`` / ``key`` tokens (B, N, C') and ``value`` (B, N, V).
     """
 
     def __init__(
@@ -71,13 +80,20 @@ class DisentangledNonLocal2d(NonLocalBase):
         norm: bool = True,
         zero_init: bool = True,
         init_std: float = 0.01,
+        use_out: bool = True,
     ) -> None:
         super().__init__(in_channels, "embedded_gaussian", reduction, None, use_scale, False, False, norm, zero_init,
                          init_std)
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature!r}")
-        self.temperature, self.whiten, self.unary = float(temperature), whiten, unary
+        self.temperature, self.whiten, self.unary, self.use_out = float(temperature), whiten, unary, use_out
         self.mask = nn.Conv2d(in_channels, 1, 1) if unary else None
+        self.gamma: Optional[nn.Parameter] = None
+        if not use_out:  # the official use_out=False block: C -> C values, no W_z, gamma on the pairwise term
+            self.value_channels, self.conv_out = in_channels, None
+            self.g = nn.Conv2d(in_channels, in_channels, 1, bias=False)
+            nn.init.normal_(self.g.weight, 0.0, init_std)
+            self.gamma = nn.Parameter(torch.zeros(1))
 
     @property
     def scale(self) -> float:
@@ -103,11 +119,15 @@ class DisentangledNonLocal2d(NonLocalBase):
             y, weights = softmax_attention(q, k, v, scale=self.scale, return_weights=True)
         else:
             y = softmax_attention(q, k, v, scale=self.scale)
+        if self.gamma is not None:
+            y = self.gamma.to(y.dtype) * y
         u = None
         if self.mask is not None:
             term, u = self.unary_term(x, v)
             y = y + term
-        context = self.conv_out(from_tokens(y, h, w))
+        context = from_tokens(y, h, w)
+        if self.conv_out is not None:
+            context = self.conv_out(context)
         if self.norm is not None:
             context = self.norm(context)
         z = x + context
@@ -129,12 +149,12 @@ class DisentangledNonLocal2d(NonLocalBase):
 
     def flops(self, height: int, width: int) -> int:
         """MACs of one forward at (1, C, height, width): the non-local block's plus the unary term."""
-        n, c, d = height * width, self.in_channels, self.inter_channels
-        macs = 3 * c * d * n + d * c * n + 2 * n * n * d
+        n, c, d, v = height * width, self.in_channels, self.inter_channels, self.value_channels
+        macs = 2 * c * d * n + c * v * n + n * n * (d + v) + (v * c * n if self.conv_out is not None else 0)
         if self.mask is not None:
-            macs += c * n + n * d
+            macs += c * n + n * v
         return macs
 
     def extra_repr(self) -> str:
         return (f"in_channels={self.in_channels}, inter_channels={self.inter_channels}, use_scale={self.use_scale}, "
-                f"temperature={self.temperature}, whiten={self.whiten}, unary={self.unary}")
+                f"temperature={self.temperature}, whiten={self.whiten}, unary={self.unary}, use_out={self.use_out}")

@@ -59,7 +59,13 @@ class ObjectContext(ContextModule):
     Defaults (official ``SpatialOCRNet``: ``SpatialOCR_Module(512, 256, 512, dropout=0.05)``):
     ``key_channels`` C/2, ``out_channels`` C, ``gather_scale`` s = 1, ``dropout`` 0.05, K =
     ``num_regions`` 19 (the number of classes: Cityscapes). mmseg's OCRHead is the same block without
-    the dropout (0 there) and with ``ocr_channels`` = C_k. Deviations from the official code
+    the dropout (0 there) and with ``ocr_channels`` = C_k.
+
+    Activation ``act`` (every CBR above): ``"relu"`` by default, mmseg's OCRHead (``ConvModule``
+    with ReLU), which the ``ocrnet`` model, the converted mmseg checkpoints and the mmseg-protocol
+    recipes use. ``act="leaky_relu"`` is the official network as configured: all openseg configs set
+    ``bn_type: inplace_abn``, whose ``BNReLU`` is InPlaceABN with LeakyReLU(0.01) (a listed deviation
+    of the default from openseg, not from mmseg). Deviations from the official code
     (openseg-group/openseg.pytorch ``lib/models/modules/spatial_ocr_block.py``): the convs before a
     BN have no bias (as mmseg; an official bias folds into the BN's running mean); the pixel-query
     down-sampling ``scale`` of ``ObjectAttentionBlock2D`` and the ``use_gt`` / ``use_bg`` switches
@@ -82,19 +88,22 @@ class ObjectContext(ContextModule):
         region_head: bool = True,
         gather_scale: float = 1.0,
         dropout: float = 0.05,
+        act: str = "relu",
     ) -> None:
         super().__init__(in_channels, out_channels)
         if num_regions < 1:
             raise ValueError(f"num_regions must be >= 1, got {num_regions}")
-        self.num_regions, self.gather_scale = num_regions, float(gather_scale)
+        if act not in ("relu", "leaky_relu"):
+            raise ValueError(f"ocr act must be 'relu' (mmseg) or 'leaky_relu' (openseg's InPlaceABN), got {act!r}")
+        self.num_regions, self.gather_scale, self.act = num_regions, float(gather_scale), act
         self.key_channels = key_channels or max(1, in_channels // 2)
         ck = self.key_channels
         self.region = nn.Conv2d(in_channels, num_regions, 1) if region_head else None
-        self.query = nn.Sequential(ConvNormAct(in_channels, ck, 1), ConvNormAct(ck, ck, 1))
-        self.key = nn.Sequential(ConvNormAct(in_channels, ck, 1), ConvNormAct(ck, ck, 1))
-        self.value = ConvNormAct(in_channels, ck, 1)
-        self.out = ConvNormAct(ck, in_channels, 1)
-        self.bottleneck = ConvNormAct(2 * in_channels, self.out_channels, 1)
+        self.query = nn.Sequential(ConvNormAct(in_channels, ck, 1, act=act), ConvNormAct(ck, ck, 1, act=act))
+        self.key = nn.Sequential(ConvNormAct(in_channels, ck, 1, act=act), ConvNormAct(ck, ck, 1, act=act))
+        self.value = ConvNormAct(in_channels, ck, 1, act=act)
+        self.out = ConvNormAct(ck, in_channels, 1, act=act)
+        self.bottleneck = ConvNormAct(2 * in_channels, self.out_channels, 1, act=act)
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
 
     def region_logits(self, x: Tensor, regions: Optional[Tensor]) -> Tensor:
@@ -145,4 +154,4 @@ class ObjectContext(ContextModule):
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, num_regions={self.num_regions}, key_channels={self.key_channels}, "
-                f"region_head={self.region is not None}, gather_scale={self.gather_scale}")
+                f"region_head={self.region is not None}, gather_scale={self.gather_scale}, act={self.act!r}")

@@ -77,11 +77,13 @@ def dnl(m, x):
         k = k - k.mean(dim=(2, 3), keepdim=True)
     scale = (q.shape[1] ** -0.5 if m.use_scale else 1.0) / m.temperature
     y = dense_attention(q, k, g, scale)
+    if not m.use_out:  # the official use_out=False block: gamma on the pairwise term only, no W_z
+        y = m.gamma.double() * y
     if m.unary:
         logits = conv(x, m.mask)[:, 0]  # (B, H, W)
         u = torch.softmax(logits.flatten(1), dim=-1).reshape(logits.shape)
         y = y + torch.einsum("bij,bcij->bc", u, g)[:, :, None, None]
-    z = conv(y, m.conv_out)
+    z = conv(y, m.conv_out) if m.use_out else y
     return x + (bn(z, m.norm) if m.norm is not None else z)
 
 
@@ -300,8 +302,34 @@ def local_relation(m, x):
     return conv(y, m.proj)
 
 
+def _dgmn_after3x3(m, x):
+    """ReDynamicWeightsCat33: deformable samples of x, a deformable conv for the logits, gamma-weighted sum."""
+    b, c, h, w = x.shape
+    k, r, g = m.kernel_size, (m.kernel_size - 1) // 2, m.groups
+    kk = k * k
+    ys = torch.arange(h, dtype=torch.float64).view(1, h, 1).expand(b, h, w)
+    xs = torch.arange(w, dtype=torch.float64).view(1, 1, w).expand(b, h, w)
+    out = x.clone()
+    for i, d in enumerate(m.dilations):
+        off = conv(x, m.offset_convs[i]) if m.deformable else x.new_zeros(b, 2 * kk, h, w)
+        vals = [sample(x, ys + (s // k - r) * d + off[:, 2 * s], xs + (s % k - r) * d + off[:, 2 * s + 1])
+                for s in range(kk)]  # each (B, C, H, W)
+        wt = m.predictors[i].weight.double()  # (O, C, k, k)
+        logits = sum(torch.einsum("oc,bchw->bohw", wt[:, :, s // k, s % k], vals[s]) for s in range(kk))
+        if m.affinity:
+            att = torch.softmax(logits[:, g * kk:], dim=1)  # (B, K, H, W)
+            wts = logits[:, : g * kk].reshape(b, g, kk, h, w) * att.unsqueeze(1)
+        else:
+            wts = torch.softmax(logits[:, : g * kk].reshape(b, g, kk, h, w), dim=2)
+        msg = sum(wts[:, torch.arange(c) // (c // g), s] * vals[s] for s in range(kk))
+        out = out + m.gammas[i].double() * msg
+    return out
+
+
 @reference("dgmn")
 def dgmn(m, x):
+    if m.block == "after3x3":
+        return _dgmn_after3x3(m, x)
     xd = cna(x, m.reduce)
     b, c, h, w = xd.shape
     k, r, g = m.kernel_size, (m.kernel_size - 1) // 2, m.groups

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from tests.modules.reference import reference
-from tests.modules.reference.ops import avg_pool, bn, cna, conv, l2n, shift
+from tests.modules.reference.ops import avg_pool, bn, cna, conv, l2n, norm, shift
 
 
 def _nmf(z: Tensor, bases: Tensor, steps: int) -> Tensor:
@@ -67,7 +67,7 @@ def hamburger(m, x):
         rec = _nmf(z, bases, ham.eval_steps)
     else:
         rec = _vq_cd(z, bases, ham.eval_steps, ham.inv_t, ham.method, ham.beta)
-    return torch.clamp(x + bn(conv(rec, m.ham_out[0]), m.ham_out[1]), min=0)
+    return torch.clamp(x + norm(conv(rec, m.ham_out[0]), m.ham_out[1]), min=0)
 
 
 @reference("encnet")

@@ -37,6 +37,21 @@ def bn(x: Tensor, layer: nn.Module) -> Tensor:
     return (x - mean) / torch.sqrt(var + layer.eps) * layer.weight.double().view(shape) + layer.bias.double().view(shape)
 
 
+def gn(x: Tensor, layer: nn.Module) -> Tensor:
+    """Group norm: per sample and group of channels, mean and biased variance over (channels, H, W)."""
+    b, c = x.shape[:2]
+    g = x.reshape(b, layer.num_groups, -1)
+    mean, var = g.mean(-1, keepdim=True), ((g - g.mean(-1, keepdim=True)) ** 2).mean(-1, keepdim=True)
+    y = ((g - mean) / torch.sqrt(var + layer.eps)).reshape(x.shape)
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    return y * layer.weight.double().view(shape) + layer.bias.double().view(shape)
+
+
+def norm(x: Tensor, layer: nn.Module) -> Tensor:
+    """``bn`` or ``gn``, by the layer's type."""
+    return gn(x, layer) if isinstance(layer, nn.GroupNorm) else bn(x, layer)
+
+
 def act(x: Tensor, layer: nn.Module) -> Tensor:
     if isinstance(layer, nn.ReLU):
         return torch.clamp(x, min=0)
@@ -49,7 +64,7 @@ def act(x: Tensor, layer: nn.Module) -> Tensor:
 
 def cna(x: Tensor, seq: nn.Module) -> Tensor:
     """conv -> batch norm -> activation (a ``ConvNormAct``, read as its three children)."""
-    return act(bn(conv(x, seq[0]), seq[1]), seq[2])
+    return act(norm(conv(x, seq[0]), seq[1]), seq[2])
 
 
 def l2n(t: Tensor, dim: int, eps: float = 1e-12) -> Tensor:

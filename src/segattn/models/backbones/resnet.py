@@ -171,8 +171,10 @@ class ResNet(nn.Module):
         features_only: return a list of features at ``out_indices`` (default); otherwise global
             average pooling and a linear classifier of ``num_classes`` outputs.
         out_indices: timm indices: 0 = stem (reduction 2), 1..4 = layer1..layer4.
-        pretrained: path or URL of a torchvision / timm / mmseg / segattn ResNet checkpoint
-            (loaded with :func:`segattn.convert.resnet.load_backbone_weights`; never fetched implicitly).
+        pretrained: path or URL of a torchvision / timm / mmseg / segattn ResNet checkpoint, or a
+            weight name such as ``open-mmlab://resnet50_v1c`` or ``ResNet50_Weights.IMAGENET1K_V2``
+            (:mod:`segattn.checkpoints.named`: fetched and sha256-checked when named; loaded with
+            :func:`segattn.convert.resnet.load_backbone_weights`; nothing is fetched unless passed).
     """
 
     def __init__(
@@ -220,9 +222,10 @@ class ResNet(nn.Module):
         self.fc = None if features_only or num_classes <= 0 else nn.Linear(cin, num_classes)
         self._init_weights()
         if pretrained:
+            from segattn.checkpoints.named import resolve_pretrained
             from segattn.convert.resnet import load_backbone_weights
 
-            load_backbone_weights(self, pretrained)
+            load_backbone_weights(self, resolve_pretrained(pretrained))
 
     def _init_weights(self) -> None:
         for m in self.modules():

@@ -52,9 +52,11 @@ class TimmBackbone(nn.Module):
         self.feature_info = FeatureInfo(info, take)
         self.output_stride, self.out_indices, self.features_only = output_stride, take, True
         if pretrained:
+            from segattn.checkpoints.named import resolve_pretrained
             from segattn.convert.resnet import read_checkpoint
 
-            missing, unexpected = self.model.load_state_dict(read_checkpoint(pretrained), strict=False)
+            state = read_checkpoint(resolve_pretrained(pretrained))
+            missing, unexpected = self.model.load_state_dict(state, strict=False)
             if missing or unexpected:
                 import warnings
 

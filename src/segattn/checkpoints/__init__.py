@@ -1,0 +1,1 @@
+"""Reading weight files: named ImageNet weights (:mod:`segattn.checkpoints.named`)."""
