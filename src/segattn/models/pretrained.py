@@ -14,8 +14,14 @@ import torch
 from torch import nn
 
 from segattn.models.factory import create_model
-from segattn.models.folder import _tuplify, load_pretrained_state, pretrained_weights_path, read_pretrained_config
+from segattn.models.folder import (
+    _tuplify,
+    load_pretrained_state,
+    pretrained_weights_path,
+    read_pretrained_config,
+)
 from segattn.models.hub import resolve_pretrained
+
 
 @dataclass
 class WeightsInfo:
