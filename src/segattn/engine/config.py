@@ -50,6 +50,7 @@ from segattn.engine.config_files import (
     parse_value,
     resolve_config_path,
     save_config,
+    with_init,
 )
 from segattn.engine.config_schema import (
     MAX_EVAL_SCALE,
@@ -70,5 +71,5 @@ __all__ = [
     "EvalConfig", "Float", "Int", "LossConfig", "Mapping_", "ModelConfig", "Numbers", "Opt", "OptimConfig",
     "ScheduleConfig", "Size", "Str", "TrainConfig", "apply_overrides", "config_differences", "config_from_dict",
     "deep_merge", "list_configs", "load_config", "load_config_dict", "parse_value", "resolve_config_path",
-    "save_config",
+    "save_config", "with_init",
 ]

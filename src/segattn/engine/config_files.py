@@ -13,6 +13,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from segattn.engine.config_checks import ConfigError
 from segattn.engine.config_schema import Config, config_from_dict
+from segattn.engine.finetune import init_settings
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -133,11 +134,27 @@ def apply_overrides(data: Dict[str, Any], overrides: Iterable[str]) -> Dict[str,
     return out
 
 
+def with_init(data: Dict[str, Any], overrides: Iterable[str] = (), init: Optional[str] = None) -> Dict[str, Any]:
+    """``apply_overrides(data, overrides)``, with the settings of the ``model.init`` folder (``init``,
+    else the overrides', else the file's) between the two (:mod:`segattn.engine.finetune`)."""
+    overrides = list(overrides)
+    top = apply_overrides({}, overrides).get("model")
+    folder = init or (top.get("init") if isinstance(top, dict) else None)
+    if not folder and isinstance(data.get("model"), dict):
+        folder = data["model"].get("init")
+    if folder:
+        layer = init_settings(folder)
+        data = deep_merge(data, layer)
+        data["model"]["kwargs"] = layer["model"]["kwargs"]  # replaced: a config's head widths are not the folder's
+    return apply_overrides(data, overrides)
+
+
 def load_config(path: Optional[str] = None, overrides: Iterable[str] = ()) -> Config:
-    """Read ``path`` (YAML/JSON, with its bases), apply ``overrides``, and check every key."""
+    """Read ``path`` (YAML/JSON, with its bases), apply ``overrides``, and check every key (a
+    ``model.init`` folder's settings come between the file and the overrides)."""
     data = load_config_dict(path) if path else {}
     try:
-        return config_from_dict(apply_overrides(data, overrides))
+        return config_from_dict(with_init(data, overrides))
     except ConfigError as exc:
         if path is None:
             raise

@@ -37,12 +37,15 @@ class ModelConfig:
 
     ``pretrained``: backbone weights (a torchvision / timm / mmseg / segattn ResNet file) or a segattn
     training checkpoint (``last.pt`` / ``best.pt``) to fine-tune from.
+    ``init``: a ``save_pretrained`` / converted-zoo folder to fine-tune from; its architecture,
+    normalisation and eval settings replace the config's (:mod:`segattn.engine.finetune`).
     """
 
     name: str = _f("fcn", Str())
     backbone: str = _f("resnet50", Str())
     output_stride: int = _f(8, Int(choices=(8, 16, 32)))
     pretrained: Optional[str] = _f(None, Opt(Str()))
+    init: Optional[str] = _f(None, Opt(Str()))
     aux: bool = _f(True, Bool())
     kwargs: Dict[str, Any] = _f({}, Mapping_())
 
@@ -220,6 +223,9 @@ def _check_rules(cfg: Config) -> None:
                 raise ConfigError(f"config key eval.{key}: got null, expected [h, w] (slide mode needs it)")
     if cfg.optim.nesterov and cfg.optim.name == "sgd" and cfg.optim.momentum == 0:
         raise ConfigError("config key optim.momentum: got 0, expected > 0 (optim.nesterov needs momentum)")
+    if cfg.model.init and cfg.model.pretrained:
+        raise ConfigError(f"config keys model.init ({cfg.model.init!r}) and model.pretrained "
+                          f"({cfg.model.pretrained!r}) exclude each other: the init folder holds every layer")
     if cfg.train.resume and cfg.train.overwrite:
         raise ConfigError(f"config keys train.resume ({cfg.train.resume!r}) and train.overwrite (true) exclude each "
                           "other: resume continues the run in the work dir, overwrite replaces it")

@@ -144,8 +144,8 @@ class Trainer(CheckpointMixin, GuardMixin):
         self.meta = dataset_meta(self.train_set)
         class_weight = self._class_weight()  # a wrong length fails here, before the model is built
         model = self._model_in if self._model_in is not None else build.build_model(cfg.model, self.meta["num_classes"])
-        if self._model_in is None and cfg.model.pretrained and not self._resuming:
-            note = finetune_from(model, cfg.model.pretrained)
+        if self._model_in is None and not self._resuming:
+            note = self.initial_weights(model)
             if note and self.info.is_main:
                 print(note, file=sys.stderr, flush=True)
         model.to(self.device)

@@ -24,8 +24,11 @@ from segattn.engine.checkpoint import (
     set_rng_state,
     to_plain,
 )
+from segattn.engine.config_checks import ConfigError
 from segattn.engine.distributed import barrier
 from segattn.errors import one_line
+from segattn.models.folder import read_pretrained_config
+from segattn.models.transfer import InitError, init_from_folder
 
 
 class TrainingDiverged(ValueError):
@@ -66,6 +69,22 @@ def finetune_from(model: nn.Module, source: str) -> Optional[str]:
 class CheckpointMixin:
     """Checkpoint methods of the trainer (uses its ``model``, ``optimizer``, ``scheduler``, ``scaler``,
     ``cfg``, ``info``, ``iteration``, ``best`` and ``meta``)."""
+
+    def initial_weights(self, model: nn.Module) -> Optional[str]:
+        """Load what a fresh run starts from: the ``model.init`` folder (every layer; the class-count-shaped
+        ones fresh when the count differs) or a ``model.pretrained`` training checkpoint. Returns the
+        text to print (the init table), or ``None``."""
+        cfg = self.cfg  # type: ignore[attr-defined]
+        if cfg.model.init:
+            held = _folder_model_name(cfg.model.init)
+            if held != cfg.model.name:  # a Config built in Python without the folder's settings
+                raise ConfigError(f"config key model.init: {cfg.model.init} holds a {held!r} model but model.name is "
+                                  f"{cfg.model.name!r}; read the config with segattn.engine.config.load_config or "
+                                  "with_init (the CLI: segattn train --init), which take the architecture from the folder")
+            return init_from_folder(model, cfg.model.init).table()
+        if cfg.model.pretrained:
+            return finetune_from(model, cfg.model.pretrained)
+        return None
 
     def checkpoint_state(self, rng_ranks: Optional[List[Any]] = None) -> Dict[str, Any]:
         model = build.unwrap(self.model)
@@ -156,3 +175,9 @@ class CheckpointMixin:
         return (f"{kept}. Try a lower optim.lr (now {self.cfg.optim.lr:g}), train.grad_clip, or check the data "
                 "for NaN/inf values")
 
+
+def _folder_model_name(folder: str) -> str:
+    try:
+        return str(read_pretrained_config(folder)["name"])
+    except (OSError, ValueError) as exc:
+        raise InitError(f"cannot initialise from {folder}: {exc}") from None
