@@ -1,7 +1,7 @@
-"""Run configuration: typed dataclasses, read from YAML or JSON, overridden with ``a.b=c`` strings.
+"""Run configuration: typed pydantic models, read from YAML or JSON, overridden with ``a.b=c`` strings.
 
 A config file is a mapping with the sections below (every key optional). Every key has a type and a
-range (the ``check`` in its field's metadata); they are checked when the config is loaded, before
+range (its field type, :mod:`segattn.engine.config_checks`); they are checked when the config is loaded, before
 any data or model is built, and a bad one is a :class:`ConfigError` naming the key, the value given
 and what is expected. Unknown keys are an error too, with the closest accepted key as a suggestion.
 Numbers may be written in scientific notation (``1e-3``) in files and in ``--set``; booleans are
@@ -17,7 +17,7 @@ Example (YAML)::
     model: {name: ccnet, backbone: resnet18, output_stride: 8}
     schedule: {iters: 4000}
 
-The parts: :mod:`segattn.engine.config_checks` (types and ranges), :mod:`segattn.engine.config_schema`
+The parts: :mod:`segattn.engine.config_checks` (types and ranges on pydantic), :mod:`segattn.engine.config_schema`
 (the sections and the rules between keys), :mod:`segattn.engine.config_files` (files, ``_base_``,
 overrides); this module gathers them under one import path.
 
@@ -27,19 +27,7 @@ overrides); this module gathers them under one import path.
 
 from __future__ import annotations
 
-from segattn.engine.config_checks import (
-    Bool,
-    Check,
-    ClassWeight,
-    ConfigError,
-    Float,
-    Int,
-    Mapping_,
-    Numbers,
-    Opt,
-    Size,
-    Str,
-)
+from segattn.engine.config_checks import ConfigError
 from segattn.engine.config_files import (
     CONFIG_DIR,
     apply_overrides,
@@ -67,9 +55,8 @@ from segattn.engine.config_schema import (
 )
 
 __all__ = [
-    "CONFIG_DIR", "MAX_EVAL_SCALE", "Bool", "Check", "ClassWeight", "Config", "ConfigError", "DataConfig",
-    "EvalConfig", "Float", "Int", "LossConfig", "Mapping_", "ModelConfig", "Numbers", "Opt", "OptimConfig",
-    "ScheduleConfig", "Size", "Str", "TrainConfig", "apply_overrides", "config_differences", "config_from_dict",
+    "CONFIG_DIR", "MAX_EVAL_SCALE", "Config", "ConfigError", "DataConfig", "EvalConfig", "LossConfig",
+    "ModelConfig", "OptimConfig", "ScheduleConfig", "TrainConfig", "apply_overrides", "config_differences", "config_from_dict",
     "deep_merge", "list_configs", "load_config", "load_config_dict", "parse_value", "resolve_config_path",
     "save_config", "with_init",
 ]

@@ -1,49 +1,44 @@
-"""Typed checks of config values: each key's type and range, and the error that names them.
+"""Typed config values on pydantic: each key's type and range, and the one-line error that names them.
 
-``check(value, key)`` returns the value normalised (``"1e-3"`` -> 0.001, ``"yes"`` -> True, ``64`` ->
-``[64, 64]``) or raises :class:`ConfigError` naming the key, the value given and what is expected.
-The schema that uses them is :mod:`segattn.engine.config_schema`.
+The type factories (:func:`number`, :func:`integer`, :func:`text`, :func:`choice`, :func:`numbers`,
+:func:`size`, :func:`optional`, ...) return ``Annotated`` pydantic types that also normalise the way
+segattn configs always have: numeric text is a number (``"1e-3"`` -> 0.001), ``true``/``false`` are
+never numbers, ``yes``/``no``/``on``/``off`` are booleans, a size ``64`` is ``[64, 64]``, ``"null"`` /
+``"none"`` text is ``None``. Each carries its expectation in words (the field's ``description``), so
+:func:`error_text` turns a pydantic ``ValidationError`` into the same line as before:
+``config key optim.lr: got 0, expected a number > 0`` (with a did-you-mean for unknown keys and for
+choices). The schema that uses them is :mod:`segattn.engine.config_schema`.
 """
 
 from __future__ import annotations
 
-import copy
 import difflib
-import math
-import re
-from dataclasses import field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Annotated, Any, Dict, List, Optional, Sequence
+
+from pydantic import BeforeValidator, Field
+
+NULL_WORDS = ("", "null", "none", "~")
 
 
 class ConfigError(ValueError):
     """A config key or value that cannot work; the message names the key, the value and what is expected."""
 
 
-# ------------------------------------------------------------------------------------------ checks
-class Check:
-    """One key's type and range: ``check(value, key)`` returns the value normalised or raises ConfigError."""
-
-    expected = "a value"
-
-    def __call__(self, value: Any, key: str) -> Any:
-        raise NotImplementedError
-
-    def fail(self, value: Any, key: str, expected: Optional[str] = None) -> ConfigError:
-        return ConfigError(f"config key {key}: got {value!r}, expected {expected or self.expected}")
-
-
-def _number(value: Any) -> Optional[float]:
-    """``value`` as a finite float (numbers and numeric text such as ``"1e-3"``), else ``None``."""
+# ------------------------------------------------------------------------------------ normalising
+def _number_text(value: Any) -> Any:
+    """Booleans are refused (never 1 / 0); numeric text becomes a float; anything else goes on."""
     if isinstance(value, bool):
-        return None
+        raise ValueError("not a number")
     if isinstance(value, str):
         try:
-            value = float(value.strip())
+            return float(value.strip())
         except ValueError:
-            return None
-    if isinstance(value, (int, float)) and math.isfinite(value):
-        return float(value)
-    return None
+            return value
+    return value
+
+
+def _null_text(value: Any) -> Any:
+    return None if isinstance(value, str) and value.strip().lower() in NULL_WORDS else value
 
 
 def _range_text(lo: Optional[float], hi: Optional[float], lo_open: bool, hi_open: bool) -> str:
@@ -56,167 +51,152 @@ def _range_text(lo: Optional[float], hi: Optional[float], lo_open: bool, hi_open
     return ""
 
 
-class Float(Check):
-    def __init__(self, lo: Optional[float] = None, hi: Optional[float] = None, lo_open: bool = False,
-                 hi_open: bool = False) -> None:
-        self.lo, self.hi, self.lo_open, self.hi_open = lo, hi, lo_open, hi_open
-        self.expected = f"a number {_range_text(lo, hi, lo_open, hi_open)}".strip()
-
-    def __call__(self, value: Any, key: str) -> float:
-        x = _number(value)
-        if x is None:
-            raise self.fail(value, key)
-        if self.lo is not None and (x < self.lo or (self.lo_open and x == self.lo)):
-            raise self.fail(value, key)
-        if self.hi is not None and (x > self.hi or (self.hi_open and x == self.hi)):
-            raise self.fail(value, key)
-        return x
+def _bounds(lo: Optional[float], hi: Optional[float], lo_open: bool, hi_open: bool) -> Dict[str, float]:
+    out: Dict[str, float] = {}
+    if lo is not None:
+        out["gt" if lo_open else "ge"] = lo
+    if hi is not None:
+        out["lt" if hi_open else "le"] = hi
+    return out
 
 
-class Int(Float):
-    def __init__(self, lo: Optional[int] = None, hi: Optional[int] = None, choices: Sequence[int] = ()) -> None:
-        super().__init__(lo, hi)
-        self.choices = tuple(choices)
-        self.expected = (f"one of {', '.join(map(str, choices))}" if choices
-                         else f"an integer {_range_text(lo, hi, False, False)}".strip())
-
-    def __call__(self, value: Any, key: str) -> int:
-        x = super().__call__(value, key)
-        if x != int(x) or (self.choices and int(x) not in self.choices):
-            raise self.fail(value, key)
-        return int(x)
+def _describe(kind: Any) -> str:
+    """The expectation in words that a type factory attached (``description`` of its ``Field``)."""
+    for meta in getattr(kind, "__metadata__", ()):
+        if getattr(meta, "description", None):
+            return str(meta.description)
+    return "a value"
 
 
-class Bool(Check):
-    expected = "true or false"
-    WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
-
-    def __call__(self, value: Any, key: str) -> bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        if isinstance(value, str) and value.strip().lower() in self.WORDS:
-            return self.WORDS[value.strip().lower()]
-        raise self.fail(value, key)
+# ---------------------------------------------------------------------------------- type factories
+def number(lo: Optional[float] = None, hi: Optional[float] = None, lo_open: bool = False,
+           hi_open: bool = False) -> Any:
+    """A finite float within the bounds."""
+    words = f"a number {_range_text(lo, hi, lo_open, hi_open)}".strip()
+    return Annotated[float, BeforeValidator(_number_text), Field(description=words, **_bounds(lo, hi, lo_open, hi_open))]
 
 
-class Str(Check):
-    def __init__(self, choices: Sequence[str] = (), pattern: Optional[str] = None, what: str = "") -> None:
-        self.choices, self.pattern = tuple(choices), pattern
-        self.expected = what or (f"one of {', '.join(repr(c) for c in choices)}" if choices else "a non-empty string")
+def integer(lo: Optional[int] = None, hi: Optional[int] = None) -> Any:
+    """An int within the bounds (``2000.0`` and ``"2e3"`` count, ``4.7`` and ``true`` do not)."""
+    words = f"an integer {_range_text(lo, hi, False, False)}".strip()
+    return Annotated[int, BeforeValidator(_number_text), Field(description=words, **_bounds(lo, hi, False, False))]
 
-    def __call__(self, value: Any, key: str) -> str:
-        if not isinstance(value, str) or not value.strip():
-            raise self.fail(value, key)
-        if self.choices and value not in self.choices:
-            hint = difflib.get_close_matches(str(value), self.choices, n=1)
-            raise self.fail(value, key, self.expected + (f" (did you mean {hint[0]!r}?)" if hint else ""))
-        if self.pattern and not re.fullmatch(self.pattern, value):
-            raise self.fail(value, key)
+
+BOOL = Annotated[bool, Field(description="true or false")]  # also yes/no/on/off/1/0, never 2 or "maybe"
+
+
+def _non_empty(value: Any) -> Any:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("not a non-empty string")
+    return value
+
+
+def text(words: str = "a non-empty string") -> Any:
+    """A non-empty string."""
+    return Annotated[str, BeforeValidator(_non_empty), Field(description=words)]
+
+
+def choice(*choices: Any, words: str = "") -> Any:
+    """One of ``choices`` (a did-you-mean for a near miss); ``choices`` may be a callable giving them."""
+    def check(value: Any) -> Any:
+        allowed = tuple(choices[0]()) if len(choices) == 1 and callable(choices[0]) else choices
+        if isinstance(value, bool) or value not in allowed:
+            hint = difflib.get_close_matches(str(value), [str(c) for c in allowed], n=1)
+            raise ValueError(f"one of {', '.join(map(repr, allowed))}" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
         return value
+    kind = int if choices and all(isinstance(c, int) for c in choices) else str
+    listed = "" if callable(choices[0]) else f"one of {', '.join(map(repr, choices))}"
+    return Annotated[kind, BeforeValidator(check), Field(description=words or listed or "a known name")]
 
 
-class Size(Check):
-    """A positive int ``n`` (-> ``[n, n]``) or ``[h, w]`` / ``[n]`` of positive ints; stored as ``[h, w]``."""
+def pattern(regex: str, words: str) -> Any:
+    """A string matching ``regex`` (the message says ``words``, not the expression)."""
+    return Annotated[str, BeforeValidator(_non_empty), Field(pattern=f"^(?:{regex})$", description=words)]
 
-    expected = "a positive integer or [h, w] of positive integers"
-    _int = Int(1)
 
-    def __call__(self, value: Any, key: str) -> List[int]:
-        items = list(value) if isinstance(value, (list, tuple)) else [value]
-        if len(items) not in (1, 2):
-            raise self.fail(value, key)
+def numbers(item: Any, length: Optional[int] = None) -> Any:
+    """A non-empty list of ``item`` (from :func:`number`); ``length`` fixes the count."""
+    count = f"{length} numbers" if length else "a non-empty list of numbers"
+    words = f"{count}, each {_describe(item).replace('a number ', '')}"
+    sizes = {"min_length": length, "max_length": length} if length else {"min_length": 1}
+    return Annotated[List[item], Field(description=words, **sizes)]
+
+
+def _pair(value: Any) -> Any:
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    if len(items) not in (1, 2):
+        raise ValueError("not a size")
+    return [items[0], items[-1]]
+
+
+SIZE = Annotated[List[integer(1)], BeforeValidator(_pair),
+                 Field(description="a positive integer or [h, w] of positive integers")]
+
+
+def _mapping(value: Any) -> Any:
+    return {} if value is None else value
+
+
+MAPPING = Annotated[Dict[str, Any], BeforeValidator(_mapping), Field(description="a mapping (key: value, ...)")]
+
+CLASS_WEIGHT_MODES = ("auto", "median", "sqrt")
+
+
+def _class_weight(value: Any) -> Any:
+    if value is None or value in CLASS_WEIGHT_MODES:
+        return value
+    if isinstance(value, (list, tuple)) and value:
         try:
-            sizes = [self._int(v, key) for v in items]
-        except ConfigError:
-            raise self.fail(value, key) from None
-        return [sizes[0], sizes[-1]]
+            weights = [float(_number_text(v)) for v in value]
+        except (TypeError, ValueError):
+            weights = []
+        if weights and all(w >= 0 for w in weights) and any(w > 0 for w in weights):
+            return weights
+    raise ValueError("not a class weight")
 
 
-class Numbers(Check):
-    """A list of numbers, each checked by ``item``; ``length`` fixes the count."""
-
-    def __init__(self, item: Float, length: Optional[int] = None) -> None:
-        self.item, self.length = item, length
-        count = f"{length} numbers" if length else "a non-empty list of numbers"
-        self.expected = f"{count}, each {item.expected.replace('a number ', '')}"
-
-    def __call__(self, value: Any, key: str) -> List[float]:
-        if not isinstance(value, (list, tuple)) or not value or (self.length and len(value) != self.length):
-            raise self.fail(value, key)
-        try:
-            return [self.item(v, key) for v in value]
-        except ConfigError:
-            raise self.fail(value, key) from None
+CLASS_WEIGHT = Annotated[Any, BeforeValidator(_class_weight),
+                         Field(description="null, 'auto', 'median', 'sqrt' or a list of numbers >= 0 (one per "
+                                           "class, not all 0)")]
 
 
-class Mapping_(Check):
-    expected = "a mapping (key: value, ...)"
-
-    def __call__(self, value: Any, key: str) -> Dict[str, Any]:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            raise self.fail(value, key)
-        return copy.deepcopy(value)
+def optional(kind: Any) -> Any:
+    """``None`` (also ``"null"`` / ``"none"`` / empty text) or what ``kind`` accepts."""
+    return Annotated[Optional[kind], BeforeValidator(_null_text), Field(description=f"{_describe(kind)}, or null")]
 
 
-class Opt(Check):
-    """``None`` or what ``check`` accepts (empty, ``"null"`` or ``"none"`` text counts as ``None``)."""
+# --------------------------------------------------------------------------------------- messages
+def error_text(error: Dict[str, Any], data: Any, sections: Dict[str, Any], top: Any) -> str:
+    """One line for a pydantic error (``ValidationError.errors()`` item) of config ``data``: the key
+    path, the value given (the whole value of the key, not the failing list item) and the expectation
+    in words, or the unknown key with the closest accepted one."""
+    loc = [str(p) for p in error["loc"]]
+    if error["type"] == "extra_forbidden":
+        where, key = ".".join(loc[:-1]), loc[-1]
+        accepted = sorted((sections[loc[0]] if where else top).model_fields)
+        hint = difflib.get_close_matches(key, accepted, n=1)
+        did = f" (did you mean {(where + '.' if where else '') + hint[0]!r}?)" if hint else ""
+        full = f"{where}.{key}" if where else key
+        kind = "key" if where else "section or key"
+        return f"unknown config {kind} {full!r}{did}; accepted in {where or 'the top level'}: {', '.join(accepted)}"
+    message = error["msg"].removeprefix("Value error, ")
+    if message.startswith("config key"):  # a rule between keys, already worded
+        return message
+    if len(loc) == 1 and loc[0] in sections:
+        return f"config section {loc[0]}: got {_value(data, loc[:1])!r}, expected a mapping (key: value, ...)"
+    owner = sections[loc[0]] if loc[0] in sections else top
+    name = loc[1] if loc[0] in sections else loc[0]
+    field = owner.model_fields.get(name)
+    expected = field.description if field is not None and field.description else message
+    if message.startswith("one of "):  # a choice: its validator names the choices (and the closest one)
+        expected = message
+    key = ".".join(loc[:2] if loc[0] in sections else loc[:1])
+    return f"config key {key}: got {_value(data, key.split('.'))!r}, expected {expected}"
 
-    def __init__(self, check: Check) -> None:
-        self.check = check
-        self.expected = f"{check.expected}, or null"
 
-    def __call__(self, value: Any, key: str) -> Any:
-        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "null", "none", "~")):
+def _value(data: Any, path: Sequence[str]) -> Any:
+    for p in path:
+        if not isinstance(data, dict) or p not in data:
             return None
-        try:
-            return self.check(value, key)
-        except ConfigError:
-            raise self.fail(value, key) from None
-
-
-class ClassWeight(Check):
-    expected = "null, 'auto', 'median', 'sqrt' or a list of numbers >= 0 (one per class, not all 0)"
-    MODES = ("auto", "median", "sqrt")
-    _item = Float(0.0)
-
-    def __call__(self, value: Any, key: str) -> Any:
-        if value is None or value in self.MODES:
-            return value
-        if isinstance(value, (list, tuple)) and value:
-            try:
-                weights = [self._item(v, key) for v in value]
-            except ConfigError:
-                raise self.fail(value, key) from None
-            if any(w > 0 for w in weights):
-                return weights
-        raise self.fail(value, key)
-
-
-def _f(default: Any, check: Check) -> Any:
-    """A dataclass field with its check; mutable defaults are copied per instance."""
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: copy.deepcopy(default), metadata={"check": check})
-    return field(default=default, metadata={"check": check})
-
-
-def _loss_names() -> Tuple[str, ...]:
-    try:
-        from segattn.models.losses import LOSSES
-    except ImportError:  # pragma: no cover - engine without the models package
-        return ("ce",)
-    return tuple(sorted(LOSSES))
-
-
-class _LossName(Str):
-    def __call__(self, value: Any, key: str) -> str:
-        self.choices = _loss_names()
-        self.expected = f"one of {', '.join(repr(c) for c in self.choices)}"
-        return super().__call__(value, key)
-
-
-_POS_INT, _NONNEG_INT = Int(1), Int(0)
-_DEVICE = Str(pattern=r"auto|cpu|mps|cuda(:\d+)?", what="'auto', 'cpu', 'cuda', 'cuda:<index>' or 'mps'")
+        data = data[p]
+    return data
