@@ -1,5 +1,6 @@
 """The trainer's checkpoints: what a checkpoint holds, writing it (never with non-finite weights), resuming
-from it, and the weights a fresh run starts from (``model.pretrained`` training checkpoint).
+from it, and the weights a fresh run starts from (the ``model.init`` folder, or a ``model.pretrained``
+training checkpoint).
 
 :class:`CheckpointMixin` is part of :class:`segattn.engine.train.Trainer`; the file format is
 :mod:`segattn.engine.checkpoint`.
@@ -33,7 +34,6 @@ from segattn.models.transfer import InitError, init_from_folder
 
 class TrainingDiverged(ValueError):
     """The loss (or the weights) stopped being finite; the message says where and what to try."""
-
 
 
 def finetune_from(model: nn.Module, source: str) -> Optional[str]:
