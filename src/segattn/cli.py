@@ -37,11 +37,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from segattn.engine.workdir import resume_hint, train_config
 
     cfg = train_config(args.config, list(args.set), args.work_dir, args.resume, args.overwrite,
-                       args.allow_config_change)
+                       args.allow_config_change, init=args.init)
     summary = train(cfg)
     if summary.get("interrupted"):
+        hint_set = list(args.set) + ([f"model.init={args.init}"] if args.init else [])
         print(f"interrupted at iteration {summary['iteration']}; "
-              f"{resume_hint(cfg, args.config, list(args.set), args.allow_config_change)}", file=sys.stderr)
+              f"{resume_hint(cfg, args.config, hint_set, args.allow_config_change)}", file=sys.stderr)
         return 130
     return 0
 
@@ -109,6 +110,9 @@ def _add_engine_parsers(sub: argparse._SubParsersAction) -> None:
                    "unless resuming or --overwrite")
     p.add_argument("--resume", help="'auto' for <work_dir>/last.pt (an error if there is none), or a checkpoint path")
     p.add_argument("--overwrite", action="store_true", help="replace the earlier run in a non-empty work dir")
+    p.add_argument("--init", metavar="FOLDER", help="fine-tune from a save_pretrained / `segattn convert mmseg` "
+                   "folder: its architecture, normalisation and eval settings, every layer's weights (the "
+                   "classifiers fresh for another class count); config key model.init")
     p.add_argument("--allow-config-change", action="store_true",
                    help="resume although the config differs from the stored one (the differences are printed)")
     _add_set(p)

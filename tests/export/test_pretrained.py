@@ -18,7 +18,7 @@ from PIL import Image
 import segattn
 from segattn.cli import main
 from segattn.convert.resnet import read_checkpoint
-from segattn.models import weights
+from segattn.models import folder, weights  # folder: where save_pretrained and its helpers live
 from tests.helpers import perturb_
 
 TINY = {"backbone": "resnet18", "channels": 8}
@@ -61,7 +61,7 @@ def test_folder_layout_config_and_card(model, tmp_path) -> None:
 
 
 def test_torch_fallback_without_safetensors(model, tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(weights, "safetensors_available", lambda: False)
+    monkeypatch.setattr(folder, "safetensors_available", lambda: False)
     model.save_pretrained(tmp_path / "m")
     assert sorted(os.listdir(tmp_path / "m")) == ["README.md", "config.json", "model.pt"]
     _same_outputs(segattn.from_pretrained(tmp_path / "m"), model)
@@ -70,7 +70,7 @@ def test_torch_fallback_without_safetensors(model, tmp_path, monkeypatch) -> Non
     model.save_pretrained(tmp_path / "st", safe_serialization=None)
     monkeypatch.undo()
     model.save_pretrained(tmp_path / "st2")
-    monkeypatch.setattr(weights, "safetensors_available", lambda: False)
+    monkeypatch.setattr(folder, "safetensors_available", lambda: False)
     with pytest.raises(ImportError, match="needs the 'safetensors' package"):
         segattn.from_pretrained(tmp_path / "st2")
 

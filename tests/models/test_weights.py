@@ -164,7 +164,7 @@ def test_saved_model_does_not_need_the_backbone_checkpoint(tmp_path) -> None:
 
 def test_save_is_atomic(tmp_path, monkeypatch) -> None:
     import segattn
-    from segattn.models import weights
+    from segattn.models import folder  # where save_pretrained and its helpers live
 
     model = segattn.create_model("fcn", 3, backbone="resnet18", channels=8)
     model.save_pretrained(tmp_path / "m")
@@ -173,7 +173,7 @@ def test_save_is_atomic(tmp_path, monkeypatch) -> None:
     def broken_save(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(weights, "_write_weights", broken_save)
+    monkeypatch.setattr(folder, "_write_weights", broken_save)
     with pytest.raises(OSError, match="disk full"):
         segattn.create_model("fcn", 3, backbone="resnet18", channels=8).save_pretrained(tmp_path / "m", overwrite=True)
     assert (tmp_path / "m" / "model.safetensors").read_bytes() == before

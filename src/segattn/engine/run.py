@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from segattn.engine import build
 from segattn.engine.checkpoint import load_checkpoint, model_state
-from segattn.engine.config import apply_overrides, config_from_dict, load_config_dict
+from segattn.engine.config import apply_overrides, config_from_dict, load_config_dict, with_init
 from segattn.engine.distributed import ShardSampler, cleanup, init_distributed, pick_device
 from segattn.engine.evaluate import evaluate
 from segattn.engine.metrics import json_safe
@@ -83,7 +83,7 @@ def run_evaluation(checkpoint: str, config: Optional[str] = None, overrides: Seq
     else:
         raise SegattnError(f"checkpoint {checkpoint} holds no config (not written by `segattn train`?); pass --config")
     overrides = list(overrides) + ([f"train.device={device}"] if device else [])
-    cfg = config_from_dict(apply_overrides(data, overrides))
+    cfg = config_from_dict(with_init(data, overrides) if config is not None else apply_overrides(data, overrides))
     pick_device(cfg.train.device)  # an unavailable device fails here, before the dataset is read
     info = init_distributed(cfg.train.device)
     try:

@@ -36,6 +36,10 @@ Distributed. Each rank draws ``batch_size`` samples (global batch = world x batc
 averages gradients. BatchNorm statistics are per rank unless SyncBN is on (``train.sync_bn``,
 converted on CUDA only, since SyncBatchNorm needs CUDA). Metrics use an all-reduced confusion
 matrix; only rank 0 logs and writes checkpoints.
+
+Files: this loop; :mod:`segattn.engine.train_checkpoints` (checkpoints, resume, the weights a fresh
+run starts from); :mod:`segattn.engine.train_guards` (divergence, void labels, interrupts);
+:mod:`segattn.engine.logger` (metrics.jsonl, TensorBoard, progress).
 """
 
 from __future__ import annotations
@@ -44,11 +48,8 @@ import contextlib
 import os
 import random
 import shlex
-import signal
 import sys
-import threading
 import time
-import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -58,44 +59,28 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from segattn.engine import build
-from segattn.engine.checkpoint import (
-    atomic_save,
-    check_resumable,
-    load_checkpoint,
-    rng_state,
-    set_rng_state,
-    to_plain,
-)
+from segattn.engine.checkpoint import rng_state, set_rng_state
 from segattn.engine.config import Config, ConfigError, save_config
 from segattn.engine.distributed import (
     DistInfo,
     ResumableSampler,
     SeededDataset,
     ShardSampler,
-    barrier,
     cleanup,
     init_distributed,
 )
 from segattn.engine.evaluate import evaluate
 from segattn.engine.logger import RunLogger
 from segattn.engine.metrics import format_metrics, json_safe
+from segattn.engine.train_checkpoints import CheckpointMixin, TrainingDiverged, finetune_from
+from segattn.engine.train_guards import VOID_WINDOW, GuardMixin, NoLabelledPixels, _StopFlag
 from segattn.engine.workdir import RunStart, WorkDirLock, prepare_work_dir, truncate_metrics
-from segattn.errors import one_line
 from segattn.io import atomic_write_json
 from segattn.lowrank.hooks import call_step_hooks
 
 Callback = Callable[["Trainer", int], None]
-
-
-class TrainingDiverged(ValueError):
-    """The loss (or the weights) stopped being finite; the message says where and what to try."""
-
-
-class NoLabelledPixels(ValueError):
-    """The training labels hold no pixel to learn from (all ``ignore_index``)."""
-
-
-VOID_WINDOW = 20  # consecutive training batches without a labelled pixel that stop a run
+__all__ = ["Trainer", "train", "TrainingDiverged", "NoLabelledPixels", "VOID_WINDOW", "finetune_from",
+           "seed_everything", "set_deterministic", "dataset_meta"]
 
 
 def seed_everything(seed: int) -> None:
@@ -125,59 +110,8 @@ def dataset_meta(ds: Any) -> Dict[str, Any]:
     }
 
 
-def finetune_from(model: nn.Module, source: str) -> Optional[str]:
-    """Load a segattn training checkpoint ``source`` (``model.pretrained``) into ``model`` for fine-tuning.
 
-    Every tensor whose name and shape match is loaded, the head included; a classifier trained for
-    another number of classes keeps its fresh initialisation. Returns a one-line summary, or
-    ``None`` when ``source`` is not a training checkpoint (backbone weights, which the backbone has
-    loaded already). ``ValueError`` when no tensor fits (another architecture).
-    """
-    if not isinstance(source, str) or not os.path.isfile(source):
-        return None
-    ckpt = load_checkpoint(source)
-    if not (isinstance(ckpt.get("model"), dict) and isinstance(ckpt.get("config"), dict)):
-        return None
-    own = model.state_dict()
-    theirs = {k: v for k, v in ckpt["model"].items() if torch.is_tensor(v)}
-    usable = {k: v for k, v in theirs.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
-    if not usable:
-        name = ckpt["config"].get("model", {}).get("name", "?")
-        raise ValueError(f"model.pretrained {source} is a segattn checkpoint of model {name!r}; "
-                         "none of its tensors fits this model (names or shapes differ)")
-    model.load_state_dict(usable, strict=False)
-    other_shape = sorted(k for k in theirs if k in own and k not in usable)
-    text = f"fine-tuning from {source}: loaded {len(usable)} of {len(own)} tensors"
-    if other_shape:
-        text += f"; kept fresh (other shape, e.g. another class count): {', '.join(other_shape[:4])}"
-        text += " ..." if len(other_shape) > 4 else ""
-    return text
-
-
-class _StopFlag:
-    """SIGINT/SIGTERM -> ``requested``; restores the previous handlers on exit."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._old: Dict[int, Any] = {}
-
-    def _handler(self, signum: int, frame: Any) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __enter__(self) -> _StopFlag:
-        if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGINT, signal.SIGTERM):
-                self._old[s] = signal.signal(s, self._handler)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for s, h in self._old.items():
-            signal.signal(s, h)
-
-
-class Trainer:
+class Trainer(CheckpointMixin, GuardMixin):
     """Holds one run. ``Trainer(cfg).fit()`` trains; objects may be injected (tests, notebooks)."""
 
     def __init__(self, cfg: Config, model: Optional[nn.Module] = None, train_set: Any = None,
@@ -210,8 +144,8 @@ class Trainer:
         self.meta = dataset_meta(self.train_set)
         class_weight = self._class_weight()  # a wrong length fails here, before the model is built
         model = self._model_in if self._model_in is not None else build.build_model(cfg.model, self.meta["num_classes"])
-        if self._model_in is None and cfg.model.pretrained and not self._resuming:
-            note = finetune_from(model, cfg.model.pretrained)
+        if self._model_in is None and not self._resuming:
+            note = self.initial_weights(model)
             if note and self.info.is_main:
                 print(note, file=sys.stderr, flush=True)
         model.to(self.device)
@@ -270,89 +204,6 @@ class Trainer:
                                          num_workers=workers, pin_memory=pin,
                                          generator=torch.Generator().manual_seed(0))
 
-    # ------------------------------------------------------------------------------ resume
-    def checkpoint_state(self, rng_ranks: Optional[List[Any]] = None) -> Dict[str, Any]:
-        model = build.unwrap(self.model)
-        return {
-            "rng_ranks": rng_ranks,
-            "model": model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "iteration": self.iteration,
-            "best": self.best,
-            "rng": rng_state(),
-            "config": self.cfg.to_dict(),
-            "model_config": self._model_config(model),
-            "meta": self.meta,
-        }
-
-    def nonfinite_weights(self) -> List[str]:
-        """Names of the model's parameters and float buffers holding NaN or inf (at most 5)."""
-        bad = []
-        for key, value in build.unwrap(self.model).state_dict().items():
-            if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
-                bad.append(key)
-                if len(bad) == 5:
-                    break
-        return bad
-
-    def _model_config(self, model: nn.Module) -> Any:
-        """``model.config`` as plain data, or ``None`` (with a warning, once) when it holds other objects."""
-        try:
-            return to_plain(getattr(model, "config", None), "model.config")
-        except TypeError as exc:
-            if not getattr(self, "_warned_model_config", False):
-                warnings.warn(f"checkpoints store no model_config: {exc}", stacklevel=2)
-                self._warned_model_config = True
-            return None
-
-    def save(self, name: str) -> Optional[str]:
-        """Write ``<work_dir>/<name>`` on rank 0; every rank waits for it. Weights that are not all
-        finite are never written (:class:`TrainingDiverged`): the previous file stays."""
-        path = os.path.join(self.cfg.train.work_dir, name)
-        bad = self.nonfinite_weights()
-        if bad:
-            raise TrainingDiverged(f"the weights hold NaN/inf at iteration {self.iteration} ({', '.join(bad)}); "
-                                   f"{name} was not written. {self._divergence_hint()}")
-        rng_ranks = None
-        if self.info.distributed:  # every rank's RNG streams, so a resumed run continues each of them
-            rng_ranks = [None] * self.info.world_size
-            dist.all_gather_object(rng_ranks, rng_state())
-        if self.info.is_main:
-            atomic_save(self.checkpoint_state(rng_ranks), path)
-        barrier()
-        return path
-
-    def resume(self, path: str, ckpt: Optional[Dict[str, Any]] = None) -> None:
-        """Restore model, optimiser, scheduler, scaler, iteration, best metric and RNG streams."""
-        from segattn.engine.run import load_weights
-
-        ckpt = load_checkpoint(path, map_location="cpu") if ckpt is None else ckpt
-        check_resumable(ckpt, path)
-        load_weights(build.unwrap(self.model), ckpt, path)
-        for key in ("optimizer", "scheduler", "scaler"):
-            self._restore(path, key, lambda k=key: getattr(self, k).load_state_dict(ckpt[k]))
-        self.iteration = int(ckpt["iteration"])
-        self.best = ckpt.get("best")
-        ranks = ckpt.get("rng_ranks")
-        if ranks and len(ranks) == self.info.world_size:
-            self._restore(path, "rng_ranks", lambda: set_rng_state(ranks[self.info.rank]))
-        else:
-            self._restore(path, "rng", lambda: set_rng_state(ckpt["rng"]))
-            if self.info.distributed:  # world size changed: keep the ranks' streams distinct
-                torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,))) + self.info.rank)
-
-    @staticmethod
-    def _restore(path: str, key: str, load: Callable[[], Any]) -> None:
-        """Run ``load``; any failure is one ``ValueError`` naming the checkpoint and its key."""
-        try:
-            load()
-        except Exception as exc:  # a state of another optimiser, a damaged RNG state, ...
-            reason = one_line(str(exc), 300) or type(exc).__name__
-            raise ValueError(f"checkpoint {path}: its {key!r} state does not fit this run ({reason}); "
-                             "was it written with another optim / schedule / amp config?") from None
-
     # -------------------------------------------------------------------------------- step
     def _autocast(self) -> Any:
         if self.amp is None:
@@ -404,55 +255,6 @@ class Trainer:
         self.scheduler.step()
         call_step_hooks(build.unwrap(self.model))
         return {k: v.detach() for k, v in terms.items()}
-
-    def _divergence_hint(self) -> str:
-        last = os.path.join(self.cfg.train.work_dir, "last.pt")
-        kept = f"the last good checkpoint is {last}" if os.path.isfile(last) else "no checkpoint was written"
-        return (f"{kept}. Try a lower optim.lr (now {self.cfg.optim.lr:g}), train.grad_clip, or check the data "
-                "for NaN/inf values")
-
-    def _check_finite(self, terms: Dict[str, Tensor]) -> None:
-        """Stop on a non-finite loss (see the module docstring for the GradScaler tolerance)."""
-        loss = terms["loss"].detach()
-        if self.info.distributed:  # every rank stops together
-            loss = loss.clone()
-            dist.all_reduce(loss)
-        if bool(torch.isfinite(loss)):
-            self.nonfinite = 0
-            return
-        self.nonfinite += 1
-        tolerance = self.cfg.train.nonfinite_tolerance if self.scaler.is_enabled() else 0
-        if self.nonfinite > tolerance:
-            parts = ", ".join(f"{k} {float(v):g}" for k, v in terms.items() if k != "loss")
-            skipped = f" after {self.nonfinite - 1} skipped step(s)" if self.nonfinite > 1 else ""
-            raise TrainingDiverged(f"training diverged at iteration {self.iteration + 1}: the loss is "
-                                   f"{float(loss):g}{skipped} ({parts}); {self._divergence_hint()}")
-
-    def _check_labelled(self, masks: Tensor) -> None:
-        """Stop when :data:`VOID_WINDOW` batches in a row (fewer if the epoch or the run is shorter)
-        hold no labelled pixel (see the module docstring)."""
-        count = (masks != self.meta["ignore_index"]).sum()
-        if self.info.distributed:  # every rank decides the same
-            dist.all_reduce(count)
-        if bool(count > 0):
-            self.void_batches = 0
-            return
-        self.void_batches += 1
-        window = min(VOID_WINDOW, self.iters_per_epoch, self.cfg.schedule.iters - self._start_iter)
-        if self.void_batches >= max(1, window):
-            raise NoLabelledPixels(
-                f"no labelled pixel in {self.void_batches} training batch(es) in a row (iterations "
-                f"{self.iteration - self.void_batches + 2}-{self.iteration + 1}): every label pixel is "
-                f"ignore_index={self.meta['ignore_index']}; check the dataset's masks and its ignore_index "
-                "(nothing can be learned from these labels, so training stopped)")
-
-    def _stop_requested(self) -> bool:
-        flag = self.stop.requested
-        if self.info.distributed:
-            t = torch.tensor([1.0 if flag else 0.0], device=self.device if dist.get_backend() == "nccl" else "cpu")
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)
-            flag = bool(t.item() > 0)
-        return flag
 
     # ---------------------------------------------------------------------------- evaluate
     def validate(self) -> Optional[Dict[str, Any]]:

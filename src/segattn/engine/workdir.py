@@ -317,19 +317,24 @@ def truncate_metrics(work_dir: str, iteration: int) -> int:
 
 # ---------------------------------------------------------------------------------- command line
 def train_config(config: Optional[str], overrides: List[str], work_dir: Optional[str] = None,
-                 resume: Optional[str] = None, overwrite: bool = False, allow_config_change: bool = False) -> Config:
+                 resume: Optional[str] = None, overwrite: bool = False, allow_config_change: bool = False,
+                 init: Optional[str] = None) -> Config:
     """The config of ``segattn train``: ``config`` (a file or shipped name) with ``overrides``, or, when
-    resuming without ``config``, the run's stored config. The flags are set as given (not parsed)."""
-    from segattn.engine.config import apply_overrides, load_config_dict
+    resuming without ``config``, the run's stored config. The flags are set as given (not parsed);
+    ``init`` (``--init FOLDER``) is the ``model.init`` folder (:mod:`segattn.engine.finetune`)."""
+    from segattn.engine.config import apply_overrides, load_config_dict, with_init
 
     if config is None:
         if not resume:
             raise WorkDirError("--config is required (or --resume auto --work-dir DIR to continue a run "
                                "with its stored config)")
+        if init:
+            raise WorkDirError(f"--init {init} starts a fresh run; resuming continues the stored one (drop --init)")
         data, source = resume_config_dict(resume, work_dir), f"the stored config of {work_dir or resume}"
+        data = apply_overrides(data, overrides)  # a stored config already holds its init folder's settings
     else:
         data, source = load_config_dict(config), config
-    data = apply_overrides(data, overrides)
+        data = with_init(data, overrides, init)  # file < model.init folder < overrides
     train = data.setdefault("train", {})
     if not isinstance(train, dict):
         raise ConfigError(f"{source}: config section train: got {train!r}, expected a mapping")

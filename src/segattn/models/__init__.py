@@ -14,7 +14,8 @@ from segattn.lowrank.hooks import call_step_hooks
 from segattn.models.backbones import create_backbone, list_backbones
 from segattn.models.factory import build_segmentor, create_model, list_models
 from segattn.models.losses import build_loss
-from segattn.models.segmentor import SegmentationModel, from_pretrained
+from segattn.models.pretrained import from_pretrained
+from segattn.models.segmentor import SegmentationModel
 
 __all__: List[str] = [
     "create_model", "list_models", "from_pretrained", "build_segmentor", "SegmentationModel",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any, List
 
 from torch import nn
@@ -10,6 +11,7 @@ from torch import nn
 import segattn.models.zoo  # noqa: F401  (registers the models)
 from segattn.models.builder import HeadFactory, build_segmentor  # noqa: F401  (re-exported)
 from segattn.models.segmentor import SegmentationModel
+from segattn.models.transfer import init_from_folder
 from segattn.registry import MODELS
 
 
@@ -41,24 +43,10 @@ def create_model(name: str, num_classes: int, **kwargs: Any) -> SegmentationMode
 
 def load_whole_model(model: nn.Module, folder: str) -> None:
     """Initialise every layer from a ``save_pretrained`` folder (a converted mmseg model, a trained one):
-    ``pretrained=FOLDER`` in :func:`create_model` (``model.pretrained`` in a run config). Classifier
-    tensors (``cls.1``, ``pam_cls.1``, ...) whose shape differs (another number of classes) keep their fresh
-    initialisation; any other difference is a ``ValueError`` naming the keys."""
-    from segattn.models.weights import load_pretrained_state, read_pretrained_config
-
-    state = load_pretrained_state(folder, read_pretrained_config(folder))
-    own = model.state_dict()
-    fresh = [k for k in state if k in own and state[k].shape != own[k].shape and k.endswith(("cls.1.weight", "cls.1.bias"))]
-    for key in fresh:
-        del state[key]
-    missing = sorted(k for k in own if k not in state and k not in fresh)
-    unexpected = sorted(k for k in state if k not in own)
-    shapes = [k for k in state if k in own and state[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        raise ValueError(f"pretrained folder {folder!r} does not fit this model (build it with the folder's "
-                         f"config.json keywords): missing {missing[:4]}, unexpected {unexpected[:4]}, "
-                         f"other shapes {shapes[:4]}")
-    model.load_state_dict(state, strict=False)
-    if fresh:
-        print(f"pretrained {folder}: every layer loaded; the classifiers ({len(fresh)} tensors) start fresh "
-              "for the new number of classes")
+    ``pretrained=FOLDER`` in :func:`create_model`. Tensors shaped by the class count keep their fresh
+    initialisation when the count differs; any other difference is an
+    :class:`~segattn.models.transfer.InitError` (a ``ValueError``) naming the keys
+    (:func:`segattn.models.transfer.init_from_folder`)."""
+    report = init_from_folder(model, folder)
+    if report.reinitialised or report.ignored:
+        print(report.table(), file=sys.stderr)

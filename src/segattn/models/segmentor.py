@@ -5,7 +5,7 @@
 outputs of the head (DANet's ``"pam"`` and ``"cam"``), all at the input size, except outputs that are
 not maps (EncNet's ``"se"`` class-presence logits (B, K), whose loss kind is in ``loss_kinds``). ``loss_weights`` gives
 each key's weight. ``save_pretrained`` / :func:`from_pretrained` write / read a Hub-format folder
-(:mod:`segattn.models.weights`).
+(:mod:`segattn.models.folder`, :mod:`segattn.models.pretrained`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segattn.models.folder import save_pretrained
+from segattn.models.hub import push_to_hub
 from segattn.modules.base import check_feature_map
 
 
@@ -133,26 +135,13 @@ class SegmentationModel(nn.Module):
     # ----- persistence ------------------------------------------------------------------------
     def save_pretrained(self, directory: Union[str, os.PathLike[str]], **kwargs: Any) -> str:
         """Write a Hub-format folder (``config.json``, ``model.safetensors`` or ``model.pt``, ``README.md``)
-        as one unit; see :func:`segattn.models.weights.save_pretrained` for the keywords (class names,
+        as one unit; see :func:`segattn.models.folder.save_pretrained` for the keywords (class names,
         palette, mean/std, crop, eval settings, metrics, ``overwrite``)."""
-        from segattn.models.weights import save_pretrained
-
         return save_pretrained(self, directory, **kwargs)
 
     def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
-        """Save and upload to the Hugging Face Hub (``[hub]`` extra); see :func:`segattn.models.weights.push_to_hub`."""
-        from segattn.models.weights import push_to_hub
-
+        """Save and upload to the Hugging Face Hub (``[hub]`` extra); see :func:`segattn.models.hub.push_to_hub`."""
         return push_to_hub(self, repo_id, **kwargs)
-
-
-def from_pretrained(source: Union[str, os.PathLike[str]], map_location: Any = "cpu",
-                    strict: bool = True, **hub_kw: Any) -> SegmentationModel:
-    """Rebuild a model saved with :meth:`SegmentationModel.save_pretrained` (a folder, or a Hugging Face
-    Hub repo id ``user/repo`` with the ``[hub]`` extra); returned in eval mode."""
-    from segattn.models.weights import from_pretrained as _from_pretrained
-
-    return _from_pretrained(source, map_location=map_location, strict=strict, **hub_kw)  # type: ignore[return-value]
 
 
 def _is_compiling() -> bool:
