@@ -60,11 +60,9 @@ class Pending(NamedTuple):
 PENDING: Tuple[Pending, ...] = (
     # backbone-weight reading moves below models, into segattn/checkpoints/ (L1)
     Pending("segattn.models", "segattn.convert.resnet", "convert"),
-    Pending("segattn.models.weights", "segattn.convert.resnet", "convert"),
+    Pending("segattn.models.folder", "segattn.convert.resnet", "convert"),
     Pending("segattn.models.backbones.resnet", "segattn.convert.resnet", "convert"),
     Pending("segattn.models.backbones.timm_adapter", "segattn.convert.resnet", "convert"),
-    # from_pretrained without the lazy factory import (weights -> factory -> segmentor -> weights)
-    Pending("segattn.models.weights", "segattn.models.factory", "finetune"),
 )
 
 
