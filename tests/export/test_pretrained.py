@@ -17,7 +17,7 @@ from PIL import Image
 
 import segattn
 from segattn.cli import main
-from segattn.convert.resnet import read_checkpoint
+from segattn.checkpoints import read_checkpoint
 from segattn.models import weights
 from tests.helpers import perturb_
 

@@ -1,6 +1,6 @@
 """Hub-format model folders: ``save_pretrained`` / ``from_pretrained`` / ``push_to_hub``, and ``weights_info``.
 
-Backbone checkpoint reading and key remapping live in :mod:`segattn.convert.resnet`.
+Backbone checkpoint reading and key remapping live in :mod:`segattn.checkpoints`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from segattn.convert.resnet import load_safetensors
+from segattn.checkpoints.reading import load_safetensors
 
 StateDict = Dict[str, Tensor]
 

@@ -172,7 +172,7 @@ class ResNet(nn.Module):
             average pooling and a linear classifier of ``num_classes`` outputs.
         out_indices: timm indices: 0 = stem (reduction 2), 1..4 = layer1..layer4.
         pretrained: path or URL of a torchvision / timm / mmseg / segattn ResNet checkpoint
-            (loaded with :func:`segattn.convert.resnet.load_backbone_weights`; never fetched implicitly).
+            (loaded with :func:`segattn.checkpoints.resnet.load_backbone_weights`; never fetched implicitly).
     """
 
     def __init__(
@@ -220,7 +220,7 @@ class ResNet(nn.Module):
         self.fc = None if features_only or num_classes <= 0 else nn.Linear(cin, num_classes)
         self._init_weights()
         if pretrained:
-            from segattn.convert.resnet import load_backbone_weights
+            from segattn.checkpoints.resnet import load_backbone_weights
 
             load_backbone_weights(self, pretrained)
 

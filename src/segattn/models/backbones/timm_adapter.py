@@ -52,7 +52,7 @@ class TimmBackbone(nn.Module):
         self.feature_info = FeatureInfo(info, take)
         self.output_stride, self.out_indices, self.features_only = output_stride, take, True
         if pretrained:
-            from segattn.convert.resnet import read_checkpoint
+            from segattn.checkpoints.reading import read_checkpoint
 
             missing, unexpected = self.model.load_state_dict(read_checkpoint(pretrained), strict=False)
             if missing or unexpected:
