@@ -8,7 +8,7 @@ config onto a segattn model, :mod:`segattn.convert.mmseg_heads` holds the per-he
 module converts the tensors and writes the folder.
 
 What converts (``EncoderDecoder``, ``ResNetV1c`` or plain ``ResNet`` of depth 18 / 34 / 50 / 101 at
-output stride 8, 16 or 32, auxiliary ``FCNHead`` on stage 3 or none) and how each decode head maps onto a segattn model:
+output stride 8 or 16, auxiliary ``FCNHead`` on stage 3 or none) and how each decode head maps onto a segattn model:
 
 ============  ==========  =====================================================================
 mmseg head    segattn     exact differences handled here
@@ -55,6 +55,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
+from segattn.convert.mmconfig import ConfigError
 from segattn.convert.mmseg_arch import DATASETS, MmsegArchitecture, architecture_from_config
 from segattn.convert.mmseg_heads import HEADS, Rules, psa_rules
 from segattn.convert.mmseg_read import (
@@ -147,8 +148,8 @@ def from_mmseg(checkpoint: PathLike, config: ConfigArg = None, *,
 
     ``checkpoint`` is a local ``.pth`` written by mmseg (0.x or 1.x); ``config`` a merged mmseg config
     file (or an already parsed dict) that replaces the checkpoint's own (needed when it carries none).
-    ``fallback_config`` (a parsed config, e.g. the zoo manifest's copy) is used when neither ``config``
-    nor the checkpoint has one. The model's ``pretrained_config`` holds what :func:`save_mmseg` writes:
+    ``fallback_config`` (a parsed config, e.g. the zoo manifest's copy) is used when ``config`` is not
+    given and the checkpoint has no readable config (with a note). The model's ``pretrained_config`` holds what :func:`save_mmseg` writes:
     classes and palette (the checkpoint's meta, else the dataset's built-in list), normalisation,
     eval settings (whole / slide with crop and stride) and the source; ``model.mmseg_architecture`` the
     parsed :class:`MmsegArchitecture`; ``model.mmseg_notes`` what was dropped or changed on the way
@@ -157,7 +158,13 @@ def from_mmseg(checkpoint: PathLike, config: ConfigArg = None, *,
     ckpt = read_mmseg_checkpoint(checkpoint)
     if config is None and ckpt.config_text is None:
         config = fallback_config
-    cfg = read_config(config, ckpt)
+    try:
+        cfg = read_config(config, ckpt)
+    except ConfigError as err:
+        if config is not None or fallback_config is None:
+            raise
+        ckpt.notes.append(f"the checkpoint's own config was not readable ({err}); used the zoo manifest's copy")
+        cfg = read_config(fallback_config, ckpt)
     arch = architecture_from_config(cfg, ckpt.dataset_meta)
     model = arch.build()
     state = convert_state_dict(ckpt.state_dict, arch, cfg["model"]["decode_head"])

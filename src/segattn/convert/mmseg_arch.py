@@ -6,7 +6,7 @@ records), or a :class:`~segattn.convert.mmseg_read.ConversionError` naming the u
 what is supported.
 
 Backbones: mmseg's ``ResNetV1c`` (deep stem) and ``ResNet`` (plain 7x7 stem, the zoo's "b" models),
-depth 18 / 34 / 50 / 101, at output stride 8 (dilations (1, 1, 2, 4)), 16 ((1, 1, 1, 2)) or 32, with
+depth 18 / 34 / 50 / 101, at output stride 8 (dilations (1, 1, 2, 4)) or 16 ((1, 1, 1, 2)), with
 an optional stage-4 ``multi_grid``: segattn's ``resnet{depth}c`` / ``resnet{depth}``.
 """
 
@@ -31,7 +31,7 @@ DATASETS = {
     "PascalVOCDataset": "voc12aug",
 }
 #: mmseg backbone (strides, dilations) -> segattn output stride
-OUTPUT_STRIDES = {((1, 2, 1, 1), (1, 1, 2, 4)): 8, ((1, 2, 2, 1), (1, 1, 1, 2)): 16, ((1, 2, 2, 2), (1, 1, 1, 1)): 32}
+OUTPUT_STRIDES = {((1, 2, 1, 1), (1, 1, 2, 4)): 8, ((1, 2, 2, 1), (1, 1, 1, 2)): 16}
 BACKBONES = {"ResNetV1c": "c", "ResNet": ""}
 DEPTHS = (18, 34, 50, 101)
 
@@ -67,15 +67,15 @@ def _backbone_kwargs(bb: Mapping[str, Any]) -> Tuple[Dict[str, Any], int]:
     """segattn backbone keywords and the stage-4 width multiplier (of ``base_channels``)."""
     kind = bb.get("type")
     _require(kind in BACKBONES, f"backbone type {kind!r} is not supported; supported: ResNetV1c, ResNet (depth "
-                                f"{', '.join(map(str, DEPTHS))}, output stride 8 / 16 / 32)")
+                                f"{', '.join(map(str, DEPTHS))}, output stride 8 / 16)")
     depth = bb.get("depth")
     _require(depth in DEPTHS, f"{kind} depth {depth!r} is not supported; supported: {', '.join(map(str, DEPTHS))}")
     dil, strides = tuple(bb.get("dilations", (1, 1, 1, 1))), tuple(bb.get("strides", (1, 2, 2, 2)))
     _require((strides, dil) in OUTPUT_STRIDES,
              f"backbone dilations {dil} / strides {strides} are not supported; supported: (1, 1, 2, 4) / (1, 2, 1, 1) "
-             "(output stride 8, the -D8 models), (1, 1, 1, 2) / (1, 2, 2, 1) (-D16), (1, 1, 1, 1) / (1, 2, 2, 2) (-D32)")
+             "(output stride 8, the -D8 models), (1, 1, 1, 2) / (1, 2, 2, 1) (-D16)")
     os_ = OUTPUT_STRIDES[(strides, dil)]
-    _require(bool(bb.get("contract_dilation", False)) or os_ == 32, "backbone contract_dilation=False is not supported")
+    _require(bool(bb.get("contract_dilation", False)), "backbone contract_dilation=False is not supported")
     _require(bb.get("style", "pytorch") == "pytorch", f"backbone style {bb.get('style')!r} is not supported; supported: pytorch")
     _require(not bb.get("avg_down", False) and bb.get("deep_stem", kind == "ResNetV1c") == (kind == "ResNetV1c"),
              f"{kind} with deep_stem={bb.get('deep_stem')!r} / avg_down={bb.get('avg_down')!r} is not supported")
@@ -88,8 +88,11 @@ def _backbone_kwargs(bb: Mapping[str, Any]) -> Tuple[Dict[str, Any], int]:
     backbone_kw: Dict[str, Any] = {}
     if base != 64:
         backbone_kw.update(width=base, **({"stem_width": stem // 2} if kind == "ResNetV1c" else {}))
-    if bb.get("multi_grid") is not None:
-        backbone_kw["multi_grid"] = tuple(bb["multi_grid"])
+    if depth in (18, 34):  # mmcv's BasicBlock dilates its first 3x3 conv only
+        backbone_kw["dilate_conv2"] = False
+    if bb.get("multi_grid") is not None:  # mmseg's rates are absolute, segattn's multiply the stage's
+        stage4 = dil[3]
+        backbone_kw["multi_grid"] = tuple(g / stage4 if g % stage4 else g // stage4 for g in bb["multi_grid"])
     if backbone_kw:
         kw["backbone_kw"] = backbone_kw
     return kw, (8 if depth in (18, 34) else 32)
