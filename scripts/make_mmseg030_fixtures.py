@@ -71,6 +71,7 @@ FIXTURES = {
     f"pspnet_r18b-d8_{_C}": ("pspnet", {}),
     f"fcn_r50b-d8_{_C}": ("fcn", {}),
     "deeplabv3_r101-d16-mg124_512x1024_80k_cityscapes": ("deeplabv3", {}),
+    "fcn_d6_r50b-d16_512x1024_80k_cityscapes": ("fcn", {}),
 }
 SEED = 1234
 FP16 = {"loss_scaler": {"scale": 512.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000,

@@ -25,7 +25,8 @@ from tests.convert.mmseg_synth import synth_input
 TOL = 1e-6  # relative to max |logit|; the fixtures store mmseg's float64 logits as float32 (5e-8 floor)
 
 # one tensor of each head's context part: perturbing it must break the comparison
-CONTEXT_KEY = {"fcn": "decode_head.convs.1.conv.weight", "pspnet": "decode_head.psp_modules.1.1.conv.weight",
+CONTEXT_KEY = {"fcn": "decode_head.convs.1.conv.weight", "fcn-d6": "decode_head.convs.1.conv.weight",
+               "pspnet": "decode_head.psp_modules.1.1.conv.weight",
                "deeplabv3": "decode_head.aspp_modules.2.conv.weight", "nonlocal": "decode_head.nl_block.g.conv.weight",
                "danet": "decode_head.pam.value_project.weight", "ccnet": "decode_head.cca.value_conv.weight",
                "isanet": "decode_head.global_relation.value_project.weight",

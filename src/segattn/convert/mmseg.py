@@ -13,7 +13,8 @@ output stride 8 or 16, auxiliary ``FCNHead`` on stage 3 or none) and how each de
 ============  ==========  =====================================================================
 mmseg head    segattn     exact differences handled here
 ============  ==========  =====================================================================
-FCNHead       fcn         renames only (``num_convs=2``, ``concat_input=True``)
+FCNHead       fcn         renames only (``num_convs=2``, ``concat_input=True``; ``dilation`` as the FCN-D6
+                          models)
 PSPHead       pspnet      the PPM's ``align_corners`` follows the head (segattn's PPM default: True)
 ASPPHead      deeplabv3   bottleneck input blocks permuted (mmseg concatenates the pooled branch
                           first); widths: ``channels=2 x`` mmseg's, 3x3 bottleneck

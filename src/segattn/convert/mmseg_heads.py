@@ -37,8 +37,9 @@ def _check(dh: Mapping[str, Any], **expected: Any) -> None:
 
 
 def _fcn(dh: Mapping[str, Any], c: int) -> Tuple[str, Dict[str, Any]]:
-    _check(dh, num_convs=2, concat_input=True, kernel_size=3, dilation=1)
-    return "fcn", {}
+    _check(dh, num_convs=2, concat_input=True, kernel_size=3)
+    dilation = int(dh.get("dilation", 1))
+    return "fcn", ({"dilation": dilation} if dilation != 1 else {})
 
 
 def _psp(dh: Mapping[str, Any], c: int) -> Tuple[str, Dict[str, Any]]:
