@@ -1,11 +1,10 @@
 """Regenerate the mmseg converter fixtures (tests/convert/fixtures/mmseg/) from mmsegmentation 1.2.2.
 
-Run it in a separate venv that has mmseg (never a dependency of segattn; recipe in
-``../shared/spec/mmseg-cpu-setup.md``)::
+Run it in a separate venv that has mmseg (never a dependency of segattn; recipe in docs/development.md)::
 
-    python3 -m venv ../mmseg-venv
-    ../mmseg-venv/bin/pip install torch==2.13.0 mmsegmentation==1.2.2 mmengine==0.10.7 mmcv-lite==2.1.0 ftfy regex
-    ../mmseg-venv/bin/python scripts/make_mmseg_fixtures.py [NAME ...]
+    python3 -m venv /tmp/mmseg122
+    /tmp/mmseg122/bin/pip install torch==2.13.0 mmsegmentation==1.2.2 mmengine==0.10.7 mmcv-lite==2.1.0 ftfy regex
+    /tmp/mmseg122/bin/python scripts/make_mmseg_fixtures.py [NAME ...]
 
 For each covered config it builds mmseg's ``EncoderDecoder`` from the config shipped in the mmseg
 wheel with reduced widths (the config's own keys: backbone ``stem_channels`` / ``base_channels``,

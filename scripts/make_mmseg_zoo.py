@@ -3,7 +3,7 @@
 Run in the mmseg 1.2.2 venv (see scripts/make_mmseg_fixtures.py) with this checkout's source on the path;
 the manifest is a generated file: regenerate it (never edit it by hand) after a converter change::
 
-    PYTHONPATH=src ../mmseg-venv/bin/python scripts/make_mmseg_zoo.py
+    PYTHONPATH=src /tmp/mmseg122/bin/python scripts/make_mmseg_zoo.py
 
 For every model of the covered methods' ``metafile.yaml`` (shipped in the mmseg 1.2.2 wheel) it reads
 the config name, dataset, published single-scale and ms+flip mIoU and the weights URL (whose
