@@ -207,7 +207,7 @@ def test_zoo_name_route_reads_the_file_and_takes_config(server, tmp_path, monkey
 
 def test_refusals_name_the_cause_and_the_way_out(tmp_path) -> None:
     rec = record("fcn_r18-d8_512x1024_80k_cityscapes")
-    with pytest.raises(ConfigError, match=r"_base_ files.*mmseg 0\.x: meta\['config'\].*mmcv\.Config\.fromfile"):
+    with pytest.raises(ConfigError, match=r"_base_ files.*--config FILE.*mmseg 0\.x: mmcv\.Config\.fromfile.*0\.x: meta\['config'\]"):
         parse_config("_base_ = ['../_base_/models/fcn_r50-d8.py']\nmodel = dict()\n", source="cfg.py")
     bare = tmp_path / "bare.pth"
     torch.save({"state_dict": state_dict(rec)}, bare)

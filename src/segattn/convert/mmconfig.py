@@ -31,10 +31,10 @@ class ConfigError(SegattnError):
 _CONTAINERS = {"list": list, "tuple": tuple}
 _MISSING = object()
 #: how to get a merged config, for both mmseg generations (named in refusals)
-MERGED_HOWTO = ("give the merged config instead: the text a checkpoint stores (mmseg 1.x: meta['cfg'], "
-                "mmseg 0.x: meta['config']), or the dump of the config file "
+MERGED_HOWTO = ("pass a merged config instead (--config FILE, config=): the dump of the config file "
                 "(mmseg 1.x: mmengine.Config.fromfile(path).dump('merged.py'); "
-                "mmseg 0.x: mmcv.Config.fromfile(path).dump('merged.py'))")
+                "mmseg 0.x: mmcv.Config.fromfile(path).dump('merged.py')) or the text that a checkpoint of "
+                "the same run stores (1.x: meta['cfg'], 0.x: meta['config'])")
 
 
 def _fail(node: ast.AST, what: str, source: str) -> ConfigError:

@@ -176,9 +176,8 @@ def read_config(config: Union[None, PathLike, Mapping[str, Any]], ckpt: MmsegChe
         with open(path, encoding="utf-8") as f:
             return parse_config(f.read(), source=path, keys=CONFIG_KEYS)
     if ckpt.config_text is None:
-        raise ConfigError(f"{ckpt.path}: the checkpoint carries no config (meta['cfg'] / meta['config']); pass the "
-                          f"model's merged config file with --config (config=): {MERGED_HOWTO}; or convert the "
-                          "zoo entry by NAME, whose manifest carries its config")
+        raise ConfigError(f"{ckpt.path}: the checkpoint carries no config (meta['cfg'] / meta['config']); "
+                          f"{MERGED_HOWTO}; or convert the zoo entry by NAME, whose manifest carries its config")
     return parse_config(ckpt.config_text, source=ckpt.config_source, keys=CONFIG_KEYS)
 
 
