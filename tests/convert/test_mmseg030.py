@@ -171,7 +171,7 @@ def test_unread_lines_are_never_evaluated_but_read_ones_are_checked(tmp_path) ->
         _convert(write_checkpoint(rec, tmp_path / "b.pth", config=bad))
 
 
-def test_backbone_variants_map_onto_segattn_backbones(converted) -> None:
+def test_backbone_variants_map_onto_segattn_backbones(converted, tmp_path) -> None:
     want = {"fcn_r18-d8": ("resnet18c", 8, None), "pspnet_r18b-d8": ("resnet18", 8, None),
             "fcn_r50b-d8": ("resnet50", 8, None), "fcn_d6_r50b-d16": ("resnet50", 16, None), "deeplabv3_r101-d16-mg124": ("resnet101c", 16, (0.5, 1, 2))}
     for prefix, (backbone, stride, grid) in want.items():
@@ -180,6 +180,12 @@ def test_backbone_variants_map_onto_segattn_backbones(converted) -> None:
         assert (kw["backbone"], kw["output_stride"], kw.get("backbone_kw", {}).get("multi_grid")) == (
             backbone, stride, grid), name
     assert converted("fcn_d6_r50b-d16_512x1024_80k_cityscapes")[1].mmseg_architecture.kwargs["dilation"] == 6
+    for name in ("fcn_d6_r50b-d16_512x1024_80k_cityscapes", "deeplabv3_r101-d16-mg124_512x1024_80k_cityscapes"):
+        converted(name)[1].save_pretrained(tmp_path / name)  # the saved folder rebuilds the same layout
+        h, w = record(name)["sizes"][0]
+        with torch.no_grad():
+            got = segattn.from_pretrained(tmp_path / name).double()(synth_input(name, (h, w)))
+        assert _rel(got, expected(name)[f"logits_{h}x{w}"]) < TOL
 
 
 def test_zoo_name_route_reads_the_file_and_takes_config(server, tmp_path, monkeypatch) -> None:  # noqa: F811
