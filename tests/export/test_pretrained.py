@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 
 import segattn
-from segattn.cli import main
 from segattn.checkpoints import read_checkpoint
+from segattn.cli import main
 from segattn.models import weights
 from tests.helpers import perturb_
 
