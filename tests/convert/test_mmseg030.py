@@ -224,7 +224,8 @@ def test_refusals_name_the_cause_and_the_way_out(tmp_path) -> None:
         _convert(wrong)
 
 
-def test_converted_0x_file_evaluates_predicts_and_exports(tmp_path) -> None:
+def test_converted_0x_file_evaluates_predicts_exports_and_fine_tunes(tmp_path) -> None:
+    """(``segattn viz`` needs a context module; FCN has none: the 1.x test visualises a DANet.)"""
     from PIL import Image
 
     name = "fcn_r18-d8_512x1024_80k_cityscapes"
@@ -249,3 +250,6 @@ def test_converted_0x_file_evaluates_predicts_and_exports(tmp_path) -> None:
     assert main(["export", "--checkpoint", str(out), "--format", "onnx", "--size", "40x56",
                  "--out", str(tmp_path / "m.onnx")]) == 0
     assert (tmp_path / "m.onnx").stat().st_size > 0
+    kw = dict(segattn.from_pretrained(out).pretrained_config["kwargs"])  # fine-tuning: 2 new classes
+    tuned = segattn.create_model("fcn", 2, **{**kw, "pretrained": str(out)})
+    assert tuned.head.cls[1].out_channels == 2
