@@ -4,7 +4,7 @@ Run it in the venv made by ``scripts/make_mmseg030_venv.sh`` (mmsegmentation 0.3
 compiled ops, torch 2.13 CPU; never a dependency of segattn)::
 
     bash scripts/make_mmseg030_venv.sh /tmp/mmseg030
-    /tmp/mmseg030/bin/python scripts/make_mmseg030_fixtures.py [NAME ...]
+    PYTHONPATH=src /tmp/mmseg030/bin/python scripts/make_mmseg030_fixtures.py [NAME ...]
 
 For each config (shipped in the mmseg 0.30 wheel) it builds the ``EncoderDecoder`` with reduced widths,
 fills it with ``tests/convert/mmseg_synth.py``'s values, and writes the checkpoint the way
@@ -22,7 +22,8 @@ own ``IterBasedRunner.save_checkpoint``; the script then checks that
   for slide configs, of ``slide_inference``.
 
 PSAHead's ``PSAMask`` needs a compiled mmcv op; it is replaced by the PyTorch port of mmcv's CPU
-kernel in ``scripts/make_mmseg_fixtures.py`` (checked there against segattn's ``psa_mask``).
+kernel in ``scripts/make_mmseg_fixtures.py``, checked against segattn's ``psa_mask`` when segattn is
+importable (``PYTHONPATH=src``).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
-from make_mmseg_fixtures import PSAMaskPort, _placeholder_ext, _to_bn  # noqa: E402
+from make_mmseg_fixtures import PSAMaskPort, _placeholder_ext, _to_bn, check_port  # noqa: E402
 from tests.convert.mmseg_synth import synth_input, synth_tensor  # noqa: E402
 
 OUT = os.path.join(ROOT, "tests", "convert", "fixtures", "mmseg030")
@@ -226,6 +227,7 @@ def main(argv) -> None:
     psa_head.PSAMask = PSAMaskPort
     torch.set_num_threads(1)
     os.makedirs(OUT, exist_ok=True)
+    check_port()  # with PYTHONPATH=src: the port equals segattn's psa_mask
     env_info = "\n".join(f"{k}: {v}" for k, v in collect_env().items())
     for name in argv or list(FIXTURES):
         folder, head_kw = FIXTURES[name]
