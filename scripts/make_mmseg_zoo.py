@@ -47,7 +47,11 @@ def _fix(m: dict) -> dict:
 
 
 def _backbone_label(bb: dict, kwargs: dict) -> str:
-    """``R-50-D8``, ``R-18b-D8`` (plain ResNet), ``R-101-D16-MG124``: the zoo's own naming."""
+    """``R-50-D8``, ``R-18b-D8`` (plain ResNet), ``R-101-D16-MG124``, ``HRNetV2p-W48``: the zoo's naming."""
+    if bb.get("type") == "HRNet":
+        return f"HRNetV2p-W{bb['extra']['stage2']['num_channels'][0]}"
+    if bb.get("type") not in ("ResNet", "ResNetV1c"):
+        return str(bb.get("type"))
     plain = "b" if bb.get("type") == "ResNet" else ""
     grid = "-MG" + "".join(str(g) for g in bb["multi_grid"]) if bb.get("multi_grid") else ""
     return f"R-{bb['depth']}{plain}-D{kwargs['output_stride']}{grid}"
