@@ -1,11 +1,10 @@
 """Regenerate the mmseg converter fixtures (tests/convert/fixtures/mmseg/) from mmsegmentation 1.2.2.
 
-Run it in a separate venv that has mmseg (never a dependency of segattn; recipe in
-``../shared/spec/mmseg-cpu-setup.md``)::
+Run it in a separate venv that has mmseg (never a dependency of segattn; recipe in docs/development.md)::
 
-    python3 -m venv ../mmseg-venv
-    ../mmseg-venv/bin/pip install torch==2.13.0 mmsegmentation==1.2.2 mmengine==0.10.7 mmcv-lite==2.1.0 ftfy regex
-    ../mmseg-venv/bin/python scripts/make_mmseg_fixtures.py [NAME ...]
+    python3 -m venv /tmp/mmseg122
+    /tmp/mmseg122/bin/pip install torch==2.13.0 mmsegmentation==1.2.2 mmengine==0.10.7 mmcv-lite==2.1.0 ftfy regex
+    /tmp/mmseg122/bin/python scripts/make_mmseg_fixtures.py [NAME ...]
 
 For each covered config it builds mmseg's ``EncoderDecoder`` from the config shipped in the mmseg
 wheel with reduced widths (the config's own keys: backbone ``stem_channels`` / ``base_channels``,
@@ -68,6 +67,9 @@ FIXTURES = {
     "ocrnet_r101-d8_4xb2-40k_cityscapes-512x1024": ("ocrnet", {"ocr_channels": 32}),
     f"encnet_r50-d8_{_CITY}": ("encnet", {"num_codes": 8}),
     f"dmnet_r50-d8_{_CITY}": ("dmnet", {}),
+    # backbone variants: ResNet-18 V1c; plain ResNet ("b") at output stride 16 with FCNHead(dilation=6)
+    f"fcn_r18-d8_{_CITY}": ("fcn", {}),
+    f"fcn-d6_r50b-d16_{_CITY}": ("fcn", {}),
 }
 STEM, BASE, CHANNELS, AUX_CHANNELS = 16, 16, 64, 32
 
@@ -136,7 +138,7 @@ def build_config(name: str, folder: str, head_kw: dict):
     m = cfg.model
     m.pretrained = None
     m.backbone.update(stem_channels=STEM, base_channels=BASE)
-    last = BASE * 8 * 4
+    last = BASE * 8 * (1 if m.backbone.depth in (18, 34) else 4)
     dh = m.decode_head
     if isinstance(dh, (list, tuple)):  # CascadeEncoderDecoder (OCRNet): [FCNHead on stage 3, OCRHead]
         dh[0].update(in_channels=last // 2, channels=AUX_CHANNELS, num_classes=NUM_CLASSES)

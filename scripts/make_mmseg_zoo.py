@@ -1,9 +1,9 @@
 """Write src/segattn/convert/mmseg_zoo.json: mmseg's published checkpoints of the heads segattn converts.
 
-Run in the mmseg venv (see scripts/make_mmseg_fixtures.py), with segattn installed there (``pip
-install --no-deps -e .``)::
+Run in the mmseg 1.2.2 venv (see scripts/make_mmseg_fixtures.py) with this checkout's source on the path;
+the manifest is a generated file: regenerate it (never edit it by hand) after a converter change::
 
-    ../mmseg-venv/bin/python scripts/make_mmseg_zoo.py
+    PYTHONPATH=src /tmp/mmseg122/bin/python scripts/make_mmseg_zoo.py
 
 For every model of the covered methods' ``metafile.yaml`` (shipped in the mmseg 1.2.2 wheel) it reads
 the config name, dataset, published single-scale and ms+flip mIoU and the weights URL (whose
@@ -46,6 +46,17 @@ def _fix(m: dict) -> dict:
     return m
 
 
+def _backbone_label(bb: dict, kwargs: dict) -> str:
+    """``R-50-D8``, ``R-18b-D8`` (plain ResNet), ``R-101-D16-MG124``, ``HRNetV2p-W48``: the zoo's naming."""
+    if bb.get("type") == "HRNet":
+        return f"HRNetV2p-W{bb['extra']['stage2']['num_channels'][0]}"
+    if bb.get("type") not in ("ResNet", "ResNetV1c"):
+        return str(bb.get("type"))
+    plain = "b" if bb.get("type") == "ResNet" else ""
+    grid = "-MG" + "".join(str(g) for g in bb["multi_grid"]) if bb.get("multi_grid") else ""
+    return f"R-{bb['depth']}{plain}-D{kwargs['output_stride']}{grid}"
+
+
 def _trim(node):
     if isinstance(node, dict):
         return {k: _trim(v) for k, v in node.items() if k not in _DROP}
@@ -61,6 +72,7 @@ def main() -> None:
 
     from segattn.convert.mmconfig import parse_config
     from segattn.convert.mmseg import architecture_from_config
+    from segattn.convert.mmseg_read import CONFIG_KEYS
 
     configs = os.path.join(os.path.dirname(mmseg.__file__), ".mim")
     entries, skipped = [], []
@@ -73,7 +85,7 @@ def main() -> None:
                 skipped.append((m["Name"], "config file not shipped"))
                 continue
             cfg = Config.fromfile(cfg_path)
-            parsed = parse_config(cfg.pretty_text, source=m["Config"])
+            parsed = parse_config(cfg.pretty_text, source=m["Config"], keys=CONFIG_KEYS)
             try:
                 arch = architecture_from_config(parsed)
             except Exception as exc:  # noqa: BLE001 - reported and skipped
@@ -88,7 +100,7 @@ def main() -> None:
                 "name": m["Name"],
                 "method": method,
                 "model": arch.name,
-                "backbone": f"R-{parsed['model']['backbone']['depth']}-D8",
+                "backbone": _backbone_label(parsed["model"]["backbone"], arch.kwargs),
                 "dataset": (m.get("Results") or {}).get("Dataset"),
                 "crop_size": list(parsed.get("crop_size") or []),
                 "iterations": int(re.search(r"(\d+)k", m["Name"]).group(1)) * 1000,

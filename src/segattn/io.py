@@ -12,7 +12,7 @@ import re
 import tempfile
 import warnings
 from pathlib import Path
-from typing import IO, Any, Callable, Union
+from typing import IO, Any, Callable, Mapping, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -144,6 +144,7 @@ def safe_torch_load(path: PathLike, map_location: Any = "cpu", what: str = "chec
     ``skip``: fully qualified names (``"mmengine.logging.history_buffer.HistoryBuffer"``) that the
     caller does not read and wants replaced by inert :class:`Skipped` objects instead of refused, e.g.
     the training-state part of another library's checkpoint (torch >= 2.5; older torch refuses them).
+    A mapping ``{name: stand_in}`` gives the callable that replaces each name (``None``: :class:`Skipped`).
     """
     import torch
 
@@ -156,7 +157,9 @@ def safe_torch_load(path: PathLike, map_location: Any = "cpu", what: str = "chec
         with warnings.catch_warnings():  # torch's note on pickle protocols concerns torch, not the user
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             if skip and hasattr(torch.serialization, "safe_globals"):
-                inert = [(_skipped if name.rsplit(".", 1)[-1][:1].islower() else Skipped, name) for name in skip]
+                given = skip if isinstance(skip, Mapping) else {}
+                inert = [(given.get(name) or (_skipped if name.rsplit(".", 1)[-1][:1].islower() else Skipped), name)
+                         for name in skip]
                 with torch.serialization.safe_globals(inert):
                     return torch.load(path, map_location=map_location, weights_only=True)
             return torch.load(path, map_location=map_location, weights_only=True)

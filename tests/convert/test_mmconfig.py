@@ -47,3 +47,40 @@ def test_refused_with_the_line(text: str, message: str) -> None:
 def test_not_text() -> None:
     with pytest.raises(ConfigError, match="expected config text"):
         parse_config(b"x = 1")  # type: ignore[arg-type]
+
+
+MMCV1_TAIL = """norm_cfg = dict(type='SyncBN', requires_grad=True)
+model = dict(type='EncoderDecoder', backbone=dict(norm_cfg=norm_cfg), test_cfg=dict(mode='whole'))
+img_norm_cfg = dict(mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0], to_rgb=False)
+data = dict(train=dict(pipeline=[dict(type='Resize', ratio_range=make_range())]),
+            test=dict(type='CityscapesDataset', pipeline=[dict(type='Normalize', **img_norm_cfg)]))
+gpu_ids = range(0, 4)
+hooks = [__import__('os').system('echo never')]
+"""
+
+
+def test_only_the_asked_keys_are_evaluated() -> None:
+    """mmseg 0.x writes ``gpu_ids = range(0, 4)`` after every distributed run: unread lines do no harm."""
+    with pytest.raises(ConfigError, match="line 4: a call of make_range"):
+        parse_config(MMCV1_TAIL)  # everything: refused, naming the line
+    with pytest.raises(ConfigError, match="line 6: a call of range"):
+        parse_config(MMCV1_TAIL, keys=("gpu_ids",))
+    cfg = parse_config(MMCV1_TAIL, keys=("model", "img_norm_cfg", "data.test.pipeline", "data.test.type",
+                                         "crop_size", "model.missing"))
+    assert get(cfg, "model.backbone.norm_cfg.type") == "SyncBN" and get(cfg, "model.test_cfg.mode") == "whole"
+    assert cfg["img_norm_cfg"]["to_rgb"] is False and "crop_size" not in cfg and "gpu_ids" not in cfg
+    assert cfg["data"] == {"test": {"type": "CityscapesDataset",
+                                    "pipeline": [{"type": "Normalize", "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0],
+                                                  "to_rgb": False}]}}  # data.train (a call) never evaluated
+    with pytest.raises(ConfigError, match="line 4: a call of make_range"):
+        parse_config(MMCV1_TAIL, keys=("data.train",))
+    merged = "base = dict(a=dict(b=1))\nboth = dict(base, c=2)\nlater = dict(**base)\n"
+    assert parse_config(merged, keys=("both.a.b", "later.a", "both.c")) == {"both": {"a": {"b": 1}, "c": 2},
+                                                                           "later": {"a": {"b": 1}}}
+    assert parse_config("x = 1\nx = dict(y=x)\n", keys=("x.y",)) == {"x": {"y": 1}}  # the earlier x
+
+
+def test_statements_are_refused_with_the_way_out() -> None:
+    with pytest.raises(ConfigError, match=r"line 2: an import; a merged config holds assignments only.*"
+                                          r"--config FILE.*mmcv\.Config\.fromfile"):
+        parse_config("x = 1\nimport os\n", keys=("x",))

@@ -25,7 +25,8 @@ from tests.convert.mmseg_synth import synth_input
 TOL = 1e-6  # relative to max |logit|; the fixtures store mmseg's float64 logits as float32 (5e-8 floor)
 
 # one tensor of each head's context part: perturbing it must break the comparison
-CONTEXT_KEY = {"fcn": "decode_head.convs.1.conv.weight", "pspnet": "decode_head.psp_modules.1.1.conv.weight",
+CONTEXT_KEY = {"fcn": "decode_head.convs.1.conv.weight", "fcn-d6": "decode_head.convs.1.conv.weight",
+               "pspnet": "decode_head.psp_modules.1.1.conv.weight",
                "deeplabv3": "decode_head.aspp_modules.2.conv.weight", "nonlocal": "decode_head.nl_block.g.conv.weight",
                "danet": "decode_head.pam.value_project.weight", "ccnet": "decode_head.cca.value_conv.weight",
                "isanet": "decode_head.global_relation.value_project.weight",
@@ -148,10 +149,11 @@ def test_checkpoint_that_would_run_code_is_refused(tmp_path) -> None:
 def test_unsupported_parts_are_named(tmp_path) -> None:
     rec = record("fcn_r50-d8_4xb2-80k_cityscapes-512x1024")
     bad = dict(rec, cfg=rec["cfg"].replace("type='ResNetV1c'", "type='MixVisionTransformer'"))
-    with pytest.raises(ConversionError, match="backbone type 'MixVisionTransformer' is not supported; supported: ResNetV1c"):
+    with pytest.raises(ConversionError, match="backbone type 'MixVisionTransformer' is not supported; supported: ResNetV1c, ResNet "):
         from_mmseg(write_checkpoint(bad, tmp_path / "bad.pth"))
     cases = [("decode_head", "type", "UPerHead", r"decode head 'UPerHead' is not supported; supported: ANNHead, .*PSAHead"),
-             ("backbone", "depth", 18, "depth 18 is not supported; supported: 50, 101"),
+             ("backbone", "depth", 152, "depth 152 is not supported; supported: 18, 34, 50, 101"),
+             ("backbone", "avg_down", True, "avg_down=True is not supported"),
              ("backbone", "dilations", (1, 1, 1, 2), "dilations .* not supported"),
              ("auxiliary_head", "num_convs", 2, "auxiliary FCNHead must have"),
              ("decode_head", "num_convs", 1, "FCNHead: num_convs=1 is not supported; supported: 2"),
@@ -285,12 +287,15 @@ def test_mmengine_training_state_is_skipped_not_run(tmp_path, monkeypatch) -> No
     path = write_checkpoint(rec, tmp_path / "iter_80000.pth", message_hub=hub,
                             optimizer={"state": {}, "param_groups": [{"lr": 0.01, "params": [0]}]})
     bad = tmp_path / "bad.pth"
-    torch.save({"meta": {"cfg": rec["cfg"], "x": HistoryBuffer()}, "state_dict": state_dict(rec)}, bad)
+    torch.save({"meta": {"cfg": rec["cfg"]}, "state_dict": {**state_dict(rec), "x": HistoryBuffer()}}, bad)
+    unread = tmp_path / "unread.pth"  # training state in a part of meta the converter never reads: harmless
+    torch.save({"meta": {"cfg": rec["cfg"], "x": HistoryBuffer()}, "state_dict": state_dict(rec)}, unread)
     monkeypatch.delitem(sys.modules, module.__name__)  # loading must not need (or import) it
     model = from_mmseg(path).double()
     h, w = rec["sizes"][0]
     with torch.no_grad():
         assert _rel(model(synth_input(name, (h, w))), expected(name)[f"logits_{h}x{w}"]) < TOL
     assert module.__name__ not in sys.modules
-    with pytest.raises(ConversionError, match="meta or state_dict holds training-state objects"):
+    from_mmseg(unread)
+    with pytest.raises(ConversionError, match="state_dict holds objects other than tensors"):
         from_mmseg(bad)

@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
+from segattn.checkpoints import read_checkpoint
 from segattn.cli import main
-from segattn.convert.resnet import read_checkpoint
 from segattn.engine import build
 from segattn.engine.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state, to_plain
 from segattn.engine.config import ModelConfig

@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 
 import segattn
+from segattn.checkpoints import read_checkpoint
 from segattn.cli import main
-from segattn.convert.resnet import read_checkpoint
 from segattn.models import folder, weights  # folder: where save_pretrained and its helpers live
 from tests.helpers import perturb_
 

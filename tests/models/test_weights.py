@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from segattn.convert.resnet import (
+from segattn.checkpoints import (
     detect_layout,
     load_backbone_weights,
     read_checkpoint,

@@ -7,17 +7,22 @@ import os
 
 
 def _cmd_mmseg(args: argparse.Namespace) -> int:
+    import warnings
+
     from segattn.convert.mmseg import save_mmseg
 
-    if os.path.isfile(args.source):
-        out = save_mmseg(args.source, args.out, args.config, overwrite=args.overwrite)
-    else:
-        from segattn.convert.zoo import convert_entry, zoo_entry
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if os.path.isfile(args.source):
+            out = save_mmseg(args.source, args.out, args.config, overwrite=args.overwrite)
+        else:
+            from segattn.convert.zoo import convert_entry, zoo_entry
 
-        if args.config is not None:
-            raise ValueError("--config applies to a checkpoint file; a zoo entry brings its own config")
-        entry = zoo_entry(args.source)
-        out = convert_entry(entry, args.out, overwrite=args.overwrite, directory=args.cache_dir, quiet=args.quiet)
+            entry = zoo_entry(args.source)
+            out = convert_entry(entry, args.out, overwrite=args.overwrite, directory=args.cache_dir,
+                                quiet=args.quiet, config=args.config)
+    for w in caught:
+        print(f"note: {w.message}")
     print(f"wrote {out} (segattn.from_pretrained / segattn eval, predict, viz, export take it)")
     return 0
 
@@ -30,8 +35,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                       "read without running code")
     p.add_argument("source", help="an mmseg .pth file, or a zoo entry name (downloaded, sha256-checked, cached)")
     p.add_argument("--out", required=True, help="output folder (save_pretrained format)")
-    p.add_argument("--config", help="the merged mmseg config file, for a checkpoint that carries none "
-                                    "(read as data, never executed)")
+    p.add_argument("--config", help="a merged mmseg config file that replaces the checkpoint's own (needed when "
+                                    "it carries none; read as data, never executed)")
     p.add_argument("--overwrite", action="store_true", help="replace a segattn folder at --out")
     p.add_argument("--cache-dir", help="where zoo downloads go (default $SEGATTN_HOME/mmseg, ~/.cache/segattn/mmseg)")
     p.add_argument("--quiet", action="store_true", help="no download progress")

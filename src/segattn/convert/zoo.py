@@ -97,8 +97,12 @@ def download(entry: ZooEntry, directory: Union[None, str, os.PathLike] = None, q
 
 
 def convert_entry(entry: ZooEntry, out: Union[str, os.PathLike], *, overwrite: bool = False,
-                  directory: Union[None, str, os.PathLike] = None, quiet: bool = False) -> str:
-    """Download (if needed) and convert ``entry`` to a segattn folder whose card carries its published mIoU."""
+                  directory: Union[None, str, os.PathLike] = None, quiet: bool = False,
+                  config: Union[None, str, os.PathLike] = None) -> str:
+    """Download (if needed) and convert ``entry`` to a segattn folder whose card carries its published mIoU.
+
+    The file's own config is used; ``config`` (a merged config file) replaces it, and the manifest's
+    copy is used when the file has no readable config."""
     from segattn.convert.mmseg import check_out_folder, save_mmseg
 
     check_out_folder(out, overwrite)  # before a long download
@@ -106,7 +110,7 @@ def convert_entry(entry: ZooEntry, out: Union[str, os.PathLike], *, overwrite: b
     metrics = {"mIoU": entry.miou / 100} if entry.miou is not None else {}
     if entry.miou_ms_flip is not None:
         metrics["mIoU_ms_flip"] = entry.miou_ms_flip / 100
-    return save_mmseg(path, out, overwrite=overwrite, metrics=metrics, fallback_config=entry.config,
+    return save_mmseg(path, out, config, overwrite=overwrite, metrics=metrics, fallback_config=entry.config,
                       source=f"mmsegmentation {entry.name} ({entry.url}); mIoU as published by mmseg")
 
 

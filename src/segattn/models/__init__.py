@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import List
 
-from segattn.convert.resnet import LoadReport, load_backbone_weights
+from segattn.checkpoints.resnet import LoadReport, load_backbone_weights
 from segattn.lowrank.hooks import call_step_hooks
 from segattn.models.backbones import create_backbone, list_backbones
 from segattn.models.factory import build_segmentor, create_model, list_models

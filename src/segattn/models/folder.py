@@ -2,7 +2,7 @@
 
 Building a model from a folder (``from_pretrained``) is :mod:`segattn.models.pretrained`; Hub repo ids
 (download, upload) are :mod:`segattn.models.hub`; backbone checkpoint reading and key remapping live
-in :mod:`segattn.convert.resnet`.
+in :mod:`segattn.checkpoints`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from segattn.convert.resnet import load_safetensors
+from segattn.checkpoints.reading import load_safetensors
 
 StateDict = Dict[str, Tensor]
 

@@ -4,6 +4,7 @@ One import path for the three modules that implement them (kept for existing imp
 :mod:`segattn.models.folder` (the folder written and read), :mod:`segattn.models.hub` (Hub repo ids)
 and :mod:`segattn.models.pretrained` (models built from a folder). Nothing below
 :mod:`segattn.models.factory` imports this module.
+Backbone checkpoint reading and key remapping live in :mod:`segattn.checkpoints`.
 """
 
 from __future__ import annotations

@@ -71,13 +71,22 @@ ON_BACKBONE = {"reduce": False, "post_conv": False, "concat": None}
 
 # --------------------------------------------------------------------------------------------------
 @register_model("fcn", (), paper="Long, Shelhamer, Darrell, CVPR 2015 (mmseg FCNHead)")
-def fcn(num_classes: int, *, dropout: float = 0.1, **kwargs: Any) -> SegmentationModel:
+def fcn(num_classes: int, *, dropout: float = 0.1, dilation: int = 1, **kwargs: Any) -> SegmentationModel:
     """FCN baseline (no context module), mmseg ``FCNHead(num_convs=2, concat_input=True)``.
 
     Head: 3x3 ConvBNReLU 2048->512 -> 3x3 ConvBNReLU 512->512 -> concat with the input -> 3x3
     ConvBNReLU -> Dropout2d(0.1) -> 1x1 classifier: the dilated-FCN baseline every method compares with.
+    ``dilation``: of the two head convs before the concat (mmseg's ``FCNHead(dilation=6)``, the "FCN-D6"
+    models on an output-stride-16 backbone); the fuse conv stays undilated, as in mmseg.
     """
-    return _head_model(num_classes, lambda c, w: {}, dropout, **kwargs)
+    if not isinstance(dilation, int) or isinstance(dilation, bool) or dilation < 1:
+        raise ValueError(f"fcn: dilation must be an int >= 1, got {dilation!r}")
+    model = _head_model(num_classes, lambda c, w: {}, dropout, **kwargs)
+    if dilation > 1:
+        for block in (model.head.reduce, model.head.post_conv):
+            conv = block[0]
+            conv.dilation, conv.padding = (dilation, dilation), (dilation * (conv.kernel_size[0] // 2),) * 2
+    return model
 
 
 @register_model("generic", (), paper="(any registered context module in mmseg's NLHead layout)")

@@ -125,10 +125,17 @@ class Bottleneck(nn.Module):
         return self.relu(y)
 
 
-def _block_dilations(n: int, dilation: int, grid: Optional[Sequence[int]]) -> List[int]:
-    """Dilation of each block's 3x3 conv: the first block of a dilated stage uses dilation // 2."""
+def _block_dilations(n: int, dilation: int, grid: Optional[Sequence[float]]) -> List[int]:
+    """Dilation of each block's 3x3 conv: the first block of a dilated stage uses dilation // 2.
+
+    With ``grid``, block ``i`` uses ``dilation * grid[i]``, which must be a whole number (a fractional
+    multiplier such as 0.5 expresses mmseg's multi-grid, whose rates are not multiplied by the stage's)."""
     if grid is not None:
-        return [dilation * grid[i % len(grid)] for i in range(n)]
+        rates = [dilation * float(grid[i % len(grid)]) for i in range(n)]
+        if any(r < 1 or r != int(r) for r in rates):
+            raise ValueError(f"multi_grid {tuple(grid)} at stage dilation {dilation} gives rates {rates}; "
+                             "expected whole numbers >= 1")
+        return [int(r) for r in rates]
     return [max(dilation // 2, 1)] + [dilation] * (n - 1)
 
 
@@ -162,6 +169,7 @@ class ResNet(nn.Module):
         output_stride: 8, 16 or 32; the strides of stages 3/4 become dilations (2, 4) at OS 8 and
             (1, 2) at OS 16.
         multi_grid: multipliers of the stage-4 dilation per block (e.g. (1, 2, 4)); None = plain.
+            Products must be whole numbers (mmseg's absolute rates (1, 2, 4) at OS 16 = (0.5, 1, 2)).
         deep_stem: three 3x3 convs (32, 32, ``width`` ch) instead of one 7x7 (ResNetV1c / timm "c").
         avg_down: average-pool in the projection shortcuts (ResNetV1d / timm "d").
         stem_width: width of the deep stem's first two convs.
@@ -171,10 +179,12 @@ class ResNet(nn.Module):
         features_only: return a list of features at ``out_indices`` (default); otherwise global
             average pooling and a linear classifier of ``num_classes`` outputs.
         out_indices: timm indices: 0 = stem (reduction 2), 1..4 = layer1..layer4.
+        dilate_conv2: ResNet-18/34 only: False leaves the second 3x3 conv of each block undilated, as
+            mmcv / mmseg's ``BasicBlock`` does (timm dilates both; True).
         pretrained: path or URL of a torchvision / timm / mmseg / segattn ResNet checkpoint, or a
             weight name such as ``open-mmlab://resnet50_v1c`` or ``ResNet50_Weights.IMAGENET1K_V2``
             (:mod:`segattn.checkpoints.named`: fetched and sha256-checked when named; loaded with
-            :func:`segattn.convert.resnet.load_backbone_weights`; nothing is fetched unless passed).
+            :func:`segattn.checkpoints.resnet.load_backbone_weights`; nothing is fetched unless passed).
     """
 
     def __init__(
@@ -183,7 +193,7 @@ class ResNet(nn.Module):
         *,
         in_chans: int = 3,
         output_stride: int = 32,
-        multi_grid: Optional[Sequence[int]] = None,
+        multi_grid: Optional[Sequence[float]] = None,
         deep_stem: bool = False,
         avg_down: bool = False,
         stem_width: int = 32,
@@ -191,6 +201,7 @@ class ResNet(nn.Module):
         features_only: bool = True,
         out_indices: Sequence[int] = (1, 2, 3, 4),
         num_classes: int = 1000,
+        dilate_conv2: bool = True,
         pretrained: Optional[str] = None,
     ) -> None:
         super().__init__()
@@ -217,13 +228,16 @@ class ResNet(nn.Module):
             cin = planes * block.expansion
             reduction *= strides[i]
             info.append({"num_chs": cin, "reduction": reduction, "module": f"layer{i + 1}"})
+            if not dilate_conv2 and block is BasicBlock:
+                for b in stage:
+                    b.conv2.dilation, b.conv2.padding = (1, 1), (1, 1)
         self.feature_info = FeatureInfo(info, self.out_indices)
         self.num_features = cin
         self.fc = None if features_only or num_classes <= 0 else nn.Linear(cin, num_classes)
         self._init_weights()
         if pretrained:
             from segattn.checkpoints.named import resolve_pretrained
-            from segattn.convert.resnet import load_backbone_weights
+            from segattn.checkpoints.resnet import load_backbone_weights
 
             load_backbone_weights(self, resolve_pretrained(pretrained))
 

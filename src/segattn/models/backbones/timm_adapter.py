@@ -53,7 +53,7 @@ class TimmBackbone(nn.Module):
         self.output_stride, self.out_indices, self.features_only = output_stride, take, True
         if pretrained:
             from segattn.checkpoints.named import resolve_pretrained
-            from segattn.convert.resnet import read_checkpoint
+            from segattn.checkpoints.reading import read_checkpoint
 
             state = read_checkpoint(resolve_pretrained(pretrained))
             missing, unexpected = self.model.load_state_dict(state, strict=False)
