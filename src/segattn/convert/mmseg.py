@@ -241,6 +241,10 @@ def architecture_from_config(cfg: Mapping[str, Any], dataset_meta: Optional[Mapp
              f"segmentor type {model.get('type')!r} is not supported; supported: EncoderDecoder, "
              "CascadeEncoderDecoder (OCRNet)")
     bb = model.get("backbone") or {}
+    if bb.get("type") == "HRNet":  # --- HRNet hook (segattn.convert.mmseg_hrnet) ---
+        from segattn.convert.mmseg_hrnet import hrnet_architecture
+
+        return hrnet_architecture(cfg, dataset_meta)
     kwargs = _backbone_kwargs(bb)
     base = int(bb.get("base_channels", 64))
     dh = model.get("decode_head")
@@ -566,6 +570,10 @@ def convert_state_dict(state_dict: Mapping[str, Tensor], arch: MmsegArchitecture
     """mmseg keys and tensors -> the segattn model's (backbone, decode head, auxiliary head)."""
     from segattn.convert.resnet import remap_resnet_state_dict
 
+    if str(arch.kwargs.get("backbone", "")).startswith("hrnet"):  # --- HRNet hook (segattn.convert.mmseg_hrnet) ---
+        from segattn.convert.mmseg_hrnet import convert_hrnet_state_dict
+
+        return convert_hrnet_state_dict(state_dict, arch)
     backbone = {k: v for k, v in state_dict.items() if k.startswith("backbone.")}
     _require(bool(backbone), "the checkpoint has no backbone.* tensors")
     bb, _, _ = remap_resnet_state_dict(backbone)

@@ -1,5 +1,6 @@
-"""Backbones: dilated ResNets, HRNetV2 (``hrnet_w18_small`` / ``hrnet_w18`` / ``hrnet_w48``) and LocalNet (exact receptive field) written here (registered in
-``segattn.registry.BACKBONES``) and an optional timm adapter (``"timm:<name>"``)."""
+"""Backbones: dilated ResNets, HRNetV2 (``hrnet_w18_small`` / ``hrnet_w18`` / ``hrnet_w48``) and LocalNet
+(exact receptive field) written here (registered in ``segattn.registry.BACKBONES``) and an optional timm
+adapter (``"timm:<name>"``)."""
 
 from __future__ import annotations
 
@@ -32,5 +33,6 @@ def list_backbones(pattern: str = "*") -> List[str]:
     return BACKBONES.list(pattern)
 
 
-__all__ = ["ResNet", "HRNet", "ResizeConcat", "LocalNet", "BasicBlock", "Bottleneck", "FeatureInfo", "TimmBackbone", "timm_available",
+__all__ = ["ResNet", "HRNet", "ResizeConcat", "LocalNet", "BasicBlock", "Bottleneck", "FeatureInfo", "TimmBackbone",
+           "timm_available",
            "create_backbone", "list_backbones"]
