@@ -239,3 +239,14 @@ def test_imagenet_style_weights_load(tmp_path) -> None:
                                                                          "classifier.weight"]
     with pytest.raises(ValueError, match="does not fit this HRNet.*other shapes"):
         create_backbone("hrnet_w48", pretrained=str(tmp_path / "imagenet.pth"))
+
+
+def test_exported_hrnet_follows_the_input_size() -> None:
+    """The fuse and concat resizes take their sizes from the tensors: a model exported with a dynamic
+    size is right at another size whose branch sizes round differently (was wrong once: sizes were ints)."""
+    model = segattn.create_model("fcn", 3, backbone="hrnet_w18_small", channels=16, aux=False).eval()
+    dims = ({2: torch.export.Dim.AUTO, 3: torch.export.Dim.AUTO},)  # as segattn.export
+    ep = torch.export.export(model, (torch.randn(1, 3, 64, 96),), dynamic_shapes=dims)
+    x = torch.randn(1, 3, 50, 70)
+    with torch.no_grad():
+        assert torch.allclose(ep.module()(x), model(x), atol=1e-5, rtol=1e-4)

@@ -124,12 +124,11 @@ class HRModule(nn.Module):
 
     @staticmethod
     def upsample(y: Tensor, factor: int, size: Sequence[int]) -> Tensor:
-        """mmseg's fuse upsampling: bilinear to ``factor`` x the size, then bilinear to ``size`` if different."""
-        y = F.interpolate(y, size=(int(y.shape[-2] * factor), int(y.shape[-1] * factor)), mode="bilinear",
-                          align_corners=False)
-        if tuple(y.shape[-2:]) != tuple(size):
-            y = F.interpolate(y, size=tuple(size), mode="bilinear", align_corners=False)
-        return y
+        """mmseg's fuse upsampling: bilinear x ``factor`` (the same coordinates as mmseg's resize to
+        ``factor`` x the size), then bilinear to ``size`` (an exact copy where the sizes agree; always
+        applied, so that a traced or exported model follows the input size)."""
+        y = F.interpolate(y, scale_factor=float(factor), mode="bilinear", align_corners=False)
+        return F.interpolate(y, size=size, mode="bilinear", align_corners=False)
 
     def forward(self, xs: List[Tensor]) -> List[Tensor]:
         xs = [branch(x) for branch, x in zip(self.branches, xs)]
@@ -254,9 +253,9 @@ class ResizeConcat(nn.Module):
         self.align_corners = align_corners
 
     def forward(self, feats: List[Tensor]) -> List[Tensor]:
-        size = feats[0].shape[-2:]
-        cat = [f if f.shape[-2:] == size else
-               F.interpolate(f, size=size, mode="bilinear", align_corners=self.align_corners) for f in feats]
+        size = feats[0].shape[-2:]  # no size comparison: an exported model follows the input size
+        cat = feats[:1] + [F.interpolate(f, size=size, mode="bilinear", align_corners=self.align_corners)
+                           for f in feats[1:]]
         y = cat[0] if len(cat) == 1 else torch.cat(cat, dim=1)
         return [y] * len(feats)
 
