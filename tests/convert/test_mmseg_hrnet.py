@@ -230,6 +230,7 @@ def test_imagenet_style_weights_load(tmp_path) -> None:
     classification head) loads; a file of another width is refused naming the keys."""
     net = create_backbone("hrnet_w18_small")
     state = {k: torch.randn_like(v.float()).to(v.dtype) for k, v in net.state_dict().items()}
+    state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}  # files written before torch 0.4.1
     state.update({"incre_modules.0.0.conv1.weight": torch.zeros(1), "classifier.weight": torch.zeros(2, 2)})
     torch.save(state, tmp_path / "imagenet.pth")
     fresh = create_backbone("hrnet_w18_small", pretrained=str(tmp_path / "imagenet.pth"))
@@ -239,6 +240,10 @@ def test_imagenet_style_weights_load(tmp_path) -> None:
                                                                          "classifier.weight"]
     with pytest.raises(ValueError, match="does not fit this HRNet.*other shapes"):
         create_backbone("hrnet_w48", pretrained=str(tmp_path / "imagenet.pth"))
+    del state["stage2.0.branches.1.1.bn2.running_var"]
+    torch.save({"state_dict": state}, tmp_path / "partial.pth")
+    with pytest.raises(ValueError, match=r"missing \['stage2.0.branches.1.1.bn2.running_var'\]"):
+        create_backbone("hrnet_w18_small", pretrained=str(tmp_path / "partial.pth"))
 
 
 def test_exported_hrnet_follows_the_input_size() -> None:

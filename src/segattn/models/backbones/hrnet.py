@@ -294,7 +294,7 @@ def load_hrnet_weights(model: HRNet, path: str) -> List[str]:
         raise ValueError(f"HRNet checkpoint {path!r}: expected a dict of tensors, got {type(raw).__name__}")
     state, ignored = hrnet_state_dict(raw)
     own = model.state_dict()
-    missing = sorted(k for k in own if k not in state)
+    missing = sorted(k for k in own if k not in state and not k.endswith("num_batches_tracked"))  # old files
     unexpected = sorted(k for k in state if k not in own)
     shapes = [(k, tuple(state[k].shape), tuple(own[k].shape)) for k in own if k in state
               and state[k].shape != own[k].shape]
@@ -302,7 +302,7 @@ def load_hrnet_weights(model: HRNet, path: str) -> List[str]:
         raise ValueError(f"HRNet checkpoint {path!r} does not fit this HRNet (pick hrnet_w18 / hrnet_w48 / "
                          f"hrnet_w18_small to match it): missing {missing[:4]}, unexpected {unexpected[:4]}, "
                          f"other shapes (key, file, model) {shapes[:3]}")
-    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=False)
     return ignored
 
 
