@@ -255,3 +255,11 @@ def test_exported_hrnet_follows_the_input_size() -> None:
     x = torch.randn(1, 3, 50, 70)
     with torch.no_grad():
         assert torch.allclose(ep.module()(x), model(x), atol=1e-5, rtol=1e-4)
+
+
+def test_hrnet_model_compiles_without_graph_breaks() -> None:
+    model = segattn.create_model("ocrnet", 3, backbone="hrnet_w18_small", channels=16).eval()
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    x = torch.randn(1, 3, 50, 70)
+    with torch.no_grad():
+        assert torch.equal(compiled(x), model(x))
