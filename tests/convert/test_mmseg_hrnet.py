@@ -262,4 +262,4 @@ def test_hrnet_model_compiles_without_graph_breaks() -> None:
     compiled = torch.compile(model, fullgraph=True, backend="eager")
     x = torch.randn(1, 3, 50, 70)
     with torch.no_grad():
-        assert torch.equal(compiled(x), model(x))
+        assert torch.allclose(compiled(x), model(x), atol=1e-5, rtol=1e-5)
