@@ -263,3 +263,32 @@ def test_hrnet_model_compiles_without_graph_breaks() -> None:
     x = torch.randn(1, 3, 50, 70)
     with torch.no_grad():
         assert torch.allclose(compiled(x), model(x), atol=1e-5, rtol=1e-5)
+
+
+def _mmseg_available() -> bool:
+    try:
+        import mmseg  # noqa: F401
+    except Exception:  # noqa: BLE001 - mmcv-lite without its placeholder raises ModuleNotFoundError
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _mmseg_available(), reason="mmsegmentation is not importable (not a segattn dependency)")
+def test_live_against_installed_mmseg(tmp_path) -> None:  # pragma: no cover - runs only beside mmseg
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_hrnet_fixtures", Path(__file__).parents[2] / "scripts"
+                                                  / "make_mmseg_hrnet_fixtures.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.OUT = str(tmp_path)
+    mod.base._placeholder_ext()
+    from mmseg.utils import register_all_modules
+
+    register_all_modules(init_default_scope=True)
+    name = "fcn_hr18s_4xb2-80k_cityscapes-512x1024"
+    mod.make(name, mod.FIXTURES[name])
+    with np.load(tmp_path / f"{name}.npz") as live:
+        for key, value in _expected(name).items():
+            np.testing.assert_array_equal(live[key], value)
+    assert json.loads((tmp_path / f"{name}.json").read_text())["keys"] == _record(name)["keys"]
