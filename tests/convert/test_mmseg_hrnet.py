@@ -292,3 +292,15 @@ def test_live_against_installed_mmseg(tmp_path) -> None:  # pragma: no cover - r
         for key, value in _expected(name).items():
             np.testing.assert_array_equal(live[key], value)
     assert json.loads((tmp_path / f"{name}.json").read_text())["keys"] == _record(name)["keys"]
+
+
+def test_run_config_builds_an_hrnet_model() -> None:
+    """A training config names the backbone; its default output_stride (8) is not passed to HRNet, any
+    other value is one clear error."""
+    from segattn.engine.build import build_model
+    from segattn.engine.config import ModelConfig
+
+    model = build_model(ModelConfig(name="fcn", backbone="hrnet_w18_small", kwargs={"channels": 16}), 4)
+    assert model.backbone.feature_info.reduction() == [4, 8, 16, 32]
+    with pytest.raises(ValueError, match="output_stride must be left unset"):
+        build_model(ModelConfig(name="fcn", backbone="hrnet_w18_small", output_stride=16), 4)
