@@ -10,9 +10,10 @@ the config name, dataset, published single-scale and ms+flip mIoU and the weight
 ``-xxxxxxxx.pth`` suffix is the first 8 hex digits of the file's sha256), merges the config with
 mmengine, keeps the parts the converter reads (model without losses / init, dataset type, crop) and
 checks that :func:`segattn.convert.mmseg.architecture_from_config` accepts it. Entries it does not
-accept are listed with the reason and left out. Three typos of the 1.2.2 metafiles are corrected
-(``_fix``): the name / config ``eemanet_r50-...``, the host ``download.oz1z1penmmlab.com`` and the
-dataset ``'# ResNet backbone'`` of OCRNet's R101 rows (Cityscapes, as their names say).
+accept are listed with the reason and left out. Four typos of the 1.2.2 metafiles are corrected
+(``_fix``): the name / config ``eemanet_r50-...``, the host ``download.oz1z1penmmlab.com``, the
+dataset ``'# ResNet backbone'`` of OCRNet's R101 rows (Cityscapes, as their names say) and the
+OCRNet HRNet-W18 / W18-Small ADE20K 160k rows named (and configured) as their 80k twins.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ sys.path.insert(0, os.path.join(ROOT, "scripts"))
 from make_mmseg_fixtures import _placeholder_ext  # noqa: E402
 
 METHODS = ["fcn", "pspnet", "deeplabv3", "nonlocal_net", "danet", "ccnet", "isanet", "ann", "apcnet", "emanet",
-           "psanet", "encnet", "dmnet", "gcnet", "dnlnet", "ocrnet"]
+           "psanet", "encnet", "dmnet", "gcnet", "dnlnet", "ocrnet",
+           "hrnet"]  # configs/hrnet: the FCN-HRNet models (FCNHead on HRNet)
 OUT = os.path.join(ROOT, "src", "segattn", "convert", "mmseg_zoo.json")
 _DROP = {"loss_decode", "norm_cfg", "init_cfg", "act_cfg", "conv_cfg", "sampler", "norm_eval", "train_cfg"}
 
@@ -39,6 +41,13 @@ def _fix(m: dict) -> dict:
     m["Name"] = m["Name"].replace("eemanet_", "emanet_")
     m["Config"] = m["Config"].replace("eemanet_", "emanet_")
     m["Weights"] = (m.get("Weights") or "").replace("download.oz1z1penmmlab.com", "download.openmmlab.com")
+    # OCRNet HRNet-W18(-Small) ADE20K 160k rows are named and configured as their 80k twins (the URL says 160k)
+    url_k = re.search(r"_(\d+)k_", m["Weights"].rsplit("/", 1)[-1])
+    name_k = re.search(r"-(\d+)k_", m["Name"])
+    if url_k and name_k and url_k.group(1) != name_k.group(1):
+        for key in ("Name", "Config"):
+            m[key] = m[key].replace(f"-{name_k.group(1)}k_", f"-{url_k.group(1)}k_")
+        print(f"  renamed {m['Name']} (its weights URL says {url_k.group(1)}k)")
     results = dict(m.get("Results") or {})
     if str(results.get("Dataset", "")).startswith("#") and "_cityscapes-" in m["Name"]:  # OCRNet R101 rows
         results["Dataset"] = "Cityscapes"  # the metafile has '# ResNet backbone' (a README heading) there
@@ -47,9 +56,12 @@ def _fix(m: dict) -> dict:
 
 
 def _backbone_label(bb: dict, kwargs: dict) -> str:
-    """``R-50-D8``, ``R-18b-D8`` (plain ResNet), ``R-101-D16-MG124``, ``HRNetV2p-W48``: the zoo's naming."""
+    """``R-50-D8``, ``R-18b-D8`` (plain ResNet), ``R-101-D16-MG124``, ``HRNetV2p-W18-Small`` / ``-W48``: the
+    zoo's naming."""
     if bb.get("type") == "HRNet":
-        return f"HRNetV2p-W{bb['extra']['stage2']['num_channels'][0]}"
+        extra = bb["extra"]
+        small = "-Small" if extra["stage1"]["num_blocks"][0] == 2 else ""
+        return f"HRNetV2p-W{extra['stage4']['num_channels'][0]}{small}"
     if bb.get("type") not in ("ResNet", "ResNetV1c"):
         return str(bb.get("type"))
     plain = "b" if bb.get("type") == "ResNet" else ""

@@ -56,9 +56,12 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
+from segattn.checkpoints.resnet import remap_resnet_state_dict
 from segattn.convert.mmconfig import ConfigError
-from segattn.convert.mmseg_arch import DATASETS, MmsegArchitecture, architecture_from_config
+from segattn.convert.mmseg_arch import DATASETS, MmsegArchitecture
+from segattn.convert.mmseg_arch import architecture_from_config as _resnet_architecture
 from segattn.convert.mmseg_heads import HEADS, Rules, psa_rules
+from segattn.convert.mmseg_hrnet import convert_hrnet_state_dict, hrnet_architecture
 from segattn.convert.mmseg_read import (
     ConversionError,
     MmsegCheckpoint,
@@ -98,10 +101,21 @@ def _rename(key: str, rules: Rules) -> str:
 
 
 
+def architecture_from_config(cfg: Mapping[str, Any], dataset_meta: Optional[Mapping[str, Any]] = None) -> MmsegArchitecture:
+    """The segattn equivalent of a parsed mmseg config (``parse_config`` output): HRNet backbones through
+    :func:`segattn.convert.mmseg_hrnet.hrnet_architecture`, ResNets through
+    :func:`segattn.convert.mmseg_arch.architecture_from_config`; :class:`ConversionError` naming the
+    unsupported part and what is supported otherwise."""
+    model = cfg.get("model")
+    if isinstance(model, Mapping) and isinstance(model.get("backbone"), Mapping) and model["backbone"].get("type") == "HRNet":
+        return hrnet_architecture(cfg, dataset_meta)
+    return _resnet_architecture(cfg, dataset_meta)
+
+
 def convert_state_dict(state_dict: Mapping[str, Tensor], arch: MmsegArchitecture, dh: Mapping[str, Any]) -> StateDict:
     """mmseg keys and tensors -> the segattn model's (backbone, decode head, auxiliary head)."""
-    from segattn.checkpoints.resnet import remap_resnet_state_dict
-
+    if str(arch.kwargs.get("backbone", "")).startswith("hrnet"):
+        return convert_hrnet_state_dict(state_dict, arch)
     backbone = {k: v for k, v in state_dict.items() if k.startswith("backbone.")}
     _require(bool(backbone), "the checkpoint has no backbone.* tensors")
     bb, _, _ = remap_resnet_state_dict(backbone)

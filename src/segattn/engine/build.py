@@ -60,8 +60,11 @@ def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
     """``segattn.create_model`` with the config's arguments."""
     from segattn.models import create_model
 
-    return create_model(cfg.name, num_classes, backbone=cfg.backbone, output_stride=cfg.output_stride,
-                        pretrained=cfg.pretrained, aux=cfg.aux, **cfg.kwargs)
+    stride = {"output_stride": cfg.output_stride}
+    if cfg.backbone.startswith("hrnet") and cfg.output_stride == 8:  # the default: HRNet keeps its resolutions
+        stride = {}
+    return create_model(cfg.name, num_classes, backbone=cfg.backbone, pretrained=cfg.pretrained, aux=cfg.aux,
+                        **stride, **cfg.kwargs)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -24,7 +24,8 @@ def create_model(name: str, num_classes: int, **kwargs: Any) -> SegmentationMode
     """Build model ``name`` (see :func:`list_models`) for ``num_classes`` classes.
 
     Common keywords: ``backbone="resnet50"`` (``resnet18/34/50/101/152`` plain, ``...c`` V1c deep stem,
-    ``...d`` V1d, or ``"timm:<name>"``), ``output_stride=8``, ``pretrained=None`` (backbone weights:
+    ``...d`` V1d, ``hrnet_w18`` / ``hrnet_w48`` / ``hrnet_w18_small``, or ``"timm:<name>"``), ``output_stride=8``
+    (not for HRNet), ``pretrained=None`` (backbone weights:
     a path or URL, never fetched implicitly; a ``save_pretrained`` folder initialises the whole model,
     see :func:`load_whole_model`), ``aux=True``, ``aux_weight=0.4``, ``channels=512``
     (head width), ``multi_grid``, ``in_chans``, ``align_corners``, ``dropout``, ``context_kw``

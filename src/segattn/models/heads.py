@@ -192,11 +192,11 @@ class OCRHead(nn.Module):
                  ocr_channels: int = 256, region_channels: int = 256, dropout: float = 0.1,
                  region_dropout: float = 0.1, region_weight: float = 0.4, supervised: bool = True, region_index: int = 2,
                  context_kw: Optional[Mapping[str, Any]] = None, align_corners: bool = False,
-                 act: str = "relu") -> None:
+                 act: str = "relu", region_kernel: int = 3) -> None:
         super().__init__()
         self.align_corners = align_corners
         self.region = ContextHead(region_in_channels, region_channels, num_classes, post_conv=False, concat=None,
-                                  dropout=region_dropout, in_index=region_index, act=act)
+                                  dropout=region_dropout, in_index=region_index, act=act, kernel_size=region_kernel)
         self.reduce = ConvNormAct(in_channels, channels, 3, act=act)
         kw = {"num_regions": num_classes, "key_channels": ocr_channels, "region_head": False, "dropout": 0.0,
               "act": act}

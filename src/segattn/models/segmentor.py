@@ -33,6 +33,8 @@ class SegmentationModel(nn.Module):
         aux_head: auxiliary head (an FCN on ``feats[aux_index]``), used only in training.
         aux_weight: weight of ``"aux"`` in :attr:`loss_weights` (0.4 as mmseg/PSPNet).
         align_corners: bilinear upsampling convention (False as mmseg; True as the PSPNet/CCNet code).
+        neck: optional parameter-free step between the backbone and the heads (HRNet's
+            :class:`~segattn.models.backbones.hrnet.ResizeConcat`); ``None`` for the other backbones.
     """
 
     def __init__(
@@ -44,9 +46,11 @@ class SegmentationModel(nn.Module):
         aux_index: int = 2,
         aux_weight: float = 0.4,
         align_corners: bool = False,
+        neck: Optional[nn.Module] = None,
     ) -> None:
         super().__init__()
         self.backbone, self.head, self.aux_head = backbone, head, aux_head
+        self.neck = neck
         self.num_classes, self.aux_index, self.align_corners = num_classes, aux_index, align_corners
         self.loss_weights: Dict[str, float] = {"out": 1.0}
         if aux_head is not None:
@@ -79,6 +83,8 @@ class SegmentationModel(nn.Module):
         self.check_input(x)
         size = (x.shape[-2], x.shape[-1])
         feats = self.backbone(x)
+        if self.neck is not None:
+            feats = self.neck(feats)
         outs: Dict[str, Tensor] = self.head(feats)
         if not self.training:
             return self._resize(outs["out"], size)

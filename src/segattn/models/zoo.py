@@ -71,19 +71,27 @@ ON_BACKBONE = {"reduce": False, "post_conv": False, "concat": None}
 
 # --------------------------------------------------------------------------------------------------
 @register_model("fcn", (), paper="Long, Shelhamer, Darrell, CVPR 2015 (mmseg FCNHead)")
-def fcn(num_classes: int, *, dropout: float = 0.1, dilation: int = 1, **kwargs: Any) -> SegmentationModel:
+def fcn(num_classes: int, *, dropout: float = 0.1, dilation: int = 1, num_convs: int = 2, kernel_size: int = 3,
+        concat_input: bool = True, **kwargs: Any) -> SegmentationModel:
     """FCN baseline (no context module), mmseg ``FCNHead(num_convs=2, concat_input=True)``.
 
     Head: 3x3 ConvBNReLU 2048->512 -> 3x3 ConvBNReLU 512->512 -> concat with the input -> 3x3
     ConvBNReLU -> Dropout2d(0.1) -> 1x1 classifier: the dilated-FCN baseline every method compares with.
     ``dilation``: of the two head convs before the concat (mmseg's ``FCNHead(dilation=6)``, the "FCN-D6"
     models on an output-stride-16 backbone); the fuse conv stays undilated, as in mmseg.
+    mmseg's FCN-HRNet head is ``backbone="hrnet_w18", channels=270, num_convs=1, kernel_size=1,
+    concat_input=False, dropout=0`` (one 1x1 ConvBNReLU on the 270-channel concatenation).
     """
     if not isinstance(dilation, int) or isinstance(dilation, bool) or dilation < 1:
         raise ValueError(f"fcn: dilation must be an int >= 1, got {dilation!r}")
-    model = _head_model(num_classes, lambda c, w: {}, dropout, **kwargs)
+    if num_convs not in (1, 2) or kernel_size not in (1, 3):
+        raise ValueError(f"fcn: num_convs must be 1 or 2 and kernel_size 1 or 3, got {num_convs}, {kernel_size}")
+    layout = {"post_conv": num_convs == 2, "concat": "input" if concat_input else None, "kernel_size": kernel_size}
+    model = _head_model(num_classes, lambda c, w: dict(layout), dropout, **kwargs)
     if dilation > 1:
         for block in (model.head.reduce, model.head.post_conv):
+            if isinstance(block, nn.Identity):
+                continue
             conv = block[0]
             conv.dilation, conv.padding = (dilation, dilation), (dilation * (conv.kernel_size[0] // 2),) * 2
     return model
@@ -262,7 +270,8 @@ def isanet(num_classes: int, *, context_kw: Optional[Mapping[str, Any]] = None, 
 @register_model("ocrnet", ("ocr",), paper="Yuan, Chen, Wang, ECCV 2020")
 def ocrnet(num_classes: int, *, context_kw: Optional[Mapping[str, Any]] = None, dropout: float = 0.1,
            ocr_channels: Optional[int] = None, region_channels: Optional[int] = None, region_weight: float = 0.4,
-           act: str = "relu", **kwargs: Any) -> SegmentationModel:
+           act: str = "relu", region_kernel: int = 3, region_dropout: float = 0.1,
+           **kwargs: Any) -> SegmentationModel:
     """OCRNet (openseg ``SpatialOCRNet``; mmseg ``CascadeEncoderDecoder`` with FCNHead + OCRHead): the
     soft-region head (3x3 ConvBNReLU 1024->``region_channels`` (256) -> Dropout2d(0.1) -> classifier on
     layer3) gives K = ``num_classes`` region logits; 3x3 ConvBNReLU 2048->512 -> ``ocr`` (gathering, pixel-
@@ -274,7 +283,9 @@ def ocrnet(num_classes: int, *, context_kw: Optional[Mapping[str, Any]] = None, 
     Dropout2d(0.05), its OCR fusion Dropout2d(0.05) and no classifier dropout (pass
     ``region_channels=512``, ``context_kw={"dropout": 0.05}``, ``dropout=0``), and its activation:
     every openseg config uses InPlaceABN, i.e. LeakyReLU(0.01) after each BN of the head (pass
-    ``act="leaky_relu"``); the default ``act="relu"`` is mmseg's (its checkpoints, the recipes)."""
+    ``act="leaky_relu"``); the default ``act="relu"`` is mmseg's (its checkpoints, the recipes).
+    mmseg's OCRNet-HRNet: ``backbone="hrnet_w18"`` (or ``hrnet_w48``), ``region_channels=270`` (720),
+    ``region_kernel=1``, ``region_dropout=0``, ``dropout=0``: both stages read the concatenated branches."""
     supervised = bool(kwargs.get("aux", True))
     kwargs["aux"] = False  # the region head is the auxiliary head: never a second FCN on layer3
     align = bool(kwargs.get("align_corners", False))
@@ -282,6 +293,7 @@ def ocrnet(num_classes: int, *, context_kw: Optional[Mapping[str, Any]] = None, 
     def make_head(chans: List[int], channels: int, k: int) -> nn.Module:
         return OCRHead(chans[-1], chans[2], channels, k, ocr_channels=ocr_channels or max(channels // 2, 1),
                        region_channels=region_channels or max(channels // 2, 1), dropout=dropout,
+                       region_kernel=region_kernel, region_dropout=region_dropout,
                        region_weight=region_weight, supervised=supervised, context_kw=context_kw, align_corners=align,
                        act=act)
 
