@@ -172,9 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_parser(sub)
     __import__("segattn.viz.cli", fromlist=["add_parser"]).add_parser(sub)
     _add_engine_parsers(sub)
+    from segattn.analyze.run import analyze_plan  # compare's --analyze step, composed here above both
     from segattn.compare.cli import add_parser as add_compare_parser
 
-    add_compare_parser(sub)
+    add_compare_parser(sub, analyze_step=analyze_plan)
     from segattn.analyze.cli import add_parser as add_analyze_parser
 
     add_analyze_parser(sub)
