@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from segattn.compare import PlanError, load_plan, plan_from_dict
-from segattn.compare.plan import entry_config_dict, validate_plan
 from segattn.compare.claims import judge_claims
+from segattn.compare.plan import entry_config_dict, validate_plan
 from segattn.compare.report import markdown
 from segattn.compare.runner import build_entry_model
 from segattn.engine.config import config_from_dict

@@ -184,7 +184,8 @@ def describe_test(t: Dict[str, Any]) -> str:
     text = f"`{t['a']}` − `{t['b']}` = {t['mean']:+.2f} points over {n} seed{'s' if n != 1 else ''}"
     if n < 2:
         return text + " (one seed: no test)"
-    return (text + f" (95 % CI {_ci(t['ci_low'], t['ci_high'])}; one-sided t-test p = {_p(t['p_t'])}, "
+    what = "TOST: larger one-sided t-test p" if t.get("rule") == "equivalent" else "one-sided t-test p"
+    return (text + f" (95 % CI {_ci(t['ci_low'], t['ci_high'])}; {what} = {_p(t['p_t'])}, "
             f"Holm-adjusted {_p(t.get('p_t_adj'))}; exact sign-flip p = {_p(t['p_perm'])})")
 
 
