@@ -66,7 +66,7 @@ def t_test_greater(x: Sequence[float], null: float = 0.0) -> float:
     v = _clean(x)
     if v.size < 2:
         return NAN
-    if float(v.std(ddof=1)) == 0.0:  # identical values: no spread, the sign decides
+    if float(v.std(ddof=1)) <= 1e-12 * max(1.0, abs(float(v.mean()))):  # identical up to rounding: the sign decides
         return 0.0 if float(v.mean()) > null else 1.0
     return float(stats.ttest_1samp(v, null, alternative="greater").pvalue)
 
@@ -108,7 +108,7 @@ def paired(a: Sequence[float], b: Sequence[float], level: float = LEVEL) -> Dict
     d = [float(x) - float(y) for x, y in zip(a, b)]
     out: Dict[str, Any] = dict(summarize(d, level))
     n, std = out["n"], out["std"]
-    if n >= 2 and std > 0:
+    if n >= 2 and std > 1e-12 * max(1.0, abs(out["mean"])):
         res = stats.ttest_1samp(_clean(d), 0.0)
         out["t"], out["p"] = float(res.statistic), float(res.pvalue)
     elif n >= 2:  # identical differences: exact, no spread
