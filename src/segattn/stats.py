@@ -194,9 +194,12 @@ def overall(verdicts: Sequence[str]) -> str:
 
 
 def agree(first: Optional[str], second: Optional[str]) -> str:
-    """Replication status of a verdict judged on two disjoint seed ranges."""
+    """Replication status of a verdict judged on two disjoint seed ranges: ``replicated`` only when both
+    decide it the same way (two *cannot tell* are ``undecided in both``, not a replication)."""
     if first is None or second is None:
         return "not replicated yet"
+    if first == second == "cannot tell":
+        return "undecided in both"
     return "replicated" if first == second else "not replicated"
 
 

@@ -32,7 +32,7 @@ def test_workers_and_replicate_train_disjoint_seeds_once(tmp_path):
     assert agg["seeds"] == 1 and agg["seed_start"] == 0
     rep = agg["replication"]
     assert rep["aggregate"]["seed_start"] == 1 and rep["aggregate"]["runs_done"] == 1
-    assert rep["status"][0]["status"] in ("replicated", "not replicated")
+    assert rep["status"][0]["status"] in ("replicated", "not replicated", "undecided in both")
     md = (out / "compare.md").read_text()
     assert "## Replication" in md and "--replicate" in md
 

@@ -84,10 +84,11 @@ def test_cheaper_is_exact_and_outside_the_family():
 
 
 def test_replication_needs_the_same_verdict():
-    first = [{"id": "1", "verdict": "holds"}, {"id": "2", "verdict": "holds"}, {"id": "3", "verdict": "cannot tell"}]
-    second = [{"id": "1", "verdict": "holds"}, {"id": "2", "verdict": "cannot tell"}]
+    first = [{"id": "1", "verdict": "holds"}, {"id": "2", "verdict": "holds"}, {"id": "3", "verdict": "cannot tell"},
+             {"id": "4", "verdict": "cannot tell"}]
+    second = [{"id": "1", "verdict": "holds"}, {"id": "2", "verdict": "cannot tell"}, {"id": "4", "verdict": "cannot tell"}]
     got = {r["id"]: r["status"] for r in replication(first, second)}
-    assert got == {"1": "replicated", "2": "not replicated", "3": "not replicated yet"}
+    assert got == {"1": "replicated", "2": "not replicated", "3": "not replicated yet", "4": "undecided in both"}
 
 
 @pytest.mark.parametrize("claim, match", [

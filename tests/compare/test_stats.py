@@ -149,3 +149,4 @@ def test_alpha_matches_the_interval():
     assert stats.overall(["holds", "cannot tell"]) == "cannot tell"
     assert stats.overall(["holds", "does not hold"]) == "does not hold"
     assert stats.agree("holds", "holds") == "replicated" and stats.agree("holds", "cannot tell") == "not replicated"
+    assert stats.agree("cannot tell", "cannot tell") == "undecided in both"

@@ -220,7 +220,7 @@ def markdown(agg: Dict[str, Any], command: str) -> str:
         lines += ["## Replication", "",
                   f"The same plan trained again on seeds {r['seed_start']}..{r['seed_start'] + r['seeds'] - 1} "
                   f"({r['runs_done']} of {r['runs_total']} runs finished). A verdict is *replicated* when both seed "
-                  "ranges give the same one.", "", "| claim | seeds " + f"{first}..{last}" + " | replication | status |",
+                  "ranges decide it the same way (two *cannot tell* are *undecided in both*).", "", "| claim | seeds " + f"{first}..{last}" + " | replication | status |",
                   "|---|---|---|---|"]
         for row in rep["status"]:
             lines.append(f"| {row['id']} | {VERDICT_TEXT[row['first']]} | {VERDICT_TEXT.get(row['second'], '-')} | "
