@@ -34,7 +34,8 @@ def test_successors_claims_parse():
     assert claims["gc2"].kind == "cheaper" and claims["gc2"].ratio == 0.1
     assert claims["ocr"].kind == "not_worse" and (claims["ocr"].a, claims["ocr"].b) == ("ocr", "nonlocal")
     assert claims["ham5"].entries == ["ham-nmf", "ham-nmf-bptt"] and claims["ema1"].kind == "equivalent"
-    assert {c.kind for c in PLAN.claims} == {"better", "equivalent", "not_worse", "cheaper"}
+    assert {c.kind for c in PLAN.claims} == {"better", "equivalent", "not_worse", "cheaper", "fewer_collapses"}
+    assert (claims["ema3"].a, claims["ema3"].b) == ("ema-T3-bptt", "ema-T3")
 
 
 @pytest.mark.parametrize("name", [e.name for e in PLAN.entries])
