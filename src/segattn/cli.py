@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import List, Optional
+from typing import Any, List, Optional
+
+
+def _compare_analyze_step(*args: Any) -> Any:
+    """``segattn compare --analyze``: composed here, above both packages (compare never imports analyze)."""
+    from segattn.analyze.run import analyze_plan
+
+    return analyze_plan(*args)
 
 
 def _cmd_modules(args: argparse.Namespace) -> int:
@@ -178,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_engine_parsers(sub)
     from segattn.compare.cli import add_parser as add_compare_parser
 
-    add_compare_parser(sub)
+    add_compare_parser(sub, analyze_step=_compare_analyze_step)
     from segattn.analyze.cli import add_parser as add_analyze_parser
 
     add_analyze_parser(sub)

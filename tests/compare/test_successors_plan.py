@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from segattn.compare import PlanError, load_plan, plan_from_dict
+from segattn.compare.claims import judge_claims
 from segattn.compare.plan import entry_config_dict, validate_plan
-from segattn.compare.report import _claim_result, markdown
+from segattn.compare.report import markdown
 from segattn.compare.runner import build_entry_model
 from segattn.engine.config import config_from_dict
 
@@ -18,7 +19,7 @@ PLAN = load_plan("successors")
 
 def test_successors_plan_loads_and_names_its_entries():
     names = [e.name for e in PLAN.entries]
-    assert PLAN.reference == "fcn" and PLAN.seeds == 3 and PLAN.margin == 1.0
+    assert PLAN.reference == "fcn" and PLAN.seeds == 8 and PLAN.margin == 1.0
     assert {"fcn", "nonlocal", "gcnet", "dnl", "ocr", "ham-nmf", "ham-nmf-bptt", "ham-nmf-1step", "ema-T1",
             "ema-T3", "ema-T3-bptt", "ppm", "encnet", "dmnet"} == set(names)
     assert PLAN.protocols["synthetic"].config == "synthetic/compare_synthetic.yaml"  # the shared protocol
@@ -33,7 +34,8 @@ def test_successors_claims_parse():
     assert claims["gc2"].kind == "cheaper" and claims["gc2"].ratio == 0.1
     assert claims["ocr"].kind == "not_worse" and (claims["ocr"].a, claims["ocr"].b) == ("ocr", "nonlocal")
     assert claims["ham5"].entries == ["ham-nmf", "ham-nmf-bptt"] and claims["ema1"].kind == "equivalent"
-    assert {c.kind for c in PLAN.claims} == {"better", "equivalent", "not_worse", "cheaper"}
+    assert {c.kind for c in PLAN.claims} == {"better", "equivalent", "not_worse", "cheaper", "fewer_collapses"}
+    assert (claims["ema3"].a, claims["ema3"].b) == ("ema-T3-bptt", "ema-T3")
 
 
 @pytest.mark.parametrize("name", [e.name for e in PLAN.entries])
@@ -61,19 +63,21 @@ def test_not_worse_and_cheaper_are_judged_from_the_numbers():
                    {"id": "n2", "text": "", "kind": "not_worse", "a": "c", "b": "a"},
                    {"id": "c1", "text": "", "kind": "cheaper", "a": "b", "b": "a", "ratio": 0.1},
                    {"id": "c2", "text": "", "kind": "cheaper", "a": "c", "b": "a", "ratio": 0.1}]}, "t")
-    by_entry = {"a": _runs([90.0, 91.0, 92.0], 1000.0), "b": _runs([89.9, 90.8, 92.1], 100.0),
-                "c": _runs([85.0, 86.2, 86.9], 101.0)}
-    got = {c.id: _claim_result(c, by_entry, plan.margin, 10) for c in plan.claims}
-    assert got["n1"]["verdict"] == "holds"          # differences -0.1, -0.2, +0.1: inside (-1, inf)
+    base = [90.0, 91.0, 92.0, 90.5, 91.5, 90.2, 91.2, 92.2]
+    by_entry = {"a": _runs(base, 1000.0), "b": _runs([v + d for v, d in zip(base, [-.1, -.2, .1, 0, -.1, .2, -.2, .1])], 100.0),
+                "c": _runs([v - 5 + d for v, d in zip(base, [0, .3, -.2, .1, 0, -.1, .2, 0])], 101.0)}
+    got = {c["id"]: c for c in judge_claims(plan.claims, by_entry, plan.margin, "a")}
+    assert got["n1"]["verdict"] == "holds"          # differences about 0 over 8 seeds: well above -1
     assert got["n2"]["verdict"] == "does not hold"  # about -5 points, interval below -1
     assert got["c1"]["verdict"] == "holds" and got["c1"]["tests"][0]["fraction"] == pytest.approx(0.1)
     assert got["c2"]["verdict"] == "does not hold"  # 0.101 > 0.1
-    empty = _claim_result(plan.claims[2], {"a": {}, "b": by_entry["b"]}, 1.0, 10)
+    empty = judge_claims([plan.claims[2]], {"a": {}, "b": by_entry["b"]}, 1.0, "a")[0]
     assert empty["verdict"] == "cannot tell" and math.isnan(empty["tests"][0]["fraction"])
-    agg = {"plan": "t", "description": "", "dataset": "synthetic", "seeds": 3, "reference": "a", "margin": 1.0,
+    agg = {"plan": "t", "description": "", "dataset": "synthetic", "seeds": 8, "reference": "a", "margin": 1.0,
            "classes": [], "entries": [], "claims": list(got.values()), "runs_done": 0, "runs_total": 0, "commits": []}
     md = markdown(agg, "segattn compare t")
     assert "`b` 0.000 M / `a` 0.001 M context MACs = 0.100 (bound 0.1): holds." in md
+    assert "Holm-adjusted" in md and "exact sign-flip p = 0.004" in md  # n1: all 8 sign patterns of d + 1 > 0
 
 
 def test_ratio_belongs_to_cheaper_claims():

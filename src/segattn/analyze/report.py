@@ -2,17 +2,19 @@
 
 Runs are grouped by entry (the compare entry name; a checkpoint's config name otherwise) and paired
 by seed, as ``segattn compare`` pairs them. Each explanation of the survey becomes claims, generated
-from the entries present (their module and EM iteration count) and judged with the accuracy claims'
-rules (:func:`segattn.compare.stats.verdict` on the 95 % t-interval over seeds):
+from the entries present (their module and EM iteration count) and judged with the tests of
+:mod:`segattn.stats` (one Holm family per report; holds = Holm-adjusted one-sided t-test and exact
+sign-flip test both below 0.025; does not hold = the 95 % interval on the other side of the null):
 
-* ``better`` (a paired difference ``a - b``, oriented so that positive favours the claim): holds when
-  the interval lies above 0, does not hold when it lies below the claim's margin;
-* ``below`` (a one-sample statement ``value < threshold``): the same rule on ``threshold - value``
-  with margin 0: holds when the whole interval of the value lies below the threshold, does not hold
-  when it lies above it; ``above`` (``value > threshold``): the rule on ``value - threshold`` with
-  the claim's margin (0 unless stated). Within-run differences (:func:`derive`) use these.
+* ``better`` (a paired difference ``a - b``, oriented so that positive favours the claim): the test
+  "mean difference > 0"; the claim's ``margin`` is shown, it does not move the boundary;
+* ``below`` / ``above`` (a one-sample statement): the claim states its null, margin included
+  (``nsr_gain < 0.9``, not ``< 1``): the test "mean of ``threshold - value`` > 0" (or
+  ``value - threshold``). Within-run differences (:func:`derive`) use these.
 
-Anything else, or fewer than two seeds, is *cannot tell at this scale*.
+Runs that *collapsed* (clean mIoU at the no-context entry's level, :func:`segattn.stats.collapsed`)
+are counted per entry, and every claim is judged on all runs and on the others; the verdict stated
+is the one on all runs, both are shown.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
-from segattn.compare.stats import paired, summarize, verdict
+from segattn import stats
 from segattn.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from segattn.stats import paired, summarize
 
 NAN = float("nan")
 VERDICT_TEXT = {"holds": "holds", "does not hold": "does not hold", "cannot tell": "cannot tell at this scale"}
@@ -101,12 +104,13 @@ def make_claims(groups: Dict[str, Dict[int, Dict[str, Any]]]) -> List[Dict[str, 
                                  "better", NOISE_KEY, ref, e, higher=True, margin=1.0, explanation="1"))
             claims.append(_claim(f"1f.{e}", f"`{e}` loses less mIoU than `{ref}` under FGSM ε = 2/255",
                                  "better", FGSM_KEY, ref, e, higher=True, margin=1.0, explanation="1"))
-        claims.append(_claim(f"1m.{e}", f"`{e}`'s module lowers the noise-to-signal ratio of its input (gain < 1)",
-                             "below", "nsr_gain", e, threshold=1.0, explanation="1"))
+        claims.append(_claim(f"1m.{e}", f"`{e}`'s module lowers the noise-to-signal ratio of its input by at least "
+                                       "10 % (null: gain >= 0.9)", "below", "nsr_gain", e, threshold=0.9, explanation="1"))
         claims.append(_claim(f"2.{e}", f"`{e}`'s module lowers within-class variance relative to between-class "
-                                       "distance (J out/in < 1)", "below", "separation_ratio", e, threshold=1.0,
+                                       "distance by at least 10 % (null: J out/in >= 0.9)", "below", "separation_ratio", e,
+                             threshold=0.9,
                              explanation="2"))
-        claims.append(_claim(f"3.{e}", f"`{e}`'s output has an effective rank far below its input's (ratio < 0.5)",
+        claims.append(_claim(f"3.{e}", f"`{e}`'s output has an effective rank far below its input's (null: ratio >= 0.5)",
                              "below", "erank_ratio", e, threshold=0.5, explanation="3"))
     emas = [e for e in ctx if module[e] == "ema"]
     t1 = next((e for e in emas if stages[e] == 1), emas[0] if emas else None)
@@ -122,7 +126,7 @@ def make_claims(groups: Dict[str, Dict[int, Dict[str, Any]]]) -> List[Dict[str, 
     for e in ctx:
         if module[e].startswith("nonlocal"):
             claims.append(_claim(f"5q.{e}", f"`{e}`'s attention is query-independent: two query pixels of different "
-                                            "classes attend alike (mean TV distance < 0.2)", "below", "tv_diff_class",
+                                            "classes attend alike (null: mean TV distance >= 0.2)", "below", "tv_diff_class",
                                  e, threshold=0.2, explanation="5"))
     # the cue claims need the synthetic set's cue (cue mass is measured there only)
     cue = any(_has_cue(r) for runs in groups.values() for r in runs.values())
@@ -132,16 +136,18 @@ def make_claims(groups: Dict[str, Dict[int, Dict[str, Any]]]) -> List[Dict[str, 
         if cue:
             claims.append(_claim(f"5t.{e}", f"`{e}` carries less of the cue to the shapes than `{t1}` (cue mass)",
                                  "better", "cue_mass", t1, e, higher=True, margin=0.0, explanation="5"))
-        claims.append(_claim(f"5s.{e}", f"`{e}` evaluated with T = 1 is more accurate than with its own T",
-                             "above", "swap_gain", e, threshold=0.0, margin=1.0, explanation="5"))
+        claims.append(_claim(f"5s.{e}", f"`{e}` evaluated with T = 1 is more accurate than with its own T by more than "
+                                         "1 point (null: gain <= 1)", "above", "swap_gain", e, threshold=1.0,
+                             explanation="5"))
         claims.append(_claim(f"5i.{e}", f"in `{e}`, the EM iterations after the first make the foreground pixels' "
                                         "classes less separable across images (pooled J out at its T above J out "
-                                        "at T = 1)",
-                             "above", "iter_sep_gain", e, threshold=0.0, explanation="5"))
+                                        "at T = 1 by more than 1; null: gain <= 1)",
+                             "above", "iter_sep_gain", e, threshold=1.0, explanation="5"))
         if cue:
             claims.append(_claim(f"5m.{e}", f"in `{e}`, the EM iterations after the first move the shape pixels' "
-                                            "attention off the cue (cue mass after iteration 1 above after T)",
-                                 "above", "iter_cue_loss", e, threshold=0.0, explanation="5"))
+                                            "attention off the cue (cue mass after iteration 1 above after T by more "
+                                            "than 0.01; null: loss <= 0.01)",
+                                 "above", "iter_cue_loss", e, threshold=0.01, explanation="5"))
         claims.append(_claim(f"5g.{e}", f"the EM gradient cut loses more of the gradient at the module input in "
                                         f"`{e}` than in `{t1}`", "better", "grad_kept", e, t1, higher=False,
                              margin=0.05, explanation="5"))
@@ -154,30 +160,49 @@ def _has_cue(run: Dict[str, Any]) -> bool:
     return any(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
 
 
-def _claim_values(claim: Dict[str, Any], groups: Dict[str, Dict[int, Dict[str, Any]]]) -> Dict[str, Any]:
+def _claim_values(claim: Dict[str, Any], groups: Dict[str, Dict[int, Dict[str, Any]]],
+                  drop: Dict[str, List[int]]) -> Dict[str, Any]:
+    """The claim's values over its seeds (collapsed seeds in ``drop`` left out) and its one-sided test."""
     a = groups.get(claim["a"], {})
     if claim["kind"] in ("below", "above"):
-        seeds = sorted(a)
+        seeds = [s for s in sorted(a) if s not in drop.get(claim["a"], [])]
         vals = _vals(a, claim["metric"], seeds)
         sign = 1.0 if claim["kind"] == "below" else -1.0
-        d = summarize([sign * (claim["threshold"] - v) for v in vals])
-        return {"seeds": seeds, "value": summarize(vals), **d}
+        x = [sign * (claim["threshold"] - v) for v in vals]
+        return {"seeds": seeds, "value": summarize(vals), **stats.one_sided(x, 0.0)}
     b = groups.get(claim["b"], {})
-    seeds = sorted(set(a) & set(b))
+    seeds = sorted((set(a) & set(b)) - set(drop.get(claim["a"], [])) - set(drop.get(claim["b"], [])))
     va, vb = _vals(a, claim["metric"], seeds), _vals(b, claim["metric"], seeds)
     keep = [i for i in range(len(seeds)) if not (math.isnan(va[i]) or math.isnan(vb[i]))]
     va, vb, seeds = [va[i] for i in keep], [vb[i] for i in keep], [seeds[i] for i in keep]
-    diff = paired(va, vb) if claim["higher"] else paired(vb, va)
-    return {"seeds": seeds, **diff}
+    d = [x - y for x, y in zip(va, vb)] if claim["higher"] else [y - x for x, y in zip(va, vb)]
+    return {"seeds": seeds, **paired(d, [0.0] * len(d)), **stats.one_sided(d, 0.0)}
+
+
+def collapsed_runs(groups: Dict[str, Dict[int, Dict[str, Any]]]) -> Dict[str, List[int]]:
+    """Collapsed seeds per entry: clean mIoU at the level of the no-context (``identity``) entry."""
+    ref = next((e for e, r in groups.items() if next(iter(r.values())).get("module") == "identity"), None)
+    if ref is None:
+        return {e: [] for e in groups}
+    scores = {e: {s: float(r.get("miou_clean")) if isinstance(r.get("miou_clean"), (int, float)) else NAN
+                  for s, r in runs.items()} for e, runs in groups.items()}
+    return stats.collapsed(scores, ref)
 
 
 def judge(claims: Sequence[Dict[str, Any]], groups: Dict[str, Dict[int, Dict[str, Any]]]) -> List[Dict[str, Any]]:
-    """Each claim with its numbers (``diff``: mean, std, 95 % t-interval over seeds) and verdict."""
+    """Each claim with its numbers and verdict, on all runs (``diff``, ``verdict``) and on runs that did
+    not collapse (``variants["non_collapsed"]``); each variant is one Holm family."""
+    collapsed = collapsed_runs(groups)
+    variants: Dict[str, List[Dict[str, Any]]] = {}
+    for variant, drop in (("all", {}), ("non_collapsed", collapsed)):
+        diffs = [_claim_values(c, groups, drop) for c in claims]
+        stats.decide(diffs)
+        variants[variant] = diffs
     out = []
-    for c in claims:
-        diff = _claim_values(c, groups)
-        margin = 0.0 if c["kind"] == "below" else c["margin"]  # "above": its own margin (0 unless set)
-        out.append({**c, "diff": diff, "verdict": verdict("better", diff, margin)})
+    for i, c in enumerate(claims):
+        d_all, d_nc = variants["all"][i], variants["non_collapsed"][i]
+        out.append({**c, "diff": d_all, "verdict": d_all["verdict"],
+                    "variants": {"non_collapsed": {"diff": d_nc, "verdict": d_nc["verdict"]}}})
     return out
 
 
@@ -185,6 +210,7 @@ def judge(claims: Sequence[Dict[str, Any]], groups: Dict[str, Dict[int, Dict[str
 def aggregate(results: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     """Per entry and metric: summary over seeds; the EM curves' means; the judged claims."""
     groups = group(results)
+    collapsed = collapsed_runs(groups)
     entries = []
     for name, runs in groups.items():
         seeds = sorted(runs)
@@ -193,7 +219,7 @@ def aggregate(results: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
                        if isinstance(v, (int, float)) and not isinstance(v, bool)} - {"seed", "seconds", "images",
                                                                                        "em_stages"})
         row: Dict[str, Any] = {"name": name, "module": first.get("module"), "em_stages": first.get("em_stages"),
-                               "seeds": seeds, "metrics": {k: summarize(_vals(runs, k, seeds)) for k in keys}}
+                               "seeds": seeds, "collapsed": collapsed.get(name, []), "metrics": {k: summarize(_vals(runs, k, seeds)) for k in keys}}
         curves = {k: [summarize([runs[s][k][t] for s in seeds if k in runs[s]])["mean"]
                       for t in range(len(first[k]))] for k in first if k.startswith("em_") and isinstance(first[k], list)}
         row["em_curves"] = curves
@@ -225,10 +251,27 @@ def describe_claim(c: Dict[str, Any]) -> str:
     if c["kind"] in ("below", "above"):
         v = d["value"]
         side = "threshold − value" if c["kind"] == "below" else "value − threshold"
-        return (f"{c['metric']} = {_pm(v, 3)} over {n} seed(s); threshold {c['threshold']:g}, "
-                f"{side} 95 % CI {_ci(d)}" + (f", margin {c['margin']:g}" if c["kind"] == "above" and c["margin"] else ""))
+        return (f"{c['metric']} = {_pm(v, 3)} over {n} seed(s); null {c['threshold']:g}, "
+                f"{side} 95 % CI {_ci(d)}, {_tests(d)}")
     what = f"{c['metric']}: `{c['a']}` − `{c['b']}`" if c["higher"] else f"{c['metric']}: `{c['b']}` − `{c['a']}`"
-    return f"{what} = {d['mean']:+.3g} over {n} seed(s), 95 % CI {_ci(d)}, margin {c['margin']:g}"
+    return f"{what} = {d['mean']:+.3g} over {n} seed(s), 95 % CI {_ci(d)}, {_tests(d)}"
+
+
+def _p(v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return "< 0.001" if v < 0.001 else f"{v:.3f}"
+
+
+def _tests(d: Dict[str, Any]) -> str:
+    return f"t-test p = {_p(d.get('p_t'))} (Holm {_p(d.get('p_t_adj'))}), sign-flip p = {_p(d.get('p_perm'))}"
+
+
+def _other(c: Dict[str, Any]) -> str:
+    nc = (c.get("variants") or {}).get("non_collapsed")
+    if not nc or nc["verdict"] == c["verdict"]:
+        return ""
+    return f" [without collapsed runs: {VERDICT_TEXT[nc['verdict']]}]"
 
 
 EXPLANATIONS = {"1": "Denoising", "2": "Edge-preserving smoothing", "3": "Low-rank reconstruction",
@@ -269,13 +312,20 @@ def markdown(agg: Dict[str, Any], command: str) -> str:
         for e in emas:
             lines.append(f"| `{e['name']}` | " + " | ".join(_pm(e["metrics"].get(k), d) for k, d in (
                 ("swap_gain", 2), ("iter_sep_gain", 2), ("iter_cue_loss", 3), ("grad_kept", 2))) + " |")
-    lines += ["", "## Claims", "", "Judged from the 95 % t-interval over seeds (see `segattn.analyze.report`).", ""]
+    coll = [f"`{e['name']}` {len(e['collapsed'])}/{len(e['seeds'])}" for e in agg["entries"] if e.get("collapsed")]
+    lines += ["", "## Claims", "",
+              "One-sided tests at 0.025 over seeds; the t-test p-values of this report form one family, Holm-adjusted. "
+              "A claim holds when its adjusted t-test and its exact sign-flip permutation test both pass (at least "
+              f"{stats.MIN_SEEDS} seeds), does not hold when the 95 % interval lies on the other side of its null, and "
+              "is *cannot tell at this scale* otherwise (see `segattn.stats`). Collapsed runs (clean mIoU at the "
+              "no-context entry's level): " + (", ".join(coll) if coll else "none") + "; verdicts on all runs, "
+              "with the verdict on the other runs in brackets where it differs.", ""]
     for key, title in EXPLANATIONS.items():
         cs = [c for c in agg["claims"] if c["explanation"] == key]
         if not cs:
             continue
         lines += [f"**{key}. {title}**", ""]
-        lines += [f"- {c['text']}: **{VERDICT_TEXT[c['verdict']]}** ({describe_claim(c)})" for c in cs]
+        lines += [f"- {c['text']}: **{VERDICT_TEXT[c['verdict']]}**{_other(c)} ({describe_claim(c)})" for c in cs]
         lines.append("")
     lines += ["![robustness and EM iterations](analysis.png)", ""]
     return "\n".join(lines)

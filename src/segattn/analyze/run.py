@@ -280,5 +280,25 @@ def analyze_runs(runs: Sequence[PathLike], out: PathLike, command: str, max_imag
     return rep
 
 
-__all__ = ["ANALYSIS", "checkpoint_path", "load_run", "eval_scale", "pixel_unit", "validation_batches", "analyze_model",
+def analyze_plan(args: Any, plan: Any, out: Path) -> Dict[str, Any]:
+    """The ``--analyze`` step of ``segattn compare`` (wired in by :mod:`segattn.cli`): every finished run
+    of the plan with ``final.pt`` (seeds below ``--seeds``, or ``2 x --seeds`` with ``--replicate``)
+    through :func:`analyze_runs`; the report goes to ``--report-dir`` (else ``--out``)."""
+    n_seeds = args.seeds or plan.seeds
+    span = 2 * n_seeds if getattr(args, "replicate", False) else n_seeds
+    names = [e.name for e in plan.entries]
+    runs = [out / "runs" / n / f"seed{s}" for s in range(span) for n in names
+            if (out / "runs" / n / f"seed{s}" / "final.pt").is_file()
+            and (out / "runs" / n / f"seed{s}" / "result.json").is_file()]
+    if not runs:
+        raise SegattnError(f"--analyze: no finished run under {out} holds final.pt (runs finished before compare "
+                           "kept weights have none)")
+    target = args.report_dir or out
+    cmd = f"segattn compare {args.plan} --dataset {args.dataset} --seeds {n_seeds} --out {out} --report-only --analyze"
+    if args.report_dir:
+        cmd += f" --report-dir {args.report_dir}"
+    return analyze_runs(runs, target, cmd, threads=args.threads, copy_to=args.report_dir)
+
+
+__all__ = ["ANALYSIS", "analyze_plan", "checkpoint_path", "load_run", "eval_scale", "pixel_unit", "validation_batches", "analyze_model",
            "stored_analysis", "analyze_run", "expand_runs", "claim_analysis", "analyze_runs"]

@@ -2,10 +2,10 @@
 and report accuracy with error bars, cost, paired differences and claim-by-claim verdicts.
 
     from segattn.compare import run_plan
-    run_plan("survey-table", dataset="synthetic", seeds=3, out="outputs/compare/survey-table-synthetic")
+    run_plan("survey-table", dataset="synthetic", seeds=8, out="outputs/compare/survey-table-synthetic")
 
 Plans: :mod:`segattn.compare.plan`; runs and resume: :mod:`segattn.compare.runner`; statistics:
-:mod:`segattn.compare.stats`; report: :mod:`segattn.compare.report`.
+:mod:`segattn.stats` (judged in :mod:`segattn.compare.claims`); report: :mod:`segattn.compare.report`.
 """
 
 from segattn.compare.plan import Claim, Entry, Plan, PlanError, list_plans, load_plan, plan_from_dict

@@ -1,4 +1,4 @@
-"""Subprocess side of :func:`segattn.compare.runner.train_step_memory_mb` on CPU.
+"""Subprocess side of :func:`segattn.compare.cost.train_step_memory_mb` on CPU.
 
 ``python -m segattn.compare.memprobe RUN_CONFIG '[B, C, H, W]' NUM_CLASSES`` builds the run's model
 from its ``compare_config.json`` and prints the growth of the resident set's high-water mark during
@@ -14,8 +14,9 @@ from pathlib import Path
 
 import torch
 
+from segattn.compare.cost import train_step
 from segattn.compare.plan import Entry
-from segattn.compare.runner import build_entry_model, train_step
+from segattn.compare.runner import build_entry_model
 from segattn.engine.config import config_from_dict
 
 

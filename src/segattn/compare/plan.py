@@ -6,8 +6,9 @@ works the same way)::
     name: survey-table
     description: one line shown in the report
     reference: fcn                 # entry the paired differences are taken against
-    seeds: 3                       # default number of seeds (seed values 0 .. seeds-1)
-    margin: 1.0                    # mIoU points: differences smaller than this are "equivalent"
+    seeds: 8                       # default number of seeds (seed values 0 .. seeds-1); holds needs >= 6
+    margin: 1.0                    # mIoU points: the equivalence / non-inferiority margin
+    verdict_runs: all              # which runs decide: all (default) or non_collapsed (both are shown)
     protocols:                     # one training config per dataset; only the entry changes
       synthetic:
         config: synthetic/fcn_r18_synthetic.yaml   # a shipped config name or a path
@@ -24,9 +25,10 @@ Entry keys: ``name`` (unique, ``[A-Za-z0-9._-]``), ``model`` (a registered model
 keywords), ``reasoner: identity`` (every ``LowRankBlock`` reasoner in the model replaced by
 ``IdentityReasoner``, all else equal) and ``note``. Claim kinds: ``better`` (``a`` beats ``b``),
 ``no_gain`` (``a`` adds nothing over ``b``), ``not_worse`` (``a`` loses less than the margin to ``b``),
-``equivalent`` (every pair of ``entries`` within the margin) and ``cheaper`` (``a``'s context-module
-MACs at most ``ratio`` times ``b``'s; ``ratio`` defaults to 1). Everything is checked when the plan
-is loaded, before any run starts.
+``equivalent`` (every pair of ``entries`` within the margin), ``cheaper`` (``a``'s context-module
+MACs at most ``ratio`` times ``b``'s; ``ratio`` defaults to 1) and ``fewer_collapses`` (``a``'s runs
+collapse to the baseline less often than ``b``'s, Fisher's exact test). The decision rules are in
+:mod:`segattn.compare.claims`. Everything is checked when the plan is loaded, before any run starts.
 """
 
 from __future__ import annotations
@@ -40,12 +42,15 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from segattn.engine.config import CONFIG_DIR, apply_overrides, config_from_dict, load_config_dict
 from segattn.registry import MODULES
+from segattn.stats import PUBLISHED_SEEDS
 
 PLAN_DIR = CONFIG_DIR / "plans"
 NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 ENTRY_KEYS = ("name", "model", "context", "context_kw", "kwargs", "reasoner", "note")
-CLAIM_KINDS = ("better", "no_gain", "not_worse", "equivalent", "cheaper")
-PLAN_KEYS = ("name", "description", "reference", "seeds", "margin", "protocols", "entries", "claims")
+CLAIM_KINDS = ("better", "no_gain", "not_worse", "equivalent", "cheaper", "fewer_collapses")
+CLAIM_KEYS = ("id", "text", "kind", "a", "b", "entries", "ratio")
+PLAN_KEYS = ("name", "description", "reference", "seeds", "margin", "verdict_runs", "protocols", "entries", "claims")
+VERDICT_RUNS = ("all", "non_collapsed")
 
 
 class PlanError(ValueError):
@@ -115,11 +120,12 @@ class Plan:
     entries: List[Entry]
     protocols: Dict[str, Protocol]
     reference: str
-    seeds: int = 3
+    seeds: int = PUBLISHED_SEEDS
     margin: float = 1.0
     description: str = ""
     claims: List[Claim] = field(default_factory=list)
     source: str = ""
+    verdict_runs: str = "all"
 
     def entry(self, name: str) -> Entry:
         for e in self.entries:
@@ -190,18 +196,28 @@ def _entry(data: Any, where: str) -> Entry:
 
 
 def _claim(data: Any, where: str, names: Sequence[str]) -> Claim:
-    _check_keys(data, ("id", "text", "kind", "a", "b", "entries", "ratio"), where)
+    _check_keys(data, CLAIM_KEYS, where)
     kind = data.get("kind")
     if kind not in CLAIM_KINDS:
         raise PlanError(f"{where}: kind must be one of {list(CLAIM_KINDS)}, got {kind!r}")
+    if kind == "equivalent":
+        if "a" in data or "b" in data:
+            raise PlanError(f"{where}: an 'equivalent' claim names its entries as 'entries: [x, y, ...]', not 'a'/'b'")
+    else:
+        absent = [k for k in ("a", "b") if not isinstance(data.get(k), str) or not data.get(k)]
+        if absent:
+            raise PlanError(f"{where}: a {kind!r} claim needs 'a' and 'b' (entry names), missing or not a string: "
+                            f"{absent}; e.g. {{id: x1, text: 'nl beats fcn', kind: {kind}, a: nl, b: fcn}}")
+        if "entries" in data:
+            raise PlanError(f"{where}: 'entries' belongs to 'equivalent' claims; a {kind!r} claim uses 'a' and 'b'")
     ratio = data.get("ratio", 1.0)
     if "ratio" in data and kind != "cheaper":
         raise PlanError(f"{where}: 'ratio' belongs to 'cheaper' claims only")
     if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or ratio <= 0:
         raise PlanError(f"{where}: ratio must be a positive number, got {ratio!r}")
     refs = list(data.get("entries") or []) if kind == "equivalent" else [data.get("a"), data.get("b")]
-    if kind == "equivalent" and len(refs) < 2:
-        raise PlanError(f"{where}: an 'equivalent' claim needs 'entries' with at least two names")
+    if kind == "equivalent" and (not isinstance(data.get("entries"), list) or len(refs) < 2):
+        raise PlanError(f"{where}: an 'equivalent' claim needs 'entries': a list of at least two entry names")
     missing = [r for r in refs if r not in names]
     if missing:
         raise PlanError(f"{where}: unknown entr{'y' if len(missing) == 1 else 'ies'} {missing}; plan entries: {list(names)}")
@@ -223,12 +239,15 @@ def plan_from_dict(data: Dict[str, Any], source: str = "<plan>") -> Plan:
     reference = data.get("reference", names[0])
     if reference not in names:
         raise PlanError(f"plan {source}: reference {reference!r} is not an entry; entries: {names}")
-    seeds = data.get("seeds", 3)
+    seeds = data.get("seeds", PUBLISHED_SEEDS)
     if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
         raise PlanError(f"plan {source}: seeds must be an integer >= 1, got {seeds!r}")
     margin = data.get("margin", 1.0)
     if not isinstance(margin, (int, float)) or isinstance(margin, bool) or margin <= 0:
         raise PlanError(f"plan {source}: margin must be a positive number of mIoU points, got {margin!r}")
+    verdict_runs = data.get("verdict_runs", "all")
+    if verdict_runs not in VERDICT_RUNS:
+        raise PlanError(f"plan {source}: verdict_runs must be one of {list(VERDICT_RUNS)}, got {verdict_runs!r}")
     protocols_raw = data.get("protocols")
     if not isinstance(protocols_raw, dict) or not protocols_raw:
         raise PlanError(f"plan {source}: 'protocols' must map dataset names to {{config, set}}")
@@ -243,7 +262,7 @@ def plan_from_dict(data: Dict[str, Any], source: str = "<plan>") -> Plan:
     claims = [_claim(c, f"plan {source}, claim {i + 1}", names) for i, c in enumerate(data.get("claims") or [])]
     return Plan(name=str(data.get("name", Path(source).stem)), entries=entries, protocols=protocols,
                 reference=reference, seeds=seeds, margin=float(margin), description=str(data.get("description", "")),
-                claims=claims, source=source)
+                claims=claims, source=source, verdict_runs=verdict_runs)
 
 
 def load_plan(plan: str) -> Plan:

@@ -5,7 +5,7 @@
 (everything, machine-readable), ``compare.csv`` (one row per entry), ``runs.csv`` (one row per run)
 and ``compare.png`` (mIoU against MACs with error bars; needs matplotlib, the ``viz`` extra).
 All accuracy figures are mIoU in percentage points. Verdicts are computed here, from the numbers
-(see :func:`segattn.compare.stats.verdict`), never written by hand.
+(:mod:`segattn.compare.claims`, tests from :mod:`segattn.stats`), never written by hand.
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
+from segattn.compare.claims import VERDICT_TEXT, claims_markdown, collapsed_runs, judge_claims, replication
 from segattn.compare.plan import Plan
-from segattn.compare.stats import bootstrap_diff, paired, summarize, verdict
 from segattn.io import atomic_write_json, atomic_write_text
+from segattn.stats import ALPHA, bootstrap_diff, paired, summarize
 
 RESULT = "result.json"
-VERDICT_TEXT = {"holds": "holds", "does not hold": "does not hold", "cannot tell": "cannot tell at this scale"}
 
 
 def collect(out: Union[str, Path]) -> List[Dict[str, Any]]:
@@ -65,13 +65,15 @@ def compare_pair(a: Dict[int, Dict[str, Any]], b: Dict[int, Dict[str, Any]], res
 
 
 def aggregate(plan: Plan, results: List[Dict[str, Any]], dataset: str, seeds: Optional[int] = None,
-              resamples: int = 2000) -> Dict[str, Any]:
-    """Numbers of the report: per entry, against the reference, and per claim."""
+              resamples: int = 2000, seed_start: int = 0) -> Dict[str, Any]:
+    """Numbers of the report: per entry, against the reference, and per claim, over the seeds
+    ``seed_start .. seed_start + seeds - 1``."""
     n_seeds = seeds or plan.seeds
     by_entry: Dict[str, Dict[int, Dict[str, Any]]] = {e.name: {} for e in plan.entries}
     for r in results:
-        if r.get("entry") in by_entry and int(r["seed"]) < n_seeds:
+        if r.get("entry") in by_entry and seed_start <= int(r["seed"]) < seed_start + n_seeds:
             by_entry[r["entry"]][int(r["seed"])] = r
+    collapsed = collapsed_runs(by_entry, plan.reference)
     classes: List[str] = next((r["classes"] for r in results), [])
     entries = []
     for e in plan.entries:
@@ -84,6 +86,8 @@ def aggregate(plan: Plan, results: List[Dict[str, Any]], dataset: str, seeds: Op
             "aAcc": summarize([100 * _nanfloat(runs[s]["metrics"]["aAcc"]) for s in seeds_done]),
             "mAcc": summarize([100 * _nanfloat(runs[s]["metrics"]["mAcc"]) for s in seeds_done]),
             "IoU": {c: summarize([100 * _nanfloat(runs[s]["metrics"]["IoU"].get(c)) for s in seeds_done]) for c in classes},
+            "collapsed": collapsed.get(e.name, []),
+            "mIoU_non_collapsed": summarize([v for s, v in zip(seeds_done, miou) if s not in collapsed.get(e.name, [])]),
         }
         if seeds_done:
             costs = [runs[s]["cost"] for s in seeds_done]
@@ -100,10 +104,11 @@ def aggregate(plan: Plan, results: List[Dict[str, Any]], dataset: str, seeds: Op
     for row in entries:
         if row["name"] != ref:
             row["vs_reference"] = compare_pair(by_entry[row["name"]], by_entry[ref], resamples)
-    claims = [_claim_result(c, by_entry, plan.margin, resamples) for c in plan.claims]
-    commits = sorted({str(r.get("provenance", {}).get("commit")) for r in results})
+    claims = judge_claims(plan.claims, by_entry, plan.margin, ref, getattr(plan, "verdict_runs", "all"))
+    commits = sorted({str(r.get("provenance", {}).get("commit")) for r in results
+                      if seed_start <= int(r.get("seed", 0)) < seed_start + n_seeds})
     return {"plan": plan.name, "description": plan.description, "dataset": dataset, "seeds": n_seeds,
-            "reference": ref, "margin": plan.margin, "classes": classes, "entries": entries, "claims": claims,
+            "seed_start": seed_start, "reference": ref, "margin": plan.margin, "alpha": ALPHA, "classes": classes, "entries": entries, "claims": claims,
             "runs_done": sum(len(v) for v in by_entry.values()), "runs_total": n_seeds * len(plan.entries),
             "commits": commits, "protocol": _protocol_summary(results)}
 
@@ -118,43 +123,6 @@ def _protocol_summary(results: List[Dict[str, Any]]) -> Dict[str, Any]:
             "backbone": m.get("backbone"), "output_stride": m.get("output_stride"),
             "channels": (m.get("kwargs") or {}).get("channels"), "eval": cfg.get("eval"),
             "threads": results[0].get("train", {}).get("threads"), "device": results[0].get("train", {}).get("device")}
-
-
-def _cost_claim(claim: Any, by_entry: Dict[str, Dict[int, Dict[str, Any]]]) -> Dict[str, Any]:
-    """``cheaper``: the context modules' MACs (exact, the same for every seed) of a against ratio x b's."""
-    macs = {}
-    for name in (claim.a, claim.b):
-        runs = by_entry[name]
-        macs[name] = float(runs[min(runs)]["cost"]["context_macs"]) if runs else math.nan
-    a, b = macs[claim.a], macs[claim.b]
-    frac = a / b if b and not math.isnan(a) and not math.isnan(b) else math.nan
-    verdict_ = "cannot tell" if math.isnan(frac) else "holds" if frac <= claim.ratio else "does not hold"
-    test = {"a": claim.a, "b": claim.b, "a_macs": a, "b_macs": b, "fraction": frac, "ratio": claim.ratio,
-            "verdict": verdict_}
-    return {"id": claim.id, "text": claim.text, "kind": claim.kind, "tests": [test], "verdict": verdict_}
-
-
-def _claim_result(claim: Any, by_entry: Dict[str, Dict[int, Dict[str, Any]]], margin: float,
-                  resamples: int) -> Dict[str, Any]:
-    if claim.kind == "cheaper":
-        return _cost_claim(claim, by_entry)
-    if claim.kind == "equivalent":
-        names = claim.entries
-        pairs = [(names[i], names[j]) for i in range(len(names)) for j in range(i + 1, len(names))]
-    else:
-        pairs = [(claim.a, claim.b)]
-    tests = []
-    for a, b in pairs:
-        diff = compare_pair(by_entry[a], by_entry[b], resamples)
-        tests.append({"a": a, "b": b, "diff": diff, "verdict": verdict(claim.kind, diff, margin)})
-    verdicts = [t["verdict"] for t in tests]
-    if "does not hold" in verdicts:
-        overall = "does not hold"
-    elif all(v == "holds" for v in verdicts):
-        overall = "holds"
-    else:
-        overall = "cannot tell"
-    return {"id": claim.id, "text": claim.text, "kind": claim.kind, "tests": tests, "verdict": overall}
 
 
 # ------------------------------------------------------------------------------------ formatting
@@ -200,23 +168,16 @@ def describe_diff(a: str, b: str, diff: Dict[str, Any]) -> str:
     return text
 
 
-def describe_cost(t: Dict[str, Any]) -> str:
-    """One sentence with the context MACs of a ``cheaper`` claim."""
-    if math.isnan(t["fraction"]):
-        return f"`{t['a']}` / `{t['b']}` context MACs: no finished run of both (or `{t['b']}` has none)"
-    return (f"`{t['a']}` {t['a_macs'] / 1e6:.3f} M / `{t['b']}` {t['b_macs'] / 1e6:.3f} M context MACs = "
-            f"{t['fraction']:.3f} (bound {t['ratio']:g})")
-
-
 def markdown(agg: Dict[str, Any], command: str) -> str:
-    ref, margin = agg["reference"], agg["margin"]
+    ref = agg["reference"]
     p = agg.get("protocol", {})
     lines = [f"# `segattn compare {agg['plan']}` on {agg['dataset']}", ""]
     if agg["description"]:
         lines += [agg["description"], ""]
     lines += ["```bash", command, "```", ""]
+    first, last = agg.get("seed_start", 0), agg.get("seed_start", 0) + agg["seeds"] - 1
     lines.append(f"Runs finished: {agg['runs_done']} of {agg['runs_total']} ({len(agg['entries'])} entries x "
-                 f"{agg['seeds']} seeds). Source commit(s): {', '.join(f'`{c}`' for c in agg['commits']) or '-'}.")
+                 f"{agg['seeds']} seeds, {first}..{last}). Source commit(s): {', '.join(f'`{c}`' for c in agg['commits']) or '-'}.")
     if p:
         lines.append(f"Protocol: {p.get('dataset')} {p.get('dataset_kwargs') or ''}, crop {p.get('crop_size')}, "
                      f"batch {p.get('batch_size')}, {p.get('iters')} iterations, {p.get('optim')} lr {p.get('lr')}, "
@@ -229,14 +190,15 @@ def markdown(agg: Dict[str, Any], command: str) -> str:
               "`flops()`) are exact; latency (batch 1, median of 5) and train-step memory (one forward + "
               "backward at the training batch, resident-set growth on CPU) were measured inside each run, "
               "on a machine that may have been shared, median over seeds.", ""]
-    head = ["entry", "setting", "seeds", "mIoU", "95 % CI", f"Δ vs {ref}", "Δ 95 % CI", "p", "Δ bootstrap CI",
+    head = ["entry", "setting", "seeds", "collapsed", "mIoU", "95 % CI", f"Δ vs {ref}", "Δ 95 % CI", "p", "Δ bootstrap CI",
             "params (M)", "GMACs", "context MMACs", "latency (ms)", "train-step mem (MiB)", "train time (s)"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
     for e in agg["entries"]:
         s, c = e["mIoU"], e.get("cost", {})
         v = e.get("vs_reference")
         boot = v["bootstrap"] if v else {}
-        cells = [f"`{e['name']}`", e["describe"], str(len(e["seeds"])), _pm(s), _ci(s["ci_low"], s["ci_high"]),
+        cells = [f"`{e['name']}`", e["describe"], str(len(e["seeds"])), str(len(e.get("collapsed", []))), _pm(s),
+                 _ci(s["ci_low"], s["ci_high"]),
                  f"{v['mean']:+.1f}" if v and v["n"] else ("(reference)" if e["name"] == ref else "-"),
                  _ci(v["ci_low"], v["ci_high"], True) if v else "-", _p(v.get("p")) if v else "-",
                  _ci(boot.get("low", math.nan), boot.get("high", math.nan), True) if v else "-",
@@ -251,22 +213,19 @@ def markdown(agg: Dict[str, Any], command: str) -> str:
         for e in agg["entries"]:
             cells = [f"`{e['name']}`", _pm(e["aAcc"]), _pm(e["mAcc"])] + [_pm(e["IoU"][c]) for c in agg["classes"]]
             lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "## Claims", "",
-              f"Each claim is decided from the paired 95 % t-interval over seeds of the mIoU difference, with a "
-              f"margin of {margin:g} point(s): *better* holds when the interval lies above 0 and does not hold "
-              f"when it lies below +{margin:g}; *adds nothing* holds when it lies below +{margin:g} and does not "
-              f"hold when it lies above 0; *not worse* holds when it lies above −{margin:g} and does not hold when "
-              f"it lies below −{margin:g}; *equivalent* holds when it lies inside ±{margin:g} and does not hold "
-              f"when it lies entirely outside; anything else cannot be told at this scale (more seeds or a "
-              f"larger setting would be needed). *Cheaper* claims compare the context modules' own MACs "
-              f"(exact) with the claim's bound. Written by the program from the numbers above.", ""]
-    if not agg["claims"]:
-        lines.append("(this plan states no claims)")
-    for c in agg["claims"]:
-        lines.append(f"- **{c['id']}. {c['text']}** — {VERDICT_TEXT[c['verdict']]}.")
-        for t in c["tests"]:
-            said = describe_cost(t) if c["kind"] == "cheaper" else describe_diff(t["a"], t["b"], t["diff"])
-            lines.append(f"  - {said}: {VERDICT_TEXT[t['verdict']]}.")
+    lines += [""] + claims_markdown(agg)
+    rep = agg.get("replication")
+    if rep:
+        r = rep["aggregate"]
+        lines += ["## Replication", "",
+                  f"The same plan trained again on seeds {r['seed_start']}..{r['seed_start'] + r['seeds'] - 1} "
+                  f"({r['runs_done']} of {r['runs_total']} runs finished). A verdict is *replicated* when both seed "
+                  "ranges decide it the same way (two *cannot tell* are *undecided in both*).", "", "| claim | seeds " + f"{first}..{last}" + " | replication | status |",
+                  "|---|---|---|---|"]
+        for row in rep["status"]:
+            lines.append(f"| {row['id']} | {VERDICT_TEXT[row['first']]} | {VERDICT_TEXT.get(row['second'], '-')} | "
+                         f"{row['status']} |")
+        lines.append("")
     lines += ["", "![mIoU against MACs](compare.png)", ""]
     return "\n".join(lines)
 
@@ -347,7 +306,8 @@ def default_command(plan: Plan, dataset: str, seeds: int, out: Union[str, Path])
 
 
 def write_report(plan: Plan, out: Union[str, Path], dataset: str, report_dir: Optional[Union[str, Path]] = None,
-                 seeds: Optional[int] = None, command: Optional[str] = None, resamples: int = 2000) -> Dict[str, Any]:
+                 seeds: Optional[int] = None, command: Optional[str] = None, resamples: int = 2000,
+                 replicate: bool = False) -> Dict[str, Any]:
     """Aggregate the runs under ``out`` and write the report files into ``report_dir`` (default ``out``).
 
     With a separate ``report_dir`` the runs' ``result.json`` files are copied there too (no
@@ -359,7 +319,10 @@ def write_report(plan: Plan, out: Union[str, Path], dataset: str, report_dir: Op
     n_seeds = seeds or plan.seeds
     results = collect(out)
     agg = aggregate(plan, results, dataset, n_seeds, resamples)
-    cmd = command or default_command(plan, dataset, n_seeds, out)
+    if replicate:  # the disjoint seed range n .. 2n - 1 (see `segattn compare --replicate`)
+        second = aggregate(plan, results, dataset, n_seeds, resamples, seed_start=n_seeds)
+        agg["replication"] = {"aggregate": second, "status": replication(agg["claims"], second["claims"])}
+    cmd = command or default_command(plan, dataset, n_seeds, out) + (" --replicate" if replicate else "")
     agg["command"] = cmd
     target.mkdir(parents=True, exist_ok=True)
     if target.resolve() != out.resolve():

@@ -23,10 +23,8 @@ latency (batch 1, eval size, median of 5) and the peak memory of one training st
 
 from __future__ import annotations
 
-import copy
 import json
 import math
-import os
 import shutil
 import statistics
 import subprocess
@@ -39,6 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from segattn.compare.cost import measure_cost
 from segattn.compare.plan import Entry, Plan, PlanError, entry_config_dict, load_plan, validate_plan
 from segattn.engine import build
 from segattn.engine.config import config_from_dict
@@ -159,124 +158,6 @@ def metrics_from_counts(counts: Dict[str, np.ndarray], classes: Sequence[str]) -
             "Acc": {str(n): float(v) for n, v in zip(classes, acc)}, "pixels": int(total)}
 
 
-# ----------------------------------------------------------------------------------------- cost
-def _context_modules(model: nn.Module) -> List[Tuple[str, nn.Module]]:
-    from segattn.modules.base import ContextModule
-
-    found: List[Tuple[str, nn.Module]] = []
-    for name, m in model.named_modules():
-        if isinstance(m, ContextModule) and not any(name.startswith(f + ".") for f, _ in found):
-            found.append((name, m))
-    return found
-
-
-@torch.no_grad()
-def model_macs(model: nn.Module, image: torch.Tensor) -> Tuple[int, int]:
-    """(whole-model MACs by FlopCounterMode, sum of context modules' ``flops(H, W)``) for one image."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    sizes: Dict[str, Tuple[int, int]] = {}
-    hooks = []
-    for name, m in _context_modules(model):
-        hooks.append(m.register_forward_pre_hook(lambda mod, args, n=name: sizes.__setitem__(n, tuple(args[0].shape[-2:]))))
-    model.eval()
-    try:
-        with FlopCounterMode(display=False) as counter:
-            model(image)
-    finally:
-        for h in hooks:
-            h.remove()
-    mods = dict(_context_modules(model))
-    context = sum(int(mods[n].flops(*hw)) for n, hw in sizes.items())
-    return int(counter.get_total_flops()) // 2, context
-
-
-@torch.no_grad()
-def latency_ms(model: nn.Module, image: torch.Tensor, rounds: int = 5) -> float:
-    """Median eval-mode forward time of one image (after one warm-up pass)."""
-    model.eval()
-    model(image)
-    times = []
-    for _ in range(rounds):
-        if image.is_cuda:
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        model(image)
-        if image.is_cuda:
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return float(statistics.median(times))
-
-
-def train_step_memory_mb(model: nn.Module, images: torch.Tensor, masks: torch.Tensor,
-                         run_config: Optional[Path] = None) -> float:
-    """Peak memory of one training step (forward + backward at the training batch), in MiB.
-
-    CUDA: growth of ``max_memory_allocated`` around the step, on a copy of ``model``. CPU: the method
-    of ``segattn bench --memory`` (growth of the resident set's high-water mark, the kernel's mark
-    reset first), in a fresh subprocess that builds the run's model from ``run_config`` (the run's
-    ``compare_config.json``), so the training process's cached allocations do not hide the step.
-    """
-    if images.is_cuda:
-        net = copy.deepcopy(model).train()
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        train_step(net, images, masks)
-        torch.cuda.synchronize()
-        return (torch.cuda.max_memory_allocated() - base) / 2**20
-    if run_config is None:
-        raise ValueError("the CPU memory probe needs the run's config file")
-    shape = [int(v) for v in images.shape]
-    k = int(getattr(model, "num_classes", 0) or int(masks.max()) + 1)
-    cmd = [sys.executable, "-m", "segattn.compare.memprobe", str(run_config), json.dumps(shape), str(k)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
-    if proc.returncode != 0:
-        raise RuntimeError(f"memory probe failed: {proc.stderr.strip()[-300:]}")
-    return float(json.loads(proc.stdout.strip().splitlines()[-1])["peak_mb"])
-
-
-def train_step(net: nn.Module, images: torch.Tensor, masks: torch.Tensor) -> None:
-    out = net(images)
-    logits = out["out"] if isinstance(out, dict) else out
-    torch.nn.functional.cross_entropy(logits.float(), masks, ignore_index=255).backward()
-
-
-def measure_cost(model: nn.Module, train_set: Any, val_set: Any, cfg: Any, device: torch.device,
-                 run_config: Optional[Path] = None) -> Dict[str, Any]:
-    """Parameters, MACs, latency and training-step memory, all at the run's own sizes (the first
-    validation image at the single ``eval.scales`` factor if there is one; the training batch shape).
-
-    A measurement that fails (an operator FlopCounterMode cannot count, say) is recorded as NaN with
-    its error in ``errors``; it never costs the trained run."""
-    image = val_set[0][0].unsqueeze(0).to(device)
-    scales = list(cfg.eval.scales or [1.0])
-    if len(scales) == 1 and scales[0] != 1.0:  # the size the model runs at (eval.scales), as in evaluation
-        h, w = image.shape[-2:]
-        size = (max(1, round(h * scales[0])), max(1, round(w * scales[0])))
-        image = torch.nn.functional.interpolate(image, size=size, mode="bilinear", align_corners=False,
-                                                antialias=scales[0] < 1)
-    bs = cfg.data.batch_size
-    batch = [train_set[i] for i in range(min(bs, len(train_set)))]
-    images = torch.stack([b[0] for b in batch]).to(device)
-    masks = torch.stack([b[1] for b in batch]).to(device).long()
-    cost: Dict[str, Any] = {"params": int(sum(p.numel() for p in model.parameters())), "macs": math.nan,
-                            "context_macs": math.nan, "eval_size": list(image.shape[-2:]), "latency_ms": math.nan,
-                            "train_step_mem_mb": math.nan, "train_batch": [int(images.shape[0]), *images.shape[-2:]],
-                            "errors": {}}
-    steps: Dict[str, Callable[[], Any]] = {
-        "macs": lambda: cost.update(zip(("macs", "context_macs"), model_macs(model, image))),
-        "latency_ms": lambda: cost.update(latency_ms=latency_ms(model, image)),
-        "train_step_mem_mb": lambda: cost.update(
-            train_step_mem_mb=train_step_memory_mb(model, images, masks, run_config)),
-    }
-    for key, step in steps.items():
-        try:
-            step()
-        except Exception as exc:  # noqa: BLE001 - recorded in the result, never fatal
-            cost["errors"][key] = f"{type(exc).__name__}: {exc}"[:300]
-    return cost
 
 
 # ------------------------------------------------------------------------------------------ runs
@@ -408,39 +289,81 @@ def _fmt_time(seconds: float) -> str:
     return f"{h}h{rem // 60:02d}m" if h else f"{rem // 60}m{rem % 60:02d}s"
 
 
+def seed_range(n_seeds: int, replicate: bool = False) -> List[int]:
+    """The seeds a plan runs: ``0 .. n-1``, and with ``replicate`` also the disjoint ``n .. 2n-1``."""
+    return list(range(2 * n_seeds if replicate else n_seeds))
+
+
 def run_plan(plan: Union[str, Plan], dataset: str = "synthetic", seeds: Optional[int] = None,
              out: Optional[Union[str, Path]] = None, extra: Sequence[str] = (), threads: Optional[int] = 1,
              report: bool = True, report_dir: Optional[Union[str, Path]] = None, callbacks: Sequence[Any] = (),
-             log: Log = _print, keep_checkpoints: bool = False) -> Dict[str, Any]:
+             log: Log = _print, keep_checkpoints: bool = False, replicate: bool = False, workers: int = 1,
+             launcher: str = "local", launcher_options: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Run every missing (entry, seed) of ``plan`` on ``dataset`` and write the report.
 
-    Returns ``{"out", "done", "trained", "skipped", "interrupted", "total", "report"}``; ``interrupted``
-    is True when a stop signal ended the current run (its checkpoint is kept; call again to resume).
-    ``extra`` are further ``key=value`` config overrides applied to every run (after the protocol's).
-    Finished runs keep their metrics and config but not their checkpoints unless ``keep_checkpoints``.
+    Returns ``{"out", "done", "trained", "skipped", "busy", "interrupted", "total", "report"}``;
+    ``interrupted`` is True when a stop signal ended a run (its checkpoint is kept; call again to resume).
+    ``extra`` are further ``key=value`` config overrides applied to every run (after the protocol's);
+    a short run is ``extra=["schedule.iters=2"]`` (and ``seeds=1``). Finished runs keep their metrics
+    and config but not their checkpoints unless ``keep_checkpoints``. ``replicate`` also trains the
+    disjoint seeds ``n .. 2n-1`` and reports whether each verdict replicates. ``workers`` > 1 trains
+    that many runs at a time in local worker processes; ``launcher="slurm"`` submits every run through
+    submitit (``launcher_options``: ``partition``, ``time_min``, ``cpus``, ``gpus``; see
+    :mod:`segattn.compare.launch`). Every path takes the run folder's lock, so any mix of them can
+    share one ``out``.
     """
     plan = load_plan(plan) if isinstance(plan, str) else plan
     n_seeds = plan.seeds if seeds is None else int(seeds)
     if n_seeds < 1:
         raise PlanError(f"--seeds must be >= 1, got {n_seeds}")
+    if workers < 1:
+        raise PlanError(f"-j/--jobs must be >= 1, got {workers}")
     out = Path(out) if out is not None else Path("outputs") / "compare" / f"{plan.name}-{dataset}"
     validate_plan(plan, dataset, extra)
-    jobs = [(seed, e) for seed in range(n_seeds) for e in plan.entries]
+    jobs = [(seed, e) for seed in seed_range(n_seeds, replicate) for e in plan.entries]
     prepared = [(seed, e, *prepare_run(out, plan, dataset, e, seed, threads, extra)) for seed, e in jobs]
-    try:  # newer segattn.io checks writability up front
-        from segattn.io import check_writable_dir
-    except ImportError:  # pragma: no cover
-        check_writable_dir = None
-    if check_writable_dir is not None:
-        check_writable_dir(out, "--out folder")
+    from segattn.io import check_writable_dir
+
+    check_writable_dir(out, "--out folder")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "plan.json", {"plan": plan.name, "source": plan.source, "dataset": dataset,
-                                          "seeds": n_seeds, "extra": list(extra),
+                                          "seeds": n_seeds, "replicate": replicate, "extra": list(extra),
                                           "entries": [e.describe() for e in plan.entries]})
     total = len(prepared)
     done = sum((rdir / RESULT).is_file() for _, _, rdir, _ in prepared)
-    log(f"compare {plan.name} on {dataset}: {total} runs ({len(plan.entries)} entries x {n_seeds} seeds), "
-        f"{done} already finished, output {out}")
+    log(f"compare {plan.name} on {dataset}: {total} runs ({len(plan.entries)} entries x {total // len(plan.entries)} "
+        f"seeds), {done} already finished, output {out}")
+    if launcher != "local" or workers > 1:
+        from segattn.compare.launch import dispatch
+
+        todo = [(seed, e.name) for seed, e, rdir, _ in prepared if not (rdir / RESULT).is_file()]
+        states = dispatch(plan, dataset, todo, out, threads, extra, keep_checkpoints, workers, launcher,
+                          launcher_options or {}, log)
+        trained = sum(s == "done" for s in states)
+        busy = sum(s == "busy" for s in states)
+        interrupted = any(s == "interrupted" for s in states)
+        skipped = total - len(todo) + sum(s == "skipped" for s in states)
+        done = sum((rdir / RESULT).is_file() for _, _, rdir, _ in prepared)
+    else:
+        trained, skipped, busy, done, interrupted = _run_serial(prepared, plan, dataset, callbacks, log,
+                                                                keep_checkpoints, done)
+    if busy:
+        log(f"{busy} run(s) were being trained by other processes; the report below covers the finished ones "
+            "(run the command again, or with --report-only, once they are done)")
+    rep = None
+    if report:
+        from segattn.compare.report import write_report
+
+        rep = write_report(plan, out, dataset, report_dir=report_dir, seeds=n_seeds, replicate=replicate)
+        log(f"report: {rep['paths']['markdown']}")
+    return {"out": str(out), "done": done, "trained": trained, "skipped": skipped, "busy": busy,
+            "interrupted": interrupted, "total": total, "report": rep}
+
+
+def _run_serial(prepared: List[Tuple[int, Entry, Path, Dict[str, Any]]], plan: Plan, dataset: str,
+                callbacks: Sequence[Any], log: Log, keep_checkpoints: bool, done: int) -> Tuple[int, int, int, int, bool]:
+    """The runs one after another in this process; returns (trained, skipped, busy, done, interrupted)."""
+    total = len(prepared)
     walls: List[float] = []
     stored_walls = []
     for _, _, rdir, _ in prepared:
@@ -479,18 +402,31 @@ def run_plan(plan: Union[str, Plan], dataset: str = "synthetic", seeds: Optional
         done += 1
         walls.append(time.time() - t0)
         stored_walls.append(float(result["train"]["wall_s"]))  # whole training time, over resumes
-        per_run = statistics.mean(stored_walls)
-        left = (total - done) * per_run
+        left = (total - done) * statistics.mean(stored_walls)
         log(f"{tag}: mIoU {100 * result['metrics']['mIoU']:.2f} in {_fmt_time(walls[-1])}; "
             f"{done}/{total} done, about {_fmt_time(left)} left")
-    if busy:
-        log(f"{busy} run(s) were being trained by other processes; the report below covers the finished ones "
-            "(run the command again, or with --report-only, once they are done)")
-    rep = None
-    if report:
-        from segattn.compare.report import write_report
+    return trained, skipped, busy, done, interrupted
 
-        rep = write_report(plan, out, dataset, report_dir=report_dir, seeds=n_seeds)
-        log(f"report: {rep['paths']['markdown']}")
-    return {"out": str(out), "done": done, "trained": trained, "skipped": skipped, "busy": busy,
-            "interrupted": interrupted, "total": total, "report": rep}
+
+def run_one(plan: Plan, dataset: str, entry_name: str, seed: int, out: Union[str, Path], threads: Optional[int],
+            extra: Sequence[str], keep_checkpoints: bool = False) -> Dict[str, Any]:
+    """One (entry, seed) of a plan in this process, under the run folder's lock (the unit of ``-j`` and
+    of the SLURM launcher). Returns ``{"entry", "seed", "state", "mIoU"}`` with ``state`` one of
+    ``done``, ``skipped`` (already finished), ``busy`` (another live process holds it), ``interrupted``."""
+    entry = plan.entry(entry_name)
+    rdir, data = prepare_run(Path(out), plan, dataset, entry, seed, threads, extra)
+    row: Dict[str, Any] = {"entry": entry_name, "seed": seed, "state": "skipped", "mIoU": math.nan}
+    if (rdir / RESULT).is_file():
+        return row
+    claim = claim_run(rdir)
+    if claim is None:
+        return {**row, "state": "busy"}
+    try:
+        if (rdir / RESULT).is_file():
+            return row
+        result = train_run(rdir, data, entry, seed, dataset, plan, (), _print, keep_checkpoints)
+    finally:
+        claim.release()
+    if result is None:
+        return {**row, "state": "interrupted"}
+    return {**row, "state": "done", "mIoU": 100 * float(result["metrics"]["mIoU"])}

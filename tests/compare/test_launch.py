@@ -1,0 +1,58 @@
+"""`segattn compare` fan-out: -j worker processes, the submitit launcher, and --replicate."""
+
+import json
+
+import pytest
+
+from segattn.cli import main
+from segattn.compare import plan_from_dict, run_plan
+from segattn.compare.runner import RESULT, claim_run, run_dir
+
+from .test_compare import TINY
+
+
+def _plan():
+    return plan_from_dict(json.loads(json.dumps(TINY)), "tiny")
+
+
+@pytest.mark.slow
+def test_workers_and_replicate_train_disjoint_seeds_once(tmp_path):
+    out = tmp_path / "cmp"
+    plan = _plan()
+    held = claim_run(run_dir(out, "nl", 1))  # another live process "holds" one run: it is left alone
+    try:
+        summary = run_plan(plan, "synthetic", seeds=1, out=out, threads=1, workers=2, replicate=True,
+                           log=lambda m: None)
+    finally:
+        held.release()
+    assert summary["total"] == 4 and summary["trained"] == 3 and summary["busy"] == 1
+    assert sorted(p.parent.name for p in out.glob(f"runs/fcn/seed*/{RESULT}")) == ["seed0", "seed1"]
+    assert not (run_dir(out, "nl", 1) / RESULT).exists()
+    agg = summary["report"]["aggregate"]
+    assert agg["seeds"] == 1 and agg["seed_start"] == 0
+    rep = agg["replication"]
+    assert rep["aggregate"]["seed_start"] == 1 and rep["aggregate"]["runs_done"] == 1
+    assert rep["status"][0]["status"] in ("replicated", "not replicated", "undecided in both")
+    md = (out / "compare.md").read_text()
+    assert "## Replication" in md and "--replicate" in md
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cluster", ["local"])
+def test_submitit_launcher_runs_a_plan(tmp_path, cluster):
+    pytest.importorskip("submitit")
+    out = tmp_path / "cmp"
+    summary = run_plan(_plan(), "synthetic", seeds=1, out=out, threads=1, launcher="slurm",
+                       launcher_options={"cluster": cluster, "time_min": 10, "cpus": 1}, log=lambda m: None)
+    assert summary["trained"] == 2 and summary["done"] == 2
+    assert (run_dir(out, "nl", 0) / RESULT).is_file() and (out / "submitit").is_dir()
+    again = run_plan(_plan(), "synthetic", seeds=1, out=out, threads=1, launcher="slurm",
+                     launcher_options={"cluster": cluster}, log=lambda m: None)
+    assert again["trained"] == 0 and again["skipped"] == 2  # finished runs are not submitted again
+
+
+def test_cli_refuses_bad_jobs_and_launcher(tmp_path, capsys):
+    assert main(["compare", "survey-table", "-j", "0", "--out", str(tmp_path / "x")]) == 2
+    assert "-j must be >= 1, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["compare", "survey-table", "--launcher", "pbs"])
