@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from segattn.compare.plan import Plan, PlanError
 
 LAUNCHERS = ("local", "slurm")
+RunOne = Callable[..., Dict[str, Any]]
 SLURM_KEYS = ("partition", "time_min", "cpus", "gpus", "cluster")
 
 
@@ -31,10 +32,9 @@ def _line(row: Dict[str, Any], i: int, total: int) -> str:
 
 
 def run_pool(plan: Plan, dataset: str, todo: Sequence[Tuple[int, str]], out: Path, threads: Optional[int],
-             extra: Sequence[str], keep_checkpoints: bool, workers: int, log: Callable[[str], None]) -> List[str]:
+             extra: Sequence[str], keep_checkpoints: bool, workers: int, log: Callable[[str], None],
+             run_one: RunOne) -> List[str]:
     """Train ``todo`` ((seed, entry) pairs) on ``workers`` spawned processes; returns each run's state."""
-    from segattn.compare.runner import run_one
-
     states: List[str] = []
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
@@ -54,13 +54,12 @@ def run_pool(plan: Plan, dataset: str, todo: Sequence[Tuple[int, str]], out: Pat
 
 def run_submitit(plan: Plan, dataset: str, todo: Sequence[Tuple[int, str]], out: Path, threads: Optional[int],
                  extra: Sequence[str], keep_checkpoints: bool, options: Dict[str, Any],
-                 log: Callable[[str], None]) -> List[str]:
+                 log: Callable[[str], None], run_one: RunOne) -> List[str]:
     """One submitit job per run (SLURM, or submitit's ``local`` / ``debug`` executor); waits for all."""
     try:
         import submitit
     except ImportError as exc:
         raise PlanError("--launcher slurm needs submitit (pip install 'segattn[slurm]')") from exc
-    from segattn.compare.runner import run_one
 
     unknown = sorted(set(options) - set(SLURM_KEYS))
     if unknown:
@@ -87,12 +86,14 @@ def run_submitit(plan: Plan, dataset: str, todo: Sequence[Tuple[int, str]], out:
 
 def dispatch(plan: Plan, dataset: str, todo: Sequence[Tuple[int, str]], out: Path, threads: Optional[int],
              extra: Sequence[str], keep_checkpoints: bool, workers: int, launcher: str, options: Dict[str, Any],
-             log: Callable[[str], None]) -> List[str]:
-    """Train ``todo`` with the chosen launcher; returns the state of each run (see ``run_one``)."""
+             log: Callable[[str], None], run_one: RunOne) -> List[str]:
+    """Train ``todo`` with the chosen launcher; returns the state of each run. ``run_one`` is
+    :func:`segattn.compare.runner.run_one` (passed in: the runner imports this module, not the reverse;
+    a module-level function, so it pickles into the worker processes and submitit jobs)."""
     if launcher not in LAUNCHERS:
         raise PlanError(f"--launcher must be one of {list(LAUNCHERS)}, got {launcher!r}")
     if not todo:
         return []
     if launcher == "slurm":
-        return run_submitit(plan, dataset, todo, out, threads, extra, keep_checkpoints, options, log)
-    return run_pool(plan, dataset, todo, out, threads, extra, keep_checkpoints, workers, log)
+        return run_submitit(plan, dataset, todo, out, threads, extra, keep_checkpoints, options, log, run_one)
+    return run_pool(plan, dataset, todo, out, threads, extra, keep_checkpoints, workers, log, run_one)

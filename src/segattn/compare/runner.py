@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from segattn.compare.cost import measure_cost
+from segattn.compare.launch import dispatch
 from segattn.compare.plan import Entry, Plan, PlanError, entry_config_dict, load_plan, validate_plan
 from segattn.engine import build
 from segattn.engine.config import config_from_dict
@@ -334,11 +335,9 @@ def run_plan(plan: Union[str, Plan], dataset: str = "synthetic", seeds: Optional
     log(f"compare {plan.name} on {dataset}: {total} runs ({len(plan.entries)} entries x {total // len(plan.entries)} "
         f"seeds), {done} already finished, output {out}")
     if launcher != "local" or workers > 1:
-        from segattn.compare.launch import dispatch
-
         todo = [(seed, e.name) for seed, e, rdir, _ in prepared if not (rdir / RESULT).is_file()]
         states = dispatch(plan, dataset, todo, out, threads, extra, keep_checkpoints, workers, launcher,
-                          launcher_options or {}, log)
+                          launcher_options or {}, log, run_one)
         trained = sum(s == "done" for s in states)
         busy = sum(s == "busy" for s in states)
         interrupted = any(s == "interrupted" for s in states)
