@@ -138,3 +138,23 @@ def test_small_mask_marks_small_non_background_segments():
     lab[9, 9] = 2  # 1 cell: small
     m = SV._small_mask(lab, 255)
     assert m.sum() == 3 and m[0, 0] and m[0, 1] and m[9, 9] and not m[6, 6]
+
+
+@pytest.mark.parametrize("name", ["a2net", "emanet"])
+def test_mean_row_intervention_on_low_rank_blocks(name):
+    """Low-rank blocks: the intervention's path is the plain path's mean over pixels, at every pixel,
+    and the module's output changes (the intervention reaches the forward)."""
+    model = _tiny(name)
+    module = measure.context_slot(model)
+    x = torch.randn(1, 16, 6, 6)
+    with torch.no_grad(), SV.tap_context(module) as plain:
+        y0 = module(x)
+    with torch.no_grad(), SV.tap_context(module, mean_row=True) as inter:
+        y1 = module(x)
+    p0, p1 = plain["path"][0], inter["path"][0]
+    assert torch.allclose(p1, p0.mean(1, keepdim=True).expand_as(p0), atol=1e-5)
+    assert not torch.allclose(p0, p1)
+    y0 = y0[0] if isinstance(y0, tuple) else y0
+    y1 = y1[0] if isinstance(y1, tuple) else y1
+    assert not torch.allclose(y0, y1)
+    assert SV.context_path(module, x).shape == p0.shape

@@ -73,7 +73,7 @@ def tap_context(module: nn.Module, mean_row: bool = False) -> Iterator[Dict[str,
         if mean_row:
             y = y.mean(dim=tuple(range(2, y.dim())), keepdim=True).expand_as(y).clone()
         if mod is aggs[0]:
-            store["path"] = y.reshape(y.shape[0], y.shape[1], -1)
+            store["path"] = y.reshape(y.shape[0], y.shape[1], -1).clone()  # EMA applies ReLU in place after
         return (y,) + tuple(out[1:]) if isinstance(out, tuple) else y
 
     for m in aggs:
@@ -87,7 +87,7 @@ def tap_context(module: nn.Module, mean_row: bool = False) -> Iterator[Dict[str,
             if mean_row:
                 y = y.mean(dim=-2, keepdim=True).expand_as(y).clone()
             if _m is aggs[0]:
-                store["path"] = y[:, 0].transpose(1, 2)
+                store["path"] = y[:, 0].transpose(1, 2).clone()
             return y, w
 
         m._aggregate = wrapped  # type: ignore[method-assign]
