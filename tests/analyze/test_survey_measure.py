@@ -158,3 +158,20 @@ def test_mean_row_intervention_on_low_rank_blocks(name):
     y1 = y1[0] if isinstance(y1, tuple) else y1
     assert not torch.allclose(y0, y1)
     assert SV.context_path(module, x).shape == p0.shape
+
+
+def test_gcnet_path_is_its_one_added_vector():
+    model = _tiny("gcnet")
+    module = measure.context_slot(model)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in module.channel_add.parameters():
+            p.normal_()  # the last conv starts at zero: give the path something to carry
+    x = torch.randn(1, 16, 6, 6)
+    path = SV.context_path(module, x)
+    with torch.no_grad():
+        y = module(x)
+    assert path.shape == (16, 36)
+    assert torch.allclose(path, (y - x)[0].reshape(16, -1), atol=1e-5)  # GCNet's output is x + that vector
+    from segattn.analyze import metrics as M
+    assert M.effective_rank(path) == pytest.approx(1.0, abs=1e-6)

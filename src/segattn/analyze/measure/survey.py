@@ -44,6 +44,7 @@ from segattn.analyze.measure.features import lowrank_parts
 from segattn.data.synthetic import CUE_COLORS
 from segattn.lowrank import LowRankBlock
 from segattn.modules.apcnet import APCNet
+from segattn.modules.gcnet import GlobalContextBlock
 from segattn.modules.nonlocal_ import NonLocalBase
 from segattn.modules.pooling import PyramidPooling
 
@@ -103,7 +104,8 @@ def tap_context(module: nn.Module, mean_row: bool = False) -> Iterator[Dict[str,
 
 def context_path(module: nn.Module, x: Tensor) -> Optional[Tensor]:
     """(C', N) context path of one image (1, C, h, w) before any residual / concatenation: the first
-    low-rank block's reconstruction or Non-local's ``A v``; PPM and APCNet: their pooled-grid
+    low-rank block's reconstruction or Non-local's ``A v``; GCNet: its added vector at every pixel
+    (rank 1: the query-independent context); PPM and APCNet: their pooled-grid
     reconstruction (:func:`~segattn.analyze.measure.features.lowrank_parts`); ``nn.Identity``: ``x``
     itself. None for a module without any of these."""
     if isinstance(module, nn.Identity):
@@ -111,6 +113,16 @@ def context_path(module: nn.Module, x: Tensor) -> Optional[Tensor]:
     if isinstance(module, (PyramidPooling, APCNet)):
         parts = lowrank_parts(module, x)
         return None if parts is None else parts[2]
+    if isinstance(module, GlobalContextBlock) and module.channel_add is not None:
+        seen: Dict[str, Tensor] = {}
+        h = module.channel_add.register_forward_hook(lambda m, a, out: seen.__setitem__("v", out))
+        try:
+            with torch.no_grad():
+                module(x)
+        finally:
+            h.remove()
+        v = seen["v"][0].reshape(-1, 1).float()  # one vector per image, added at every pixel
+        return v.expand(-1, x.shape[-2] * x.shape[-1]).clone()
     if not _aggregators(module):
         return None
     with torch.no_grad(), tap_context(module) as st:
