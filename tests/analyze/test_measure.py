@@ -45,7 +45,7 @@ def _batches(n=2, size=16, seed=0):
 def test_input_independent_model_has_flat_robustness():
     r = measure.measure_robustness(ConstantModel().eval(), _batches(), 3, 255)
     drops = {k: v for k, v in r.items() if k.startswith("drop_")}
-    assert len(drops) == 4 and all(v == 0.0 for v in drops.values())
+    assert len(drops) == 6 and all(v == 0.0 for v in drops.values())  # 2 noise, 2 FGSM, 2 PGD
     # a model that reads its pixels does lose accuracy (the metric can move)
     r2 = measure.measure_robustness(PixelModel().eval(), _batches(), 3, 255)
     assert r2["drop_noise_0.1"] > 1.0 and r2["drop_fgsm_0.007843"] > 0.0
@@ -254,7 +254,7 @@ def test_perturbations_are_fractions_of_the_pixel_range():
     model = RecordingModel()
     x = torch.rand(2, 3, 64, 64)
     batches = [(x, x.argmax(1))]
-    measure.measure_robustness(model, batches, 3, 255, sigmas=(0.1,), eps=(0.01,), pixel_unit=unit)
+    measure.measure_robustness(model, batches, 3, 255, sigmas=(0.1,), eps=(0.01,), pixel_unit=unit, pgd_steps=())
     clean, noisy, _, adv = model.seen  # clean, noise, FGSM's forward, attacked
     noise_std = (noisy - clean).transpose(0, 1).reshape(3, -1).std(1)
     assert noise_std == pytest.approx(0.1 * unit, rel=0.03)

@@ -23,11 +23,12 @@ from segattn.errors import SegattnError
 from segattn.io import atomic_write_json
 
 ANALYSIS = "analysis.json"
-VERSION = 6  # bump when a measurement changes: stored analyses of another version are redone
+VERSION = 7  # bump when a measurement changes: stored analyses of another version are redone
 # 3: TV distances and cue mass only for rows that are weight distributions (not GloRe / SGR)
 # 4: the model sees its inputs at the run's eval scale (CamVid protocol: 1/3); same numbers at scale 1
 # 5: segments under 0.01 % of the image left out of the small/medium/large bins (none on the synthetic set)
 # 6: input noise and FGSM in fractions of the pixel range on standardised inputs (CamVid); [0, 1] inputs as before
+# 7: PGD and the gradient-masking check; the "survey" step (metrics that test the statements, issue 30)
 Log = Callable[[str], None]
 PathLike = Union[str, Path]
 
@@ -110,7 +111,7 @@ def validation_batches(cfg: Any, max_images: Optional[int] = None, device: str =
     return batches
 
 
-STEPS = ("robustness", "features", "segments", "em", "gradients")
+STEPS = ("robustness", "features", "segments", "em", "gradients", "survey")
 
 
 def pixel_unit(cfg: Any) -> torch.Tensor:
@@ -137,6 +138,7 @@ def analyze_model(model: nn.Module, batches: Sequence[Tuple[torch.Tensor, torch.
         "em": lambda: {**measure.measure_stage_swap(model, batches, num_classes, ignore_index),
                        **measure.em_curves(model, batches, synthetic)},
         "gradients": lambda: measure.measure_gradients(model, batches, ignore_index),
+        "survey": lambda: measure.measure_survey(model, batches, num_classes, ignore_index, synthetic),
     }
     for i, (name, step) in enumerate(steps.items(), 1):
         t0 = time.time()

@@ -19,6 +19,8 @@ CUE_COLORS: Tuple[Color, ...] = (
 )  # fmt: skip
 CUE_NAMES = ("red", "green", "blue", "yellow", "magenta", "cyan", "orange", "brown")
 TEXTURE_LOW, TEXTURE_HIGH = 70, 185
+TASKS = ("context", "relational", "small-objects", "clean-background")
+PATTERNS = ("checker", "hstripes", "vstripes", "dots")  # the small-objects task's own-pixel attribute
 
 
 @DATASETS.register("synthetic", paper="segattn (procedural)", classes=5, folder=None)
@@ -42,6 +44,24 @@ class SyntheticContext(Dataset):
     receptive field smaller than the distance to the marker (up to about the image size) is at chance
     among the K foreground classes, while a context module that aggregates over the whole image (global
     pooling, attention) can solve it exactly. Default size 64 x 64, 5 classes, ignore_index 255 (unused).
+
+    ``task`` picks the rule (``data.dataset_kwargs.task`` in a config; default ``"context"``, the rule
+    above). The other tasks (issue 30: tasks on which the survey's mechanisms differ):
+
+    * ``"relational"``: two cue **bars** of two different colours ``a != b`` (the ordered pair uniform),
+      ``cue_size`` wide and full height, along the left and the right border; every rectangle lies in
+      one half of the image and is labelled ``1 + `` the colour of the bar on **its** side. Repainting
+      the left bar with b and the right bar with a gives an image exactly as probable, with the same
+      multiset of pixel values (so the same global mean, histogram and average of any per-pixel
+      feature) and the shape pixels' own patches unchanged, but every shape label swapped: anything
+      that sees only a position-free global summary plus a pixel's own patch is at chance between the
+      two colours present. A module must bind *where* each colour is (pooled grids, positions) to solve it.
+    * ``"small-objects"``: the cue as in ``"context"``; the rectangles are grey like the rest but
+      each carries one of ``K`` own textures (:data:`PATTERNS`, drawn per rectangle) and every other
+      one is small (``small_size`` pixels a side, default 3-5); a rectangle with texture t under cue
+      colour k is labelled ``1 + (t + k) mod K``: its class needs its own pixels and the far cue.
+    * ``"clean-background"``: the ``"context"`` rule on a smooth background (one grey level per image
+      plus a gentle linear ramp) instead of pixel noise, so added noise is the only noise there is.
     """
 
     def __init__(
@@ -55,6 +75,8 @@ class SyntheticContext(Dataset):
         blob_size: Tuple[int, int] = (10, 22),
         cue_size: int = 6,
         margin: int = 10,
+        task: str = "context",
+        small_size: Tuple[int, int] = (3, 5),
         transform: Optional[Transform] = None,
         root: Optional[str] = None,
         split: str = "train",
@@ -66,6 +88,15 @@ class SyntheticContext(Dataset):
             raise ValueError(
                 f"size {h}x{w} too small for margin {margin} and blob size {blob_size}, or cue {cue_size} > margin"
             )
+        if task not in TASKS:
+            raise ValueError(f"synthetic task must be one of {', '.join(TASKS)}, got {task!r}")
+        if task == "small-objects" and num_classes - 1 > len(PATTERNS):
+            raise ValueError(f"task small-objects has {len(PATTERNS)} textures: num_classes must be at most "
+                             f"{len(PATTERNS) + 1}, got {num_classes}")
+        if task == "relational" and (num_classes < 3 or w < 4 * margin):
+            raise ValueError(f"task relational needs num_classes >= 3 (two different bar colours) and a width of "
+                             f"at least 4 x margin, got {num_classes} classes, width {w}, margin {margin}")
+        self.task, self.small_size = task, (int(small_size[0]), int(small_size[1]))
         self.num_samples, self.size, self.seed = int(num_samples), (h, w), int(seed)
         if split not in ("train", "val", "test"):
             raise ValueError(f"split must be train, val or test, got {split!r}")
@@ -75,6 +106,8 @@ class SyntheticContext(Dataset):
         self.transform = transform
         self.num_classes = int(num_classes)
         self.classes: List[str] = ["background"] + [f"{n} cue" for n in CUE_NAMES[: num_classes - 1]]
+        if task == "small-objects":
+            self.classes = ["background"] + [f"texture+cue={j} (mod {num_classes - 1})" for j in range(num_classes - 1)]
         self.palette: List[Color] = [(0, 0, 0)] + list(CUE_COLORS[: num_classes - 1])
         self.ignore_index = 255
         self.files = None
@@ -98,25 +131,74 @@ class SyntheticContext(Dataset):
             top, left = int(rng.integers(0, h - s + 1)), (0 if side == 2 else w - s)
         image[top : top + s, left : left + s] = color
 
+    def _pattern(self, t: int) -> np.ndarray:
+        """Own texture ``t`` of the small-objects task, anchored to the image grid (levels 70 / 185)."""
+        h, w = self.size
+        yy, xx = np.mgrid[0:h, 0:w]
+        on = [((yy // 2) + (xx // 2)) % 2 == 0, (yy // 2) % 2 == 0, (xx // 2) % 2 == 0,
+              (yy % 3 == 0) & (xx % 3 == 0)][t]
+        return np.where(on, TEXTURE_LOW, TEXTURE_HIGH).astype(np.uint8)
+
+    def _background(self, rng: np.random.Generator) -> np.ndarray:
+        h, w = self.size
+        if self.task != "clean-background":
+            return rng.integers(0, 256, size=(h, w), dtype=np.uint8)
+        level, gy, gx = float(rng.uniform(60, 196)), float(rng.uniform(-20, 20)), float(rng.uniform(-20, 20))
+        yy, xx = np.mgrid[0:h, 0:w]
+        return np.clip(level + gy * (yy / h - 0.5) + gx * (xx / w - 0.5), 0, 255).round().astype(np.uint8)
+
+    def _generate_relational(self, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+        h, w = self.size
+        grey = self._background(rng)
+        image = np.repeat(grey[..., None], 3, axis=2)
+        mask = np.zeros((h, w), dtype=np.int64)
+        k = self.num_classes - 1
+        a = int(rng.integers(k))
+        b = (a + 1 + int(rng.integers(k - 1))) % k  # the ordered pair (a, b), a != b, uniform
+        texture = self._texture()
+        half = w // 2
+        for _ in range(int(rng.integers(self.num_blobs[0], self.num_blobs[1] + 1))):
+            side = int(rng.integers(2))
+            lo, hi = (self.margin, half) if side == 0 else (half, w - self.margin)
+            bh = min(int(rng.integers(self.blob_size[0], self.blob_size[1] + 1)), h - 2 * self.margin)
+            bw = min(int(rng.integers(self.blob_size[0], self.blob_size[1] + 1)), hi - lo)
+            top = int(rng.integers(self.margin, h - self.margin - bh + 1))
+            left = int(rng.integers(lo, hi - bw + 1))
+            region = (slice(top, top + bh), slice(left, left + bw))
+            image[region] = texture[region][..., None]
+            mask[region] = 1 + (a if side == 0 else b)
+        image[:, : self.cue_size] = CUE_COLORS[a]
+        image[:, w - self.cue_size:] = CUE_COLORS[b]
+        return image, mask
+
     def generate(self, index: int) -> Tuple[np.ndarray, np.ndarray]:
         """The raw item ``index``: (image uint8 (H, W, 3), mask int64 (H, W))."""
         if not 0 <= index < self.num_samples:
             raise IndexError(f"index {index} out of range for {self.num_samples} samples")
         rng = np.random.default_rng([self.seed, self._stream, index])
+        if self.task == "relational":
+            return self._generate_relational(rng)
         h, w = self.size
-        grey = rng.integers(0, 256, size=(h, w), dtype=np.uint8)
+        grey = self._background(rng)
         image = np.repeat(grey[..., None], 3, axis=2)
         mask = np.zeros((h, w), dtype=np.int64)
         k = int(rng.integers(self.num_classes - 1))
         texture = self._texture()
-        for _ in range(int(rng.integers(self.num_blobs[0], self.num_blobs[1] + 1))):
-            bh, bw = (int(rng.integers(self.blob_size[0], self.blob_size[1] + 1)) for _ in range(2))
+        small = self.task == "small-objects"
+        for i in range(int(rng.integers(self.num_blobs[0], self.num_blobs[1] + 1))):
+            size = self.small_size if small and i % 2 == 1 else self.blob_size
+            bh, bw = (int(rng.integers(size[0], size[1] + 1)) for _ in range(2))
             bh, bw = min(bh, h - 2 * self.margin), min(bw, w - 2 * self.margin)
             top = int(rng.integers(self.margin, h - self.margin - bh + 1))
             left = int(rng.integers(self.margin, w - self.margin - bw + 1))
             region = (slice(top, top + bh), slice(left, left + bw))
-            image[region] = texture[region][..., None]
-            mask[region] = 1 + k
+            if small:
+                t = int(rng.integers(self.num_classes - 1))
+                image[region] = self._pattern(t)[region][..., None]
+                mask[region] = 1 + (t + k) % (self.num_classes - 1)
+            else:
+                image[region] = texture[region][..., None]
+                mask[region] = 1 + k
         self._paint_cue(rng, image, CUE_COLORS[k])
         return image, mask
 
@@ -129,4 +211,6 @@ class SyntheticContext(Dataset):
         return to_tensor(image, mask)
 
     def __repr__(self) -> str:
-        return f"SyntheticContext(num_samples={self.num_samples}, size={self.size}, seed={self.seed}, split={self.split!r})"
+        task = "" if self.task == "context" else f", task={self.task!r}"
+        return (f"SyntheticContext(num_samples={self.num_samples}, size={self.size}, seed={self.seed}, "
+                f"split={self.split!r}{task})")

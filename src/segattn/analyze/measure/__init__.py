@@ -7,7 +7,8 @@ The *module* of a model is its head's context slot (``model.head.context``; ``nn
 FCN baseline, which thereby measures as the identity), else its outermost registered context module.
 Its input is the reduced backbone feature ``r`` the module reads, its output what the head gets.
 
-One file per measurement: ``robustness``, ``features``, ``segments``, ``em``, ``gradients``; the
+One file per measurement: ``robustness``, ``features``, ``segments``, ``em``, ``gradients``, ``survey``
+(the metrics that test the survey's statements, issue 30); the
 parts they share (the measured module, hooks, accuracy counts) in ``common``.
 """
 
@@ -44,14 +45,16 @@ from segattn.analyze.measure.features import (
     pyramid_parts,
 )
 from segattn.analyze.measure.gradients import measure_gradients
-from segattn.analyze.measure.robustness import fgsm, measure_robustness
+from segattn.analyze.measure.robustness import fgsm, measure_robustness, pgd, transfer_miou
 from segattn.analyze.measure.segments import (
     MIN_SEGMENT_FRACTION,
     area_edges,
     measure_segments,
     segment_records_of,
 )
+from segattn.analyze.measure.survey import context_path, measure_survey, swap_cues, tap_context
 
 __all__ = ["context_slot", "module_name", "measure_robustness", "measure_features", "measure_segments",
            "em_curves", "measure_stage_swap", "measure_gradients", "fgsm", "Confusion", "attention_rows",
-           "lowrank_parts", "em_stages", "em_gradient_cut", "at_eval_scale"]
+           "lowrank_parts", "em_stages", "em_gradient_cut", "at_eval_scale", "pgd", "transfer_miou",
+           "measure_survey", "context_path", "tap_context", "swap_cues"]
