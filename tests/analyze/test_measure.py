@@ -110,7 +110,9 @@ def test_report_derives_within_run_differences_and_judges_them():
     from segattn.analyze.report import aggregate
 
     runs = []
-    for seed, (sep1, sep3) in enumerate([(1.0, 5.0), (2.0, 7.0), (1.5, 6.0)]):
+    # eight seeds: the fewest an exact sign-flip test can decide is six (segattn.stats)
+    pairs = [(1.0, 5.0), (2.0, 7.0), (1.5, 6.0), (1.0, 5.5), (2.0, 6.0), (1.5, 6.5), (1.0, 5.5), (2.0, 6.5)]
+    for seed, (sep1, sep3) in enumerate(pairs):
         base = {"em_stages": 3, "miou_T1": 90.0 + seed, "miou_T3": 91.0 + seed, "pooled_separation_T1": sep1,
                 "pooled_separation_T3": sep3, "em_cue_mass": [0.2, 0.1, 0.05, 0.04, 0.03],
                 "grad_module_in_cut": 1.0, "grad_module_in_exact": 4.0, "module": "ema", "seed": seed}
@@ -120,7 +122,7 @@ def test_report_derives_within_run_differences_and_judges_them():
     assert t3["swap_gain"]["mean"] == pytest.approx(-1.0) and t3["iter_sep_gain"]["mean"] == pytest.approx(4.5)
     assert t3["iter_cue_loss"]["mean"] == pytest.approx(0.15) and t3["grad_kept"]["mean"] == pytest.approx(0.25)
     claims = {c["id"]: c["verdict"] for c in agg["claims"]}
-    # J grows by 4, 5, 4.5 over three seeds: interval above 0; cue mass falls by 0.15 every seed
+    # J grows by 4-5 on every seed: interval above 0; cue mass falls by 0.15 every seed
     assert claims["5i.ema-T3"] == "holds" and claims["5m.ema-T3"] == "holds"
     assert claims["5s.ema-T3"] == "does not hold"  # T = 1 is 1 point worse on every seed
     assert claims["5g.ema-T3"] == "holds"  # 0.25 of the gradient kept against 0.5 at T = 1
