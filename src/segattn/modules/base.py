@@ -18,6 +18,8 @@ from typing import Any, Callable, Dict, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from segattn.checks import checked
+
 Attention = Dict[str, Tensor]
 ModuleOutput = Union[Tensor, Tuple[Tensor, Attention]]
 
@@ -65,6 +67,7 @@ class ContextModule(nn.Module):
         if callable(own) and not getattr(own, "_checks_size", False):
             cls.flops = _checked_flops(own)  # type: ignore[method-assign]
 
+    @checked()
     def __init__(self, in_channels: int, out_channels: Optional[int] = None) -> None:
         super().__init__()
         if not isinstance(in_channels, int) or in_channels < 1:

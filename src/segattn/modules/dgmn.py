@@ -7,6 +7,7 @@ from typing import Dict, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
+from segattn.checks import checked
 from segattn.layers import ConvNormAct
 from segattn.modules.base import Attention, ContextModule, ModuleOutput
 from segattn.ops.attention import full_precision, upcast
@@ -63,6 +64,7 @@ class DGMN2d(ContextModule):
     ``return_attention`` adds ``weights_d{d}`` (B, G, K, H, W) and ``offsets_d{d}`` (B, 2K, H, W).
     """
 
+    @checked()
     def __init__(
         self,
         in_channels: int,
