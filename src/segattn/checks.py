@@ -25,6 +25,7 @@ import functools
 import inspect
 import math
 import numbers
+import os
 import typing
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple, TypeVar, Union
@@ -140,6 +141,8 @@ def _accepts(hint: Any, value: Any, limit: Optional[Limit]) -> bool:
     if hint is float:
         return _is_number(value) and value in (rng or ANY)
     if hint is str:
+        if isinstance(value, os.PathLike) and limit is None:  # a path typed as str
+            return True
         return isinstance(value, str) and (not isinstance(limit, tuple) or value in limit)
     if origin is tuple:
         if not isinstance(value, (tuple, list)):
@@ -148,6 +151,8 @@ def _accepts(hint: Any, value: Any, limit: Optional[Limit]) -> bool:
             return all(_accepts(args[0], v, limit) for v in value)
         return not args or (len(value) == len(args) and all(_accepts(a, v, limit) for a, v in zip(args, value)))
     if origin in (list, collections.abc.Sequence, collections.abc.Iterable):
+        if hasattr(value, "tolist") and hasattr(value, "ndim") and value.ndim == 1:  # a 1-D tensor or array
+            value = value.tolist()
         return isinstance(value, (tuple, list)) and all(_accepts(args[0], v, limit) for v in value) if args else True
     if origin in (dict, collections.abc.Mapping):
         return isinstance(value, collections.abc.Mapping)

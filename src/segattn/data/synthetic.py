@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from segattn.checks import NON_NEGATIVE, checked
 from segattn.data.datasets.base import Transform, to_tensor
 from segattn.registry import DATASETS
 
@@ -44,6 +45,7 @@ class SyntheticContext(Dataset):
     pooling, attention) can solve it exactly. Default size 64 x 64, 5 classes, ignore_index 255 (unused).
     """
 
+    @checked(seed=NON_NEGATIVE, cue_size=NON_NEGATIVE, margin=NON_NEGATIVE, split=("train", "val", "test"))
     def __init__(
         self,
         num_samples: int = 1000,

@@ -7,6 +7,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from torch import nn
 
+from segattn.checks import NON_NEGATIVE, checked
 from segattn.models.backbones import create_backbone
 from segattn.models.heads import aux_head
 from segattn.models.segmentor import SegmentationModel
@@ -15,6 +16,7 @@ from segattn.registry import MODELS
 HeadFactory = Callable[[List[int], int, int], nn.Module]
 
 
+@checked(aux_weight=NON_NEGATIVE)
 def build_segmentor(
     make_head: HeadFactory,
     num_classes: int,
@@ -51,6 +53,7 @@ def build_segmentor(
                              align_corners=align_corners)
 
 
+@checked()
 def list_models(pattern: str = "*") -> List[str]:
     """Registered model names matching the shell-style ``pattern``."""
     import segattn.models.zoo  # noqa: F401  (registers the models)
@@ -58,6 +61,7 @@ def list_models(pattern: str = "*") -> List[str]:
     return MODELS.list(pattern)
 
 
+@checked()
 def create_model(name: str, num_classes: int, **kwargs: Any) -> SegmentationModel:
     """Build model ``name`` (see :func:`list_models`) for ``num_classes`` classes.
 

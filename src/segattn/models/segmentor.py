@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segattn.modules.base import check_feature_map
+from segattn.errors import ArgumentError
+from segattn.modules.base import check_dtype, check_feature_map
 
 
 class SegmentationModel(nn.Module):
@@ -66,12 +67,7 @@ class SegmentationModel(nn.Module):
         model's parameter dtype (any floating dtype under autocast)."""
         what = type(self).__name__
         check_feature_map(x, self.in_channels, what)
-        if _is_compiling():
-            return
-        ref = next((p for p in self.parameters() if p.is_floating_point()), None)
-        if ref is not None and x.dtype != ref.dtype and not _autocast_on(x.device.type):
-            raise TypeError(f"{what} has {ref.dtype} weights but got a {x.dtype} input; convert the input "
-                            f"(x.to({ref.dtype})) or the model (model.to({x.dtype})), or run under torch.autocast")
+        check_dtype(self, x, what)
 
     def forward(self, x: Tensor) -> Union[Tensor, Dict[str, Tensor]]:
         self.check_input(x)
@@ -103,6 +99,12 @@ class SegmentationModel(nn.Module):
         loss (:func:`segattn.models.losses.output_loss`, with the criterion's ``ignore_index``)."""
         from segattn.models.losses import output_loss
 
+        if not isinstance(outputs, dict):
+            raise ArgumentError(
+                f"compute_loss expects the train-mode outputs (a dict such as {{'out': logits, 'aux': ...}} from "
+                f"model.train() then model(x)), got {type(outputs).__name__}"
+                + (" (the eval-mode logits: call model.train() before the forward, or pass {'out': logits})"
+                   if isinstance(outputs, Tensor) else ""))
         ignore = int(getattr(criterion, "ignore_index", 255))
         parts = {k: output_loss(self.loss_kinds.get(k), v, target, criterion, ignore) for k, v in outputs.items()}
         total = sum(self.loss_weights.get(k, 1.0) * v for k, v in parts.items())
@@ -153,18 +155,6 @@ def from_pretrained(source: Union[str, os.PathLike[str]], map_location: Any = "c
     from segattn.models.weights import from_pretrained as _from_pretrained
 
     return _from_pretrained(source, map_location=map_location, strict=strict, **hub_kw)  # type: ignore[return-value]
-
-
-def _is_compiling() -> bool:
-    check = getattr(getattr(torch, "compiler", None), "is_compiling", None)
-    return bool(check()) if check is not None else False
-
-
-def _autocast_on(device_type: str) -> bool:
-    try:
-        return bool(torch.is_autocast_enabled(device_type))
-    except TypeError:  # torch < 2.4: no device argument
-        return bool(torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled())
 
 
 def _input_channels(backbone: nn.Module) -> Optional[int]:
