@@ -16,6 +16,9 @@ Two ways to use it:
       def __init__(self, in_channels: int, *, num_bases: int = 64, momentum: float = 0.9, eps: float = 1e-6): ...
 
 * :func:`check_int`, :func:`check_float`, :func:`check_bool`, :func:`check_choice` for one value.
+
+:func:`warn_non_finite` warns once for an input tensor holding NaN or inf (the model's ``forward`` in
+eval mode, ``segattn predict`` / ``eval`` / ``viz`` per image).
 """
 
 from __future__ import annotations
@@ -27,10 +30,13 @@ import math
 import numbers
 import os
 import typing
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple, TypeVar, Union
 
-from segattn.errors import ArgumentError
+import numpy as np
+
+from segattn.errors import ArgumentError, NonFiniteInputWarning
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -195,6 +201,20 @@ def check_value(name: str, value: Any, hint: Any, limit: Optional[Limit] = None,
         raise _fail(what, name, _expected(hint, limit), value)
 
 
+def warn_non_finite(x: Any, what: str, note: str = "", stacklevel: int = 2) -> bool:
+    """Warn (:class:`~segattn.errors.NonFiniteInputWarning`) naming ``what`` if ``x`` (a tensor or array) holds NaN
+    or inf values; returns whether it did. One reduction over ``x`` (and a device sync on a GPU)."""
+    finite = np.isfinite(x) if isinstance(x, np.ndarray) else x.isfinite()
+    bad = int((~finite).sum())
+    if bad:
+        total = x.size if isinstance(x, np.ndarray) else x.numel()
+        warnings.warn(f"{what} has {bad} non-finite value(s) (NaN or inf) of {total}; the output computed from it "
+                      f"is not meaningful (NaN, or a constant prediction){'; ' + note if note else ''}",
+                      NonFiniteInputWarning,
+                      stacklevel=stacklevel + 1)
+    return bool(bad)
+
+
 def _hints(func: Callable[..., Any]) -> Dict[str, Any]:
     try:
         return typing.get_type_hints(func)
@@ -247,5 +267,5 @@ def checked(**limits: Limit) -> Callable[[F], F]:
 
 __all__ = [
     "ANY", "COUNT", "DROPOUT", "NON_NEGATIVE", "POSITIVE", "UNIT", "Range",
-    "check_bool", "check_choice", "check_float", "check_int", "check_value", "checked",
+    "check_bool", "check_choice", "check_float", "check_int", "check_value", "checked", "warn_non_finite",
 ]

@@ -6,7 +6,8 @@ import argparse
 import os
 import re
 import sys
-from typing import List, Optional, Set
+import warnings
+from typing import Any, Callable, List, Optional, Set
 
 
 def _cmd_modules(args: argparse.Namespace) -> int:
@@ -214,6 +215,18 @@ def join_negative_values(parser: argparse.ArgumentParser, argv: List[str]) -> Li
     return out
 
 
+def _warning_format(prog: str, default: Callable[..., str]) -> Callable[..., str]:
+    """``warnings.formatwarning`` that prints segattn's input warnings as ``segattn <cmd>: warning: ...``."""
+    from segattn.errors import NonFiniteInputWarning
+
+    def fmt(message: Any, category: type, filename: str, lineno: int, line: Optional[str] = None) -> str:
+        if issubclass(category, NonFiniteInputWarning):
+            return f"{prog}: warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+
+    return fmt
+
+
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a tool stopped by a closed pipe
 
 
@@ -244,6 +257,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(join_negative_values(parser, sys.argv[1:] if argv is None else list(argv)))
     prog = f"segattn {args.command}"
+    previous_format = warnings.formatwarning
+    warnings.formatwarning = _warning_format(prog, previous_format)
     try:
         code = int(args.func(args) or 0)
         sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
@@ -259,9 +274,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     except Exception as exc:
         if _debug():
             raise
-        line = f"{prog}: error: {error_message(exc)}"
-        print(line, file=sys.stderr)
+        print(f"{prog}: error: {error_message(exc)}", file=sys.stderr)
         return 2
+    finally:
+        warnings.formatwarning = previous_format
 
 
 __all__ = ["main", "build_parser"]

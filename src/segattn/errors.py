@@ -28,6 +28,11 @@ class ArgumentError(SegattnError, ValueError, TypeError):
     keeps working."""
 
 
+class NonFiniteInputWarning(UserWarning):
+    """An input holds NaN or inf values: the output is computed but not meaningful (see
+    :func:`segattn.checks.warn_non_finite`)."""
+
+
 def one_line(text: str, limit: int = MAX_MESSAGE) -> str:
     """``text`` with every run of whitespace (newlines included) turned into one space, at most ``limit`` chars."""
     text = re.sub(r"\s+", " ", text).strip()
@@ -64,4 +69,4 @@ def error_message(exc: BaseException) -> str:
     return text
 
 
-__all__ = ["ArgumentError", "SegattnError", "error_message", "one_line"]
+__all__ = ["ArgumentError", "NonFiniteInputWarning", "SegattnError", "error_message", "one_line"]

@@ -109,7 +109,8 @@ def run_evaluation(checkpoint: str, config: Optional[str] = None, overrides: Seq
                             sampler=ShardSampler(n, info.world_size, info.rank))
         amp = build.amp_dtype(cfg.train.amp, cfg.train.amp_dtype, info.device, training=False)
         metrics = evaluate(model, loader, k, int(getattr(val, "ignore_index", 255)), list(val.classes), info.device,
-                           e.mode, e.crop_size, e.stride, e.scales, e.flip, None, amp, show_progress=show_progress)
+                           e.mode, e.crop_size, e.stride, e.scales, e.flip, None, amp, show_progress=show_progress,
+                           names=[str(f[0]) for f in val.files] if getattr(val, "files", None) else None)
     finally:
         cleanup(info)
     if not info.is_main:

@@ -10,15 +10,17 @@ each key's weight. ``save_pretrained`` / :func:`from_pretrained` write / read a 
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segattn.checks import warn_non_finite
 from segattn.errors import ArgumentError
-from segattn.modules.base import check_dtype, check_feature_map
+from segattn.modules.base import _is_compiling, check_dtype, check_feature_map
 
 
 class SegmentationModel(nn.Module):
@@ -56,6 +58,10 @@ class SegmentationModel(nn.Module):
         self.config: Dict[str, Any] = {}
         self._backbone_frozen = False
         self.in_channels: Optional[int] = _input_channels(backbone)
+        # eval-mode forwards warn once when the input holds NaN / inf; False skips the check (one
+        # reduction over the input and, on a GPU, a sync per forward until it has warned)
+        self.check_finite = True
+        self._warned_non_finite = False
 
     def _resize(self, logits: Tensor, size: Tuple[int, int]) -> Tensor:
         if tuple(logits.shape[-2:]) == tuple(size):
@@ -71,6 +77,10 @@ class SegmentationModel(nn.Module):
 
     def forward(self, x: Tensor) -> Union[Tensor, Dict[str, Tensor]]:
         self.check_input(x)
+        if (getattr(self, "check_finite", True) and not self.training and not getattr(self, "_warned_non_finite", False)
+                and not _is_compiling()):
+            self._warned_non_finite = warn_non_finite(
+                x, f"{type(self).__name__} input", "shown once per model; model.check_finite = False skips the check")
         size = (x.shape[-2], x.shape[-1])
         feats = self.backbone(x)
         outs: Dict[str, Tensor] = self.head(feats)
@@ -155,6 +165,20 @@ def from_pretrained(source: Union[str, os.PathLike[str]], map_location: Any = "c
     from segattn.models.weights import from_pretrained as _from_pretrained
 
     return _from_pretrained(source, map_location=map_location, strict=strict, **hub_kw)  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def finite_check_off(model: nn.Module) -> Iterator[None]:
+    """Within the block ``model`` does not check its input for NaN / inf (a caller that warns per image)."""
+    previous = getattr(model, "check_finite", None)
+    if previous is None:
+        yield
+        return
+    model.check_finite = False
+    try:
+        yield
+    finally:
+        model.check_finite = previous
 
 
 def _input_channels(backbone: nn.Module) -> Optional[int]:
