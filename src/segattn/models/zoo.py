@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, TypeVar
 
 from torch import nn
 
-from segattn.checks import DROPOUT, checked
+from segattn.checks import ANY, DROPOUT, checked
 from segattn.models.factory import build_segmentor
 from segattn.models.heads import ANNHead, ContextHead, DANetHead, EncHead, LightHamHead, OCRHead
 from segattn.models.segmentor import SegmentationModel
@@ -45,7 +45,8 @@ def register_model(name: str, contexts: Tuple[str, ...], paper: str, variants: T
     def decorator(fn: F) -> F:
         if all(c in MODULES for c in contexts):
             used = contexts + tuple(v for v in variants if v in MODULES)
-            limits = {"dropout": DROPOUT} if "dropout" in inspect.signature(fn).parameters else {}
+            params = inspect.signature(fn).parameters
+            limits = {k: v for k, v in (("dropout", DROPOUT), ("in_index", ANY)) if k in params}  # in_index: -1 = last
             MODELS.register(name, paper=paper, context=used, **meta)(checked(**limits)(fn))
         return fn
 
