@@ -82,6 +82,8 @@ def test_checked_refuses_a_limit_for_an_unknown_argument():
     (lambda: segattn.create_model("fcn", 3, backbone="resnet18", dropout=1.5), r"dropout must be .* in \[0, 1\)"),
     (lambda: segattn.create_model("fcn", 3, backbone="resnet18", channels="64"), "channels must be an int"),
     (lambda: segattn.create_upsampler("carafe", 16, scale_factor=-2), "scale_factor must be an int >= 1"),
+    (lambda: segattn.from_pretrained(3), "source must be a str or a PathLike, got 3"),
+    (lambda: segattn.module_info(None), "name must be a str"),
 ])
 def test_public_functions_raise_argument_error(call, expected):
     with pytest.raises(ArgumentError, match=expected):

@@ -164,6 +164,8 @@ def _accepts(hint: Any, value: Any, limit: Optional[Limit]) -> bool:
         return isinstance(value, collections.abc.Mapping)
     if isinstance(hint, type) and origin is None:
         return isinstance(value, hint)
+    if isinstance(origin, type):  # os.PathLike[str], Type[X], ...
+        return isinstance(value, origin)
     return True
 
 
@@ -192,6 +194,8 @@ def _expected(hint: Any, limit: Optional[Limit]) -> str:
         return "a dict"
     if isinstance(hint, type):
         return f"a {hint.__name__}"
+    if isinstance(origin, type):
+        return f"a {origin.__name__}"
     return str(hint)
 
 

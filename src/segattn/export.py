@@ -239,6 +239,8 @@ def _in_channels(model: nn.Module) -> int:
 # ----- export ------------------------------------------------------------------------------------------
 
 def _parse_size(size: Any) -> Tuple[int, int]:
+    if isinstance(size, bool) or not isinstance(size, (str, int, tuple, list)):
+        raise ExportError(f"size must be HxW, an int or (H, W), got {size!r}")
     if isinstance(size, str):
         parts = size.lower().replace(",", "x").split("x")
         if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):

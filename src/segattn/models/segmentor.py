@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segattn.checks import warn_non_finite
+from segattn.checks import checked, warn_non_finite
 from segattn.errors import ArgumentError
 from segattn.modules.base import _is_compiling, check_dtype, check_feature_map
 
@@ -158,6 +158,7 @@ class SegmentationModel(nn.Module):
         return push_to_hub(self, repo_id, **kwargs)
 
 
+@checked()
 def from_pretrained(source: Union[str, os.PathLike[str]], map_location: Any = "cpu",
                     strict: bool = True, **hub_kw: Any) -> SegmentationModel:
     """Rebuild a model saved with :meth:`SegmentationModel.save_pretrained` (a folder, or a Hugging Face
