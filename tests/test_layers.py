@@ -37,7 +37,7 @@ DOC = ROOT / "docs" / "development.md"
 # "*/cli" any subpackage's cli.py, "__init__" the top-level package). A file takes the floor of the
 # first entry that names it exactly or by pattern, else the floor of its first path component.
 FLOORS: Dict[int, Tuple[str, ...]] = {
-    0: ("errors", "io", "progress", "registry", "stats"),
+    0: ("errors", "checks", "io", "progress", "registry", "stats"),
     1: ("ops", "layers", "data", "checkpoints"),
     2: ("modules", "lowrank"),
     3: ("models",),

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
-from typing import Any, List, Optional
+import warnings
+from typing import Any, Callable, List, Optional, Set
 
 
 def _compare_analyze_step(*args: Any) -> Any:
@@ -195,13 +197,67 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _value_options(parser: argparse.ArgumentParser) -> Set[str]:
+    """Option strings (of ``parser`` and its subcommands) that take one value."""
+    found: Set[str] = set()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in set(action.choices.values()):
+                found |= _value_options(sub)
+        elif action.option_strings and action.nargs is None:
+            found.update(action.option_strings)
+    return found
+
+
+def join_negative_values(parser: argparse.ArgumentParser, argv: List[str]) -> List[str]:
+    """``--query -1,5`` -> ``--query=-1,5``: argparse reads a value that starts with ``-`` and is not a
+    plain number as an option ("expected one argument"); joined, it reaches the option's range check."""
+    takes_value = _value_options(parser)
+    out: List[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in takes_value and i + 1 < len(argv) and re.match(r"-\.?\d", argv[i + 1]):
+            out.append(f"{arg}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(arg)
+        i += 1
+    return out
+
+
+def _warning_format(prog: str, default: Callable[..., str]) -> Callable[..., str]:
+    """``warnings.formatwarning`` that prints segattn's input warnings as ``segattn <cmd>: warning: ...``."""
+    from segattn.errors import NonFiniteInputWarning
+
+    def fmt(message: Any, category: type, filename: str, lineno: int, line: Optional[str] = None) -> str:
+        if issubclass(category, NonFiniteInputWarning):
+            return f"{prog}: warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+
+    return fmt
+
+
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a tool stopped by a closed pipe
+
+
+def _silence_stdout() -> None:
+    """Point stdout at the null device so that the interpreter's final flush does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
 def _debug() -> bool:
     return os.environ.get("SEGATTN_DEBUG", "") not in ("", "0")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Run one subcommand. Every failure is one line on stderr, ``segattn <cmd>: error: <message>``,
-    with exit code 2 (an interrupt: exit 130); ``SEGATTN_DEBUG=1`` re-raises to show the traceback.
+    with exit code 2 (an interrupt: exit 130; a closed output pipe, as in ``segattn models --zoo | head``:
+    no message, exit 141 like a tool stopped by SIGPIPE); ``SEGATTN_DEBUG=1`` re-raises to show the traceback.
 
     Messages come from :func:`segattn.errors.error_message`: errors raised for bad input name the
     file, key or value at fault; an ``OSError`` names its path; other exceptions are prefixed with
@@ -210,10 +266,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     from segattn.errors import error_message
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(join_negative_values(parser, sys.argv[1:] if argv is None else list(argv)))
     prog = f"segattn {args.command}"
+    previous_format = warnings.formatwarning
+    warnings.formatwarning = _warning_format(prog, previous_format)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:  # `segattn models --zoo | head`: stop quietly, as other command-line tools do
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
         if _debug():
             raise
@@ -224,6 +287,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise
         print(f"{prog}: error: {error_message(exc)}", file=sys.stderr)
         return 2
+    finally:
+        warnings.formatwarning = previous_format
 
 
 __all__ = ["main", "build_parser"]

@@ -22,6 +22,17 @@ class SegattnError(Exception):
     """Bad input or an unusable environment, with a message that names what is wrong and what was expected."""
 
 
+class ArgumentError(SegattnError, ValueError, TypeError):
+    """A wrong argument of a public function or constructor: its message names the argument, the value
+    and what is accepted. It is also a ``ValueError`` and a ``TypeError``, so code that catches either
+    keeps working."""
+
+
+class NonFiniteInputWarning(UserWarning):
+    """An input holds NaN or inf values: the output is computed but not meaningful (see
+    :func:`segattn.checks.warn_non_finite`)."""
+
+
 def one_line(text: str, limit: int = MAX_MESSAGE) -> str:
     """``text`` with every run of whitespace (newlines included) turned into one space, at most ``limit`` chars."""
     text = re.sub(r"\s+", " ", text).strip()
@@ -58,4 +69,4 @@ def error_message(exc: BaseException) -> str:
     return text
 
 
-__all__ = ["SegattnError", "error_message", "one_line"]
+__all__ = ["ArgumentError", "NonFiniteInputWarning", "SegattnError", "error_message", "one_line"]

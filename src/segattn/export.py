@@ -47,6 +47,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from segattn.checks import NON_NEGATIVE, check_float
+
 FORMATS = ("onnx", "pt2")
 SUFFIXES = {"onnx": ".onnx", "pt2": ".pt2"}  # the file name each format is written under
 
@@ -237,10 +239,12 @@ def _in_channels(model: nn.Module) -> int:
 # ----- export ------------------------------------------------------------------------------------------
 
 def _parse_size(size: Any) -> Tuple[int, int]:
+    if isinstance(size, bool) or not isinstance(size, (str, int, tuple, list)):
+        raise ExportError(f"size must be HxW, an int or (H, W), got {size!r}")
     if isinstance(size, str):
         parts = size.lower().replace(",", "x").split("x")
         if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-            raise ExportError(f"size must look like HxW (e.g. 360x480), got {size!r}")
+            raise ExportError(f"size must look like HxW with two integers >= 8 (e.g. 360x480), got {size!r}")
         size = (int(parts[0]), int(parts[1]))
     if isinstance(size, int):
         size = (size, size)
@@ -375,6 +379,8 @@ def export(model: nn.Module, out: PathLike, *, format: str = "onnx", size: Any =
         overwrite: replace an existing ``out``.
         check_sizes: further sizes to verify (dynamic exports only).
     """
+    check_float("atol", atol, NON_NEGATIVE, what="export")
+    check_float("rtol", rtol, NON_NEGATIVE, what="export")
     start = time.time()
     fmt = str(format).lower()
     if fmt not in FORMATS:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 from typing import Any, Dict, List, Optional
 
@@ -81,6 +82,17 @@ def _summary_metrics(checkpoint: str) -> Optional[Dict[str, Any]]:
     return metrics or None
 
 
+def non_negative_float(text: str) -> float:
+    """A finite number >= 0 (argparse type for the verification tolerances)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     if args.format == "hub":
         if not args.checkpoint or args.model:
@@ -90,9 +102,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
         folder = checkpoint_to_pretrained(args.checkpoint, args.out, overwrite=args.overwrite)
         print(f"{folder}: Hub-format folder ({', '.join(sorted(os.listdir(folder)))})")
         return 0
-    from segattn.export import DEFAULT_SIZE, check_output_name, export
+    from segattn.export import DEFAULT_SIZE, _parse_size, check_output_name, export
 
     check_output_name(args.out, args.format)  # before loading anything
+    if args.size:
+        _parse_size(args.size)
     if os.path.exists(args.out) and not args.overwrite:
         raise ValueError(f"output {args.out} already exists; pass --overwrite to replace it")
     model = _model_from_args(args)
@@ -176,8 +190,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 20; 23 = fused Attention op)")
     p.add_argument("--pooling", choices=("generic", "refuse"), default="generic",
                    help="with --dynamic: size-generic adaptive pooling (default) or refuse models that have it")
-    p.add_argument("--atol", type=float, default=1e-4, help="verification: absolute tolerance on the logits")
-    p.add_argument("--rtol", type=float, default=1e-3, help="verification: relative tolerance on the logits")
+    p.add_argument("--atol", type=non_negative_float, default=1e-4, help="verification: absolute tolerance on the logits")
+    p.add_argument("--rtol", type=non_negative_float, default=1e-3, help="verification: relative tolerance on the logits")
     p.add_argument("--out", required=True, help="output file (.onnx / .pt2) or folder (hub)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=_cmd_export)

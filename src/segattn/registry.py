@@ -19,6 +19,8 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
+from segattn.errors import ArgumentError
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -59,18 +61,20 @@ class Registry:
 
     def list(self, pattern: str = "*") -> List[str]:
         """Sorted registered names matching the shell-style ``pattern``."""
+        if not isinstance(pattern, str):
+            raise ArgumentError(f"pattern must be a str (shell-style, e.g. '*' or 'non*'), got {pattern!r}")
         return sorted(n for n in self._entries if fnmatch.fnmatch(n, pattern.lower()))
 
     def entry(self, name: str) -> Entry:
         """The entry for ``name``; ``ValueError`` with the closest names if it is unknown."""
         if not isinstance(name, str):
-            raise TypeError(f"{self.kind} name must be a str, got {type(name).__name__}")
+            raise ArgumentError(f"{self.kind} name must be a str, got {name!r} ({type(name).__name__})")
         key = name.lower()
         if key not in self._entries:
             close = difflib.get_close_matches(key, list(self._entries), n=3, cutoff=0.5)
             hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
             known = ", ".join(sorted(self._entries)) or "(none registered)"
-            raise ValueError(f"unknown {self.kind} {name!r}{hint} Registered: {known}")
+            raise ArgumentError(f"unknown {self.kind} {name!r}{hint} Registered: {known}")
         return self._entries[key]
 
     def get(self, name: str) -> Callable[..., Any]:
@@ -110,7 +114,7 @@ def check_kwargs(factory: Callable[..., Any], kwargs: Dict[str, Any], what: str)
         for k in unknown:
             close = difflib.get_close_matches(k, accepted, n=1, cutoff=0.6)
             hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        raise TypeError(
+        raise ArgumentError(
             f"{what} got unexpected keyword argument(s) {', '.join(hints)}; accepted: {', '.join(accepted)}"
         )
 

@@ -197,7 +197,7 @@ def test_bad_normalisation_names():
         ProjectionMapper(4, 2, "softmax_k")
     with pytest.raises(ValueError, match="unknown normalisation"):
         TransposeReverse("sigmoid")
-    with pytest.raises(ValueError, match="pooling grid"):
+    with pytest.raises(ValueError, match="bins must be an int >= 1"):
         GridPoolingMapper(0)
 
 

@@ -21,6 +21,8 @@ from segattn.bench.measure import (
 )
 from segattn.bench.report import markdown_table, write_report
 
+MAX_SECONDS = 3600  # a timed run estimated above this is refused unless --force
+
 
 def parse_size(text: str) -> tuple:
     """'64' -> (64, 64); '65x97' -> (65, 97); sides must be >= 1."""
@@ -98,6 +100,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="module the ratios are relative to (benched too if no pattern names it; "
                         "default: nonlocal when it is benched, else no ratio columns)")
     p.add_argument("--out", type=Path, default=None, help="folder for bench.md/json/csv/png")
+    p.add_argument("--force", action="store_true",
+                   help=f"run even when the timing is estimated above {MAX_SECONDS // 3600} h (refused otherwise)")
     p.set_defaults(func=run)
 
 
@@ -118,6 +122,11 @@ def run(args: argparse.Namespace) -> int:
         backward=args.backward, device=args.device, dtype=args.dtype, rounds=args.rounds,
     )
     runnable, skipped, seconds = _fitting(names, setting, args.memory_only)
+    if seconds > MAX_SECONDS and not args.force:
+        raise SegattnError(f"bench at {setting.batch}x{setting.in_channels}x{setting.height}x{setting.width}: the timed "
+                           f"run is estimated at {duration(seconds)}, above the {duration(MAX_SECONDS)} limit; pass "
+                           "--force to run it anyway, or --memory-only (one step per module), a smaller --size, "
+                           "--channels or --rounds")
     if args.memory_only:
         results = describe_modules(runnable, setting)
     else:

@@ -38,7 +38,7 @@ def default_root(name: str) -> Optional[Path]:
             return path
     raise FileNotFoundError(
         f"no root given for dataset {name!r} and none of {', '.join(str(c) for c in candidates)} exists; "
-        f"pass root=... (CLI: --root DIR) or set SEGATTN_DATA"
+        f"pass root=DIR (command line: --set data.root=DIR) or set SEGATTN_DATA"
     )
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from segattn.checks import NON_NEGATIVE, checked
 from segattn.data.datasets.base import Transform, to_tensor
 from segattn.registry import DATASETS
 
@@ -64,6 +65,7 @@ class SyntheticContext(Dataset):
       plus a gentle linear ramp) instead of pixel noise, so added noise is the only noise there is.
     """
 
+    @checked(seed=NON_NEGATIVE, cue_size=NON_NEGATIVE, margin=NON_NEGATIVE, split=("train", "val", "test"))
     def __init__(
         self,
         num_samples: int = 1000,

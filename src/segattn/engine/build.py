@@ -24,6 +24,19 @@ def _size(v: Optional[List[int]]) -> Optional[Tuple[int, int]]:
     return (int(v[0]), int(v[-1]))
 
 
+def check_batchable(data: DataConfig) -> None:
+    """``SegattnError`` naming ``data.crop_size`` when random scaling without a crop would give training
+    images of different sizes in one batch (torch's collation would fail with "stack expects ...")."""
+    if data.transforms and data.crop_size is None and data.scale_range and data.batch_size > 1:
+        from segattn.errors import SegattnError
+
+        raise SegattnError(
+            f"data.crop_size is not set: with random scaling (data.scale_range={list(data.scale_range)}) the "
+            f"training images differ in size and data.batch_size={data.batch_size} of them cannot be stacked; set "
+            "data.crop_size (e.g. --set data.crop_size=64 for the 64x64 synthetic images), or data.scale_range=null, "
+            "or data.batch_size=1")
+
+
 def build_dataset_split(data: DataConfig, split: str, train: bool) -> Any:
     """One split of ``data.dataset`` with the training or test transforms of ``data``.
 
@@ -33,6 +46,8 @@ def build_dataset_split(data: DataConfig, split: str, train: bool) -> Any:
     """
     from segattn.data import build_dataset
 
+    if train:
+        check_batchable(data)
     kwargs = {**data.dataset_kwargs, **(data.train_kwargs if train else data.val_kwargs)}
     resize = _size(data.resize if train else data.val_resize)
     crop = _size(data.crop_size)

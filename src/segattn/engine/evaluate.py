@@ -21,7 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segattn.checks import warn_non_finite
 from segattn.engine.metrics import ConfusionMatrix
+from segattn.models.segmentor import finite_check_off
 from segattn.progress import Progress
 
 
@@ -141,18 +143,34 @@ def _local_limit(max_samples: Optional[int]) -> Optional[int]:
     return int(max_samples)
 
 
+def _warn_non_finite_images(images: Tensor, start: int, names: Optional[Sequence[str]]) -> None:
+    """One warning per image of the batch holding NaN / inf; ``start`` = images this process saw before."""
+    bad = (~torch.isfinite(images.flatten(1))).any(1)
+    if not bool(bad.any()):
+        return
+    import torch.distributed as dist
+
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+    for j in bad.nonzero().flatten().tolist():
+        index = rank + (start + j) * world  # the ShardSampler order
+        name = names[index] if names is not None and index < len(names) else f"#{index} of the split"
+        warn_non_finite(images[j], f"image {name}")
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable[Tuple[Tensor, Tensor]], num_classes: int,
              ignore_index: int = 255, class_names: Optional[Sequence[str]] = None,
              device: Optional[torch.device] = None, mode: str = "whole",
              crop_size: Optional[Sequence[int]] = None, stride: Optional[Sequence[int]] = None,
              scales: Sequence[float] = (1.0,), flip: bool = False, max_samples: Optional[int] = None,
-             amp_dtype: Optional[torch.dtype] = None, show_progress: bool = True) -> Dict[str, object]:
+             amp_dtype: Optional[torch.dtype] = None, show_progress: bool = True,
+             names: Optional[Sequence[str]] = None) -> Dict[str, object]:
     """Metrics of ``model`` over ``batches`` of (image, mask), confusion matrix all-reduced.
 
     ``max_samples`` counts images (all processes together, taken from the start of a
     ``ShardSampler`` split): the last batch is cut to fit. ``show_progress`` reports progress on
-    stderr (:mod:`segattn.progress`). Labels without a single valid pixel (all ``ignore_index``)
+    stderr (:mod:`segattn.progress`). An image holding NaN / inf values is scored but warned about
+    (``NonFiniteInputWarning``), naming ``names[i]`` (the files of the split, in dataset order) if given. Labels without a single valid pixel (all ``ignore_index``)
     raise :class:`NoValidPixels` instead of returning metrics that are all NaN.
     """
     check_settings(mode, crop_size, stride, list(scales) or [1.0])
@@ -171,10 +189,11 @@ def evaluate(model: nn.Module, batches: Iterable[Tuple[Tensor, Tensor]], num_cla
                 if seen >= limit:
                     break
                 images, masks = images[: limit - seen], masks[: limit - seen]
+            _warn_non_finite_images(images, seen, names)
             seen += images.shape[0]
             images = images.to(device, non_blocking=True)
             masks = masks.to(device, non_blocking=True)
-            with _autocast(device, amp_dtype):
+            with _autocast(device, amp_dtype), finite_check_off(model):  # warned above, naming the image
                 scores = infer(model, images, num_classes, mode, crop_size, stride, scales, flip)
             if scores.shape[-2:] != masks.shape[-2:]:
                 scores = F.interpolate(scores.float(), size=masks.shape[-2:], mode="bilinear", align_corners=False)

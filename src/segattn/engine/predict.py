@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from segattn.checks import warn_non_finite
 from segattn.data.datasets.base import DatasetError, load_image
 from segattn.data.palette import bit_palette, overlay
 from segattn.engine import build
@@ -36,6 +37,7 @@ from segattn.engine.evaluate import infer
 from segattn.engine.run import load_weights, read_checkpoint
 from segattn.errors import SegattnError
 from segattn.io import atomic_write, check_writable_dir
+from segattn.models.segmentor import finite_check_off
 from segattn.progress import Progress
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -140,11 +142,18 @@ def inference_scales(shape: Tuple[int, int], cfg: Config) -> List[float]:
 
 @torch.no_grad()
 def predict_labels(model: nn.Module, image: np.ndarray, cfg: Config, num_classes: int,
-                   device: str = "cpu") -> np.ndarray:
-    """(H, W) int64 labels for an (H, W, 3) uint8 image with the config's eval settings."""
+                   device: str = "cpu", name: Optional[str] = None) -> np.ndarray:
+    """(H, W) int64 labels for an (H, W, 3) uint8 image with the config's eval settings; warns
+    (``NonFiniteInputWarning``, naming ``name``) when the preprocessed image holds NaN / inf."""
+    what = f"image {name or '(array)'}"
+    raw_bad = np.asarray(image).dtype.kind == "f" and warn_non_finite(np.asarray(image), what)
     x = preprocess(image, cfg).to(device)
+    if not raw_bad:
+        warn_non_finite(x, f"{what} after preprocessing")
     e = cfg.eval
-    scores = infer(model, x, num_classes, e.mode, e.crop_size, e.stride, inference_scales(image.shape[:2], cfg), e.flip)
+    with finite_check_off(model):  # warned above, naming the image
+        scores = infer(model, x, num_classes, e.mode, e.crop_size, e.stride, inference_scales(image.shape[:2], cfg),
+                       e.flip)
     return scores.argmax(1)[0].cpu().numpy()
 
 
@@ -200,7 +209,7 @@ def predict_files(model: nn.Module, cfg: Config, meta: Dict[str, Any], inputs: S
             result.skipped.append((str(path), str(exc)))
             bar.write(f"segattn predict: warning: skipped {path}: {exc}")
             continue
-        labels = predict_labels(model, image, cfg, int(meta["num_classes"]), device)
+        labels = predict_labels(model, image, cfg, int(meta["num_classes"]), device, name=str(path))
         os.makedirs(out_dir, exist_ok=True)
         save_mask(labels, palette, mask_path)
         save_rgb(overlay(image, labels, palette, alpha), over_path)

@@ -83,7 +83,9 @@ def run_evaluation(checkpoint: str, config: Optional[str] = None, overrides: Seq
     else:
         raise SegattnError(f"checkpoint {checkpoint} holds no config (not written by `segattn train`?); pass --config")
     overrides = list(overrides) + ([f"train.device={device}"] if device else [])
-    cfg = config_from_dict(with_init(data, overrides) if config is not None else apply_overrides(data, overrides))
+    merged = with_init(data, overrides) if config is not None else apply_overrides(data, overrides)
+    cfg = config_from_dict(merged)
+    dataset_named = isinstance(merged.get("data"), dict) and "dataset" in merged["data"]
     pick_device(cfg.train.device)  # an unavailable device fails here, before the dataset is read
     info = init_distributed(cfg.train.device)
     try:
@@ -91,7 +93,11 @@ def run_evaluation(checkpoint: str, config: Optional[str] = None, overrides: Seq
         k = int(val.num_classes)
         if saved is not None:
             if int(saved.num_classes) != k:
-                raise SegattnError(f"{checkpoint} has {saved.num_classes} classes but the dataset {k}")
+                chosen = (f"the dataset {cfg.data.dataset!r}" if dataset_named else
+                          f"the default dataset {cfg.data.dataset!r} (no config names one)")
+                raise SegattnError(f"{checkpoint} has {saved.num_classes} classes but {chosen} has {k}; pick the "
+                                   "dataset it was trained on with --set data.dataset=NAME data.root=DIR or --config "
+                                   "FILE")
             model = saved
         else:
             model = build.build_model(cfg.model, k)
@@ -103,7 +109,8 @@ def run_evaluation(checkpoint: str, config: Optional[str] = None, overrides: Seq
                             sampler=ShardSampler(n, info.world_size, info.rank))
         amp = build.amp_dtype(cfg.train.amp, cfg.train.amp_dtype, info.device, training=False)
         metrics = evaluate(model, loader, k, int(getattr(val, "ignore_index", 255)), list(val.classes), info.device,
-                           e.mode, e.crop_size, e.stride, e.scales, e.flip, None, amp, show_progress=show_progress)
+                           e.mode, e.crop_size, e.stride, e.scales, e.flip, None, amp, show_progress=show_progress,
+                           names=[str(f[0]) for f in val.files] if getattr(val, "files", None) else None)
     finally:
         cleanup(info)
     if not info.is_main:

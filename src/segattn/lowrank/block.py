@@ -6,6 +6,8 @@ from typing import Dict, Optional, Tuple, Union
 
 from torch import Tensor, nn
 
+from segattn.checks import checked
+from segattn.errors import ArgumentError
 from segattn.lowrank.reasoners import IdentityReasoner
 from segattn.lowrank.reverse import TransposeReverse
 from segattn.ops.attention import upcast
@@ -28,11 +30,32 @@ class LowRankBlock(nn.Module):
     ``macs(height, width, value_channels)`` sums the parts' MACs (batch 1).
     """
 
+    @checked()
     def __init__(self, mapper: nn.Module, reasoner: Optional[nn.Module] = None, reverse: Optional[nn.Module] = None) -> None:
         super().__init__()
         self.mapper = mapper
         self.reasoner = reasoner if reasoner is not None else IdentityReasoner()
         self.reverse = reverse if reverse is not None else TransposeReverse()
+        parts = {"mapper": self.mapper, "reasoner": self.reasoner, "reverse": self.reverse}
+        counts = {role: n for role, part in parts.items() if isinstance(n := getattr(part, "num_nodes", None), int)}
+        if len(set(counts.values())) > 1:
+            found = ", ".join(f"{role} {type(parts[role]).__name__} has {n}" for role, n in counts.items())
+            raise ArgumentError(f"LowRankBlock: the parts must agree on the node count K, got {found}")
+
+    def _check_channels(self, x: Tensor, value: Optional[Tensor], query: Optional[Tensor]) -> None:
+        """A clear error when an input's channel count differs from the part that reads it."""
+        for name, tensor, part, attr in (
+            ("x", x, self.mapper, ("in_channels", "channels")),
+            ("value", x if value is None else value, self.reasoner, ("channels",)),
+            ("query", x if query is None else query, self.reverse, ("in_channels",)),
+        ):
+            expected = next((getattr(part, a) for a in attr if isinstance(getattr(part, a, None), int)), None)
+            if not isinstance(tensor, Tensor) or tensor.dim() != 4:
+                raise ArgumentError(f"LowRankBlock: {name} must be a (B, C, H, W) tensor, got "
+                                    f"{tuple(tensor.shape) if isinstance(tensor, Tensor) else type(tensor).__name__}")
+            if expected is not None and tensor.shape[1] != expected:
+                raise ArgumentError(f"LowRankBlock: {name} must have {expected} channels (the {type(part).__name__}'s), "
+                                    f"got {tensor.shape[1]} (shape {tuple(tensor.shape)})")
 
     def forward(
         self,
@@ -41,6 +64,7 @@ class LowRankBlock(nn.Module):
         query: Optional[Tensor] = None,
         return_factors: bool = False,
     ) -> Union[Tensor, Tuple[Tensor, Factors]]:
+        self._check_channels(x, value, query)
         out_dtype = (x if value is None else value).dtype
         result = self.mapper(x, value)
         reasoned = self.reasoner(result.nodes.to(out_dtype))

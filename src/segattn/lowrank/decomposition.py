@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segattn.checks import NON_NEGATIVE, POSITIVE, checked
 from segattn.lowrank.functional import flatten
 from segattn.lowrank.mappers import MapResult
 from segattn.ops.attention import full_precision, upcast
@@ -89,6 +90,7 @@ class MatrixDecompositionMapper(nn.Module):
     CD ``2 T N D R + N D R + D R^2`` (the R x R solve is not counted).
     """
 
+    @checked(train_steps=NON_NEGATIVE, eval_steps=NON_NEGATIVE, inv_t=POSITIVE, eps=NON_NEGATIVE)
     def __init__(
         self,
         channels: int,

@@ -27,6 +27,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segattn.checks import NON_NEGATIVE, POSITIVE, UNIT, checked
 from segattn.lowrank.functional import (
     Grid,
     as_grid,
@@ -73,6 +74,7 @@ class ProjectionMapper(nn.Module):
     ``C K N`` (projection) + ``C_v K N`` (aggregation).
     """
 
+    @checked(eps=NON_NEGATIVE)
     def __init__(
         self,
         in_channels: int,
@@ -118,6 +120,7 @@ class GridPoolingMapper(nn.Module):
     (input-independent, ``assignment == map``). ``result.grid`` is set when there is one grid.
     """
 
+    @checked()
     def __init__(self, bins: Union[int, Sequence[int]] = 1, *, grid: Optional[Tuple[int, int]] = None) -> None:
         super().__init__()
         if grid is not None:
@@ -197,6 +200,7 @@ class EMMapper(nn.Module):
     Init: ``mu ~ N(0, sqrt(2 / K))``, l2-normalised over C. MACs: ``T * 2 N K C``.
     """
 
+    @checked(kernel_scale=POSITIVE, eps=NON_NEGATIVE, momentum=UNIT)
     def __init__(
         self,
         channels: int,
@@ -335,6 +339,7 @@ class PyramidAnchorMapper(nn.Module):
     ``nodes = value @ map^T``. ``scale`` defaults to ``1 / sqrt(C)``. MACs: ``S C N + S C_v N``.
     """
 
+    @checked(scale=POSITIVE, eps=NON_NEGATIVE)
     def __init__(self, bins: Sequence[int] = (1, 3, 6, 8), scale: Optional[float] = None, eps: float = 1e-6) -> None:
         super().__init__()
         self.grids = [as_grid(b) for b in bins]
@@ -376,6 +381,7 @@ class GaussianAnchorMapper(nn.Module):
     ``C_v K N`` with a separate value).
     """
 
+    @checked(eps=NON_NEGATIVE)
     def __init__(self, channels: int, num_anchors: int, eps: float = 1e-6) -> None:
         super().__init__()
         self.channels, self.num_nodes, self.eps = channels, num_anchors, eps

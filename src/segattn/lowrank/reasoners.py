@@ -11,6 +11,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from segattn.checks import checked
 from segattn.layers import make_act
 from segattn.ops.attention import full_precision, softmax_attention, upcast
 
@@ -34,6 +35,7 @@ class GraphConvReasoner(nn.Module):
     ``node_residual=False`` drops the ``+ V``. MACs: ``K^2 C + C C_out K``.
     """
 
+    @checked()
     def __init__(
         self,
         num_nodes: int,
@@ -76,6 +78,7 @@ class NodeAttentionReasoner(nn.Module):
     (B, C, K) -> (B, C, K). Uses ``segattn.ops.attention.softmax_attention``. MACs: ``2 K^2 C``.
     """
 
+    @checked()
     def __init__(self, scale: float = 1.0, normalize: bool = True) -> None:
         super().__init__()
         self.scale, self.normalize = scale, normalize

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segattn.checks import NON_NEGATIVE, checked
 from segattn.lowrank.functional import check_normalization, flatten, normalize, upsampling_matrix
 from segattn.lowrank.mappers import MapResult, _proj_macs
 from segattn.ops.attention import full_precision, upcast
@@ -37,6 +38,7 @@ class TransposeReverse(nn.Module):
     ``"sum"`` / ``"l2"`` normalise over K (Beyond Grids, LatentGNN symmetric). MACs: ``N K C``.
     """
 
+    @checked(eps=NON_NEGATIVE)
     def __init__(self, normalize: str = "none", eps: float = 1e-6) -> None:
         super().__init__()
         self.normalize = check_normalization(normalize, ("none", "softmax", "sum", "l2"))
@@ -63,6 +65,7 @@ class ProjectionReverse(nn.Module):
     (LatentGNN) or ``"sigmoid"`` (APCNet). MACs: ``C_x K N`` (projection) + ``N K C`` (distribution).
     """
 
+    @checked(eps=NON_NEGATIVE)
     def __init__(
         self,
         in_channels: int,
@@ -101,6 +104,7 @@ class UpsampleReverse(nn.Module):
     (interpolation is not counted).
     """
 
+    @checked()
     def __init__(self, align_corners: bool = False) -> None:
         super().__init__()
         self.align_corners = align_corners

@@ -6,6 +6,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from torch import nn
 
+from segattn.checks import NON_NEGATIVE, checked
 from segattn.models.backbones import ResizeConcat, create_backbone
 from segattn.models.heads import aux_head
 from segattn.models.segmentor import SegmentationModel
@@ -13,6 +14,7 @@ from segattn.models.segmentor import SegmentationModel
 HeadFactory = Callable[[List[int], int, int], nn.Module]
 
 
+@checked(aux_weight=NON_NEGATIVE)
 def build_segmentor(
     make_head: HeadFactory,
     num_classes: int,

@@ -9,17 +9,20 @@ from typing import Any, List
 from torch import nn
 
 import segattn.models.zoo  # noqa: F401  (registers the models)
+from segattn.checks import checked
 from segattn.models.builder import HeadFactory, build_segmentor  # noqa: F401  (re-exported)
 from segattn.models.segmentor import SegmentationModel
 from segattn.models.transfer import init_from_folder
 from segattn.registry import MODELS
 
 
+@checked()
 def list_models(pattern: str = "*") -> List[str]:
     """Registered model names matching the shell-style ``pattern``."""
     return MODELS.list(pattern)
 
 
+@checked()
 def create_model(name: str, num_classes: int, **kwargs: Any) -> SegmentationModel:
     """Build model ``name`` (see :func:`list_models`) for ``num_classes`` classes.
 

@@ -14,6 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segattn.checks import ANY, NON_NEGATIVE, UNIT, checked
+from segattn.errors import ArgumentError
+
 LOSSES: Dict[str, Callable[..., nn.Module]] = {}
 
 
@@ -28,11 +31,19 @@ def _check(logits: Tensor, target: Tensor) -> None:
 
 
 class _SegLoss(nn.Module):
+    @checked(ignore_index=ANY, class_weight=NON_NEGATIVE)
     def __init__(self, ignore_index: int = 255, class_weight: Optional[Sequence[float]] = None) -> None:
         super().__init__()
         self.ignore_index = int(ignore_index)
         weight = None if class_weight is None else torch.as_tensor(class_weight, dtype=torch.float32)
         self.register_buffer("class_weight", weight, persistent=False)
+
+    def _check_inputs(self, logits: Tensor, target: Tensor) -> None:
+        """Shapes and dtypes as :func:`_check`; ``class_weight`` must have one entry per class of ``logits``."""
+        _check(logits, target)
+        if self.class_weight is not None and self.class_weight.numel() != logits.shape[1]:
+            raise ArgumentError(f"{type(self).__name__}: class_weight has {self.class_weight.numel()} entries but "
+                                f"the logits have {logits.shape[1]} classes; give one weight per class")
 
     def _valid(self, target: Tensor) -> Tensor:
         return target != self.ignore_index
@@ -55,6 +66,7 @@ class CrossEntropyLoss(_SegLoss):
     """Mean cross entropy over non-ignored pixels, class-weighted like ``F.cross_entropy`` (sum of
     weighted terms / sum of weights). ``label_smoothing`` as in torch."""
 
+    @checked(ignore_index=ANY, class_weight=NON_NEGATIVE, label_smoothing=UNIT)
     def __init__(self, ignore_index: int = 255, class_weight: Optional[Sequence[float]] = None,
                  label_smoothing: float = 0.0) -> None:
         super().__init__(ignore_index, class_weight)
@@ -67,7 +79,7 @@ class CrossEntropyLoss(_SegLoss):
         return loss * self._valid(target).float()
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        _check(logits, target)
+        self._check_inputs(logits, target)
         w = self._pixel_weight(target)
         return (self.pixel_losses(logits, target) * w).sum() / w.sum().clamp_min(1e-12)
 
@@ -77,13 +89,14 @@ class OhemCrossEntropyLoss(CrossEntropyLoss):
     probability of the true class is below ``thresh`` (0.7); if fewer than ``min_kept`` (100000 in
     the references) qualify, raise the threshold to the ``min_kept``-th smallest probability."""
 
+    @checked(ignore_index=ANY, class_weight=NON_NEGATIVE, thresh=UNIT, min_kept=NON_NEGATIVE)
     def __init__(self, ignore_index: int = 255, class_weight: Optional[Sequence[float]] = None,
                  thresh: float = 0.7, min_kept: int = 100000) -> None:
         super().__init__(ignore_index, class_weight)
         self.thresh, self.min_kept = float(thresh), int(min_kept)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        _check(logits, target)
+        self._check_inputs(logits, target)
         losses = self.pixel_losses(logits, target)
         valid = self._valid(target).flatten()
         with torch.no_grad():
@@ -105,13 +118,14 @@ class DiceLoss(_SegLoss):
     """Soft multi-class Dice: ``1 - (2 sum p y + s) / (sum p + sum y + s)`` per class over the batch,
     averaged over classes (class weights, if given, weight that average). Ignored pixels are masked."""
 
+    @checked(ignore_index=ANY, class_weight=NON_NEGATIVE, smooth=NON_NEGATIVE)
     def __init__(self, ignore_index: int = 255, class_weight: Optional[Sequence[float]] = None,
                  smooth: float = 1.0) -> None:
         super().__init__(ignore_index, class_weight)
         self.smooth = smooth
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        _check(logits, target)
+        self._check_inputs(logits, target)
         k = logits.shape[1]
         valid = self._valid(target).unsqueeze(1).float()
         prob = logits.float().softmax(1) * valid
@@ -139,6 +153,7 @@ class LovaszSoftmaxLoss(_SegLoss):
     classes present in the target (``classes="present"``) or all classes (``"all"``). Ignored pixels
     get zero error, which is exactly equivalent to removing them."""
 
+    @checked(ignore_index=ANY, class_weight=NON_NEGATIVE, classes=("present", "all"))
     def __init__(self, ignore_index: int = 255, class_weight: Optional[Sequence[float]] = None,
                  classes: str = "present") -> None:
         super().__init__(ignore_index, class_weight)
@@ -147,7 +162,7 @@ class LovaszSoftmaxLoss(_SegLoss):
         self.classes = classes
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        _check(logits, target)
+        self._check_inputs(logits, target)
         k = logits.shape[1]
         valid = self._valid(target).flatten().float().unsqueeze(1)  # (P, 1)
         prob = logits.float().softmax(1).permute(0, 2, 3, 1).reshape(-1, k)
@@ -203,6 +218,7 @@ def output_loss(kind: Optional[str], logits: Tensor, target: Tensor, criterion: 
     return OUTPUT_LOSSES[kind](logits, target, ignore_index)
 
 
+@checked(name=("ce", "ohem", "dice", "lovasz"), ignore_index=ANY, class_weight=NON_NEGATIVE)
 def build_loss(name: str = "ce", ignore_index: int = 255, class_weight: Optional[Sequence[float]] = None,
                **kwargs: Any) -> nn.Module:
     """Loss ``name`` in ``"ce"``, ``"ohem"``, ``"dice"``, ``"lovasz"``; callable ``(logits, target) -> scalar``."""

@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional, Union
 import torch
 from torch import nn
 
+from segattn.checks import checked
 from segattn.models.factory import create_model
 from segattn.models.folder import (
     _tuplify,
@@ -65,6 +66,7 @@ class WeightsInfo:
         return out
 
 
+@checked()
 def from_pretrained(source: Union[str, os.PathLike[str]], map_location: Any = "cpu", strict: bool = True,
                     revision: Optional[str] = None, cache_dir: Optional[str] = None,
                     token: Optional[str] = None) -> nn.Module:

@@ -10,16 +10,19 @@ each key's weight. ``save_pretrained`` / :func:`from_pretrained` write / read a 
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segattn.checks import warn_non_finite
+from segattn.errors import ArgumentError
 from segattn.models.folder import save_pretrained
 from segattn.models.hub import push_to_hub
-from segattn.modules.base import check_feature_map
+from segattn.modules.base import _is_compiling, check_dtype, check_feature_map
 
 
 class SegmentationModel(nn.Module):
@@ -61,6 +64,10 @@ class SegmentationModel(nn.Module):
         self.config: Dict[str, Any] = {}
         self._backbone_frozen = False
         self.in_channels: Optional[int] = _input_channels(backbone)
+        # eval-mode forwards warn once when the input holds NaN / inf; False skips the check (one
+        # reduction over the input and, on a GPU, a sync per forward until it has warned)
+        self.check_finite = True
+        self._warned_non_finite = False
 
     def _resize(self, logits: Tensor, size: Tuple[int, int]) -> Tensor:
         if tuple(logits.shape[-2:]) == tuple(size):
@@ -72,15 +79,14 @@ class SegmentationModel(nn.Module):
         model's parameter dtype (any floating dtype under autocast)."""
         what = type(self).__name__
         check_feature_map(x, self.in_channels, what)
-        if _is_compiling():
-            return
-        ref = next((p for p in self.parameters() if p.is_floating_point()), None)
-        if ref is not None and x.dtype != ref.dtype and not _autocast_on(x.device.type):
-            raise TypeError(f"{what} has {ref.dtype} weights but got a {x.dtype} input; convert the input "
-                            f"(x.to({ref.dtype})) or the model (model.to({x.dtype})), or run under torch.autocast")
+        check_dtype(self, x, what)
 
     def forward(self, x: Tensor) -> Union[Tensor, Dict[str, Tensor]]:
         self.check_input(x)
+        if (getattr(self, "check_finite", True) and not self.training and not getattr(self, "_warned_non_finite", False)
+                and not _is_compiling()):
+            self._warned_non_finite = warn_non_finite(
+                x, f"{type(self).__name__} input", "shown once per model; model.check_finite = False skips the check")
         size = (x.shape[-2], x.shape[-1])
         feats = self.backbone(x)
         if self.neck is not None:
@@ -111,6 +117,12 @@ class SegmentationModel(nn.Module):
         loss (:func:`segattn.models.losses.output_loss`, with the criterion's ``ignore_index``)."""
         from segattn.models.losses import output_loss
 
+        if not isinstance(outputs, dict):
+            raise ArgumentError(
+                f"compute_loss expects the train-mode outputs (a dict such as {{'out': logits, 'aux': ...}} from "
+                f"model.train() then model(x)), got {type(outputs).__name__}"
+                + (" (the eval-mode logits: call model.train() before the forward, or pass {'out': logits})"
+                   if isinstance(outputs, Tensor) else ""))
         ignore = int(getattr(criterion, "ignore_index", 255))
         parts = {k: output_loss(self.loss_kinds.get(k), v, target, criterion, ignore) for k, v in outputs.items()}
         total = sum(self.loss_weights.get(k, 1.0) * v for k, v in parts.items())
@@ -150,16 +162,18 @@ class SegmentationModel(nn.Module):
         return push_to_hub(self, repo_id, **kwargs)
 
 
-def _is_compiling() -> bool:
-    check = getattr(getattr(torch, "compiler", None), "is_compiling", None)
-    return bool(check()) if check is not None else False
-
-
-def _autocast_on(device_type: str) -> bool:
+@contextlib.contextmanager
+def finite_check_off(model: nn.Module) -> Iterator[None]:
+    """Within the block ``model`` does not check its input for NaN / inf (a caller that warns per image)."""
+    previous = getattr(model, "check_finite", None)
+    if previous is None:
+        yield
+        return
+    model.check_finite = False
     try:
-        return bool(torch.is_autocast_enabled(device_type))
-    except TypeError:  # torch < 2.4: no device argument
-        return bool(torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled())
+        yield
+    finally:
+        model.check_finite = previous
 
 
 def _input_channels(backbone: nn.Module) -> Optional[int]:

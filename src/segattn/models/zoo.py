@@ -12,10 +12,12 @@ says otherwise.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, TypeVar
 
 from torch import nn
 
+from segattn.checks import ANY, DROPOUT, checked
 from segattn.models.builder import build_segmentor
 from segattn.models.heads import ANNHead, ContextHead, DANetHead, EncHead, LightHamHead, OCRHead
 from segattn.models.segmentor import SegmentationModel
@@ -43,7 +45,9 @@ def register_model(name: str, contexts: Tuple[str, ...], paper: str, variants: T
     def decorator(fn: F) -> F:
         if all(c in MODULES for c in contexts):
             used = contexts + tuple(v for v in variants if v in MODULES)
-            MODELS.register(name, paper=paper, context=used, **meta)(fn)
+            params = inspect.signature(fn).parameters
+            limits = {k: v for k, v in (("dropout", DROPOUT), ("in_index", ANY)) if k in params}  # in_index: -1 = last
+            MODELS.register(name, paper=paper, context=used, **meta)(checked(**limits)(fn))
         return fn
 
     return decorator

@@ -6,6 +6,7 @@ from typing import Dict, Optional, Tuple
 
 from torch import Tensor, nn
 
+from segattn.checks import checked
 from segattn.lowrank import LowRankBlock, ProjectionMapper, ProjectionReverse
 from segattn.modules.base import Attention, ContextModule, ModuleOutput
 from segattn.ops.weightmaps import operator_row
@@ -36,6 +37,7 @@ class DoubleAttention(ContextModule):
     (``map`` = softmax_N(B) (B, n, N), ``reverse`` = softmax_n(V)^T (B, N, n), ``nodes`` = G).
     """
 
+    @checked()
     def __init__(
         self,
         in_channels: int,

@@ -11,6 +11,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
+from segattn.checks import DROPOUT, checked
 from segattn.layers import ConvNormAct
 from segattn.modules.base import Attention, ContextModule, ModuleOutput, check_feature_map
 from segattn.modules.ocnet import BaseOC, SelfAttentionUnit, unit_maps
@@ -40,6 +41,7 @@ class APNB(BaseOC):
     Cost (MACs, batch 1): N C (C_k + C_v) + N S (C_k + C_v) + N C_v C + 2 N C C_out; order O(N S C).
     """
 
+    @checked(dropout=DROPOUT)
     def __init__(
         self,
         in_channels: int,
@@ -74,6 +76,7 @@ class AFNB(ContextModule):
     N C_v C + 2 N C C_out (M = H_l W_l); order O(N S C).
     """
 
+    @checked(dropout=DROPOUT)
     def __init__(
         self,
         in_channels: int,

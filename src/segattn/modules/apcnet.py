@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segattn.checks import checked
 from segattn.layers import ConvNormAct
 from segattn.lowrank import GridPoolingMapper, LowRankBlock, ProjectionReverse
 from segattn.lowrank.functional import pooling_matrix
@@ -108,6 +109,7 @@ class APCNet(ContextModule):
     bottleneck ``9 (C + 4 c) c N``. Order O(N C c + N s^2 c): linear in N.
     """
 
+    @checked()
     def __init__(
         self,
         in_channels: int,

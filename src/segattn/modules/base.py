@@ -18,6 +18,8 @@ from typing import Any, Callable, Dict, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from segattn.checks import checked
+
 Attention = Dict[str, Tensor]
 ModuleOutput = Union[Tensor, Tuple[Tensor, Attention]]
 
@@ -35,6 +37,28 @@ def check_feature_map(x: Tensor, channels: Optional[int], what: str) -> None:
         raise ValueError(f"{what} expects {channels} input channels, got {x.shape[1]} (input shape {tuple(x.shape)})")
     if x.shape[0] < 1 or x.shape[2] < 1 or x.shape[3] < 1:
         raise ValueError(f"{what} expects B, H, W >= 1, got shape {tuple(x.shape)}")
+
+def _is_compiling() -> bool:
+    check = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    return bool(check()) if check is not None else False
+
+
+def _autocast_on(device_type: str) -> bool:
+    try:
+        return bool(torch.is_autocast_enabled(device_type))
+    except TypeError:  # torch < 2.4: no device argument
+        return bool(torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled())
+
+
+def check_dtype(module: nn.Module, x: Tensor, what: str) -> None:
+    """``TypeError`` unless ``x`` has the dtype of ``module``'s floating parameters (any dtype under autocast)."""
+    if _is_compiling():
+        return
+    ref = next((p for p in module.parameters() if p.is_floating_point()), None)
+    if ref is not None and x.dtype != ref.dtype and not _autocast_on(x.device.type):
+        raise TypeError(f"{what} has {ref.dtype} weights but got a {x.dtype} input; convert the input "
+                        f"(x.to({ref.dtype})) or the module (.to({x.dtype})), or run under torch.autocast")
+
 
 def check_size(height: Any, width: Any, what: str) -> None:
     """``ValueError`` naming the value unless ``height`` and ``width`` are integers >= 1."""
@@ -65,15 +89,16 @@ class ContextModule(nn.Module):
         if callable(own) and not getattr(own, "_checks_size", False):
             cls.flops = _checked_flops(own)  # type: ignore[method-assign]
 
+    @checked()
     def __init__(self, in_channels: int, out_channels: Optional[int] = None) -> None:
         super().__init__()
-        if not isinstance(in_channels, int) or in_channels < 1:
-            raise ValueError(f"in_channels must be a positive int, got {in_channels!r}")
         self.in_channels = in_channels
         self.out_channels = in_channels if out_channels is None else out_channels
 
     def check_input(self, x: Tensor) -> None:
+        """Clear errors for a wrong shape, channel count or dtype (see :func:`check_feature_map`)."""
         check_feature_map(x, self.in_channels, type(self).__name__)
+        check_dtype(self, x, type(self).__name__)
 
     def flops(self, height: int, width: int) -> int:
         """Multiply-accumulates of one forward at (1, in_channels, height, width)."""

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segattn.checks import checked
 from segattn.modules.base import Attention, ContextModule, ModuleOutput
 from segattn.ops.attention import full_precision, upcast
 from segattn.ops.flops import conv2d_macs
@@ -47,6 +48,7 @@ class CARAFE(ContextModule):
     ``return_attention`` adds ``{"kernels": (B, G, k^2, sH, sW)}`` (float32, sums to 1 over k^2).
     """
 
+    @checked()
     def __init__(
         self,
         in_channels: int,

@@ -7,6 +7,7 @@ from typing import Dict, Tuple
 import torch
 from torch import Tensor, nn
 
+from segattn.checks import checked
 from segattn.modules.base import Attention, ContextModule, ModuleOutput
 from segattn.ops.attention import full_precision, upcast
 from segattn.registry import MODULES
@@ -76,6 +77,7 @@ class CrissCrossAttention(ContextModule):
     is ever formed (see benchmarks/sparse_memory.py).
     """
 
+    @checked()
     def __init__(self, in_channels: int, *, recurrence: int = 2, reduction: int = 8) -> None:
         super().__init__(in_channels)
         if recurrence < 1:

@@ -8,6 +8,7 @@ from typing import Dict, Tuple
 import torch
 from torch import Tensor, nn
 
+from segattn.checks import NON_NEGATIVE, checked
 from segattn.modules.base import Attention, ContextModule, ModuleOutput
 from segattn.ops.attention import full_precision, upcast
 from segattn.ops.weightmaps import flat_index
@@ -97,6 +98,7 @@ class CGNL(ContextModule):
     Cost (MACs, batch 1): ``3 C C' N + 2 (P+1) C' N + (C'/G) C N``; order O(P C N), linear in N.
     """
 
+    @checked(order=NON_NEGATIVE, kernel=KERNELS)
     def __init__(
         self,
         in_channels: int,

@@ -7,6 +7,7 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from segattn.checks import checked
 from segattn.modules.base import Attention, ContextModule, ModuleOutput
 from segattn.modules.nonlocal_ import from_tokens, to_tokens
 from segattn.ops.attention import full_precision, softmax_attention, upcast
@@ -33,6 +34,7 @@ class PositionAttention(ContextModule):
     the reference path.
     """
 
+    @checked()
     def __init__(self, in_channels: int, *, reduction: int = 8, gamma_init: float = 0.0) -> None:
         super().__init__(in_channels)
         if reduction < 1:
@@ -84,6 +86,7 @@ class ChannelAttention(ContextModule):
 
     no_pixel_weights = "attends over channels, not pixels: use segattn.viz.channel_attention()"
 
+    @checked(cam_mode=CAM_MODES)
     def __init__(self, in_channels: int, *, cam_mode: str = "reference", gamma_init: float = 0.0) -> None:
         super().__init__(in_channels)
         if cam_mode not in CAM_MODES:
@@ -136,6 +139,7 @@ class DualAttention(ContextModule):
     ``2 N C^2``; order O(N^2 C + N C^2).
     """
 
+    @checked(cam_mode=CAM_MODES)
     def __init__(self, in_channels: int, *, reduction: int = 8, cam_mode: str = "reference") -> None:
         super().__init__(in_channels)
         self.pam = PositionAttention(in_channels, reduction=reduction)

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segattn.checks import checked
 from segattn.layers import ConvNormAct
 from segattn.modules.base import Attention, ContextModule, ModuleOutput
 from segattn.ops.attention import full_precision, upcast
@@ -93,6 +94,7 @@ class DGMN2d(ContextModule):
     ``C K (G K + K) N`` (logits) + ``C K N`` (aggregation).
     """
 
+    @checked()
     def __init__(
         self,
         in_channels: int,

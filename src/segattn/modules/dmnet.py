@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segattn.checks import checked
 from segattn.layers import BatchNorm2d, ConvNormAct
 from segattn.modules.base import ContextModule, ModuleOutput
 from segattn.registry import MODULES
@@ -78,6 +79,7 @@ class DMNet(ContextModule):
     bottleneck ``9 (C + len(sizes) c) c N``. Order O(N C c + N s^2 c): linear in N.
     """
 
+    @checked()
     def __init__(
         self,
         in_channels: int,

@@ -7,6 +7,7 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from segattn.checks import NON_NEGATIVE, POSITIVE, checked
 from segattn.modules.base import Attention, ModuleOutput
 from segattn.modules.nonlocal_ import NonLocalBase, from_tokens, to_tokens
 from segattn.ops.attention import full_precision, softmax_attention, upcast
@@ -68,6 +69,7 @@ class DisentangledNonLocal2d(NonLocalBase):
     whitened ``query`` / ``key`` tokens (B, N, C') and ``value`` (B, N, V).
     """
 
+    @checked(temperature=POSITIVE, init_std=NON_NEGATIVE)
     def __init__(
         self,
         in_channels: int,

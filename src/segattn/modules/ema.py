@@ -8,6 +8,7 @@ from typing import Dict, Tuple
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segattn.checks import NON_NEGATIVE, POSITIVE, UNIT, checked
 from segattn.layers import ConvNormAct
 from segattn.lowrank import EMMapper, LowRankBlock, TransposeReverse
 from segattn.modules.base import Attention, ContextModule, ModuleOutput
@@ -61,6 +62,7 @@ class EMAttention(ContextModule):
     ``nodes`` = final bases (B, C, K), ``reverse`` = Z (B, N, K), ``assignment`` = Z^T.
     """
 
+    @checked(momentum=UNIT, kernel_scale=POSITIVE, eps=NON_NEGATIVE)
     def __init__(
         self,
         in_channels: int,

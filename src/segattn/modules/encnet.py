@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segattn.checks import checked
 from segattn.layers import ConvNormAct
 from segattn.lowrank.functional import flatten
 from segattn.modules.base import Attention, ContextModule, ModuleOutput
@@ -79,6 +80,7 @@ class ContextEncoding(ContextModule):
     Cost (MACs, batch 1): ``N C^2`` (projection) + ``2 N K C`` (encoding) + ``C^2`` (fc).
     """
 
+    @checked()
     def __init__(self, in_channels: int, *, num_codes: int = 32) -> None:
         super().__init__(in_channels)
         c = in_channels

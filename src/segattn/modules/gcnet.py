@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segattn.checks import POSITIVE, checked
 from segattn.modules.base import Attention, ContextModule, ModuleOutput
 from segattn.ops.attention import full_precision, upcast
 from segattn.registry import MODULES
@@ -65,6 +66,7 @@ class GlobalContextBlock(ContextModule):
     pooled vector c.
     """
 
+    @checked(ratio=POSITIVE, pooling=POOLINGS, fusion=FUSIONS)
     def __init__(self, in_channels: int, *, ratio: float = 1 / 4, pooling: str = "att",
                  fusion: Sequence[str] = ("channel_add",)) -> None:
         super().__init__(in_channels)

@@ -6,6 +6,7 @@ from typing import Dict, Optional, Tuple
 
 from torch import Tensor, nn
 
+from segattn.checks import checked
 from segattn.layers import BatchNorm2d
 from segattn.lowrank import GraphConvReasoner, LowRankBlock, ProjectionMapper, TransposeReverse
 from segattn.modules.base import Attention, ContextModule, ModuleOutput
@@ -39,6 +40,7 @@ class GloRe(ContextModule):
     ``return_attention`` returns the block's factors (``map`` = B (or B / N), ``reverse`` = B^T).
     """
 
+    @checked()
     def __init__(
         self,
         in_channels: int,

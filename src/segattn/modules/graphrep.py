@@ -7,6 +7,7 @@ from typing import Dict, Tuple
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segattn.checks import checked
 from segattn.lowrank import GaussianAnchorMapper, LowRankBlock, NodeAttentionReasoner, TransposeReverse
 from segattn.modules.base import Attention, ContextModule, ModuleOutput
 from segattn.ops.attention import full_precision, upcast
@@ -61,6 +62,7 @@ class GraphRep(ContextModule):
     + ``N K C`` (re-projection); order O(N K C + K^2 C): linear in N.
     """
 
+    @checked()
     def __init__(self, in_channels: int, *, num_anchors: int = 32, normalize_nodes: bool = True) -> None:
         super().__init__(in_channels)
         if num_anchors < 1:

@@ -7,6 +7,7 @@ from typing import Optional
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segattn.checks import NON_NEGATIVE, POSITIVE, checked
 from segattn.layers import ConvNormAct
 from segattn.lowrank import LowRankBlock, MatrixDecompositionMapper, TransposeReverse
 from segattn.modules.base import ContextModule, ModuleOutput
@@ -66,6 +67,7 @@ class Hamburger(ContextModule):
     ``reverse`` = C (B, N, R), ``assignment`` = C^T.
     """
 
+    @checked(train_steps=NON_NEGATIVE, eval_steps=NON_NEGATIVE, inv_t=POSITIVE)
     def __init__(
         self,
         in_channels: int,

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segattn.checks import checked
 from segattn.layers import ConvNormAct
 from segattn.modules.base import Attention, ContextModule, ModuleOutput
 from segattn.ops.attention import softmax_attention
@@ -137,6 +138,7 @@ class InterlacedSparseSelfAttention(ContextModule):
     benchmarks/sparse_memory.py).
     """
 
+    @checked()
     def __init__(
         self,
         in_channels: int,

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segattn.checks import checked
 from segattn.layers import BatchNorm2d, ConvNormAct
 from segattn.lowrank import (
     IdentityReasoner,
@@ -93,6 +94,7 @@ class LatentGNN(ContextModule):
     order O(N d C' + d^2 C'): linear in N.
     """
 
+    @checked(mode=MODES)
     def __init__(
         self,
         in_channels: int,

@@ -7,6 +7,7 @@ from typing import Dict, Tuple
 import torch
 from torch import Tensor, nn
 
+from segattn.checks import POSITIVE, checked
 from segattn.modules.base import Attention, ContextModule, ModuleOutput
 from segattn.ops.attention import full_precision, upcast
 from segattn.ops.flops import conv2d_macs
@@ -46,6 +47,7 @@ class LocalRelation2d(ContextModule):
     ``return_attention`` adds ``{"weights": (B, G, k^2, H, W), "geometry": (G, k^2)}``.
     """
 
+    @checked(geo_hidden_ratio=POSITIVE)
     def __init__(
         self,
         in_channels: int,

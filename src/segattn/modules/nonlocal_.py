@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segattn.checks import NON_NEGATIVE, checked
 from segattn.layers import BatchNorm2d
 from segattn.modules.base import Attention, ContextModule, ModuleOutput
 from segattn.ops.attention import (
@@ -111,6 +112,7 @@ class NonLocalBase(ContextModule):
     ``flops`` counts multiply-accumulates (MACs) of one forward for batch 1.
     """
 
+    @checked(init_std=NON_NEGATIVE)
     def __init__(
         self,
         in_channels: int,
@@ -272,6 +274,7 @@ class NonLocal2d(NonLocalBase):
         + _COMMON_DOC
     )
 
+    @checked(init_std=NON_NEGATIVE)
     def __init__(
         self,
         in_channels: int,
@@ -303,6 +306,7 @@ class NonLocalGaussian2d(NonLocalBase):
         + _COMMON_DOC
     )
 
+    @checked(init_std=NON_NEGATIVE)
     def __init__(
         self,
         in_channels: int,
@@ -333,6 +337,7 @@ class NonLocalDot2d(NonLocalBase):
         + _COMMON_DOC
     )
 
+    @checked(init_std=NON_NEGATIVE)
     def __init__(
         self,
         in_channels: int,
@@ -363,6 +368,7 @@ class NonLocalConcat2d(NonLocalBase):
         + _COMMON_DOC
     )
 
+    @checked(init_std=NON_NEGATIVE)
     def __init__(
         self,
         in_channels: int,

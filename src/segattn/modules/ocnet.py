@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segattn.checks import DROPOUT, checked
 from segattn.layers import ConvNormAct
 from segattn.lowrank.functional import pooling_matrix, upsampling_matrix
 from segattn.modules.base import Attention, ContextModule, ModuleOutput, zero_init_
@@ -184,6 +185,7 @@ class BaseOC(ContextModule):
     N C (C_k + C_v) + N^2 (C_k + C_v) + N C_v C + 2 N C C_out (N -> N/s^2 in the unit); order O(N^2 C).
     """
 
+    @checked(dropout=DROPOUT)
     def __init__(
         self,
         in_channels: int,
@@ -293,6 +295,7 @@ class PyramidOC(ContextModule):
     (C_k + C_v) + N C_v C, + 2 len(s) N C C_out; order O(N^2 C) (the s = 1 stage is dense).
     """
 
+    @checked(dropout=DROPOUT)
     def __init__(
         self,
         in_channels: int,
@@ -379,6 +382,7 @@ class ASPOC(ContextModule):
     + N C C_b (1 + 9 len(dilations)) + 5 N C_b C_out; order O(N^2 C) with a 1/16 constant.
     """
 
+    @checked(dropout=DROPOUT)
     def __init__(
         self,
         in_channels: int,

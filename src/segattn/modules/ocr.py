@@ -14,6 +14,7 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from segattn.checks import DROPOUT, POSITIVE, checked
 from segattn.layers import ConvNormAct
 from segattn.modules.base import Attention, ContextModule, ModuleOutput
 from segattn.modules.nonlocal_ import from_tokens, to_tokens
@@ -78,6 +79,7 @@ class ObjectContext(ContextModule):
     M and ``attention`` (B, N, K) = W.
     """
 
+    @checked(dropout=DROPOUT, gather_scale=POSITIVE)
     def __init__(
         self,
         in_channels: int,

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segattn.checks import checked
 from segattn.layers import ConvNormAct
 from segattn.lowrank.functional import pooling_matrix, upsampling_matrix
 from segattn.modules.base import Attention, ContextModule, ModuleOutput
@@ -64,6 +65,7 @@ class PyramidPooling(ContextModule):
     out_channels with the bottleneck; order O(N C^2).
     """
 
+    @checked()
     def __init__(
         self,
         in_channels: int,
@@ -136,6 +138,7 @@ class ASPP(ContextModule):
     N C C_b (1 + 9 len(dilations)) + C C_b + N k^2 (concat) out_channels; order O(N C^2).
     """
 
+    @checked()
     def __init__(
         self,
         in_channels: int,

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segattn.checks import NON_NEGATIVE, POSITIVE, checked
 from segattn.layers import ConvNormAct
 from segattn.lowrank.functional import upsampling_matrix
 from segattn.modules.base import Attention, ContextModule, ModuleOutput
@@ -141,6 +142,7 @@ class PointwiseSpatialAttention(ContextModule):
     prediction are inherent to PSANet: attention memory O(N'^2), order O(N'^2 C).
     """
 
+    @checked(proj_padding=NON_NEGATIVE, normalization_factor=POSITIVE)
     def __init__(
         self,
         in_channels: int,

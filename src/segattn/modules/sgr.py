@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segattn.checks import checked
 from segattn.lowrank import LowRankBlock, MapResult, ProjectionMapper
 from segattn.modules.base import Attention, ContextModule, ModuleOutput
 from segattn.ops.attention import full_precision, softmax_attention, upcast
@@ -245,6 +246,7 @@ class SGR(ContextModule):
     ``N C D + D^2 K + D C K + N K (D + C)`` mapping; order O(N K D + N C (K + D) + K^2 D), linear in N.
     """
 
+    @checked(compatibility=COMPATIBILITIES)
     def __init__(
         self,
         in_channels: int,

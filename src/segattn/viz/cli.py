@@ -119,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
         scale = inference_scales(img.shape[:2], cfg)[0]
         size = (max(1, round(img.shape[0] * scale)), max(1, round(img.shape[1] * scale)))
         shown = _resize(img, size, nearest=False)
-        pred = _resize(predict_labels(model, img, cfg, num_classes).astype(np.uint8), size, nearest=True)
+        pred = _resize(predict_labels(model, img, cfg, num_classes, name=str(path)).astype(np.uint8), size,
+                       nearest=True)
         gt = None if raw is None else _resize(np.where(raw == ignore, 255, raw).astype(np.uint8), size, nearest=True)
         queries = [(min(size[0] - 1, int(q[0] * scale)), min(size[1] - 1, int(q[1] * scale))) for q in args.query]
         items.append(Item(path.stem, preprocess(shown, cfg), shown, pred.astype(np.int64),
@@ -129,8 +130,11 @@ def run(args: argparse.Namespace) -> int:
     notes = (f"Model input at scale {inference_scales(pictures[0][1].shape[:2], cfg)[0]:g} of the image "
              f"(the config's eval scale); weights are max-normalised per map"
              f"{'' if args.log is None else f', on a log scale over {args.log:g} decades'}. Checkpoint: {args.checkpoint}")
-    written = visualize(model, items, palette, args.out, title, page=not args.no_page, notes=notes,
-                        max_bases=args.bases, compact=args.compact, decades=args.log)
+    from segattn.models.segmentor import finite_check_off
+
+    with finite_check_off(model):  # non-finite images were warned about above, by name
+        written = visualize(model, items, palette, args.out, title, page=not args.no_page, notes=notes,
+                            max_bases=args.bases, compact=args.compact, decades=args.log)
     for w in written:
         print(w)
     print(f"{len(written)} file(s) -> {args.out}", file=sys.stderr)

@@ -62,8 +62,8 @@ def resize_map(weights: torch.Tensor, size: Tuple[int, int], smooth: bool = True
 
 
 def heat(values: torch.Tensor) -> Array:
-    """[0, 1] map (H, W) -> inferno RGB uint8."""
-    idx = (values.clamp(0, 1).numpy() * 255).round().astype(np.int64)
+    """[0, 1] map (H, W) -> inferno RGB uint8 (NaN, from a non-finite input, shows as 0)."""
+    idx = (values.nan_to_num(0.0).clamp(0, 1).numpy() * 255).round().astype(np.int64)
     return LUT[idx]
 
 
