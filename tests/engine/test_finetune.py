@@ -225,7 +225,7 @@ def test_a_config_built_in_python_without_the_folder_settings_is_named(converted
 
     folder = converted(PSP)
     data = folder_dataset(tmp_path / "mine")
-    plain = {"model": {"init": str(folder)}, "data": {"dataset": "folder", "root": str(data)},
+    plain = {"model": {"init": str(folder)}, "data": {"dataset": "folder", "root": str(data), "crop_size": 32},
              "train": {"work_dir": str(tmp_path / "w"), "progress": False, "tensorboard": False}}
     with pytest.raises(ValueError, match="holds a 'pspnet' model but model.name is 'fcn'.*load_config"):
         train(config_from_dict(plain))
