@@ -201,10 +201,11 @@ class ResNet(nn.Module):
         depth: 18, 34, 50, 101 or 152.
         output_stride: 8, 16 or 32; the strides of stages 3/4 become dilations (2, 4) at OS 8 and
             (1, 2) at OS 16. With ``strides`` given it must equal ``4 * prod(strides)`` (or be None).
-        strides, dilations: explicit per-stage stride and dilation of layer1..layer4 (4 ints >= 1 each,
-            both or neither), as mmseg's ``ResNet(strides=..., dilations=...)``: a stage's first block
-            strides its 3x3 conv (and shortcut) and dilates it, at once. None = the ``output_stride``
-            layout. ``(1, 2, 2, 2)`` / ``(1, 1, 2, 4)`` = mmseg's "D32" models.
+        strides: explicit per-stage stride of layer1..layer4 (4 ints >= 1; given with ``dilations``), as
+            mmseg's ``ResNet(strides=...)``: a stage's first block strides its 3x3 conv (and shortcut)
+            and dilates it, at once. None = the ``output_stride`` layout.
+        dilations: explicit per-stage dilation of layer1..layer4 (4 ints >= 1; given with ``strides``).
+            ``strides=(1, 2, 2, 2), dilations=(1, 1, 2, 4)`` = mmseg's "D32" models.
         contract_dilation: the first block of a stage of dilation d > 1 uses d // 2 (True, mmseg's
             ``contract_dilation=True`` and the layout of every ``output_stride``) or d (False).
         multi_grid: multipliers of the stage-4 dilation per block (e.g. (1, 2, 4)); None = plain.
