@@ -73,7 +73,13 @@ FIXTURES = {
     f"fcn_r50b-d8_{_C}": ("fcn", {}),
     "deeplabv3_r101-d16-mg124_512x1024_80k_cityscapes": ("deeplabv3", {}),
     "fcn_d6_r50b-d16_512x1024_80k_cityscapes": ("fcn", {}),
+    # output stride 32, strided stages also dilated: V1c, plain ResNet, plain ResNet of the RSB row
+    f"pspnet_r50-d32_{_C}": ("pspnet", {}),
+    f"pspnet_r50b-d32_{_C}": ("pspnet", {}),
+    "pspnet_r50-d32_rsb-pretrain_512x1024_adamw_80k_cityscapes": ("pspnet", {}),
 }
+# output stride 32 leaves a 2x2 map at SIZES: 2x3 and 3x4 maps here
+SIZES_OF = {name: [(56, 88), (72, 104)] for name in FIXTURES if "-d32_" in name}
 SEED = 1234
 FP16 = {"loss_scaler": {"scale": 512.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000,
                         "_growth_tracker": 0}}
@@ -190,7 +196,7 @@ def make(name: str, folder: str, head_kw: dict, env_info: str) -> None:
         "meta": _encode(written["meta"]), "keys": keys, "tied": tied, "metadata": params_meta,
         "optimizer": {"param_groups": _encode(opt["param_groups"]),
                       "state": {str(i): list(s["momentum_buffer"].shape) for i, s in opt["state"].items()}},
-        "sizes": [list(s) for s in SIZES],
+        "sizes": [list(s) for s in SIZES_OF.get(name, SIZES)],
         "slide_size": list(SLIDE_SIZE) if cfg.model.test_cfg.get("mode") == "slide" else None,
     }
     with tempfile.TemporaryDirectory() as tmp:  # the test-side writer rebuilds the same file
@@ -199,7 +205,7 @@ def make(name: str, folder: str, head_kw: dict, env_info: str) -> None:
     model = model.double().eval()
     arrays = {}
     with torch.no_grad():
-        for size in SIZES:
+        for size in SIZES_OF.get(name, SIZES):
             x = synth_input(name, size)
             meta = [dict(img_shape=size + (3,), ori_shape=size + (3,), pad_shape=size + (3,), flip=False)]
             arrays[f"logits_{size[0]}x{size[1]}"] = model.encode_decode(x, meta).float().numpy()

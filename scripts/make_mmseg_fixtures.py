@@ -70,7 +70,19 @@ FIXTURES = {
     # backbone variants: ResNet-18 V1c; plain ResNet ("b") at output stride 16 with FCNHead(dilation=6)
     f"fcn_r18-d8_{_CITY}": ("fcn", {}),
     f"fcn-d6_r50b-d16_{_CITY}": ("fcn", {}),
+    # output stride 32 with dilated strided stages (strides (1, 2, 2, 2), dilations (1, 1, 2, 4)): V1c, plain
+    # ResNet, and the plain ResNet of the "ResNet strikes back" row
+    f"pspnet_r50-d32_{_CITY}": ("pspnet", {}),
+    f"pspnet_r50b-d32_{_CITY}": ("pspnet", {}),
+    "pspnet_r50-d32_rsb_4xb2-adamw-80k_cityscapes-512x1024": ("pspnet", {}),
 }
+# fixtures of no shipped config: (the config they start from, backbone keys changed); contract_dilation=False
+# (mmseg ResNet's default, unused by the zoo) on a D32 ResNet-18: first blocks take the full stage dilation
+DERIVED = {f"pspnet_r18b-d32-nocontract_{_CITY}": (f"pspnet_r50b-d32_{_CITY}", {"depth": 18, "contract_dilation": False})}
+FIXTURES[f"pspnet_r18b-d32-nocontract_{_CITY}"] = ("pspnet", {})
+# larger inputs where the default sizes leave a 2x2 map at output stride 32: 2x3 and 3x4 here (odd maps
+# on the way: 7x11 / 9x13 at stride 8, 4x6 / 5x7 at stride 16)
+SIZES_OF = {name: [(56, 88), (72, 104)] for name in FIXTURES if "-d32" in name}
 STEM, BASE, CHANNELS, AUX_CHANNELS = 16, 16, 64, 32
 
 
@@ -133,10 +145,12 @@ def build_config(name: str, folder: str, head_kw: dict):
     import mmseg
     from mmengine.config import Config
 
-    path = os.path.join(os.path.dirname(mmseg.__file__), ".mim", "configs", folder, name + ".py")
+    source, changed = DERIVED.get(name, (name, {}))
+    path = os.path.join(os.path.dirname(mmseg.__file__), ".mim", "configs", folder, source + ".py")
     cfg = Config.fromfile(path)
     m = cfg.model
     m.pretrained = None
+    m.backbone.update(changed)
     m.backbone.update(stem_channels=STEM, base_channels=BASE)
     last = BASE * 8 * (1 if m.backbone.depth in (18, 34) else 4)
     dh = m.decode_head
@@ -177,7 +191,7 @@ def make(name: str, folder: str, head_kw: dict) -> None:
     model = model.double().eval()
     arrays = {}
     with torch.no_grad():
-        for size in SIZES:
+        for size in SIZES_OF.get(name, SIZES):
             x = synth_input(name, size)
             meta = [dict(img_shape=size, ori_shape=size, pad_shape=size)]
             arrays[f"logits_{size[0]}x{size[1]}"] = model.encode_decode(x, meta).float().numpy()
@@ -194,7 +208,7 @@ def make(name: str, folder: str, head_kw: dict) -> None:
         "keys": keys,
         "tied": tied,
         "dataset_meta": {"classes": CLASSES, "palette": PALETTE},
-        "sizes": [list(s) for s in SIZES],
+        "sizes": [list(s) for s in SIZES_OF.get(name, SIZES)],
         "slide_size": list(SLIDE_SIZE) if cfg.model.test_cfg.get("mode") == "slide" else None,
     }
     base = os.path.join(OUT, name)

@@ -10,10 +10,11 @@ the config name, dataset, published single-scale and ms+flip mIoU and the weight
 ``-xxxxxxxx.pth`` suffix is the first 8 hex digits of the file's sha256), merges the config with
 mmengine, keeps the parts the converter reads (model without losses / init, dataset type, crop) and
 checks that :func:`segattn.convert.mmseg.architecture_from_config` accepts it. Entries it does not
-accept are listed with the reason and left out. Four typos of the 1.2.2 metafiles are corrected
+accept are listed with the reason and left out. Five typos of the 1.2.2 metafiles are corrected
 (``_fix``): the name / config ``eemanet_r50-...``, the host ``download.oz1z1penmmlab.com``, the
-dataset ``'# ResNet backbone'`` of OCRNet's R101 rows (Cityscapes, as their names say) and the
-OCRNet HRNet-W18 / W18-Small ADE20K 160k rows named (and configured) as their 80k twins.
+dataset ``'# ResNet backbone'`` of OCRNet's R101 rows (Cityscapes, as their names say), the
+OCRNet HRNet-W18 / W18-Small ADE20K 160k rows named (and configured) as their 80k twins and the
+PSPNet R-50-D32 (ResNetV1c) row named (and configured) as its plain-ResNet "r50b" twin.
 """
 
 from __future__ import annotations
@@ -48,6 +49,12 @@ def _fix(m: dict) -> dict:
         for key in ("Name", "Config"):
             m[key] = m[key].replace(f"-{name_k.group(1)}k_", f"-{url_k.group(1)}k_")
         print(f"  renamed {m['Name']} (its weights URL says {url_k.group(1)}k)")
+    # the first PSPNet R-50-D32 row is named (and configured) as the plain-ResNet "r50b" one that follows it;
+    # its weights are the ResNetV1c model's (pspnet_r50-d32_512x1024, mIoU 73.88), so it is that config's
+    if "pspnet_r50b-d32_" in m["Name"] and "/pspnet_r50-d32_512x1024_80k_cityscapes_" in m["Weights"]:
+        for key in ("Name", "Config"):
+            m[key] = m[key].replace("pspnet_r50b-d32_", "pspnet_r50-d32_")
+        print(f"  renamed {m['Name']} (its weights are the ResNetV1c model's)")
     results = dict(m.get("Results") or {})
     if str(results.get("Dataset", "")).startswith("#") and "_cityscapes-" in m["Name"]:  # OCRNet R101 rows
         results["Dataset"] = "Cityscapes"  # the metafile has '# ResNet backbone' (a README heading) there

@@ -114,6 +114,30 @@ def test_settings_from_the_config(converted) -> None:
     assert card["mean"] == [123.675, 116.28, 103.53] and card["std"] == [58.395, 57.12, 57.375]
 
 
+def test_d32_backbones_keep_their_strides_and_dilations(converted) -> None:
+    """The "D32" PSPNets (strides (1, 2, 2, 2) *and* dilations (1, 1, 2, 4)) reach segattn's ResNet as they
+    are; the output-stride-8 layout needs no explicit per-stage values."""
+    d32 = {"strides": (1, 2, 2, 2), "dilations": (1, 1, 2, 4), "contract_dilation": True}
+    for name, backbone in (("pspnet_r50-d32_4xb2-80k_cityscapes-512x1024", "resnet50c"),
+                           ("pspnet_r50b-d32_4xb2-80k_cityscapes-512x1024", "resnet50"),
+                           ("pspnet_r50-d32_rsb_4xb2-adamw-80k_cityscapes-512x1024", "resnet50")):
+        model = converted(name)[1]
+        kwargs = model.mmseg_architecture.kwargs
+        layout = {k: kwargs["backbone_kw"].get(k) for k in d32}  # (the fixtures' widths are reduced)
+        assert (kwargs["backbone"], kwargs["output_stride"], layout) == (backbone, 32, d32), name
+        net = model.backbone
+        assert [(b.conv2.stride[0], b.conv2.dilation[0]) for b in net.layer4] == [(2, 2), (1, 4), (1, 4)]
+        assert (net.layer3[0].conv2.stride, net.layer3[0].conv2.dilation) == ((2, 2), (1, 1))
+    # contract_dilation=False (mmseg ResNet's default): first blocks take the stage's whole dilation
+    loose = converted("pspnet_r18b-d32-nocontract_4xb2-80k_cityscapes-512x1024")[1]
+    kwargs = loose.mmseg_architecture.kwargs
+    assert (kwargs["backbone"], kwargs["backbone_kw"]["contract_dilation"]) == ("resnet18", False)
+    assert [b.conv1.dilation[0] for b in loose.backbone.layer4] == [4, 4]
+    assert [b.conv1.dilation[0] for b in loose.backbone.layer3] == [2, 2]
+    d8 = converted("pspnet_r50-d8_4xb2-80k_cityscapes-512x1024")[1].mmseg_architecture.kwargs
+    assert d8["output_stride"] == 8 and "strides" not in d8.get("backbone_kw", {})
+
+
 def test_mmcv1_meta_config_and_config_file(tmp_path) -> None:
     name = "ccnet_r50-d8_4xb2-80k_cityscapes-512x1024"
     rec = record(name)
@@ -154,7 +178,8 @@ def test_unsupported_parts_are_named(tmp_path) -> None:
     cases = [("decode_head", "type", "UPerHead", r"decode head 'UPerHead' is not supported; supported: ANNHead, .*PSAHead"),
              ("backbone", "depth", 152, "depth 152 is not supported; supported: 18, 34, 50, 101"),
              ("backbone", "avg_down", True, "avg_down=True is not supported"),
-             ("backbone", "dilations", (1, 1, 1, 2), "dilations .* not supported"),
+             ("backbone", "dilations", (1, 1, 2), r"strides \(1, 2, 1, 1\) / dilations \(1, 1, 2\) are not "
+              "supported; supported: 4 stages, 4 ints >= 1 each"),
              ("auxiliary_head", "num_convs", 2, "auxiliary FCNHead must have"),
              ("decode_head", "num_convs", 1, "FCNHead: num_convs=1 is not supported; supported: 2"),
              ("test_cfg", "mode", "tiles", "test_cfg mode 'tiles' is not supported")]

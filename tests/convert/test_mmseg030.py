@@ -173,14 +173,19 @@ def test_unread_lines_are_never_evaluated_but_read_ones_are_checked(tmp_path) ->
 
 def test_backbone_variants_map_onto_segattn_backbones(converted, tmp_path) -> None:
     want = {"fcn_r18-d8": ("resnet18c", 8, None), "pspnet_r18b-d8": ("resnet18", 8, None),
-            "fcn_r50b-d8": ("resnet50", 8, None), "fcn_d6_r50b-d16": ("resnet50", 16, None), "deeplabv3_r101-d16-mg124": ("resnet101c", 16, (0.5, 1, 2))}
+            "fcn_r50b-d8": ("resnet50", 8, None), "fcn_d6_r50b-d16": ("resnet50", 16, None), "deeplabv3_r101-d16-mg124": ("resnet101c", 16, (0.5, 1, 2)),
+            "pspnet_r50-d32": ("resnet50c", 32, None), "pspnet_r50b-d32": ("resnet50", 32, None),
+            "pspnet_r50-d32_rsb-pretrain": ("resnet50", 32, None)}
     for prefix, (backbone, stride, grid) in want.items():
         name = next(n for n in NAMES if n.startswith(prefix + "_"))
         kw = converted(name)[1].mmseg_architecture.kwargs
         assert (kw["backbone"], kw["output_stride"], kw.get("backbone_kw", {}).get("multi_grid")) == (
             backbone, stride, grid), name
+        d32 = {"strides": (1, 2, 2, 2), "dilations": (1, 1, 2, 4), "contract_dilation": True}
+        assert {k: kw.get("backbone_kw", {}).get(k) for k in d32} == (d32 if stride == 32 else dict.fromkeys(d32))
     assert converted("fcn_d6_r50b-d16_512x1024_80k_cityscapes")[1].mmseg_architecture.kwargs["dilation"] == 6
-    for name in ("fcn_d6_r50b-d16_512x1024_80k_cityscapes", "deeplabv3_r101-d16-mg124_512x1024_80k_cityscapes"):
+    for name in ("fcn_d6_r50b-d16_512x1024_80k_cityscapes", "deeplabv3_r101-d16-mg124_512x1024_80k_cityscapes",
+                 "pspnet_r50b-d32_512x1024_80k_cityscapes"):
         converted(name)[1].save_pretrained(tmp_path / name)  # the saved folder rebuilds the same layout
         h, w = record(name)["sizes"][0]
         with torch.no_grad():

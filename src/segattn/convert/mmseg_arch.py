@@ -7,7 +7,9 @@ what is supported.
 
 Backbones: mmseg's ``ResNetV1c`` (deep stem) and ``ResNet`` (plain 7x7 stem, the zoo's "b" models),
 depth 18 / 34 / 50 / 101, at output stride 8 (dilations (1, 1, 2, 4)) or 16 ((1, 1, 1, 2)), with
-an optional stage-4 ``multi_grid``: segattn's ``resnet{depth}c`` / ``resnet{depth}``.
+an optional stage-4 ``multi_grid``: segattn's ``resnet{depth}c`` / ``resnet{depth}``. Other per-stage
+``strides`` / ``dilations`` (the "D32" PSPNets: (1, 2, 2, 2) / (1, 1, 2, 4)) and
+``contract_dilation=False`` are passed to segattn's ResNet as they are (``backbone_kw``).
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ DATASETS = {
     "ADE20KDataset": "ade20k",
     "PascalVOCDataset": "voc12aug",
 }
-#: mmseg backbone (strides, dilations) -> segattn output stride
-OUTPUT_STRIDES = {((1, 2, 1, 1), (1, 1, 2, 4)): 8, ((1, 2, 2, 1), (1, 1, 1, 2)): 16}
+#: mmseg backbone (strides, dilations) -> segattn output stride whose default layout it is
+OUTPUT_STRIDES = {((1, 2, 1, 1), (1, 1, 2, 4)): 8, ((1, 2, 2, 1), (1, 1, 1, 2)): 16, ((1, 2, 2, 2), (1, 1, 1, 1)): 32}
 BACKBONES = {"ResNetV1c": "c", "ResNet": ""}
 DEPTHS = (18, 34, 50, 101)
 
@@ -67,15 +69,19 @@ def _backbone_kwargs(bb: Mapping[str, Any]) -> Tuple[Dict[str, Any], int]:
     """segattn backbone keywords and the stage-4 width multiplier (of ``base_channels``)."""
     kind = bb.get("type")
     _require(kind in BACKBONES, f"backbone type {kind!r} is not supported; supported: ResNetV1c, ResNet (depth "
-                                f"{', '.join(map(str, DEPTHS))}, output stride 8 / 16)")
+                                f"{', '.join(map(str, DEPTHS))}, any per-stage strides / dilations)")
     depth = bb.get("depth")
     _require(depth in DEPTHS, f"{kind} depth {depth!r} is not supported; supported: {', '.join(map(str, DEPTHS))}")
     dil, strides = tuple(bb.get("dilations", (1, 1, 1, 1))), tuple(bb.get("strides", (1, 2, 2, 2)))
-    _require((strides, dil) in OUTPUT_STRIDES,
-             f"backbone dilations {dil} / strides {strides} are not supported; supported: (1, 1, 2, 4) / (1, 2, 1, 1) "
-             "(output stride 8, the -D8 models), (1, 1, 1, 2) / (1, 2, 2, 1) (-D16)")
-    os_ = OUTPUT_STRIDES[(strides, dil)]
-    _require(bool(bb.get("contract_dilation", False)), "backbone contract_dilation=False is not supported")
+    _require(len(strides) == len(dil) == 4 and all(isinstance(v, int) and v >= 1 for v in strides + dil)
+             and int(bb.get("num_stages", 4)) == 4,
+             f"backbone num_stages {bb.get('num_stages', 4)!r} / strides {strides} / dilations {dil} are not "
+             "supported; supported: 4 stages, 4 ints >= 1 each")
+    contract = bool(bb.get("contract_dilation", False))  # mmseg's ResNet default
+    os_ = 4
+    for s in strides:
+        os_ *= s
+    explicit = OUTPUT_STRIDES.get((strides, dil)) != os_ or (not contract and max(dil) > 1)
     _require(bb.get("style", "pytorch") == "pytorch", f"backbone style {bb.get('style')!r} is not supported; supported: pytorch")
     _require(not bb.get("avg_down", False) and bb.get("deep_stem", kind == "ResNetV1c") == (kind == "ResNetV1c"),
              f"{kind} with deep_stem={bb.get('deep_stem')!r} / avg_down={bb.get('avg_down')!r} is not supported")
@@ -86,6 +92,8 @@ def _backbone_kwargs(bb: Mapping[str, Any]) -> Tuple[Dict[str, Any], int]:
     _require(stem == base, f"backbone stem_channels {stem} != base_channels {base} is not supported")
     kw: Dict[str, Any] = {"backbone": f"resnet{depth}{BACKBONES[kind]}", "output_stride": os_}
     backbone_kw: Dict[str, Any] = {}
+    if explicit:  # a layout no output_stride gives (the D32 PSPNets), or uncontracted first dilations
+        backbone_kw.update(strides=strides, dilations=dil, contract_dilation=contract)
     if base != 64:
         backbone_kw.update(width=base, **({"stem_width": stem // 2} if kind == "ResNetV1c" else {}))
     if depth in (18, 34):  # mmcv's BasicBlock dilates its first 3x3 conv only

@@ -9,7 +9,9 @@ stem of ResNetV1c, the backbone of the mmsegmentation / PSPNet / EMANet referenc
 Output stride 8 / 16 / 32 replaces the stride of the last stages by dilation (the first block of a
 dilated stage uses half the stage dilation, mmseg's ``contract_dilation`` = torchvision's
 ``replace_stride_with_dilation``); ``multi_grid`` multiplies the dilation of the blocks of stage 4
-(DeepLabV3 / EMANet (1, 2, 4)).
+(DeepLabV3 / EMANet (1, 2, 4)). Explicit per-stage ``strides`` / ``dilations`` express any of mmseg's
+layouts, e.g. its "D32" PSPNets: strides (1, 2, 2, 2) *and* dilations (1, 1, 2, 4), each stage's first
+block striding and dilating at once.
 """
 
 from __future__ import annotations
@@ -125,8 +127,9 @@ class Bottleneck(nn.Module):
         return self.relu(y)
 
 
-def _block_dilations(n: int, dilation: int, grid: Optional[Sequence[float]]) -> List[int]:
-    """Dilation of each block's 3x3 conv: the first block of a dilated stage uses dilation // 2.
+def _block_dilations(n: int, dilation: int, grid: Optional[Sequence[float]], contract: bool = True) -> List[int]:
+    """Dilation of each block's 3x3 conv: the first block of a dilated stage uses dilation // 2 when
+    ``contract`` (mmseg's ``contract_dilation``), else the stage's dilation.
 
     With ``grid``, block ``i`` uses ``dilation * grid[i]``, which must be a whole number (a fractional
     multiplier such as 0.5 expresses mmseg's multi-grid, whose rates are not multiplied by the stage's)."""
@@ -136,14 +139,15 @@ def _block_dilations(n: int, dilation: int, grid: Optional[Sequence[float]]) -> 
             raise ValueError(f"multi_grid {tuple(grid)} at stage dilation {dilation} gives rates {rates}; "
                              "expected whole numbers >= 1")
         return [int(r) for r in rates]
-    return [max(dilation // 2, 1)] + [dilation] * (n - 1)
+    first = dilation // 2 if contract and dilation > 1 else dilation
+    return [first] + [dilation] * (n - 1)
 
 
 def _make_stage(block: type, cin: int, planes: int, n: int, stride: int, dilation: int,
-                grid: Optional[Sequence[int]], avg_down: bool) -> nn.Sequential:
+                grid: Optional[Sequence[int]], avg_down: bool, contract: bool = True) -> nn.Sequential:
     cout = planes * block.expansion
     down = _downsample(cin, cout, stride, avg_down) if stride != 1 or cin != cout else None
-    dils = _block_dilations(n, dilation, grid)
+    dils = _block_dilations(n, dilation, grid, contract)
     blocks = []
     for i in range(n):
         blocks.append(block(cin if i == 0 else cout, planes, stride if i == 0 else 1, dils[i], dils[i],
@@ -161,13 +165,49 @@ def _make_stem(in_chans: int, deep_stem: bool, stem_width: int, width: int) -> n
     return nn.Sequential(ConvNormAct(in_chans, width, 7, stride=2))
 
 
+def _stage_layout(strides: Optional[Sequence[int]], dilations: Optional[Sequence[int]],
+                  output_stride: Optional[int]) -> Tuple[Tuple[int, ...], Tuple[int, ...], int]:
+    """``(strides, dilations, output_stride)`` of layer1..layer4, from explicit per-stage values or from
+    ``output_stride``; ValueError naming the bad value otherwise."""
+    if strides is None and dilations is None:
+        if output_stride is None:
+            output_stride = 32
+        if output_stride not in STRIDES_DILATIONS:
+            raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride!r}")
+        st, dil = STRIDES_DILATIONS[output_stride]
+        return st, dil, output_stride
+    if strides is None or dilations is None:
+        raise ValueError(f"strides and dilations go together (one per stage each), got strides={strides!r}, "
+                         f"dilations={dilations!r}")
+    for what, vals in (("strides", strides), ("dilations", dilations)):
+        ok = isinstance(vals, (list, tuple)) and len(vals) == 4 and all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in vals)
+        if not ok:
+            raise ValueError(f"{what} must be 4 ints >= 1 (layer1..layer4), got {vals!r}")
+    st, dil = tuple(strides), tuple(dilations)
+    implied = 4
+    for s in st:
+        implied *= s
+    if output_stride is not None and output_stride != implied:
+        raise ValueError(f"strides {st} give output stride {implied} but output_stride={output_stride!r}; "
+                         f"pass output_stride={implied} (or None) with them")
+    return st, dil, implied
+
+
 class ResNet(nn.Module):
     """Dilated ResNet returning stage features (timm ``features_only`` style).
 
     Args:
         depth: 18, 34, 50, 101 or 152.
         output_stride: 8, 16 or 32; the strides of stages 3/4 become dilations (2, 4) at OS 8 and
-            (1, 2) at OS 16.
+            (1, 2) at OS 16. With ``strides`` given it must equal ``4 * prod(strides)`` (or be None).
+        strides: explicit per-stage stride of layer1..layer4 (4 ints >= 1; given with ``dilations``), as
+            mmseg's ``ResNet(strides=...)``: a stage's first block strides its 3x3 conv (and shortcut)
+            and dilates it, at once. None = the ``output_stride`` layout.
+        dilations: explicit per-stage dilation of layer1..layer4 (4 ints >= 1; given with ``strides``).
+            ``strides=(1, 2, 2, 2), dilations=(1, 1, 2, 4)`` = mmseg's "D32" models.
+        contract_dilation: the first block of a stage of dilation d > 1 uses d // 2 (True, mmseg's
+            ``contract_dilation=True`` and the layout of every ``output_stride``) or d (False).
         multi_grid: multipliers of the stage-4 dilation per block (e.g. (1, 2, 4)); None = plain.
             Products must be whole numbers (mmseg's absolute rates (1, 2, 4) at OS 16 = (0.5, 1, 2)).
         deep_stem: three 3x3 convs (32, 32, ``width`` ch) instead of one 7x7 (ResNetV1c / timm "c").
@@ -192,7 +232,10 @@ class ResNet(nn.Module):
         depth: int = 50,
         *,
         in_chans: int = 3,
-        output_stride: int = 32,
+        output_stride: Optional[int] = 32,
+        strides: Optional[Sequence[int]] = None,
+        dilations: Optional[Sequence[int]] = None,
+        contract_dilation: bool = True,
         multi_grid: Optional[Sequence[float]] = None,
         deep_stem: bool = False,
         avg_down: bool = False,
@@ -207,8 +250,7 @@ class ResNet(nn.Module):
         super().__init__()
         if depth not in STAGE_DEPTHS:
             raise ValueError(f"ResNet depth must be one of {sorted(STAGE_DEPTHS)}, got {depth!r}")
-        if output_stride not in STRIDES_DILATIONS:
-            raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride!r}")
+        strides, dilations, output_stride = _stage_layout(strides, dilations, output_stride)
         if any(i not in range(5) for i in out_indices):
             raise ValueError(f"out_indices must lie in 0..4 (0 = stem, 1..4 = layer1..4), got {tuple(out_indices)}")
         if not isinstance(width, int) or isinstance(width, bool) or width < 1:
@@ -218,12 +260,11 @@ class ResNet(nn.Module):
         self.features_only, self.out_indices = features_only, tuple(out_indices)
         self.stem = _make_stem(in_chans, deep_stem, stem_width, width)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
-        strides, dilations = STRIDES_DILATIONS[output_stride]
         cin, info = width, [{"num_chs": width, "reduction": 2, "module": "stem"}]
         reduction = 4
         for i, (n, planes) in enumerate(zip(STAGE_DEPTHS[depth], (width, 2 * width, 4 * width, 8 * width))):
             grid = multi_grid if i == 3 else None
-            stage = _make_stage(block, cin, planes, n, strides[i], dilations[i], grid, avg_down)
+            stage = _make_stage(block, cin, planes, n, strides[i], dilations[i], grid, avg_down, contract_dilation)
             self.add_module(f"layer{i + 1}", stage)
             cin = planes * block.expansion
             reduction *= strides[i]
