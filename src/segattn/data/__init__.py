@@ -2,7 +2,7 @@
 
 ``build_dataset(name, root=None, split="train", transform=None, **kw)`` builds a registered dataset;
 ``list_datasets()`` names them. Without ``root`` the folder is looked up as ``$SEGATTN_DATA/<folder>``,
-then ``./data/<folder>``, then ``../shared/data/<folder>``.
+then ``./data/<folder>`` (``segattn data download NAME --root data/<folder>`` fetches or says how to get it).
 """
 
 from __future__ import annotations
@@ -32,13 +32,14 @@ def default_root(name: str) -> Optional[Path]:
     candidates = []
     if os.environ.get("SEGATTN_DATA"):
         candidates.append(Path(os.environ["SEGATTN_DATA"]) / folder)
-    candidates += [Path("data") / folder, Path("..") / "shared" / "data" / folder]
+    candidates.append(Path("data") / folder)
     for path in candidates:
         if path.is_dir():
             return path
     raise FileNotFoundError(
         f"no root given for dataset {name!r} and none of {', '.join(str(c) for c in candidates)} exists; "
-        f"pass root=... (CLI: --root DIR) or set SEGATTN_DATA"
+        f"pass root=... or set SEGATTN_DATA to the folder holding {folder}/ "
+        f"(`segattn data download {name} --root data/{folder}` fetches it or says where to get it)"
     )
 
 

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
+from segattn.engine.short import shorten_config
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
@@ -475,7 +477,7 @@ def config_from_dict(data: Dict[str, Any]) -> Config:
     if not isinstance(data, dict):
         raise ConfigError(f"a config must be a mapping of sections, got {type(data).__name__}")
     data = {k: v for k, v in data.items() if k != "_base_"}
-    return _build(Config, data, "").validate()
+    return _build(Config, shorten_config(data), "").validate()  # SEGATTN_DOCS_SHORT=1: smoke runs
 
 
 def config_differences(a: Dict[str, Any], b: Dict[str, Any], ignore: Iterable[str] = ()) -> List[str]:
