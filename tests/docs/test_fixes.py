@@ -63,3 +63,49 @@ def test_data_download_refusals_in_the_cli_form(name, tmp_path, capsys):
     assert main(["data", "download", name, "--root", str(tmp_path / "d")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("segattn data: error: ") and "../" not in err[0], err
+
+
+@pytest.fixture(scope="module")
+def tiny_ccnet(tmp_path_factory):
+    from tests.viz.conftest import save_tiny
+
+    return save_tiny(tmp_path_factory.mktemp("models") / "ccnet", "ccnet")
+
+
+@pytest.mark.parametrize("dataset, raw_values", [("camvid", (0, 1, 11)), ("ade20k", (0, 1, 2, 3))])
+def test_viz_labels_are_read_as_the_dataset_reads_them(dataset, raw_values, tiny_ccnet, tmp_path, capsys):
+    """CamVid's void is 11 and ADE20K's "other" is 0 (others shifted down): `viz --labels` used to take the
+    raw values as class ids and refuse the masks the dataset readers accept."""
+    import numpy as np
+    from PIL import Image
+
+    from tests.viz.conftest import scene
+
+    (tmp_path / "labels").mkdir()
+    img = scene()
+    Image.fromarray(img).save(tmp_path / "scene0.png")
+    mask = np.zeros(img.shape[:2], np.uint8)
+    for i, v in enumerate(raw_values):
+        mask[i * 10:(i + 1) * 10] = v
+    Image.fromarray(mask).save(tmp_path / "labels" / "scene0.png")
+    args = ["viz", str(tmp_path / "scene0.png"), "--checkpoint", tiny_ccnet, "--labels", str(tmp_path / "labels"),
+            "--no-page"]
+    assert main([*args, "--out", str(tmp_path / "raw")]) == 2  # the saved model's own dataset: synthetic
+    assert f"[{raw_values[-1]}]" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "mapped"), "--dataset", dataset]) == 0, capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "x"), "--dataset", "camvidd"]) == 2
+    assert "camvid" in capsys.readouterr().err  # an unknown name: close matches
+
+
+def test_mask_reader_follows_the_dataset_keywords():
+    import numpy as np
+
+    from segattn.data import mask_reader
+
+    raw = np.array([0, 1, 7, 11, 26])
+    assert mask_reader("camvid").map_labels(raw).tolist() == [0, 1, 7, 255, 26]
+    assert mask_reader("ade20k").map_labels(raw).tolist() == [255, 0, 6, 10, 25]
+    assert mask_reader("ade20k", reduce_zero_label=False).map_labels(raw).tolist() == [0, 1, 7, 11, 26]
+    assert mask_reader("cityscapes").map_labels(raw).tolist() == [255, 255, 0, 2, 13]
+    assert mask_reader("cityscapes", label_type="labelTrainIds").map_labels(raw).tolist() == [0, 1, 7, 11, 26]
+    assert mask_reader("synthetic").map_labels(raw).tolist() == [0, 1, 7, 11, 26]

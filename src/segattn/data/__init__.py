@@ -43,6 +43,16 @@ def default_root(name: str) -> Optional[Path]:
     )
 
 
+def mask_reader(name: str, **dataset_kwargs: Any) -> SegmentationDataset:
+    """A reader of no files whose ``map_labels`` turns raw masks into training ids as dataset ``name``
+    does with ``dataset_kwargs`` (CamVid void 11 -> 255, ADE20K reduce-zero-label, Cityscapes label ids);
+    for a dataset that reads no mask files (``synthetic``) the identity. An unknown name raises."""
+    factory = DATASETS.get(name)
+    if isinstance(factory, type) and issubclass(factory, SegmentationDataset):
+        return factory.mask_reader(**dataset_kwargs)
+    return SegmentationDataset([])
+
+
 def build_dataset(
     name: str,
     root: Optional[str] = None,
@@ -61,6 +71,7 @@ __all__ = [
     "build_dataset",
     "list_datasets",
     "default_root",
+    "mask_reader",
     "colorize",
     "overlay",
     "SegmentationDataset",
