@@ -194,9 +194,10 @@ def compile_block(source: str, filename: str, first_line: int) -> Any:
 def page_process_state(workdir: str):
     """cwd and environment of this process set as a bash block would see them, restored afterwards."""
     old_cwd, old_env = os.getcwd(), dict(os.environ)
+    env = tested_env(workdir)
     os.chdir(workdir)
     os.environ.clear()
-    os.environ.update(tested_env(workdir))
+    os.environ.update(env)
     try:
         yield
     finally:
@@ -368,11 +369,31 @@ def collect_hook() -> Any:
 
 
 def group_by_page(items: List[Any]) -> None:
-    """``pytest_collection_modifyitems``: the blocks of one page stay in one xdist worker, in order."""
+    """``pytest_collection_modifyitems``: the blocks of one page stay in one xdist worker, in order.
+
+    Marks them ``xdist_group`` and, under ``--dist loadgroup``, adds the ``@group`` suffix to their node
+    ids itself: pytest-xdist 3.8 writes it to ``item._nodeid``, which pytest 9 no longer reads (node ids
+    live in ``item._id``), so its own suffix has no effect there and a page's blocks would be spread over
+    the workers.
+    """
     for item in items:
         path = Path(str(getattr(item, "path", "")))
-        if path.suffix == ".md" and is_docs_page(path):
-            item.add_marker(pytest.mark.xdist_group(name="docs:" + str(path.relative_to(ROOT))))
+        if path.suffix != ".md" or not is_docs_page(path):
+            continue
+        group = "docs:" + str(path.relative_to(ROOT))
+        item.add_marker(pytest.mark.xdist_group(name=group))
+        if item.config.getvalue("loadgroup") and not item.nodeid.endswith("@" + group):
+            set_nodeid(item, f"{item.nodeid}@{group}")
+
+
+def set_nodeid(item: Any, nodeid: str) -> None:
+    """Give ``item`` another node id (pytest < 9: ``_nodeid``; pytest 9: ``_id``)."""
+    if isinstance(getattr(item, "_nodeid", None), str):
+        item._nodeid = nodeid
+    else:
+        from _pytest.nodes import coerce_node_id
+
+        item._id = coerce_node_id(nodeid)
 
 
 class MissingSybil(pytest.File):
