@@ -382,7 +382,7 @@ def group_by_page(items: List[Any]) -> None:
             continue
         group = "docs:" + str(path.relative_to(ROOT))
         item.add_marker(pytest.mark.xdist_group(name=group))
-        if item.config.getvalue("loadgroup") and not item.nodeid.endswith("@" + group):
+        if getattr(item.config.option, "loadgroup", False) and not item.nodeid.endswith("@" + group):
             set_nodeid(item, f"{item.nodeid}@{group}")
 
 
