@@ -6,7 +6,6 @@ page with ``pytest docs/viz.md`` or the README with ``pytest README.md``.
 """
 
 import pytest
-
 from tests.docs.runner import collect_hook, group_by_page
 
 pytest_collect_file = collect_hook()

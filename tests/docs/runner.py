@@ -60,7 +60,10 @@ def is_docs_page(path: Path) -> bool:
 
 def is_report_page(path: Path) -> bool:
     """A page a tool wrote: docs/results/<report>/**.md or docs/bench_*/*.md."""
-    parts = Path(path).resolve().relative_to(ROOT).parts
+    try:
+        parts = Path(path).resolve().relative_to(ROOT).parts
+    except ValueError:  # a page outside the checkout (tests of the runner)
+        return False
     return len(parts) > 2 and parts[0] == "docs" and (parts[1] == "results" or parts[1].startswith("bench_"))
 
 
