@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[2]
 MARKER = re.compile(r"<!--\s*docs:\s*([a-z-]+)\s*(?:\((.*?)\))?\s*-->")
 TRAILING_MARKERS = re.compile(r"((?:[ \t]*<!--\s*docs:[^\n]*-->[ \t]*\n)+)[ \t]*$")
 KNOWN = {"skip", "needs-data", "output"}
-BLOCK_TIMEOUT_S = 600
+BLOCK_TIMEOUT_S = int(os.environ.get("SEGATTN_DOCS_TIMEOUT", "600"))  # seconds per bash block
 TAIL = 3000
 
 

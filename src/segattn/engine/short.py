@@ -3,8 +3,10 @@
 The documentation's command blocks run as tests (``tests/docs``); the runner sets this variable so that
 ``segattn train``, ``segattn compare``, ``segattn demo`` and the Python API finish in seconds while
 running the very code a reader runs. It is read in one place per kind of run: every run config goes
-through :func:`shorten_config` (called by ``config_from_dict``), every compare plan's seed count through
-:func:`shorten_seeds` (``run_plan``). Unset, ``0`` or empty: nothing changes.
+through :func:`shorten_config` (called by ``config_from_dict``), every compare plan's seeds through
+:func:`shorten_seeds` (``run_plan``), the images of an analysis
+through :func:`shorten_images`, and ``segattn bench`` through :func:`shorten_bench`. Unset, ``0`` or
+empty: nothing changes.
 """
 
 from __future__ import annotations
@@ -63,3 +65,11 @@ def shorten_bench(channels: int, size: Tuple[int, int], rounds: int) -> Tuple[in
     side = BENCH_CAPS["side"]
     return (min(channels, BENCH_CAPS["channels"]), (min(size[0], side), min(size[1], side)),
             min(rounds, BENCH_CAPS["rounds"]))
+
+
+MAX_IMAGES = 4  # images an analysis measures (as eval.max_samples for evaluation)
+
+
+def shorten_images(n: int) -> int:
+    """A number of images to measure, capped at :data:`MAX_IMAGES` under :func:`short_runs`."""
+    return min(int(n), MAX_IMAGES) if short_runs() else int(n)
