@@ -18,7 +18,8 @@ else
   echo "docs: skipped (pip install -e .[docs] to build the site)"
 fi
 # Two workers: most of the suite is single-threaded Python (tracing, export), so both cores help.
-"$PYBIN" -m pytest -q -n "${PYTEST_WORKERS:-2}" "$@"
+# loadgroup: the blocks of one documentation page run in order in one worker (tests/docs/runner.py).
+"$PYBIN" -m pytest -q -n "${PYTEST_WORKERS:-2}" --dist loadgroup "$@"
 rc=$?
 [ "$rc" -eq 5 ] && { echo "no tests collected"; exit 0; }
 exit "$rc"

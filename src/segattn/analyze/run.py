@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from segattn.analyze import measure
+from segattn.engine.short import shorten_images
 from segattn.engine.workdir import WorkDirError, WorkDirLock
 from segattn.errors import SegattnError
 from segattn.io import atomic_write_json
@@ -100,6 +101,7 @@ def validation_batches(cfg: Any, max_images: Optional[int] = None, device: str =
     if val is None:
         raise SegattnError(f"config {cfg.name!r} has no validation split (data.val_split); analyze needs one")
     n = len(val) if max_images is None else min(len(val), int(max_images))
+    n = shorten_images(n)  # SEGATTN_DOCS_SHORT=1: a smoke run
     bs = int(cfg.data.val_batch_size)
     batches = []
     for start in range(0, n, bs):

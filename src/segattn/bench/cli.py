@@ -107,6 +107,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from segattn.engine.distributed import pick_device
+    from segattn.engine.short import shorten_bench
     from segattn.errors import SegattnError
     from segattn.io import check_writable_dir
 
@@ -117,9 +118,10 @@ def run(args: argparse.Namespace) -> int:
     pick_device(args.device)  # an unavailable device fails here, not once per module
     if args.out:
         check_writable_dir(args.out, "bench --out")  # before the timing, not after it
+    channels, size, rounds = shorten_bench(args.channels, args.size, args.rounds)  # SEGATTN_DOCS_SHORT=1
     setting = BenchSetting(
-        in_channels=args.channels, height=args.size[0], width=args.size[1], batch=args.batch,
-        backward=args.backward, device=args.device, dtype=args.dtype, rounds=args.rounds,
+        in_channels=channels, height=size[0], width=size[1], batch=args.batch,
+        backward=args.backward, device=args.device, dtype=args.dtype, rounds=rounds,
     )
     runnable, skipped, seconds = _fitting(names, setting, args.memory_only)
     if seconds > MAX_SECONDS and not args.force:

@@ -42,6 +42,7 @@ from segattn.compare.launch import dispatch
 from segattn.compare.plan import Entry, Plan, PlanError, entry_config_dict, load_plan, validate_plan
 from segattn.engine import build
 from segattn.engine.config import config_from_dict
+from segattn.engine.short import shorten_seeds
 from segattn.engine.workdir import WorkDirError, WorkDirLock
 from segattn.io import atomic_write_json
 
@@ -319,6 +320,7 @@ def run_plan(plan: Union[str, Plan], dataset: str = "synthetic", seeds: Optional
         raise PlanError(f"--seeds must be >= 1, got {n_seeds}")
     if workers < 1:
         raise PlanError(f"-j/--jobs must be >= 1, got {workers}")
+    n_seeds = shorten_seeds(n_seeds)  # SEGATTN_DOCS_SHORT=1 (the docs tests): at most 2 seeds
     out = Path(out) if out is not None else Path("outputs") / "compare" / f"{plan.name}-{dataset}"
     validate_plan(plan, dataset, extra)
     jobs = [(seed, e) for seed in seed_range(n_seeds, replicate) for e in plan.entries]

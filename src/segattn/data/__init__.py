@@ -2,7 +2,7 @@
 
 ``build_dataset(name, root=None, split="train", transform=None, **kw)`` builds a registered dataset;
 ``list_datasets()`` names them. Without ``root`` the folder is looked up as ``$SEGATTN_DATA/<folder>``,
-then ``./data/<folder>``, then ``../shared/data/<folder>``.
+then ``./data/<folder>`` (``segattn data download NAME --root data/<folder>`` fetches or says how to get it).
 """
 
 from __future__ import annotations
@@ -32,14 +32,25 @@ def default_root(name: str) -> Optional[Path]:
     candidates = []
     if os.environ.get("SEGATTN_DATA"):
         candidates.append(Path(os.environ["SEGATTN_DATA"]) / folder)
-    candidates += [Path("data") / folder, Path("..") / "shared" / "data" / folder]
+    candidates.append(Path("data") / folder)
     for path in candidates:
         if path.is_dir():
             return path
     raise FileNotFoundError(
         f"no root given for dataset {name!r} and none of {', '.join(str(c) for c in candidates)} exists; "
-        f"pass root=DIR (command line: --set data.root=DIR) or set SEGATTN_DATA"
+        f"pass root=DIR (command line: --set data.root=DIR) or set SEGATTN_DATA to the folder holding {folder}/ "
+        f"(`segattn data download {name} --root data/{folder}` fetches it or says where to get it)"
     )
+
+
+def mask_reader(name: str, **dataset_kwargs: Any) -> SegmentationDataset:
+    """A reader of no files whose ``map_labels`` turns raw masks into training ids as dataset ``name``
+    does with ``dataset_kwargs`` (CamVid void 11 -> 255, ADE20K reduce-zero-label, Cityscapes label ids);
+    for a dataset that reads no mask files (``synthetic``) the identity. An unknown name raises."""
+    factory = DATASETS.get(name)
+    if isinstance(factory, type) and issubclass(factory, SegmentationDataset):
+        return factory.mask_reader(**dataset_kwargs)
+    return SegmentationDataset([])
 
 
 def build_dataset(
@@ -60,6 +71,7 @@ __all__ = [
     "build_dataset",
     "list_datasets",
     "default_root",
+    "mask_reader",
     "colorize",
     "overlay",
     "SegmentationDataset",

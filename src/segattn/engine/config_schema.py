@@ -25,6 +25,7 @@ from segattn.engine.config_checks import (
     pattern,
     text,
 )
+from segattn.engine.short import shorten_config
 
 
 def _loss_names() -> List[str]:
@@ -260,7 +261,7 @@ def config_from_dict(data: Dict[str, Any]) -> Config:
         raise ConfigError(f"a config must be a mapping of sections, got {type(data).__name__}")
     data = {k: v for k, v in data.items() if k != "_base_"}
     try:
-        return Config.model_validate(data)
+        return Config.model_validate(shorten_config(data))  # SEGATTN_DOCS_SHORT=1: smoke runs
     except ValidationError as exc:
         raise ConfigError(error_text(exc.errors()[0], data, _SECTIONS, Config)) from None
 

@@ -74,7 +74,14 @@ from segattn.engine.logger import RunLogger
 from segattn.engine.metrics import format_metrics, json_safe
 from segattn.engine.train_checkpoints import CheckpointMixin, TrainingDiverged, finetune_from
 from segattn.engine.train_guards import VOID_WINDOW, GuardMixin, NoLabelledPixels, _StopFlag
-from segattn.engine.workdir import RunStart, WorkDirLock, prepare_work_dir, truncate_metrics
+from segattn.engine.workdir import (
+    RunStart,
+    WorkDirLock,
+    missing_dirs,
+    prepare_work_dir,
+    remove_empty_dirs,
+    truncate_metrics,
+)
 from segattn.io import atomic_write_json
 from segattn.lowrank.hooks import call_step_hooks
 
@@ -288,8 +295,10 @@ class Trainer(CheckpointMixin, GuardMixin):
         self._check_names()
         self.info = init_distributed(cfg.train.device)  # an unavailable device fails here, before any work
         self.amp = build.amp_dtype(cfg.train.amp, cfg.train.amp_dtype, self.info.device)  # so does fp16 off CUDA
+        created = missing_dirs(cfg.train.work_dir)  # removed again if the run fails before writing into them
         lock = WorkDirLock(cfg.train.work_dir)
         log: Optional[RunLogger] = None
+        failed = True
         try:
             start = self._prepare(lock)
             self._resuming = bool(start.resume_path)
@@ -304,7 +313,9 @@ class Trainer(CheckpointMixin, GuardMixin):
             log = RunLogger(cfg.train.work_dir, cfg.schedule.iters, self.iteration, enabled=self.info.is_main,
                             tensorboard=cfg.train.tensorboard, progress=cfg.train.progress)
             with self.stop:
-                return self._loop(log)
+                summary = self._loop(log)
+            failed = False
+            return summary
         except TrainingDiverged as exc:
             if log is not None:
                 log.log("error", self.iteration, {"error": "diverged", "message": str(exc)})
@@ -313,6 +324,8 @@ class Trainer(CheckpointMixin, GuardMixin):
             if log is not None:
                 log.close()
             lock.release()
+            if failed and self.info.is_main:
+                remove_empty_dirs(created)  # e.g. a missing dataset: no empty work dir left behind
             cleanup(self.info)
 
     def _check_names(self) -> None:

@@ -128,6 +128,24 @@ class WorkDirLock:
 
 
 # ------------------------------------------------------------------------------------------ helpers
+def missing_dirs(path: str) -> List[str]:
+    """``path`` and those of its parents that do not exist yet, deepest first (what a run would create)."""
+    out, p = [], os.path.abspath(path)
+    while not os.path.exists(p) and os.path.dirname(p) != p:
+        out.append(p)
+        p = os.path.dirname(p)
+    return out
+
+
+def remove_empty_dirs(dirs: List[str]) -> None:
+    """Remove each of ``dirs`` (deepest first) that exists and is empty: a failed start leaves no trace."""
+    for d in dirs:
+        try:
+            os.rmdir(d)
+        except OSError:  # not empty, or already gone
+            pass
+
+
 def is_temp_file(name: str) -> bool:
     """A temporary file of :func:`segattn.io.atomic_write` for one of the run's files."""
     return name.endswith(".tmp") and any(name.startswith(f".{run}.") for run in RUN_FILES)

@@ -13,7 +13,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -36,7 +36,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder (PNGs + report.html)")
     p.add_argument("--labels", action="append", default=[], metavar="PATH",
                    help="ground-truth masks, a file or folder matched to the images by file name (repeatable): "
-                        "adds the ground truth and the error map")
+                        "adds the ground truth and the error map; read as --dataset's reader reads them")
+    p.add_argument("--dataset", default=None, metavar="NAME",
+                   help="dataset whose mask convention --labels follows (CamVid void 11 -> ignore, ADE20K "
+                        "reduce-zero-label, Cityscapes label ids; default: the checkpoint's training dataset)")
     p.add_argument("--query", type=parse_query, action="append", default=[], metavar="Y,X",
                    help="query pixel (row, column) of the input image; repeatable (default: 3 across the middle row)")
     p.add_argument("--max-images", type=int, default=8, help="use at most this many images (default 8)")
@@ -68,6 +71,16 @@ def _load_pair(path: Path, labels: Dict[str, Path]) -> Tuple[np.ndarray, Optiona
     mask = load_mask(str(labels[path.name]))
     check_mask_size(image, mask, str(path), str(labels[path.name]))
     return image, mask
+
+
+def label_reader(dataset: Optional[str], cfg: Any) -> Any:
+    """The mask reader of ``--dataset`` (or of the checkpoint's training dataset, with its keyword
+    arguments): raw ``--labels`` values become training ids exactly as in training and evaluation."""
+    from segattn.data import mask_reader
+
+    name = dataset or cfg.data.dataset
+    kwargs = dict(cfg.data.dataset_kwargs) if name == cfg.data.dataset else {}
+    return mask_reader(name, **kwargs)
 
 
 def _resize(arr: np.ndarray, size: Pair, nearest: bool) -> np.ndarray:
@@ -111,6 +124,9 @@ def run(args: argparse.Namespace) -> int:
     found = require_context(model, "checkpoint's model")
     num_classes, palette = int(meta["num_classes"]), meta["palette"]
     ignore = int(meta.get("ignore_index", 255))
+    if labels:
+        reader = label_reader(args.dataset, cfg)
+        pictures = [(p, img, None if raw is None else reader.map_labels(raw)) for p, img, raw in pictures]
     for path, _, raw in pictures:
         if raw is not None:
             check_label_values(raw, num_classes, ignore, str(labels[path.name]))

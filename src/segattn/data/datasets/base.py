@@ -253,6 +253,33 @@ class SegmentationDataset(Dataset):
         self.reduce_zero_label = bool(reduce_zero_label)
         self._lut = build_lut(label_map if label_map is not None else self.LABEL_MAP)
 
+    @classmethod
+    def label_map_for(cls, dataset_kwargs: Dict[str, Any]) -> Optional[Dict[int, int]]:
+        """The raw value -> training id map this reader uses with ``dataset_kwargs`` (default ``LABEL_MAP``)."""
+        return dataset_kwargs.get("label_map", cls.LABEL_MAP)
+
+    @classmethod
+    def mask_reader(cls, **dataset_kwargs: Any) -> SegmentationDataset:
+        """A reader without files whose :meth:`map_labels` treats raw masks exactly as this dataset does
+        when built with ``dataset_kwargs`` (CamVid's void 11 -> ignore, ADE20K's reduce-zero-label,
+        Cityscapes' label ids -> train ids): masks read outside a dataset (``segattn viz --labels``)."""
+        import inspect
+
+        params = inspect.signature(cls.__init__).parameters
+
+        def arg(name: str, default: Any) -> Any:
+            if name in dataset_kwargs:
+                return dataset_kwargs[name]
+            p = params.get(name)
+            return default if p is None or p.default is inspect.Parameter.empty else p.default
+
+        reader = cls.__new__(cls)
+        SegmentationDataset.__init__(reader, [], classes=list(cls.CLASSES), palette=list(cls.PALETTE),
+                                     ignore_index=int(arg("ignore_index", 255)),
+                                     label_map=cls.label_map_for(dataset_kwargs) or {},
+                                     reduce_zero_label=bool(arg("reduce_zero_label", False)))
+        return reader
+
     def __len__(self) -> int:
         return len(self.files or [])
 

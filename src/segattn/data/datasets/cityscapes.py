@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Optional, Union
+from typing import Any, Dict, Optional, Union
 
 from segattn.data.datasets.base import SegmentationDataset, Transform, pair_files, require_dir
 from segattn.registry import DATASETS
@@ -40,6 +40,11 @@ class Cityscapes(SegmentationDataset):
     PALETTE = CITYSCAPES_PALETTE
     SPLITS = ("train", "val", "test")
 
+    @classmethod
+    def label_map_for(cls, dataset_kwargs: Dict[str, Any]) -> Optional[Dict[int, int]]:
+        """Label ids -> train ids for ``label_type="labelIds"`` (default); none for ``labelTrainIds``."""
+        return LABEL_TO_TRAIN_ID if dataset_kwargs.get("label_type", "labelIds") == "labelIds" else {}
+
     def __init__(
         self,
         root: Union[str, Path],
@@ -59,6 +64,5 @@ class Cityscapes(SegmentationDataset):
             mask_suffix=(f"_gtFine_{label_type}.png",),
             recursive=True,
         )
-        label_map = LABEL_TO_TRAIN_ID if label_type == "labelIds" else {}
-        super().__init__(files, transform, label_map=label_map)
+        super().__init__(files, transform, label_map=self.label_map_for({"label_type": label_type}))
         self.root, self.split = base, split
