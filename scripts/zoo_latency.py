@@ -74,6 +74,28 @@ def measure_one(name: str, threads: int, reps: int) -> Dict[str, Any]:
             "peak_mb": round(peak_mb, 1)}
 
 
+def table(path: str) -> List[str]:
+    """Markdown rows: measured time and memory beside the computed cost and the published mIoU."""
+    from segattn.convert.zoo import zoo_entry
+    from segattn.convert.zoo_cost import zoo_points
+
+    with open(path, encoding="utf-8") as f:
+        results = json.load(f)["results"]
+    cost = {p.name: p for p in zoo_points()}
+    lines = ["| entry (Cityscapes, 1024x2048) | mIoU | GMACs (computed) | params M (computed) | "
+             "s / forward (measured: median, runs) | peak MiB (measured) |", "|---|---:|---:|---:|---|---:|"]
+    for r in results:
+        c = cost[r["name"]]
+        if "error" in r:
+            lines.append(f"| `{r['name']}` | {zoo_entry(r['name']).miou:.2f} | {c.macs / 1e9:.0f} | {c.params / 1e6:.1f} | "
+                         f"failed: {r['error']} | - |")
+            continue
+        runs = ", ".join(f"{t:.0f}" for t in r["seconds"])
+        lines.append(f"| `{r['name']}` | {c.miou:.2f} | {c.macs / 1e9:.0f} | {c.params / 1e6:.1f} | "
+                     f"{r['median_s']:.0f} ({runs}) | {r['peak_mb']:.0f} |")
+    return lines
+
+
 def _write(path: str, data: Dict[str, Any]) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -88,8 +110,13 @@ def main(argv: List[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="JSON file to write (atomically, after each entry)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--reps", type=int, default=2)
+    p.add_argument("--table", action="store_true", help="print --out's results as the Markdown table of docs/mmseg-zoo.md")
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # the child side
     args = p.parse_args(argv)
+    if args.table:
+        for line in table(args.out):
+            print(line)
+        return 0
     if args.one:
         print(json.dumps(measure_one(args.names[0], args.threads, args.reps)))
         return 0
