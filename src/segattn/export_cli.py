@@ -117,6 +117,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
+    if args.plot and (not args.zoo or args.info):
+        raise ValueError("--plot draws the zoo: use it with --zoo (segattn models --zoo [FILTER] --plot FILE)")
     if args.info:
         for line in model_info_lines(args.info, args.size):
             print(line)
@@ -124,9 +126,21 @@ def _cmd_models(args: argparse.Namespace) -> int:
     if args.zoo:
         from segattn.convert.zoo import table_lines, zoo_entries
 
+        if args.plot:
+            from segattn.viz.zoo_plot import check_plot_path
+
+            check_plot_path(args.plot, args.overwrite)  # before any work
         entries = zoo_entries(args.pattern)
         if not entries:
             raise ValueError(f"no mmseg zoo entry matches {args.pattern!r}; `segattn models --zoo` lists all")
+        if args.plot:
+            from segattn.convert.zoo_cost import zoo_points
+            from segattn.viz.zoo_plot import plot_zoo
+
+            points = zoo_points(args.pattern)
+            print(f"wrote {plot_zoo(points, args.plot, args.overwrite)} ({len(points)} Cityscapes 512x1024 / ADE20K "
+                  "checkpoints: published mIoU against computed MACs and parameters)")
+            return 0
         for line in table_lines(entries):
             print(line)
         print(f"({len(entries)} entries; `segattn convert mmseg NAME --out DIR` downloads and converts one)")
@@ -202,4 +216,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", help="HxW for the MACs figure (default: the training crop, else 512x512)")
     p.add_argument("--zoo", action="store_true",
                    help="list mmsegmentation's published checkpoints that `segattn convert mmseg` converts")
+    p.add_argument("--plot", metavar="FILE", help="with --zoo: draw published mIoU against computed cost "
+                                                  "(.png or .svg; needs matplotlib, the viz extra)")
+    p.add_argument("--overwrite", action="store_true", help="with --plot: replace an existing FILE")
     p.set_defaults(func=_cmd_models)

@@ -42,9 +42,16 @@ def _build_psa_index(h: int, w: int, mh: int, mw: int, device: torch.device) -> 
     return index.reshape(h * w, h * w).clamp_(max=fill)
 
 
+def _fake_mode_active() -> bool:
+    """Whether a ``FakeTensorMode`` is active (cost counting on fake tensors: ``segattn.convert.zoo_cost``)."""
+    from torch._guards import detect_fake_mode
+
+    return detect_fake_mode() is not None
+
+
 def psa_index(h: int, w: int, mh: int, mw: int, device: torch.device) -> Tensor:
     """The gather index of :func:`psa_mask`, cached per (size, mask size, device) (last 4 kept)."""
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or _fake_mode_active():  # a traced / fake tensor must not enter the cache
         return _build_psa_index(h, w, mh, mw, device)
     key = (h, w, mh, mw, str(device))
     index = _INDEX_CACHE.get(key)
