@@ -164,7 +164,8 @@ def normalisation(cfg: Mapping[str, Any]) -> Tuple[List[float], List[float], boo
     return list(IMAGENET_MEAN), list(IMAGENET_STD), True, "default (ImageNet)"
 
 
-def _eval_settings(model: Mapping[str, Any], cfg: Mapping[str, Any]) -> Dict[str, Any]:
+def eval_settings(model: Mapping[str, Any], cfg: Mapping[str, Any]) -> Dict[str, Any]:
+    """The eval protocol of ``test_cfg``: whole-image or sliding-window inference (crop, stride), one scale."""
     test = model.get("test_cfg") or cfg.get("test_cfg") or {}
     mode = test.get("mode", "whole")
     _require(mode in ("whole", "slide"), f"test_cfg mode {mode!r} is not supported; supported: whole, slide")
@@ -213,7 +214,7 @@ def architecture_from_config(cfg: Mapping[str, Any], dataset_meta: Optional[Mapp
     dataset_type = cfg.get("dataset_type") or get(cfg, "test_dataloader.dataset.type") or get(cfg, "data.test.type")
     crop = cfg.get("crop_size")
     arch = MmsegArchitecture(
-        head=str(dh["type"]), name=name, num_classes=num_classes, kwargs=kwargs, eval=_eval_settings(model, cfg),
+        head=str(dh["type"]), name=name, num_classes=num_classes, kwargs=kwargs, eval=eval_settings(model, cfg),
         mean=[float(m) for m in mean], std=[float(s) for s in std],
         dataset=DATASETS.get(str(dataset_type), None) if dataset_type else None,
         crop_size=list(crop) if isinstance(crop, (list, tuple)) else None, bgr_input=not rgb, notes=notes,
@@ -226,4 +227,4 @@ def architecture_from_config(cfg: Mapping[str, Any], dataset_meta: Optional[Mapp
 
 
 __all__ = ["DATASETS", "IMAGENET_MEAN", "IMAGENET_STD", "MmsegArchitecture", "architecture_from_config",
-           "normalisation"]
+           "eval_settings", "normalisation"]

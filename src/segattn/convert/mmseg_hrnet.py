@@ -29,7 +29,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from torch import Tensor
 
 from segattn.convert.mmconfig import get
-from segattn.convert.mmseg_arch import DATASETS, MmsegArchitecture, normalisation
+from segattn.convert.mmseg_arch import DATASETS, MmsegArchitecture, eval_settings, normalisation
 from segattn.convert.mmseg_heads import HEADS
 from segattn.convert.mmseg_read import ConversionError
 
@@ -152,12 +152,7 @@ def hrnet_architecture(cfg: Mapping[str, Any], dataset_meta: Optional[Mapping[st
     kwargs.update(head_kw)
     kwargs["align_corners"] = bool(dh.get("align_corners", False))
     num_classes = int(dh["num_classes"])
-    test = model.get("test_cfg") or cfg.get("test_cfg") or {}
-    mode = test.get("mode", "whole")
-    _require(mode in ("whole", "slide"), f"test_cfg mode {mode!r} is not supported; supported: whole, slide")
-    ev: Dict[str, Any] = {"mode": mode, "scales": [1.0], "flip": False}
-    if mode == "slide":
-        ev.update(crop_size=list(test["crop_size"]), stride=list(test["stride"]))
+    ev = eval_settings(model, cfg)
     mean, std, rgb, where = normalisation(cfg)
     _require(rgb, f"BGR input ({where}) is not supported for HRNet models; supported: RGB input")
     dataset_type = cfg.get("dataset_type") or get(cfg, "test_dataloader.dataset.type") or get(cfg, "data.test.type")
