@@ -39,10 +39,10 @@ from pathlib import Path
 from typing import Dict, List, Optional, Union
 from urllib.parse import urlsplit
 
+from segattn.data.download import OPENMMLAB, cache_home, mmseg_mirrored  # noqa: F401  (OPENMMLAB re-exported)
 from segattn.errors import SegattnError
 
 MANIFEST = Path(__file__).resolve().parent / "named_weights.json"
-OPENMMLAB = "https://download.openmmlab.com"
 _SCHEMES = ("open-mmlab://", "openmmlab://", "torchvision://", "timm://")
 _ENUM = re.compile(r"^(torchvision://)?[A-Za-z0-9]+_Weights\.[A-Za-z0-9_]+$")
 _HEX = re.compile(r"^[0-9a-f]{8,64}$")
@@ -126,15 +126,13 @@ def named_entry(name: str) -> NamedWeights:
 
 def cache_dir() -> Path:
     """``$SEGATTN_HOME/weights`` (default ``~/.cache/segattn/weights``)."""
-    home = os.environ.get("SEGATTN_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "segattn")
-    return Path(home) / "weights"
+    return cache_home("weights")
 
 
 def resolved_url(entry: NamedWeights) -> str:
     """``entry.url`` with the mirror variables applied (see the module docstring)."""
-    mmseg_mirror = os.environ.get("SEGATTN_MMSEG_MIRROR")
-    if mmseg_mirror and entry.url.startswith(OPENMMLAB):
-        return mmseg_mirror.rstrip("/") + entry.url[len(OPENMMLAB):]
+    if entry.url.startswith(OPENMMLAB):
+        return mmseg_mirrored(entry.url)
     mirror = os.environ.get("SEGATTN_WEIGHTS_MIRROR")
     if mirror and not entry.url.startswith(OPENMMLAB):
         parts = urlsplit(entry.url)

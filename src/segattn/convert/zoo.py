@@ -22,10 +22,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
+from segattn.data.download import OPENMMLAB, cache_home, mmseg_mirrored  # noqa: F401  (OPENMMLAB re-exported)
 from segattn.errors import SegattnError
 
 MANIFEST = Path(__file__).resolve().parent / "mmseg_zoo.json"
-OPENMMLAB = "https://download.openmmlab.com"
 
 
 @dataclass(frozen=True)
@@ -76,15 +76,13 @@ def zoo_entry(name: str) -> ZooEntry:
 
 
 def cache_dir() -> Path:
-    home = os.environ.get("SEGATTN_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "segattn")
-    return Path(home) / "mmseg"
+    """``$SEGATTN_HOME/mmseg`` (default ``~/.cache/segattn/mmseg``)."""
+    return cache_home("mmseg")
 
 
 def resolved_url(entry: ZooEntry) -> str:
-    mirror = os.environ.get("SEGATTN_MMSEG_MIRROR")
-    if mirror and entry.url.startswith(OPENMMLAB):
-        return mirror.rstrip("/") + entry.url[len(OPENMMLAB):]
-    return entry.url
+    """``entry.url`` with ``SEGATTN_MMSEG_MIRROR`` applied."""
+    return mmseg_mirrored(entry.url)
 
 
 def download(entry: ZooEntry, directory: Union[None, str, os.PathLike] = None, quiet: bool = False) -> Path:

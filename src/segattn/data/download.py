@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 CHUNK = 1 << 20
+OPENMMLAB = "https://download.openmmlab.com"
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,20 @@ class DownloadError(RuntimeError):
 
 class ChecksumError(DownloadError):
     """The downloaded file does not hash to the expected value."""
+
+
+def cache_home(sub: str) -> Path:
+    """``$SEGATTN_HOME/<sub>`` (default ``~/.cache/segattn/<sub>``): where downloaded weights are kept."""
+    home = os.environ.get("SEGATTN_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "segattn")
+    return Path(home) / sub
+
+
+def mmseg_mirrored(url: str) -> str:
+    """``url`` with ``SEGATTN_MMSEG_MIRROR`` in place of download.openmmlab.com when that variable is set."""
+    mirror = os.environ.get("SEGATTN_MMSEG_MIRROR")
+    if mirror and url.startswith(OPENMMLAB):
+        return mirror.rstrip("/") + url[len(OPENMMLAB):]
+    return url
 
 
 def file_digest(path: Union[str, Path], algorithm: str) -> str:
