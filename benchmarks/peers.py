@@ -3,10 +3,8 @@
 mmsegmentation is never a segattn dependency: install it in its own virtual environment together with
 segattn (``--no-deps``) and run this script with that environment's python (README "Peer comparison")::
 
-    python3 -m venv ../mmseg-venv
-    ../mmseg-venv/bin/pip install torch==2.13.0 mmsegmentation==1.2.2 mmengine==0.10.7 mmcv-lite==2.1.0 ftfy regex
-    ../mmseg-venv/bin/pip install --no-deps -e .
-    ../mmseg-venv/bin/python benchmarks/peers.py --sizes 64 97 128 --modes eval train
+    bash scripts/make_mmseg_venv.sh                  # mmseg-venv/ in the checkout (git-ignored)
+    mmseg-venv/bin/python benchmarks/peers.py --sizes 64 97 128 --modes eval train
 
 Method: every (case, size, mode, implementation) runs in a fresh process; the two implementations are
 interleaved (their order alternates between rounds) so a busy machine's drift hits both alike. In each
