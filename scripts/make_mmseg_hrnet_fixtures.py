@@ -3,7 +3,7 @@
 Run it in a separate venv that has mmseg (never a dependency of segattn; the recipe is in the
 docstring of ``scripts/make_mmseg_fixtures.py``)::
 
-    mmseg-venv/bin/python scripts/make_mmseg_hrnet_fixtures.py   # bash scripts/make_mmseg_venv.sh makes it [NAME ...]
+    mmseg-venv/bin/python scripts/make_mmseg_hrnet_fixtures.py [NAME ...]   # bash scripts/make_mmseg_venv.sh makes it
 
 Unlike the ResNet fixtures, the HRNet models keep the widths of mmseg's configs (the backbone's
 ``extra`` stages, the heads' ``channels`` 270 / 720 / 512 and ``ocr_channels`` 256) so that the
