@@ -38,3 +38,22 @@ def write_checkpoint(rec: Dict[str, Any], path: Path, *, meta_key: str = "cfg", 
                             "iter": 80000, "seed": 0}
     torch.save({"meta": meta, "state_dict": state_dict(rec), **extra}, path)
     return path
+
+
+def mmseg_available() -> bool:
+    """mmsegmentation importable here (a venv made for the fixtures; never a segattn dependency)."""
+    try:
+        import mmseg  # noqa: F401
+    except Exception:  # noqa: BLE001 - mmcv-lite without its placeholder raises ModuleNotFoundError
+        return False
+    return True
+
+
+def load_script(name: str) -> Any:
+    """``scripts/<name>.py`` imported as a module (the fixture generators, for the live tests)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[2] / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

@@ -7,7 +7,6 @@ this file shares no code with the converter. A live test rebuilds them when mmse
 from __future__ import annotations
 
 import pickle
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +18,15 @@ from segattn.convert.mmconfig import parse_config
 from segattn.convert.mmseg import ConversionError, architecture_from_config, from_mmseg, save_mmseg
 from segattn.engine.evaluate import infer
 from segattn.errors import SegattnError
-from tests.convert.fixtures import NAMES, expected, record, state_dict, write_checkpoint
+from tests.convert.fixtures import (
+    NAMES,
+    expected,
+    load_script,
+    mmseg_available,
+    record,
+    state_dict,
+    write_checkpoint,
+)
 from tests.convert.mmseg_synth import synth_input
 
 TOL = 1e-6  # relative to max |logit|; the fixtures store mmseg's float64 logits as float32 (5e-8 floor)
@@ -256,22 +263,9 @@ def test_save_mmseg_refuses_a_bad_out_before_converting(tmp_path) -> None:
         save_mmseg(ckpt, tmp_path / "file" / "out")
 
 
-def _mmseg_available() -> bool:
-    try:
-        import mmseg  # noqa: F401
-    except Exception:  # noqa: BLE001 - mmcv-lite without its placeholder raises ModuleNotFoundError
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _mmseg_available(), reason="mmsegmentation is not importable (not a segattn dependency)")
+@pytest.mark.skipif(not mmseg_available(), reason="mmsegmentation is not importable (not a segattn dependency)")
 def test_live_against_installed_mmseg(tmp_path) -> None:  # pragma: no cover - runs only beside mmseg
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("make_fixtures", Path(__file__).parents[2] / "scripts"
-                                                  / "make_mmseg_fixtures.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("make_mmseg_fixtures")
     mod.OUT = str(tmp_path)
     mod._placeholder_ext()
     from mmseg.models.decode_heads import psa_head

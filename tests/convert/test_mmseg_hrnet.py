@@ -21,6 +21,7 @@ from segattn.convert.mmconfig import parse_config
 from segattn.convert.mmseg import ConversionError, architecture_from_config, from_mmseg
 from segattn.models.backbones import create_backbone
 from segattn.models.backbones.hrnet import HRModule, HRNet, load_hrnet_weights
+from tests.convert.fixtures import load_script, mmseg_available
 from tests.convert.mmseg_synth import synth_input, synth_state_dict
 
 FIXTURES = Path(__file__).parent / "fixtures" / "mmseg_hrnet"
@@ -265,22 +266,9 @@ def test_hrnet_model_compiles_without_graph_breaks() -> None:
         assert torch.allclose(compiled(x), model(x), atol=1e-5, rtol=1e-5)
 
 
-def _mmseg_available() -> bool:
-    try:
-        import mmseg  # noqa: F401
-    except Exception:  # noqa: BLE001 - mmcv-lite without its placeholder raises ModuleNotFoundError
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _mmseg_available(), reason="mmsegmentation is not importable (not a segattn dependency)")
+@pytest.mark.skipif(not mmseg_available(), reason="mmsegmentation is not importable (not a segattn dependency)")
 def test_live_against_installed_mmseg(tmp_path) -> None:  # pragma: no cover - runs only beside mmseg
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("make_hrnet_fixtures", Path(__file__).parents[2] / "scripts"
-                                                  / "make_mmseg_hrnet_fixtures.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("make_mmseg_hrnet_fixtures")
     mod.OUT = str(tmp_path)
     mod.base._placeholder_ext()
     from mmseg.utils import register_all_modules
