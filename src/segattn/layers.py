@@ -36,6 +36,17 @@ def make_act(act: Optional[str]) -> nn.Module:
     raise ValueError(f"unknown activation {act!r}; expected 'relu', 'leaky_relu', 'gelu' or None")
 
 
+def init_conv_bn_(module: nn.Module) -> None:
+    """Kaiming-normal (fan_out, ReLU) for every ``Conv2d`` in ``module``, BatchNorm weight 1 and bias 0:
+    the initialisation of torchvision's and mmcv's ResNets and of HRNet."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 def group_norm(channels: int, groups: int = 32) -> nn.GroupNorm:
     """``GroupNorm(32)`` as mmcv's ``dict(type='GN', num_groups=32)``; a width that 32 does not divide
     (test-size heads) gets ``gcd(32, channels)`` groups instead of an error."""

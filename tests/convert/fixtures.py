@@ -57,3 +57,19 @@ def load_script(name: str) -> Any:
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def write_folder_dataset(root: Path, classes: List[str], size: tuple = (40, 56), n: int = 2) -> Path:
+    """A ``folder`` dataset of ``n`` random images and masks over ``classes`` (val list ``0..n-1``)."""
+    from PIL import Image
+
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(n):
+        rng = np.random.default_rng(i)
+        Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(root / "images" / f"{i}.png")
+        Image.fromarray(np.random.default_rng(i).integers(0, len(classes), size, dtype=np.uint8)).save(
+            root / "masks" / f"{i}.png")
+    (root / "classes.txt").write_text("\n".join(classes) + "\n")
+    (root / "val.txt").write_text("".join(f"{i}\n" for i in range(n)))
+    return root

@@ -22,6 +22,7 @@ from segattn.convert import zoo
 from segattn.convert.mmconfig import ConfigError, parse_config
 from segattn.convert.mmseg import from_mmseg
 from segattn.engine.evaluate import infer
+from tests.convert.fixtures import write_folder_dataset
 from tests.convert.fixtures030 import NAMES, decode, expected, record, state_dict, write_checkpoint
 from tests.convert.mmseg_synth import synth_input
 from tests.convert.test_mmseg import CONTEXT_KEY
@@ -240,15 +241,7 @@ def test_converted_0x_file_evaluates_predicts_exports_and_fine_tunes(tmp_path) -
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(tmp_path / "a.png")
     assert main(["predict", str(tmp_path / "a.png"), "--checkpoint", str(out), "--out", str(tmp_path / "pred")]) == 0
     assert any((tmp_path / "pred").iterdir())
-    root = tmp_path / "data"
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    for i in range(2):
-        Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(
-            root / "images" / f"{i}.png")
-        Image.fromarray(np.random.default_rng(i).integers(0, 4, (40, 56), dtype=np.uint8)).save(root / "masks" / f"{i}.png")
-    (root / "classes.txt").write_text("road\ncar\ntree\nsky\n")
-    (root / "val.txt").write_text("0\n1\n")
+    root = write_folder_dataset(tmp_path / "data", ["road", "car", "tree", "sky"])
     assert main(["eval", "--checkpoint", str(out), "--set", "data.dataset=folder", "--set", f"data.root={root}",
                  "--out", str(tmp_path / "eval.json")]) == 0
     assert "mIoU" in (tmp_path / "eval.json").read_text()

@@ -21,7 +21,7 @@ from segattn.convert.mmconfig import parse_config
 from segattn.convert.mmseg import ConversionError, architecture_from_config, from_mmseg
 from segattn.models.backbones import create_backbone
 from segattn.models.backbones.hrnet import HRModule, HRNet, load_hrnet_weights
-from tests.convert.fixtures import load_script, mmseg_available
+from tests.convert.fixtures import load_script, mmseg_available, write_folder_dataset
 from tests.convert.mmseg_synth import synth_input, synth_state_dict
 
 FIXTURES = Path(__file__).parent / "fixtures" / "mmseg_hrnet"
@@ -180,15 +180,7 @@ def test_w48_ocrnet_converts_and_evaluates_like_the_others(tmp_path) -> None:
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8)).save(tmp_path / "a.png")
     assert main(["predict", str(tmp_path / "a.png"), "--checkpoint", str(out), "--out", str(tmp_path / "pred")]) == 0
     assert any((tmp_path / "pred").iterdir())
-    root = tmp_path / "data"
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    for i in range(2):
-        Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(
-            root / "images" / f"{i}.png")
-        Image.fromarray(np.random.default_rng(i).integers(0, 7, (40, 56), dtype=np.uint8)).save(root / "masks" / f"{i}.png")
-    (root / "classes.txt").write_text("\n".join(rec["dataset_meta"]["classes"]) + "\n")
-    (root / "val.txt").write_text("0\n1\n")
+    root = write_folder_dataset(tmp_path / "data", list(rec["dataset_meta"]["classes"]))
     assert main(["eval", "--checkpoint", str(out), "--set", "data.dataset=folder", "--set", f"data.root={root}",
                  "--out", str(tmp_path / "eval.json")]) == 0
     assert "mIoU" in (tmp_path / "eval.json").read_text()

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segattn.layers import BatchNorm2d
+from segattn.layers import BatchNorm2d, init_conv_bn_
 from segattn.models.backbones.resnet import BasicBlock, Bottleneck, FeatureInfo
 from segattn.registry import BACKBONES
 
@@ -223,12 +223,7 @@ class HRNet(nn.Module):
         return nn.ModuleList(layers)
 
     def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_conv_bn_(self)
 
     def forward(self, x: Tensor) -> List[Tensor]:
         if x.dim() != 4:

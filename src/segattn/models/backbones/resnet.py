@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from segattn.layers import BatchNorm2d, ConvNormAct
+from segattn.layers import BatchNorm2d, ConvNormAct, init_conv_bn_
 from segattn.registry import BACKBONES
 
 STAGE_DEPTHS: Dict[int, Tuple[int, int, int, int]] = {
@@ -283,12 +283,7 @@ class ResNet(nn.Module):
             load_backbone_weights(self, resolve_pretrained(pretrained))
 
     def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_conv_bn_(self)
 
     def stages(self) -> List[nn.Module]:
         return [self.stem, self.layer1, self.layer2, self.layer3, self.layer4]
