@@ -54,7 +54,7 @@ def rejudge() -> None:
         print(f"re-judged {rel}/compare.md")
     for folder in analysis_reports():
         agg = _load(folder / "analysis.json")
-        write_analysis(agg["per_run"], folder, agg["command"])
+        write_analysis(agg["per_run"], folder, agg["command"], (agg.get("replication") or {}).get("split"))
         print(f"re-judged {folder.relative_to(ROOT)}/analysis.md")
 
 

@@ -43,12 +43,12 @@ def test_compare_keeps_weights_and_analyze_reports_claims(tmp_path, capsys):
             assert (rep / "runs" / entry / f"seed{seed}" / "analysis.json").is_file()
     agg = json.loads((rep / "analysis.json").read_text())
     ids = {c["id"] for c in agg["claims"]}
-    assert {"1n.ema-T1", "2.ema-T1", "3.ema-T3", "5t.ema-T3", "5s.ema-T3"} <= ids
+    assert {"1r.ema-T1", "2d.ema-T1", "3w.ema-T3", "5f.ema-T3", "5s.ema-T3", "6q.ema-T3"} <= ids
     assert all(c["verdict"] in ("holds", "does not hold", "cannot tell") for c in agg["claims"])
     md = (rep / "analysis.md").read_text()
     assert "--analyze" in md and "## EM iterations" in md and "## Claims" in md
     fcn = next(e for e in agg["entries"] if e["name"] == "fcn")
-    assert fcn["module"] == "identity" and fcn["metrics"]["separation_ratio"]["mean"] == pytest.approx(1.0)
+    assert fcn["module"] == "identity" and fcn["metrics"]["within_ratio"]["mean"] == pytest.approx(1.0)
     # final.pt is an ordinary checkpoint: `segattn eval` reads it, `segattn analyze` takes the file itself
     final = out / "runs" / "ema-T3" / "seed1" / "final.pt"
     assert main(["eval", "--checkpoint", str(final), "--out", str(tmp_path / "m.json")]) == 0
@@ -114,7 +114,7 @@ def test_processes_share_the_analysis_of_one_compare_folder(tmp_path, monkeypatc
     monkeypatch.setattr(R, "analyze_run", fake_analyze_run)
     monkeypatch.setattr(R.time, "sleep", other_process_finishes)
     monkeypatch.setattr("segattn.analyze.report.write_report",
-                        lambda results, out, command: reported.append(results) or {"paths": {"markdown": "x"}})
+                        lambda results, out, command, split=None: reported.append(results) or {"paths": {"markdown": "x"}})
     R.analyze_runs([tmp_path], tmp_path / "report", "cmd", log=logs.append, poll_s=0.0)
     assert measured == ["a", "c"]  # b left to its owner, c's dead owner's lock taken over
     assert [r["entry"] for r in reported[0]] == ["a", "b", "c"] and reported[0][1]["by"] == "other"

@@ -114,23 +114,41 @@ def test_report_derives_within_run_differences_and_judges_them():
     pairs = [(1.0, 5.0), (2.0, 7.0), (1.5, 6.0), (1.0, 5.5), (2.0, 6.0), (1.5, 6.5), (1.0, 5.5), (2.0, 6.5)]
     for seed, (sep1, sep3) in enumerate(pairs):
         base = {"em_stages": 3, "miou_T1": 90.0 + seed, "miou_T3": 91.0 + seed, "pooled_separation_T1": sep1,
-                "pooled_separation_T3": sep3, "em_cue_mass": [0.2, 0.1, 0.05, 0.04, 0.03],
+                "pooled_separation_T3": sep3, "cf_logits_T1": 1.0 + 0.01 * seed, "cf_logits_T3": 0.5,
+                "cf_logits": 0.5 + 0.01 * seed,
                 "grad_module_in_cut": 1.0, "grad_module_in_exact": 4.0, "module": "ema", "seed": seed}
-        runs += [{**base, "entry": "ema-T3"}, {**base, "entry": "ema-T1", "em_stages": 1, "grad_module_in_cut": 2.0}]
+        runs += [{**base, "entry": "ema-T3"},
+                 {**base, "entry": "ema-T1", "em_stages": 1, "grad_module_in_cut": 2.0, "cf_logits": 1.0 + 0.01 * seed}]
     agg = aggregate(runs)
     t3 = next(e for e in agg["entries"] if e["name"] == "ema-T3")["metrics"]
     assert t3["swap_gain"]["mean"] == pytest.approx(-1.0) and t3["iter_sep_gain"]["mean"] == pytest.approx(4.5)
-    assert t3["iter_cue_loss"]["mean"] == pytest.approx(0.15) and t3["grad_kept"]["mean"] == pytest.approx(0.25)
+    assert t3["iter_cf_ratio"]["mean"] < 0.55 and t3["grad_kept"]["mean"] == pytest.approx(0.25)
     claims = {c["id"]: c["verdict"] for c in agg["claims"]}
-    # J grows by 4-5 on every seed: interval above 0; cue mass falls by 0.15 every seed
-    assert claims["5i.ema-T3"] == "holds" and claims["5m.ema-T3"] == "holds"
+    assert claims["5i.ema-T3"] == "holds"  # J grows by 4-5 on every seed: interval above 0
+    assert claims["5w.ema-T3"] == "does not hold" and claims["5f.ema-T3"] == "does not hold"  # T = 3 carries half
     assert claims["5s.ema-T3"] == "does not hold"  # T = 1 is 1 point worse on every seed
     assert claims["5g.ema-T3"] == "holds"  # 0.25 of the gradient kept against 0.5 at T = 1
-    # a dataset without the synthetic cue (CamVid): no cue claims, the others stay
-    nan = float("nan")
-    no_cue = aggregate([{**r, "em_cue_mass": [nan] * 5, "cue_mass": nan} for r in runs])
+    # a dataset without the synthetic cue (CamVid): no counterfactual claims, the others stay
+    no_cue = aggregate([{k: v for k, v in r.items() if not k.startswith("cf_")} for r in runs])
     ids = {c["id"] for c in no_cue["claims"]}
-    assert "5t.ema-T3" not in ids and "5m.ema-T3" not in ids and {"5i.ema-T3", "5s.ema-T3", "5g.ema-T3"} <= ids
+    assert "5f.ema-T3" not in ids and "5w.ema-T3" not in ids and {"5i.ema-T3", "5s.ema-T3", "5g.ema-T3"} <= ids
+
+
+def test_report_judges_the_replication_range_apart():
+    from segattn.analyze.report import aggregate, markdown
+
+    runs = []
+    for seed in range(16):  # seeds 0..7 hold, 8..15 go the other way
+        gain = 2.0 + 0.01 * (seed % 8) if seed < 8 else -1.0 - 0.01 * (seed % 8)
+        base = {"em_stages": 3, "module": "ema", "seed": seed, "miou_T1": 90.0 + gain, "miou_T3": 90.0}
+        runs += [{**base, "entry": "ema-T3"}, {**base, "entry": "ema-T1", "em_stages": 1}]
+    agg = aggregate(runs, split=8)
+    assert agg["runs"] == 16 and agg["entries"][0]["seeds"] == list(range(8))
+    status = {r["id"]: r for r in agg["replication"]["status"]}
+    assert status["5s.ema-T3"]["first"] == "holds"  # swap gain +2 against a null of 1 on seeds 0..7
+    assert status["5s.ema-T3"]["second"] == "does not hold"  # -1 on seeds 8..15
+    assert status["5s.ema-T3"]["status"] == "not replicated" and agg["replication"]["runs"] == 16
+    assert "replication:" in markdown(agg, "cmd")
 
 
 def test_pyramid_pooling_parts_are_its_pooled_bins():

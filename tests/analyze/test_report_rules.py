@@ -3,7 +3,8 @@ claims, one Holm family, collapsed runs counted apart."""
 
 import pytest
 
-from segattn.analyze.report import _claim, collapsed_runs, judge
+from segattn.analyze.claims import claim as _claim
+from segattn.analyze.claims import collapsed_runs, derive, judge
 
 SPREAD = [0.01, -0.01, 0.02, -0.02, 0.005, -0.005, 0.015, -0.015]
 
@@ -43,10 +44,55 @@ def test_a_collapsed_run_is_counted_and_judged_apart():
     assert c["variants"]["non_collapsed"]["diff"]["seeds"] == [0, 1, 3, 4, 5, 6, 7]
 
 
-def test_generated_mechanism_claims_state_null_and_margin():
-    from segattn.analyze.report import make_claims
+def _mechanisms(s):
+    """One run's measured mechanism metrics (seed ``s``), each a little noisy around a clear value."""
+    j = SPREAD[s]
+    return {"erank_path": 2.0 + j, "erank_in": 40.0, "fisher_gain_path": 30.0 + j, "denoise_index_out": 0.99 + j,
+            "denoise_index_path": 0.5 + j, "within_out": 0.4 + j, "within_in": 0.8, "boundary_contrast_out": 8.0 + j,
+            "boundary_contrast_in": 8.0, "meanrow_drop": 10.0 + j, "miou_clean": 90.0 + j}
+
+
+def test_generated_mechanism_claims_state_null_and_margin_and_are_judged():
+    from segattn.analyze.claims import make_claims
 
     groups = _groups(0.7)
-    claims = {c["id"]: c for c in make_claims(groups)}
-    assert claims["1m.ema"]["threshold"] == 0.9 and "null: gain >= 0.9" in claims["1m.ema"]["text"]
-    assert claims["2.ema"]["threshold"] == 0.9 and claims["3.ema"]["threshold"] == 0.5
+    for s, run in groups["ema"].items():
+        run.update(_mechanisms(s))
+    groups = {e: {s: derive(r) for s, r in runs.items()} for e, runs in groups.items()}
+    claims = make_claims(groups)
+    by_id = {c["id"]: c for c in claims}
+    assert by_id["2d.ema"]["threshold"] == 0.9 and "null: denoising index >= 0.9" in by_id["2d.ema"]["text"]
+    assert by_id["1r.ema"]["threshold"] == 0.5 and by_id["1f.ema"]["threshold"] == 1.1
+    # nothing about a metric no run measured (bases, EM, robustness at matched clean mIoU: fcn at 62, ema at 90)
+    assert not any(c["id"].startswith(("4", "5", "2n", "2p")) for c in claims)
+    got = {c["id"]: c["verdict"] for c in judge(claims, groups)}
+    assert got["1r.ema"] == "holds" and got["1f.ema"] == "holds"      # rank 2 of 40; Fisher gain 30
+    assert got["2d.ema"] == "does not hold" and got["2a.ema"] == "holds"  # the residual passes the noise back
+    assert got["3w.ema"] == "holds" and got["3b.ema"] == "holds"      # within halved, edges kept
+    assert got["6q.ema"] == "does not hold"                           # the mean row costs 10 points
+
+
+def test_robustness_is_compared_only_at_matched_clean_accuracy():
+    from segattn.analyze.claims import make_claims
+
+    groups = _groups(0.7, [62.0 + 0.2 * s for s in range(8)])  # ema at the FCN's clean level
+    for runs in groups.values():
+        for s, run in runs.items():
+            run.update({"drop_noise_0.1": 5.0 + SPREAD[s], "drop_pgd20_0.007843": 9.0 + SPREAD[s]})
+    assert {"2n.ema", "2p.ema"} <= {c["id"] for c in make_claims(groups)}
+    for s, run in groups["ema"].items():
+        run["miou_clean"] = 70.0 + SPREAD[s]
+    assert not {"2n.ema", "2p.ema"} & {c["id"] for c in make_claims(groups)}
+
+
+def test_controls_pass_on_known_answers_and_fail_otherwise():
+    from segattn.analyze.claims import controls
+
+    good = {"denoise_index_identity": 1.0, "denoise_index_box3": 0.4, "within_box3": 0.2, "within_in": 0.8,
+            "boundary_contrast_box3": 5.0, "boundary_contrast_in": 8.0}
+    groups = {"fcn": {0: derive({**good, "module": "identity", "within_out": 0.8, "fisher_gain_path": 1.0})},
+              "ema": {0: derive({**good, "module": "ema"})}}
+    got = {c["metric"]: c["ok"] for c in controls(groups)}
+    assert all(got.values()), got
+    groups["ema"][0] = derive({**good, "module": "ema", "denoise_index_box3": 1.2})  # a "box filter" that amplifies
+    assert {c["metric"]: c["ok"] for c in controls(groups)}["denoise_index_box3"] is False

@@ -1,20 +1,9 @@
-"""Spread over seeds, claims and the report (``analysis.md`` / ``.json`` / ``.csv`` / ``.png``).
+"""The analysis report (``analysis.md`` / ``.json`` / ``.csv`` / ``.png``): spread over seeds, the
+controls, the claims of :mod:`segattn.analyze.claims` and, for a plan trained with ``--replicate``,
+the same claims judged on the second seed range.
 
 Runs are grouped by entry (the compare entry name; a checkpoint's config name otherwise) and paired
-by seed, as ``segattn compare`` pairs them. Each explanation of the survey becomes claims, generated
-from the entries present (their module and EM iteration count) and judged with the tests of
-:mod:`segattn.stats` (one Holm family per report; holds = Holm-adjusted one-sided t-test and exact
-sign-flip test both below 0.025; does not hold = the 95 % interval on the other side of the null):
-
-* ``better`` (a paired difference ``a - b``, oriented so that positive favours the claim): the test
-  "mean difference > 0"; the claim's ``margin`` is shown, it does not move the boundary;
-* ``below`` / ``above`` (a one-sample statement): the claim states its null, margin included
-  (``nsr_gain < 0.9``, not ``< 1``): the test "mean of ``threshold - value`` > 0" (or
-  ``value - threshold``). Within-run differences (:func:`derive`) use these.
-
-Runs that *collapsed* (clean mIoU at the no-context entry's level, :func:`segattn.stats.collapsed`)
-are counted per entry, and every claim is judged on all runs and on the others; the verdict stated
-is the one on all runs, both are shown.
+by seed, as ``segattn compare`` pairs them.
 """
 
 from __future__ import annotations
@@ -26,190 +15,25 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 from segattn import stats
+from segattn.analyze.claims import EXPLANATIONS, collapsed_runs, controls, group, judge, make_claims, values
 from segattn.io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from segattn.stats import paired, summarize
+from segattn.stats import summarize
 
 NAN = float("nan")
 VERDICT_TEXT = {"holds": "holds", "does not hold": "does not hold", "cannot tell": "cannot tell at this scale"}
-NOISE_KEY, FGSM_KEY = "drop_noise_0.1", "drop_fgsm_0.007843"
-# the columns of the entry table: (metric, label, digits)
-TABLE = [("miou_clean", "mIoU", 1), (NOISE_KEY, "drop σ=0.1", 1), (FGSM_KEY, "drop FGSM 2/255", 1),
-         ("nsr_gain", "NSR gain", 2), ("separation_ratio", "J out/in", 2), ("erank_in", "erank in", 1),
-         ("erank_out", "erank out", 1), ("erank_rec", "erank rec", 1), ("bases_cosine", "bases cos", 2),
-         ("bases_recon_error", "recon err", 2), ("acc_small", "acc small", 1), ("tv_diff_class", "TV diff-class", 3),
-         ("cue_mass", "cue mass", 3), ("pooled_separation_in", "pooled J in", 2),
-         ("pooled_separation_out", "pooled J out", 2), ("grad_backbone_cut", "‖∂L/∂f‖", 4)]
-
-
-def derive(r: Dict[str, Any]) -> Dict[str, Any]:
-    """A run's analysis plus the within-run differences the EM claims use (EMA runs only):
-
-    * ``swap_gain`` = mIoU at T = 1 − mIoU at the trained T (points);
-    * ``iter_sep_gain`` = pooled J of the module output at the trained T − at T = 1 (positive: the
-      iterations after the first make the foreground classes less separable);
-    * ``iter_cue_loss`` = cue mass after iteration 1 − after iteration T (positive: the iterations
-      move the shape pixels' attention off the cue);
-    * ``grad_kept`` = ‖∂L/∂r‖ with the EM cut / exact, at the module input (1 = the cut loses nothing).
-    """
-    out = dict(r)
-    t = r.get("em_stages")
-    if t:
-        def get(key: str) -> float:
-            v = r.get(key)
-            return float(v) if isinstance(v, (int, float)) else NAN
-
-        out["swap_gain"] = get("miou_T1") - get(f"miou_T{t}")
-        out["iter_sep_gain"] = get(f"pooled_separation_T{t}") - get("pooled_separation_T1")
-        cue = r.get("em_cue_mass") or []
-        out["iter_cue_loss"] = cue[0] - cue[t - 1] if len(cue) >= t else NAN
-    cut, exact = r.get("grad_module_in_cut"), r.get("grad_module_in_exact")
-    if isinstance(cut, (int, float)) and isinstance(exact, (int, float)) and exact > 0:
-        out["grad_kept"] = cut / exact
-    return out
-
-
-def group(results: Sequence[Dict[str, Any]]) -> Dict[str, Dict[int, Dict[str, Any]]]:
-    """``{entry: {seed: analysis with derived values}}`` in the order entries first appear."""
-    out: Dict[str, Dict[int, Dict[str, Any]]] = {}
-    for r in results:
-        out.setdefault(str(r.get("entry")), {})[int(r.get("seed") or 0)] = derive(r)
-    return out
-
-
-def _vals(runs: Dict[int, Dict[str, Any]], key: str, seeds: Sequence[int]) -> List[float]:
-    out = []
-    for s in seeds:
-        v = runs[s].get(key)
-        out.append(float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else NAN)
-    return out
-
-
-# ------------------------------------------------------------------------------------------ claims
-def _claim(cid: str, text: str, kind: str, metric: str, a: str, b: Optional[str] = None, higher: bool = True,
-           margin: float = 0.0, threshold: Optional[float] = None, explanation: str = "") -> Dict[str, Any]:
-    return {"id": cid, "text": text, "kind": kind, "metric": metric, "a": a, "b": b, "higher": higher,
-            "margin": margin, "threshold": threshold, "explanation": explanation}
-
-
-def make_claims(groups: Dict[str, Dict[int, Dict[str, Any]]]) -> List[Dict[str, Any]]:
-    """The claims that the entries present allow (see the module docstring)."""
-    module = {e: next(iter(r.values())).get("module", "") for e, r in groups.items()}
-    stages = {e: next(iter(r.values())).get("em_stages") for e, r in groups.items()}
-    ref = next((e for e, m in module.items() if m == "identity"), None)
-    ctx = [e for e, m in module.items() if m not in ("identity", "")]
-    claims: List[Dict[str, Any]] = []
-    for e in ctx:
-        if ref is not None:
-            claims.append(_claim(f"1n.{e}", f"`{e}` loses less mIoU than `{ref}` under input noise σ = 0.1",
-                                 "better", NOISE_KEY, ref, e, higher=True, margin=1.0, explanation="1"))
-            claims.append(_claim(f"1f.{e}", f"`{e}` loses less mIoU than `{ref}` under FGSM ε = 2/255",
-                                 "better", FGSM_KEY, ref, e, higher=True, margin=1.0, explanation="1"))
-        claims.append(_claim(f"1m.{e}", f"`{e}`'s module lowers the noise-to-signal ratio of its input by at least "
-                                       "10 % (null: gain >= 0.9)", "below", "nsr_gain", e, threshold=0.9, explanation="1"))
-        claims.append(_claim(f"2.{e}", f"`{e}`'s module lowers within-class variance relative to between-class "
-                                       "distance by at least 10 % (null: J out/in >= 0.9)", "below", "separation_ratio", e,
-                             threshold=0.9,
-                             explanation="2"))
-        claims.append(_claim(f"3.{e}", f"`{e}`'s output has an effective rank far below its input's (null: ratio >= 0.5)",
-                             "below", "erank_ratio", e, threshold=0.5, explanation="3"))
-    emas = [e for e in ctx if module[e] == "ema"]
-    t1 = next((e for e in emas if stages[e] == 1), emas[0] if emas else None)
-    for other in [e for e in ctx if module[e] in ("a2", "ppm", "apcnet")]:
-        if t1 is None:
-            break
-        claims.append(_claim(f"4c.{other}", f"EM bases (`{t1}`) are less similar to each other than `{other}`'s",
-                             "better", "bases_cosine", other, t1, higher=True, margin=0.05, explanation="4"))
-        claims.append(_claim(f"4r.{other}", f"EM bases (`{t1}`) reconstruct their features better than `{other}`'s",
-                             "better", "bases_recon_error", other, t1, higher=True, margin=0.05, explanation="4"))
-        claims.append(_claim(f"4s.{other}", f"`{t1}` is more accurate on small segments than `{other}`",
-                             "better", "acc_small", t1, other, higher=True, margin=1.0, explanation="4"))
-    for e in ctx:
-        if module[e].startswith("nonlocal"):
-            claims.append(_claim(f"5q.{e}", f"`{e}`'s attention is query-independent: two query pixels of different "
-                                            "classes attend alike (null: mean TV distance >= 0.2)", "below", "tv_diff_class",
-                                 e, threshold=0.2, explanation="5"))
-    # the cue claims need the synthetic set's cue (cue mass is measured there only)
-    cue = any(_has_cue(r) for runs in groups.values() for r in runs.values())
-    for e in emas:
-        if t1 is None or e == t1:
-            continue
-        if cue:
-            claims.append(_claim(f"5t.{e}", f"`{e}` carries less of the cue to the shapes than `{t1}` (cue mass)",
-                                 "better", "cue_mass", t1, e, higher=True, margin=0.0, explanation="5"))
-        claims.append(_claim(f"5s.{e}", f"`{e}` evaluated with T = 1 is more accurate than with its own T by more than "
-                                         "1 point (null: gain <= 1)", "above", "swap_gain", e, threshold=1.0,
-                             explanation="5"))
-        claims.append(_claim(f"5i.{e}", f"in `{e}`, the EM iterations after the first make the foreground pixels' "
-                                        "classes less separable across images (pooled J out at its T above J out "
-                                        "at T = 1 by more than 1; null: gain <= 1)",
-                             "above", "iter_sep_gain", e, threshold=1.0, explanation="5"))
-        if cue:
-            claims.append(_claim(f"5m.{e}", f"in `{e}`, the EM iterations after the first move the shape pixels' "
-                                            "attention off the cue (cue mass after iteration 1 above after T by more "
-                                            "than 0.01; null: loss <= 0.01)",
-                                 "above", "iter_cue_loss", e, threshold=0.01, explanation="5"))
-        claims.append(_claim(f"5g.{e}", f"the EM gradient cut loses more of the gradient at the module input in "
-                                        f"`{e}` than in `{t1}`", "better", "grad_kept", e, t1, higher=False,
-                             margin=0.05, explanation="5"))
-    return claims
-
-
-def _has_cue(run: Dict[str, Any]) -> bool:
-    """Whether a run measured the synthetic set's cue mass (after training or per EM iteration)."""
-    values = [run.get("cue_mass"), *(run.get("em_cue_mass") or [])]
-    return any(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
-
-
-def _claim_values(claim: Dict[str, Any], groups: Dict[str, Dict[int, Dict[str, Any]]],
-                  drop: Dict[str, List[int]]) -> Dict[str, Any]:
-    """The claim's values over its seeds (collapsed seeds in ``drop`` left out) and its one-sided test."""
-    a = groups.get(claim["a"], {})
-    if claim["kind"] in ("below", "above"):
-        seeds = [s for s in sorted(a) if s not in drop.get(claim["a"], [])]
-        vals = _vals(a, claim["metric"], seeds)
-        sign = 1.0 if claim["kind"] == "below" else -1.0
-        x = [sign * (claim["threshold"] - v) for v in vals]
-        return {"seeds": seeds, "value": summarize(vals), **stats.one_sided(x, 0.0)}
-    b = groups.get(claim["b"], {})
-    seeds = sorted((set(a) & set(b)) - set(drop.get(claim["a"], [])) - set(drop.get(claim["b"], [])))
-    va, vb = _vals(a, claim["metric"], seeds), _vals(b, claim["metric"], seeds)
-    keep = [i for i in range(len(seeds)) if not (math.isnan(va[i]) or math.isnan(vb[i]))]
-    va, vb, seeds = [va[i] for i in keep], [vb[i] for i in keep], [seeds[i] for i in keep]
-    d = [x - y for x, y in zip(va, vb)] if claim["higher"] else [y - x for x, y in zip(va, vb)]
-    return {"seeds": seeds, **paired(d, [0.0] * len(d)), **stats.one_sided(d, 0.0)}
-
-
-def collapsed_runs(groups: Dict[str, Dict[int, Dict[str, Any]]]) -> Dict[str, List[int]]:
-    """Collapsed seeds per entry: clean mIoU at the level of the no-context (``identity``) entry."""
-    ref = next((e for e, r in groups.items() if next(iter(r.values())).get("module") == "identity"), None)
-    if ref is None:
-        return {e: [] for e in groups}
-    scores = {e: {s: float(r.get("miou_clean")) if isinstance(r.get("miou_clean"), (int, float)) else NAN
-                  for s, r in runs.items()} for e, runs in groups.items()}
-    return stats.collapsed(scores, ref)
-
-
-def judge(claims: Sequence[Dict[str, Any]], groups: Dict[str, Dict[int, Dict[str, Any]]]) -> List[Dict[str, Any]]:
-    """Each claim with its numbers and verdict, on all runs (``diff``, ``verdict``) and on runs that did
-    not collapse (``variants["non_collapsed"]``); each variant is one Holm family."""
-    collapsed = collapsed_runs(groups)
-    variants: Dict[str, List[Dict[str, Any]]] = {}
-    for variant, drop in (("all", {}), ("non_collapsed", collapsed)):
-        diffs = [_claim_values(c, groups, drop) for c in claims]
-        stats.decide(diffs)
-        variants[variant] = diffs
-    out = []
-    for i, c in enumerate(claims):
-        d_all, d_nc = variants["all"][i], variants["non_collapsed"][i]
-        out.append({**c, "diff": d_all, "verdict": d_all["verdict"],
-                    "variants": {"non_collapsed": {"diff": d_nc, "verdict": d_nc["verdict"]}}})
-    return out
+# the columns of the two entry tables: (metric, label, digits)
+ACCURACY = [("miou_clean", "mIoU", 1), ("drop_noise_0.1", "drop σ=0.1", 1), ("drop_fgsm_0.007843", "drop FGSM 2/255", 1),
+            ("drop_pgd20_0.007843", "drop PGD-20 2/255", 1), ("pgd_masking_0.007843", "PGD 20 − 10 steps", 2),
+            ("acc_small", "acc small", 1), ("meanrow_drop", "mean-row drop", 1)]
+MECHANISMS = [("erank_path_ratio", "erank path/in", 2), ("fisher_gain_path", "Fisher path/in", 2),
+              ("denoise_index_out", "denoise out", 2), ("denoise_index_path", "denoise path", 2),
+              ("within_ratio", "within out/in", 2), ("boundary_ratio", "boundary out/in", 2),
+              ("bases_relative_cosine", "bases rel. cos", 2), ("bases_gram_erank_fraction", "Gram erank/K", 2),
+              ("bases_recon_error_small", "recon err small", 2), ("cf_logits", "cf logits", 3)]
 
 
 # ------------------------------------------------------------------------------------------ tables
-def aggregate(results: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
-    """Per entry and metric: summary over seeds; the EM curves' means; the judged claims."""
-    groups = group(results)
+def _entries(groups: Dict[str, Dict[int, Dict[str, Any]]]) -> List[Dict[str, Any]]:
     collapsed = collapsed_runs(groups)
     entries = []
     for name, runs in groups.items():
@@ -219,13 +43,40 @@ def aggregate(results: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
                        if isinstance(v, (int, float)) and not isinstance(v, bool)} - {"seed", "seconds", "images",
                                                                                        "em_stages"})
         row: Dict[str, Any] = {"name": name, "module": first.get("module"), "em_stages": first.get("em_stages"),
-                               "seeds": seeds, "collapsed": collapsed.get(name, []), "metrics": {k: summarize(_vals(runs, k, seeds)) for k in keys}}
-        curves = {k: [summarize([runs[s][k][t] for s in seeds if k in runs[s]])["mean"]
-                      for t in range(len(first[k]))] for k in first if k.startswith("em_") and isinstance(first[k], list)}
-        row["em_curves"] = curves
+                               "seeds": seeds, "collapsed": collapsed.get(name, []),
+                               "metrics": {k: summarize(values(runs, k, seeds)) for k in keys}}
+        row["em_curves"] = {k: [summarize([runs[s][k][t] for s in seeds if k in runs[s]])["mean"]
+                                for t in range(len(first[k]))]
+                            for k in first if k.startswith("em_") and isinstance(first[k], list)}
         entries.append(row)
-    claims = judge(make_claims(groups), groups)
-    return {"entries": entries, "claims": claims, "runs": len(results)}
+    return entries
+
+
+def _seed_range(groups: Dict[str, Dict[int, Dict[str, Any]]], lo: int, hi: Optional[int]) -> Dict[str, Dict[int, Dict[str, Any]]]:
+    out = {e: {s: r for s, r in runs.items() if s >= lo and (hi is None or s < hi)} for e, runs in groups.items()}
+    return {e: runs for e, runs in out.items() if runs}
+
+
+def aggregate(results: Sequence[Dict[str, Any]], split: Optional[int] = None) -> Dict[str, Any]:
+    """Per entry and metric: summary over seeds; the EM curves' means; the controls; the judged claims.
+
+    ``split`` (a plan trained with ``--replicate`` on seeds ``0 .. 2n-1``: ``split = n``): the entry
+    table and the claims use the seeds below ``split``; the claims are judged again on the seeds from
+    ``split`` on (``replication``: both verdicts and :func:`segattn.stats.agree` per claim)."""
+    groups = group(results)
+    first = _seed_range(groups, 0, split) if split else groups
+    claims = judge(make_claims(first), first)
+    agg: Dict[str, Any] = {"entries": _entries(first), "controls": controls(groups), "claims": claims,
+                           "runs": sum(len(r) for r in first.values())}
+    if split:
+        second = _seed_range(groups, split, None)
+        status = []
+        if second:
+            again = {c["id"]: c["verdict"] for c in judge(make_claims(second), second)}
+            status = [{"id": c["id"], "first": c["verdict"], "second": again.get(c["id"]),
+                       "status": stats.agree(c["verdict"], again.get(c["id"]))} for c in claims]
+        agg["replication"] = {"split": split, "runs": sum(len(r) for r in second.values()), "status": status}
+    return agg
 
 
 def _pm(s: Optional[Dict[str, float]], digits: int) -> str:
@@ -274,58 +125,95 @@ def _other(c: Dict[str, Any]) -> str:
     return f" [without collapsed runs: {VERDICT_TEXT[nc['verdict']]}]"
 
 
-EXPLANATIONS = {"1": "Denoising", "2": "Edge-preserving smoothing", "3": "Low-rank reconstruction",
-                "4": "Bases: representative, few, dissimilar", "5": "Query independence and EM iterations"}
+def _table(agg: Dict[str, Any], columns: List[Any]) -> List[str]:
+    columns = [c for c in columns if any(e["metrics"].get(c[0], {}).get("n") for e in agg["entries"])]
+    head = ["entry", "module", "seeds"] + [lab for _, lab, _ in columns]
+    lines = ["| " + " | ".join(head) + " |", "|---|---|---:|" + "---:|" * len(columns)]
+    for e in agg["entries"]:
+        cells = [f"`{e['name']}`", str(e["module"]) + (f" T={e['em_stages']}" if e["em_stages"] else ""),
+                 str(len(e["seeds"]))] + [_pm(e["metrics"].get(k), d) for k, _, d in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _em_section(agg: Dict[str, Any]) -> List[str]:
+    emas = [e for e in agg["entries"] if e["em_curves"]]
+    if not emas:
+        return []
+    lines = ["## EM iterations", "",
+             "From each trained model's bases, t = 1..5 EM iterations on its own validation features "
+             "(means over seeds); and its mIoU and counterfactual cue flow evaluated with T = 1, 3, 5 iterations.", "",
+             "| entry | quantity | t=1 | t=2 | t=3 | t=4 | t=5 |", "|---|---|---:|---:|---:|---:|---:|"]
+    for e in emas:
+        for k, vals in e["em_curves"].items():
+            lines.append(f"| `{e['name']}` | {k} | " + " | ".join(f"{v:.4g}" for v in vals) + " |")
+    lines += ["", "| entry | mIoU at T=1 | T=3 | T=5 | cf logits at T=1 | T=3 | T=5 |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for e in emas:
+        lines.append(f"| `{e['name']}` | " + " | ".join(_pm(e["metrics"].get(f"miou_T{t}"), 1) for t in (1, 3, 5))
+                     + " | " + " | ".join(_pm(e["metrics"].get(f"cf_logits_T{t}"), 3) for t in (1, 3, 5)) + " |")
+    lines += ["", "Within each run (`segattn.analyze.claims.derive`): mIoU(T=1) − mIoU(own T); pooled J out at own T "
+              "− at T = 1; cf logits at own T / at T = 1; the share of the module-input gradient that survives the "
+              "EM cut (cut / exact).", "",
+              "| entry | swap gain | iter J gain | iter cf ratio | grad kept |", "|---|---:|---:|---:|---:|"]
+    for e in emas:
+        lines.append(f"| `{e['name']}` | " + " | ".join(_pm(e["metrics"].get(k), d) for k, d in (
+            ("swap_gain", 2), ("iter_sep_gain", 2), ("iter_cf_ratio", 2), ("grad_kept", 2))) + " |")
+    return lines + [""]
+
+
+def _controls_section(agg: Dict[str, Any]) -> List[str]:
+    rows = [c for c in agg.get("controls", []) if c["runs"]]
+    if not rows:
+        return []
+    lines = ["## Controls", "", "Known answers measured on the same inputs as the modules; a claim is read only when "
+             "the controls of its explanation pass (every run inside the expected range).", "",
+             "| control | what it shows | expected | runs | mean | min | max | passes |", "|---|---|---|---:|---:|---:|---:|---|"]
+    for c in rows:
+        lo, hi = c["expected"]
+        lines.append(f"| {c['name']} | {c['shows']} | [{lo:g}, {hi:g}] | {c['runs']} | {c['mean']:.3g} | {c['min']:.3g} | "
+                     f"{c['max']:.3g} | {'yes' if c['ok'] else '**no**'} |")
+    return lines + [""]
+
+
+def _replication_line(c: Dict[str, Any], rep: Dict[str, Dict[str, Any]]) -> str:
+    r = rep.get(c["id"])
+    if r is None:
+        return ""
+    return f"; replication: {VERDICT_TEXT.get(r['second'] or '', 'not measured')} → **{r['status']}**"
 
 
 def markdown(agg: Dict[str, Any], command: str) -> str:
+    rep_info = agg.get("replication")
+    seeds = sorted({s for e in agg["entries"] for s in e["seeds"]})
+    span = f"seeds {seeds[0]}..{seeds[-1]}" if seeds else "no seeds"
     lines = ["# `segattn analyze`: the survey's explanations, measured", "", "```bash", command, "```", "",
-             f"{agg['runs']} run(s). Every value is the mean ± standard deviation over seeds of a per-run number; "
-             "definitions in `segattn.analyze.metrics` / `segattn.analyze.measure` (and the Analyze page of the "
-             "docs). Drops in mIoU points; NSR gain, J out/in, cosines, errors, TV and cue mass dimensionless; "
-             "‖∂L/∂f‖ is the gradient norm at the backbone output (EM cut as in training).", ""]
-    head = ["entry", "module", "seeds"] + [lab for _, lab, _ in TABLE]
-    lines += ["| " + " | ".join(head) + " |", "|---|---|---:|" + "---:|" * len(TABLE)]
-    for e in agg["entries"]:
-        cells = [f"`{e['name']}`", str(e["module"]) + (f" T={e['em_stages']}" if e["em_stages"] else ""),
-                 str(len(e["seeds"]))] + [_pm(e["metrics"].get(k), d) for k, _, d in TABLE]
-        lines.append("| " + " | ".join(cells) + " |")
-    emas = [e for e in agg["entries"] if e["em_curves"]]
-    if emas:
-        lines += ["", "## EM iterations", "",
-                  "From each trained model's bases, t = 1..5 EM iterations on its own validation features "
-                  "(means over seeds); and its mIoU evaluated with T = 1, 3, 5 iterations.", ""]
-        lines += ["| entry | quantity | t=1 | t=2 | t=3 | t=4 | t=5 |", "|---|---|---:|---:|---:|---:|---:|"]
-        for e in emas:
-            for k, vals in e["em_curves"].items():
-                lines.append(f"| `{e['name']}` | {k} | " + " | ".join(f"{v:.4g}" for v in vals) + " |")
-        lines += ["", "| entry | mIoU at T=1 | T=3 | T=5 | pooled J out at T=1 | T=3 | T=5 |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
-        for e in emas:
-            lines.append(f"| `{e['name']}` | " + " | ".join(_pm(e["metrics"].get(f"miou_T{t}"), 1) for t in (1, 3, 5))
-                         + " | " + " | ".join(_pm(e["metrics"].get(f"pooled_separation_T{t}"), 2) for t in (1, 3, 5))
-                         + " |")
-        lines += ["", "Within each run (`derive`): mIoU(T=1) − mIoU(own T); pooled J out at own T − at T = 1; cue "
-                  "mass after iteration 1 − after iteration T; and the share of the module-input gradient "
-                  "that survives the EM cut (cut / exact).", "",
-                  "| entry | swap gain | iter J gain | iter cue loss | grad kept |", "|---|---:|---:|---:|---:|"]
-        for e in emas:
-            lines.append(f"| `{e['name']}` | " + " | ".join(_pm(e["metrics"].get(k), d) for k, d in (
-                ("swap_gain", 2), ("iter_sep_gain", 2), ("iter_cue_loss", 3), ("grad_kept", 2))) + " |")
+             f"{agg['runs']} run(s), {span}. Every value is the mean ± standard deviation over seeds of a per-run "
+             "number; definitions on the docs pages *Analyze* (section *Metrics that test the statements*) and "
+             "*The survey's explanations*. Drops in mIoU points; the other columns are dimensionless ratios.", ""]
+    if rep_info:
+        lines += [f"Replication: the claims are judged again on the seeds from {rep_info['split']} on "
+                  f"({rep_info['runs']} run(s)); a verdict is *replicated* when both seed ranges decide it the same way "
+                  "(two *cannot tell* are *undecided in both*).", ""]
+    lines += ["## Accuracy and robustness", ""] + _table(agg, ACCURACY)
+    lines += ["## Mechanisms", ""] + _table(agg, MECHANISMS)
+    lines += _controls_section(agg) + _em_section(agg)
     coll = [f"`{e['name']}` {len(e['collapsed'])}/{len(e['seeds'])}" for e in agg["entries"] if e.get("collapsed")]
-    lines += ["", "## Claims", "",
+    lines += ["## Claims", "",
               "One-sided tests at 0.025 over seeds; the t-test p-values of this report form one family, Holm-adjusted. "
               "A claim holds when its adjusted t-test and its exact sign-flip permutation test both pass (at least "
               f"{stats.MIN_SEEDS} seeds), does not hold when the 95 % interval lies on the other side of its null, and "
-              "is *cannot tell at this scale* otherwise (see `segattn.stats`). Collapsed runs (clean mIoU at the "
+              "is *cannot tell at this scale* otherwise (see `segattn.stats`). Robustness is compared with the "
+              "no-context entry only where the clean mIoU match within 1 point. Collapsed runs (clean mIoU at the "
               "no-context entry's level): " + (", ".join(coll) if coll else "none") + "; verdicts on all runs, "
               "with the verdict on the other runs in brackets where it differs.", ""]
+    rep = {r["id"]: r for r in (rep_info or {}).get("status", [])}
     for key, title in EXPLANATIONS.items():
         cs = [c for c in agg["claims"] if c["explanation"] == key]
         if not cs:
             continue
         lines += [f"**{key}. {title}**", ""]
-        lines += [f"- {c['text']}: **{VERDICT_TEXT[c['verdict']]}**{_other(c)} ({describe_claim(c)})" for c in cs]
+        lines += [f"- {c['text']}: **{VERDICT_TEXT[c['verdict']]}**{_other(c)}{_replication_line(c, rep)} "
+                  f"({describe_claim(c)})" for c in cs]
         lines.append("")
     lines += ["![robustness and EM iterations](analysis.png)", ""]
     return "\n".join(lines)
@@ -393,13 +281,15 @@ def plot(agg: Dict[str, Any], path: Path) -> Optional[Path]:
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def write_report(results: Sequence[Dict[str, Any]], out: Union[str, Path], command: str) -> Dict[str, Any]:
-    """Write ``analysis.md``, ``analysis.json``, ``analysis_runs.csv`` and ``analysis.png`` into ``out``."""
+def write_report(results: Sequence[Dict[str, Any]], out: Union[str, Path], command: str,
+                 split: Optional[int] = None) -> Dict[str, Any]:
+    """Write ``analysis.md``, ``analysis.json``, ``analysis_runs.csv`` and ``analysis.png`` into ``out``
+    (``split``: see :func:`aggregate`)."""
     from segattn.engine.metrics import json_safe
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    agg = aggregate(results)
+    agg = aggregate(results, split)
     agg["command"] = command
     paths = {"markdown": out / "analysis.md", "json": out / "analysis.json", "csv": out / "analysis_runs.csv"}
     atomic_write_text(paths["markdown"], markdown(agg, command))

@@ -230,7 +230,8 @@ def claim_analysis(run: Path) -> Optional[WorkDirLock]:
 
 def analyze_runs(runs: Sequence[PathLike], out: PathLike, command: str, max_images: Optional[int] = None,
                  threads: Optional[int] = None, force: bool = False, log: Log = _print,
-                 copy_to: Optional[PathLike] = None, poll_s: float = 15.0) -> Dict[str, Any]:
+                 copy_to: Optional[PathLike] = None, poll_s: float = 15.0,
+                 split: Optional[int] = None) -> Dict[str, Any]:
     """Analyse every run (each stored beside its weights when it is a run folder, so an interrupted call
     resumes where it stopped) and write the report into ``out``. ``copy_to``: a compare folder root;
     each run's ``analysis.json`` is also copied to ``copy_to/runs/<entry>/seed<k>/``.
@@ -238,7 +239,9 @@ def analyze_runs(runs: Sequence[PathLike], out: PathLike, command: str, max_imag
     Several processes may analyse the same runs at once (one per core): each run folder is locked
     while it is measured, a process leaves locked runs to their owner and, once it has nothing else
     to do, waits for them (checking every ``poll_s`` seconds) and reads their stored analysis; a
-    dead owner's lock is taken over. Every process writes the same report at the end."""
+    dead owner's lock is taken over. Every process writes the same report at the end. ``split``: the
+    first seed of the replication range (the claims are judged on both ranges, see
+    :func:`segattn.analyze.report.aggregate`)."""
     from segattn.analyze.report import write_report
 
     paths = expand_runs(runs)
@@ -279,7 +282,7 @@ def analyze_runs(runs: Sequence[PathLike], out: PathLike, command: str, max_imag
             log(f"waiting for {len(busy)} run(s) being analysed by other processes")
             time.sleep(poll_s)
         pending = busy
-    rep = write_report([r for r in results if r is not None], out, command)
+    rep = write_report([r for r in results if r is not None], out, command, split)
     log(f"analysis report: {rep['paths']['markdown']}")
     return rep
 
@@ -289,7 +292,8 @@ def analyze_plan(args: Any, plan: Any, out: Path) -> Dict[str, Any]:
     of the plan with ``final.pt`` (seeds below ``--seeds``, or ``2 x --seeds`` with ``--replicate``)
     through :func:`analyze_runs`; the report goes to ``--report-dir`` (else ``--out``)."""
     n_seeds = args.seeds or plan.seeds
-    span = 2 * n_seeds if getattr(args, "replicate", False) else n_seeds
+    replicate = bool(getattr(args, "replicate", False))
+    span = 2 * n_seeds if replicate else n_seeds
     names = [e.name for e in plan.entries]
     runs = [out / "runs" / n / f"seed{s}" for s in range(span) for n in names
             if (out / "runs" / n / f"seed{s}" / "final.pt").is_file()
@@ -299,9 +303,12 @@ def analyze_plan(args: Any, plan: Any, out: Path) -> Dict[str, Any]:
                            "kept weights have none)")
     target = args.report_dir or out
     cmd = f"segattn compare {args.plan} --dataset {args.dataset} --seeds {n_seeds} --out {out} --report-only --analyze"
+    if replicate:
+        cmd += " --replicate"
     if args.report_dir:
         cmd += f" --report-dir {args.report_dir}"
-    return analyze_runs(runs, target, cmd, threads=args.threads, copy_to=args.report_dir)
+    return analyze_runs(runs, target, cmd, threads=args.threads, copy_to=args.report_dir,
+                        split=n_seeds if replicate else None)
 
 
 __all__ = ["ANALYSIS", "analyze_plan", "checkpoint_path", "load_run", "eval_scale", "pixel_unit", "validation_batches", "analyze_model",
