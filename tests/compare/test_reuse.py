@@ -122,7 +122,7 @@ def test_shared_entry_is_copied_with_provenance_and_others_train(plan_a_out, tmp
     assert all(torch.equal(w_new["model"][k], v) for k, v in w_old["model"].items())
     assert not list(out.glob("runs/*/.*reuse*")) and not (dst / ".segattn.lock").exists()
     md = (out / "compare.md").read_text()
-    assert f"Reused: 1 of these runs" in md and f"`{a}`" in md
+    assert "Reused: 1 of these runs" in md and f"`{a}`" in md
     assert summary["report"]["aggregate"]["reused"] == {"runs": 1, "from": [str(a)]}
 
     # the copy is a finished run of this plan: skipped next time, with or without --reuse
