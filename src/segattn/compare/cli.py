@@ -1,4 +1,4 @@
-"""``segattn compare PLAN [--dataset synthetic|camvid] [--seeds N] [--out DIR] [--replicate] [-j N]``.
+"""``segattn compare PLAN [--dataset synthetic|camvid] [--seeds N] [--out DIR] [--replicate] [-j N] [--reuse DIR]``.
 
 ``--analyze`` is composed from above: :mod:`segattn.cli` passes the analyze step in
 (``add_parser(sub, analyze_step=...)``), so this package never imports :mod:`segattn.analyze`.
@@ -30,6 +30,9 @@ def add_parser(sub: argparse._SubParsersAction, analyze_step: Optional[AnalyzeSt
                    help="folder of the runs and the report (default outputs/compare/<plan>-<dataset>); "
                         "finished runs in it are skipped, interrupted ones resumed; several processes on one --out "
                         "share the runs (each leaves the runs another is training to it)")
+    p.add_argument("--reuse", type=Path, action="append", default=[], metavar="DIR",
+                   help="another plan's --out folder: a run whose identical config (model, data, optimiser, "
+                        "schedule, seed) finished there is copied, with provenance, instead of trained (repeatable)")
     p.add_argument("--report-dir", type=Path, default=None,
                    help="write the report (and copies of the runs' result.json) here instead of --out")
     p.add_argument("--report-only", action="store_true", help="only aggregate the runs already finished")
@@ -63,6 +66,7 @@ def resume_command(args: argparse.Namespace, out: Path) -> str:
         cmd += f" --threads {args.threads}"
     if args.jobs != 1:
         cmd += f" -j {args.jobs}"
+    cmd += "".join(f" --reuse {d}" for d in args.reuse)
     return cmd + "".join(f" --set {s}" for s in args.set)
 
 
@@ -79,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
     if args.analyze and args.analyze_step is None:
         raise PlanError("--analyze is not available here (segattn.analyze is not wired into this command line)")
     out = args.out or Path("outputs") / "compare" / f"{plan.name}-{args.dataset}"
+    if args.report_only and args.reuse:
+        raise PlanError("--reuse copies runs before training; --report-only trains nothing: use one or the other")
     if args.report_only:
         plan.protocol(args.dataset)
         validate_plan(plan, args.dataset, args.set)
@@ -93,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     options = {"partition": args.partition, "time_min": args.time, "cpus": args.cpus_per_run, "gpus": args.gpus_per_run}
     summary = run_plan(plan, args.dataset, args.seeds, out, extra=args.set, threads=args.threads,
                        report_dir=args.report_dir, keep_checkpoints=args.keep_checkpoints, replicate=args.replicate,
-                       workers=args.jobs, launcher=args.launcher, launcher_options=options)
+                       workers=args.jobs, launcher=args.launcher, launcher_options=options, reuse=args.reuse)
     if summary["interrupted"]:
         print(f"interrupted; {summary['done']}/{summary['total']} runs finished; resume with "
               f"`{resume_command(args, out)}`", file=sys.stderr)

@@ -105,12 +105,15 @@ def aggregate(plan: Plan, results: List[Dict[str, Any]], dataset: str, seeds: Op
         if row["name"] != ref:
             row["vs_reference"] = compare_pair(by_entry[row["name"]], by_entry[ref], resamples)
     claims = judge_claims(plan.claims, by_entry, plan.margin, ref, getattr(plan, "verdict_runs", "all"))
+    in_range = [r for rows in by_entry.values() for r in rows.values()]
     commits = sorted({str(r.get("provenance", {}).get("commit")) for r in results
                       if seed_start <= int(r.get("seed", 0)) < seed_start + n_seeds})
+    copied = [r["reused_from"] for r in in_range if isinstance(r.get("reused_from"), dict)]
+    reused = {"runs": len(copied), "from": sorted({str(Path(str(c.get("run"))).parent.parent.parent) for c in copied})}
     return {"plan": plan.name, "description": plan.description, "dataset": dataset, "seeds": n_seeds,
             "seed_start": seed_start, "reference": ref, "margin": plan.margin, "alpha": ALPHA, "classes": classes, "entries": entries, "claims": claims,
             "runs_done": sum(len(v) for v in by_entry.values()), "runs_total": n_seeds * len(plan.entries),
-            "commits": commits, "protocol": _protocol_summary(results)}
+            "commits": commits, "reused": reused, "protocol": _protocol_summary(results)}
 
 
 def _protocol_summary(results: List[Dict[str, Any]]) -> Dict[str, Any]:
@@ -178,6 +181,10 @@ def markdown(agg: Dict[str, Any], command: str) -> str:
     first, last = agg.get("seed_start", 0), agg.get("seed_start", 0) + agg["seeds"] - 1
     lines.append(f"Runs finished: {agg['runs_done']} of {agg['runs_total']} ({len(agg['entries'])} entries x "
                  f"{agg['seeds']} seeds, {first}..{last}). Source commit(s): {', '.join(f'`{c}`' for c in agg['commits']) or '-'}.")
+    reused = agg.get("reused") or {}
+    if reused.get("runs"):
+        lines.append(f"Reused: {reused['runs']} of these runs were trained for another plan with the identical config "
+                     f"and copied from {', '.join(f'`{d}`' for d in reused['from'])} (`reused_from` in their result.json).")
     if p:
         lines.append(f"Protocol: {p.get('dataset')} {p.get('dataset_kwargs') or ''}, crop {p.get('crop_size')}, "
                      f"batch {p.get('batch_size')}, {p.get('iters')} iterations, {p.get('optim')} lr {p.get('lr')}, "

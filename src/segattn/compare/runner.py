@@ -300,10 +300,11 @@ def run_plan(plan: Union[str, Plan], dataset: str = "synthetic", seeds: Optional
              out: Optional[Union[str, Path]] = None, extra: Sequence[str] = (), threads: Optional[int] = 1,
              report: bool = True, report_dir: Optional[Union[str, Path]] = None, callbacks: Sequence[Any] = (),
              log: Log = _print, keep_checkpoints: bool = False, replicate: bool = False, workers: int = 1,
-             launcher: str = "local", launcher_options: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+             launcher: str = "local", launcher_options: Optional[Dict[str, Any]] = None,
+             reuse: Sequence[Union[str, Path]] = ()) -> Dict[str, Any]:
     """Run every missing (entry, seed) of ``plan`` on ``dataset`` and write the report.
 
-    Returns ``{"out", "done", "trained", "skipped", "busy", "interrupted", "total", "report"}``;
+    Returns ``{"out", "done", "trained", "reused", "skipped", "busy", "interrupted", "total", "report"}``;
     ``interrupted`` is True when a stop signal ended a run (its checkpoint is kept; call again to resume).
     ``extra`` are further ``key=value`` config overrides applied to every run (after the protocol's);
     a short run is ``extra=["schedule.iters=2"]`` (and ``seeds=1``). Finished runs keep their metrics
@@ -312,8 +313,12 @@ def run_plan(plan: Union[str, Plan], dataset: str = "synthetic", seeds: Optional
     that many runs at a time in local worker processes; ``launcher="slurm"`` submits every run through
     submitit (``launcher_options``: ``partition``, ``time_min``, ``cpus``, ``gpus``; see
     :mod:`segattn.compare.launch`). Every path takes the run folder's lock, so any mix of them can
-    share one ``out``.
+    share one ``out``. ``reuse`` names other ``segattn compare`` outputs: a pending run whose identical
+    config one of them has finished is copied from there, with provenance, instead of trained
+    (:mod:`segattn.compare.reuse`).
     """
+    from segattn.compare.reuse import check_reuse_dirs, reuse_pending
+
     plan = load_plan(plan) if isinstance(plan, str) else plan
     n_seeds = plan.seeds if seeds is None else int(seeds)
     if n_seeds < 1:
@@ -323,6 +328,7 @@ def run_plan(plan: Union[str, Plan], dataset: str = "synthetic", seeds: Optional
     n_seeds = shorten_seeds(n_seeds)  # SEGATTN_DOCS_SHORT=1 (the docs tests): at most 2 seeds
     out = Path(out) if out is not None else Path("outputs") / "compare" / f"{plan.name}-{dataset}"
     validate_plan(plan, dataset, extra)
+    reuse_dirs = check_reuse_dirs(reuse, out)
     jobs = [(seed, e) for seed in seed_range(n_seeds, replicate) for e in plan.entries]
     prepared = [(seed, e, *prepare_run(out, plan, dataset, e, seed, threads, extra)) for seed, e in jobs]
     from segattn.io import check_writable_dir
@@ -331,11 +337,14 @@ def run_plan(plan: Union[str, Plan], dataset: str = "synthetic", seeds: Optional
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "plan.json", {"plan": plan.name, "source": plan.source, "dataset": dataset,
                                           "seeds": n_seeds, "replicate": replicate, "extra": list(extra),
+                                          "reuse": [str(d) for d in reuse_dirs],
                                           "entries": [e.describe() for e in plan.entries]})
     total = len(prepared)
     done = sum((rdir / RESULT).is_file() for _, _, rdir, _ in prepared)
     log(f"compare {plan.name} on {dataset}: {total} runs ({len(plan.entries)} entries x {total // len(plan.entries)} "
-        f"seeds), {done} already finished, output {out}")
+        f"seeds), {done} already finished, output {out}"
+        + (f"; reusing finished runs of {', '.join(map(str, reuse_dirs))}" if reuse_dirs else ""))
+    reused = reuse_pending(prepared, reuse_dirs, plan, dataset, log)  # here, so workers only get what must train
     if launcher != "local" or workers > 1:
         todo = [(seed, e.name) for seed, e, rdir, _ in prepared if not (rdir / RESULT).is_file()]
         states = dispatch(plan, dataset, todo, out, threads, extra, keep_checkpoints, workers, launcher,
@@ -343,21 +352,24 @@ def run_plan(plan: Union[str, Plan], dataset: str = "synthetic", seeds: Optional
         trained = sum(s == "done" for s in states)
         busy = sum(s == "busy" for s in states)
         interrupted = any(s == "interrupted" for s in states)
-        skipped = total - len(todo) + sum(s == "skipped" for s in states)
+        skipped = total - len(todo) - reused + sum(s == "skipped" for s in states)
         done = sum((rdir / RESULT).is_file() for _, _, rdir, _ in prepared)
     else:
         trained, skipped, busy, done, interrupted = _run_serial(prepared, plan, dataset, callbacks, log,
-                                                                keep_checkpoints, done)
+                                                                keep_checkpoints, done + reused)
+        skipped -= reused
     if busy:
         log(f"{busy} run(s) were being trained by other processes; the report below covers the finished ones "
             "(run the command again, or with --report-only, once they are done)")
+    log(f"{plan.name} on {dataset}: {done}/{total} runs finished ({trained} trained, {reused} reused, "
+        f"{skipped} finished before{f', {busy} left to other processes' if busy else ''})")
     rep = None
     if report:
         from segattn.compare.report import write_report
 
         rep = write_report(plan, out, dataset, report_dir=report_dir, seeds=n_seeds, replicate=replicate)
         log(f"report: {rep['paths']['markdown']}")
-    return {"out": str(out), "done": done, "trained": trained, "skipped": skipped, "busy": busy,
+    return {"out": str(out), "done": done, "trained": trained, "reused": reused, "skipped": skipped, "busy": busy,
             "interrupted": interrupted, "total": total, "report": rep}
 
 
