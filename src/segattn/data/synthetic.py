@@ -61,7 +61,7 @@ class SyntheticContext(Dataset):
     * ``"small-objects"``: the cue square as in ``"context"``, but with ``K = (num_classes - 1) / T``
       cue colours, ``T = textures`` (default 2). The rectangles do not overlap (each is placed at
       least 2 px from the others; one that finds no room after 30 tries is left out); every other one
-      is small (``small_size`` pixels a side, default 6-12, about one 8x8 cell of a stride-8 backbone),
+      is small (``small_size`` pixels a side, default 6-10, about one 8x8 cell of a stride-8 backbone),
       the others ``blob_size``. Each carries its own texture ``t`` in ``0..T-1`` (:data:`PATTERNS`,
       drawn per rectangle) and is labelled ``1 + t * K + k`` under cue colour ``k``
       (:meth:`small_objects_label`): the class is the *product* of an attribute of its own pixels
@@ -85,7 +85,7 @@ class SyntheticContext(Dataset):
         cue_size: int = 6,
         margin: int = 10,
         task: str = "context",
-        small_size: Tuple[int, int] = (6, 12),
+        small_size: Tuple[int, int] = (6, 10),
         textures: int = 2,
         transform: Optional[Transform] = None,
         root: Optional[str] = None,
