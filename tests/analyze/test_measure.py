@@ -283,3 +283,25 @@ def test_perturbations_are_fractions_of_the_pixel_range():
     camvid = load_config("camvid/compare_camvid.yaml")
     assert pixel_unit(camvid) == pytest.approx(255 / torch.tensor(camvid.data.std))
     assert pixel_unit(load_config("synthetic/fcn_r18_synthetic.yaml")).tolist() == [1.0]  # [0, 1] images
+
+
+def test_bases_plan_equal_k_entries_have_16_bases():
+    """The bases plan's equal-K entries (issue 30), built as the plan builds them (the synthetic head,
+    64 channels): EMA, A2, PPM with one 4x4 bin and APCNet with one 4x4 scale all give the analysis
+    K = 16 bases (the K of ``gram erank / K``); the original (1, 2, 3, 6) pyramids 50."""
+    from segattn.analyze.measure.common import context_slot
+    from segattn.compare.plan import entry_config_dict, load_plan
+    from segattn.engine import build
+    from segattn.engine.config import config_from_dict
+
+    torch.manual_seed(0)
+    plan = load_plan("bases")
+    entries = {e.name: e for e in plan.entries}
+    ks = {}
+    for name in ("ema-T1", "a2", "ppm-K16", "apcnet-K16", "ppm", "apcnet"):
+        cfg = config_from_dict(entry_config_dict(plan, "small-objects", entries[name], 0, "unused"))
+        module = context_slot(build.build_model(cfg.model, 5)).eval()
+        x = torch.randn(1, module.in_channels, 16, 16)
+        _, bases, _ = measure.lowrank_parts(module, x)
+        ks[name] = bases.shape[1]
+    assert ks == {"ema-T1": 16, "a2": 16, "ppm-K16": 16, "apcnet-K16": 16, "ppm": 50, "apcnet": 50}

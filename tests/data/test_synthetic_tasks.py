@@ -45,8 +45,8 @@ def test_every_task_is_deterministic_and_valid(task):
 def test_unknown_task_and_bad_sizes_are_one_clear_error():
     with pytest.raises(ValueError, match="synthetic task must be one of context, relational"):
         SyntheticContext(2, task="relation")
-    with pytest.raises(ValueError, match="small-objects has 4 textures"):
-        SyntheticContext(2, task="small-objects", num_classes=7)
+    with pytest.raises(ValueError, match="num_classes must be 1 \\+ textures x cue colours"):
+        SyntheticContext(2, task="small-objects", num_classes=6)
     with pytest.raises(ValueError, match="relational needs num_classes >= 3"):
         SyntheticContext(2, task="relational", num_classes=2)
 
@@ -101,33 +101,120 @@ def test_relational_global_summary_cannot_carry_the_label():
     assert correct / total == pytest.approx(0.5, abs=1e-12)
 
 
-def test_small_objects_label_needs_own_texture_and_cue():
-    k_classes = 3
-    ds = SyntheticContext(60, seed=0, size=(96, 96), num_classes=k_classes, cue_size=8, margin=16,
-                          task="small-objects", num_blobs=(3, 5))
-    textures = [ds._pattern(t) for t in range(len(PATTERNS))]
-    by_texture, small_areas = {}, []
+SMALL = dict(size=(96, 96), cue_size=8, margin=16, task="small-objects", num_blobs=(3, 5),
+             blob_size=(16, 24), small_size=(6, 10))
+
+
+def _cue_of(image: np.ndarray) -> int:
+    colour = (image[..., 0] != image[..., 1]) | (image[..., 1] != image[..., 2])
+    found = {tuple(int(v) for v in px) for px in image[colour]}
+    assert len(found) == 1
+    return CUE_COLORS.index(found.pop())
+
+
+def _rectangles(ds: SyntheticContext, image: np.ndarray, mask: np.ndarray):
+    """(texture t, label, (top, left, height, width)) of every rectangle of a small-objects item."""
     from scipy import ndimage
 
+    out = []
+    comp, n = ndimage.label(mask > 0)
+    for c, box in zip(range(1, n + 1), ndimage.find_objects(comp)):
+        region = comp == c
+        assert region[box].all()  # one full rectangle per component: they never touch
+        labels = np.unique(mask[region])
+        assert len(labels) == 1
+        t = [j for j in range(ds.textures) if (image[region] == ds._pattern(j)[region][:, None]).all()]
+        assert len(t) == 1
+        out.append((t[0], int(labels[0]), (box[0].start, box[1].start, box[0].stop - box[0].start,
+                                           box[1].stop - box[1].start)))
+    return out
+
+
+@pytest.mark.parametrize("num_classes, textures", [(5, 2), (7, 3), (7, 2)])
+def test_small_objects_label_is_one_plus_texture_times_k_plus_cue(num_classes, textures):
+    """Known answer: a rectangle with own texture t under cue colour k is labelled 1 + t * K + k,
+    K = (num_classes - 1) / textures; every (t, k) pair occurs."""
+    ds = SyntheticContext(80, seed=0, num_classes=num_classes, textures=textures, **SMALL)
+    cues = (num_classes - 1) // textures
+    assert ds.textures == textures and ds.cues == cues
+    assert [ds.small_objects_label(t, k) for t in range(textures) for k in range(cues)] == \
+        list(range(1, num_classes))
+    seen = set()
+    for i in range(80):
+        image, mask = ds.generate(i)
+        k = _cue_of(image)
+        assert k < cues
+        for t, label, _ in _rectangles(ds, image, mask):
+            assert label == 1 + t * cues + k
+            seen.add((t, k))
+    assert seen == {(t, k) for t in range(textures) for k in range(cues)}
+    assert ds.classes[1 + 1 * cues + 0] == f"{PATTERNS[1]} under red cue"
+
+
+def test_small_objects_cue_swap_changes_only_the_cue_part():
+    ds = SyntheticContext(20, seed=3, num_classes=7, textures=2, **SMALL)  # K = 3 cue colours
+    for i in range(20):
+        image, mask = ds.generate(i)
+        k = _cue_of(image)
+        for k2 in range(3):
+            image2, mask2 = ds.generate_with_cue(i, k2)
+            assert _cue_of(image2) == k2
+            same = np.all(image == image2, -1)
+            assert same[mask > 0].all() and (np.all(image2[~same] == CUE_COLORS[k2], -1)).all()
+            fg = mask > 0
+            assert np.array_equal(fg, mask2 > 0)
+            assert np.array_equal((mask2[fg] - 1) // 3, (mask[fg] - 1) // 3)  # texture part t unchanged
+            assert (mask2[fg] - 1 == (mask[fg] - 1) - k + k2).all()  # only k moved
+        assert all(np.array_equal(a, b) for a, b in zip(ds.generate_with_cue(i, k), (image, mask)))
+    with pytest.raises(ValueError, match="cue must be a cue colour in 0..2"):
+        ds.generate_with_cue(0, 3)
+
+
+def test_small_objects_sizes_margin_and_gap():
+    ds = SyntheticContext(60, seed=1, num_classes=5, **SMALL)
+    small = large = 0
     for i in range(60):
         image, mask = ds.generate(i)
-        colour = (image[..., 0] != image[..., 1]) | (image[..., 1] != image[..., 2])
-        k = CUE_COLORS.index(tuple(int(v) for v in image[colour][0]))
-        comp = ndimage.label(mask > 0)[0]  # 4-connected components
-        for c in range(1, comp.max() + 1):
-            region = comp == c
-            labels = np.unique(mask[region])
-            if len(labels) != 1:  # overlapping rectangles of two textures: skip
-                continue
-            t = [j for j in range(k_classes - 1) if (image[region][:, 0] == textures[j][region]).all()]
-            if len(t) != 1:
-                continue
-            assert labels[0] == 1 + (t[0] + k) % (k_classes - 1)
-            by_texture.setdefault(t[0], set()).add(int(labels[0]))
-            small_areas.append(int(region.sum()))
-    # the same texture carries both classes (so its pixels alone cannot tell), and small segments exist
-    assert all(len(v) == 2 for v in by_texture.values()) and len(by_texture) == 2
-    assert min(small_areas) <= 25
+        boxes = [b for _, _, b in _rectangles(ds, image, mask)]
+        assert 1 <= len(boxes) <= 5
+        for top, left, bh, bw in boxes:
+            assert top >= 16 and left >= 16 and top + bh <= 80 and left + bw <= 80
+            if 6 <= bh <= 10 and 6 <= bw <= 10:
+                small += 1
+            else:
+                assert 16 <= bh <= 24 and 16 <= bw <= 24
+                large += 1
+        for a in range(len(boxes)):  # at least 2 px between any two rectangles
+            for b in range(a):
+                (t1, l1, h1, w1), (t2, l2, h2, w2) = boxes[a], boxes[b]
+                assert t1 >= t2 + h2 + 2 or t2 >= t1 + h1 + 2 or l1 >= l2 + w2 + 2 or l2 >= l1 + w1 + 2
+    assert small >= 40 and large >= 60
+
+
+def test_small_objects_item_is_a_pure_function_of_seed_and_index():
+    kw = dict(num_classes=5, **SMALL)
+    a = SyntheticContext(10, seed=4, **kw)
+    forward = [a.generate(i) for i in range(10)]
+    backward = [SyntheticContext(10, seed=4, **kw).generate(i) for i in reversed(range(10))][::-1]
+    for (ia, ma), (ib, mb) in zip(forward, backward):
+        assert np.array_equal(ia, ib) and np.array_equal(ma, mb)
+    assert not np.array_equal(forward[0][0], forward[1][0])
+    assert not np.array_equal(forward[0][0], SyntheticContext(10, seed=5, **kw).generate(0)[0])
+    assert _digest(a, 10) == "c2dc919686ca6bde"  # the generator as first published (pins the stream)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(num_classes=4), "num_classes must be 1 \\+ textures x cue colours with textures in 1..4, got num_classes 4, "
+                          "textures 2"),
+    (dict(num_classes=6, textures=5), "textures in 1..4, got num_classes 6, textures 5"),
+    (dict(num_classes=5, small_size=(0, 4)), "small_size must be"),
+])
+def test_small_objects_wrong_num_classes_is_one_clear_line(kw, match):
+    from segattn.errors import ArgumentError
+
+    with pytest.raises(ArgumentError, match=match) as err:
+        SyntheticContext(2, task="small-objects", **kw)
+    assert "\n" not in str(err.value)
 
 
 def test_clean_background_is_smooth_and_keeps_the_context_rule():

@@ -10,6 +10,7 @@ from torch.utils.data import Dataset
 
 from segattn.checks import NON_NEGATIVE, checked
 from segattn.data.datasets.base import Transform, to_tensor
+from segattn.errors import ArgumentError
 from segattn.registry import DATASETS
 
 Color = Tuple[int, int, int]
@@ -57,10 +58,16 @@ class SyntheticContext(Dataset):
       feature) and the shape pixels' own patches unchanged, but every shape label swapped: anything
       that sees only a position-free global summary plus a pixel's own patch is at chance between the
       two colours present. A module must bind *where* each colour is (pooled grids, positions) to solve it.
-    * ``"small-objects"``: the cue as in ``"context"``; the rectangles are grey like the rest but
-      each carries one of ``K`` own textures (:data:`PATTERNS`, drawn per rectangle) and every other
-      one is small (``small_size`` pixels a side, default 3-5); a rectangle with texture t under cue
-      colour k is labelled ``1 + (t + k) mod K``: its class needs its own pixels and the far cue.
+    * ``"small-objects"``: the cue square as in ``"context"``, but with ``K = (num_classes - 1) / T``
+      cue colours, ``T = textures`` (default 2). The rectangles do not overlap (each is placed at
+      least 2 px from the others; one that finds no room after 30 tries is left out); every other one
+      is small (``small_size`` pixels a side, default 6-10, about one 8x8 cell of a stride-8 backbone),
+      the others ``blob_size``. Each carries its own texture ``t`` in ``0..T-1`` (:data:`PATTERNS`,
+      drawn per rectangle) and is labelled ``1 + t * K + k`` under cue colour ``k``
+      (:meth:`small_objects_label`): the class is the *product* of an attribute of its own pixels
+      and one of the far cue, so a classifier can score it as ``f_t(own pixels) + g_k(context)``
+      (a mod-sum of the two, the first design, is XOR-like and not linearly separable from features
+      that carry them separately). ``num_classes`` must be ``1 + T * K`` with ``K >= 1``.
     * ``"clean-background"``: the ``"context"`` rule on a smooth background (one grey level per image
       plus a gentle linear ramp) instead of pixel noise, so added noise is the only noise there is.
     """
@@ -78,7 +85,8 @@ class SyntheticContext(Dataset):
         cue_size: int = 6,
         margin: int = 10,
         task: str = "context",
-        small_size: Tuple[int, int] = (3, 5),
+        small_size: Tuple[int, int] = (6, 10),
+        textures: int = 2,
         transform: Optional[Transform] = None,
         root: Optional[str] = None,
         split: str = "train",
@@ -92,13 +100,18 @@ class SyntheticContext(Dataset):
             )
         if task not in TASKS:
             raise ValueError(f"synthetic task must be one of {', '.join(TASKS)}, got {task!r}")
-        if task == "small-objects" and num_classes - 1 > len(PATTERNS):
-            raise ValueError(f"task small-objects has {len(PATTERNS)} textures: num_classes must be at most "
-                             f"{len(PATTERNS) + 1}, got {num_classes}")
+        if task == "small-objects" and not (1 <= textures <= len(PATTERNS) and (num_classes - 1) % textures == 0):
+            raise ArgumentError(f"task small-objects labels 1 + t * K + k: num_classes must be 1 + textures x "
+                                f"cue colours with textures in 1..{len(PATTERNS)}, got num_classes {num_classes}, "
+                                f"textures {textures} (e.g. 5 = 1 + 2 x 2)")
+        if task == "small-objects" and not 1 <= small_size[0] <= small_size[1]:
+            raise ArgumentError(f"small_size must be (low, high) with 1 <= low <= high, got {tuple(small_size)}")
         if task == "relational" and (num_classes < 3 or w < 4 * margin):
             raise ValueError(f"task relational needs num_classes >= 3 (two different bar colours) and a width of "
                              f"at least 4 x margin, got {num_classes} classes, width {w}, margin {margin}")
         self.task, self.small_size = task, (int(small_size[0]), int(small_size[1]))
+        self.textures = int(textures) if task == "small-objects" else 1
+        self.cues = (num_classes - 1) // self.textures  # K: the number of cue colours
         self.num_samples, self.size, self.seed = int(num_samples), (h, w), int(seed)
         if split not in ("train", "val", "test"):
             raise ValueError(f"split must be train, val or test, got {split!r}")
@@ -108,9 +121,13 @@ class SyntheticContext(Dataset):
         self.transform = transform
         self.num_classes = int(num_classes)
         self.classes: List[str] = ["background"] + [f"{n} cue" for n in CUE_NAMES[: num_classes - 1]]
-        if task == "small-objects":
-            self.classes = ["background"] + [f"texture+cue={j} (mod {num_classes - 1})" for j in range(num_classes - 1)]
         self.palette: List[Color] = [(0, 0, 0)] + list(CUE_COLORS[: num_classes - 1])
+        if task == "small-objects":  # class 1 + t * K + k: texture t under cue colour k, darker for larger t
+            self.classes = ["background"] + [f"{PATTERNS[j // self.cues]} under {CUE_NAMES[j % self.cues]} cue"
+                                             for j in range(num_classes - 1)]
+            shade = [1.0 - 0.5 * t / max(1, self.textures - 1) for t in range(self.textures)]
+            self.palette = [(0, 0, 0)] + [tuple(int(c * shade[j // self.cues]) for c in CUE_COLORS[j % self.cues])
+                                          for j in range(num_classes - 1)]
         self.ignore_index = 255
         self.files = None
         self.root = root
@@ -173,6 +190,48 @@ class SyntheticContext(Dataset):
         image[:, w - self.cue_size:] = CUE_COLORS[b]
         return image, mask
 
+    def small_objects_label(self, texture: int, cue: int) -> int:
+        """The small-objects task's class of a rectangle with own texture ``texture`` under cue colour ``cue``."""
+        return 1 + texture * self.cues + cue
+
+    def _generate_small_objects(self, rng: np.random.Generator,
+                                cue: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
+        h, w = self.size
+        image = np.repeat(self._background(rng)[..., None], 3, axis=2)
+        mask = np.zeros((h, w), dtype=np.int64)
+        taken = np.zeros((h, w), dtype=bool)  # painted rectangles grown by the 2 px gap
+        k = int(rng.integers(self.cues))
+        k = k if cue is None else cue  # drawn either way: the rest of the item is the same
+        for i in range(int(rng.integers(self.num_blobs[0], self.num_blobs[1] + 1))):
+            size = self.small_size if i % 2 == 1 else self.blob_size
+            bh, bw = (min(int(rng.integers(size[0], size[1] + 1)), n - 2 * self.margin) for n in (h, w))
+            t = int(rng.integers(self.textures))
+            for _ in range(30):
+                top = int(rng.integers(self.margin, h - self.margin - bh + 1))
+                left = int(rng.integers(self.margin, w - self.margin - bw + 1))
+                if not taken[top: top + bh, left: left + bw].any():
+                    break
+            else:
+                continue
+            region = (slice(top, top + bh), slice(left, left + bw))
+            image[region] = self._pattern(t)[region][..., None]
+            mask[region] = self.small_objects_label(t, k)
+            taken[max(0, top - 2): top + bh + 2, max(0, left - 2): left + bw + 2] = True
+        self._paint_cue(rng, image, CUE_COLORS[k])
+        return image, mask
+
+    def generate_with_cue(self, index: int, cue: int) -> Tuple[np.ndarray, np.ndarray]:
+        """Small-objects item ``index`` with its cue colour replaced by ``cue`` (``0..K-1``): the same
+        background, rectangles, textures and cue position; only the cue's pixels and the labels' cue
+        part ``k`` change (a counterfactual of :meth:`generate`)."""
+        if self.task != "small-objects":
+            raise ArgumentError(f"generate_with_cue is for task small-objects, this dataset's task is {self.task!r}")
+        if not 0 <= cue < self.cues:
+            raise ArgumentError(f"cue must be a cue colour in 0..{self.cues - 1}, got {cue}")
+        if not 0 <= index < self.num_samples:
+            raise IndexError(f"index {index} out of range for {self.num_samples} samples")
+        return self._generate_small_objects(np.random.default_rng([self.seed, self._stream, index]), int(cue))
+
     def generate(self, index: int) -> Tuple[np.ndarray, np.ndarray]:
         """The raw item ``index``: (image uint8 (H, W, 3), mask int64 (H, W))."""
         if not 0 <= index < self.num_samples:
@@ -180,27 +239,22 @@ class SyntheticContext(Dataset):
         rng = np.random.default_rng([self.seed, self._stream, index])
         if self.task == "relational":
             return self._generate_relational(rng)
+        if self.task == "small-objects":
+            return self._generate_small_objects(rng)
         h, w = self.size
         grey = self._background(rng)
         image = np.repeat(grey[..., None], 3, axis=2)
         mask = np.zeros((h, w), dtype=np.int64)
         k = int(rng.integers(self.num_classes - 1))
         texture = self._texture()
-        small = self.task == "small-objects"
-        for i in range(int(rng.integers(self.num_blobs[0], self.num_blobs[1] + 1))):
-            size = self.small_size if small and i % 2 == 1 else self.blob_size
-            bh, bw = (int(rng.integers(size[0], size[1] + 1)) for _ in range(2))
+        for _ in range(int(rng.integers(self.num_blobs[0], self.num_blobs[1] + 1))):
+            bh, bw = (int(rng.integers(self.blob_size[0], self.blob_size[1] + 1)) for _ in range(2))
             bh, bw = min(bh, h - 2 * self.margin), min(bw, w - 2 * self.margin)
             top = int(rng.integers(self.margin, h - self.margin - bh + 1))
             left = int(rng.integers(self.margin, w - self.margin - bw + 1))
             region = (slice(top, top + bh), slice(left, left + bw))
-            if small:
-                t = int(rng.integers(self.num_classes - 1))
-                image[region] = self._pattern(t)[region][..., None]
-                mask[region] = 1 + (t + k) % (self.num_classes - 1)
-            else:
-                image[region] = texture[region][..., None]
-                mask[region] = 1 + k
+            image[region] = texture[region][..., None]
+            mask[region] = 1 + k
         self._paint_cue(rng, image, CUE_COLORS[k])
         return image, mask
 
