@@ -33,7 +33,9 @@ is the one on all runs, both are shown.
 
 :func:`controls` checks, per report, that the controls measured beside the modules behave as their
 known answers say (identity: index 1; 3 x 3 box filter: denoises and blurs edges; the FCN's identity
-slot: every path ratio 1) before any verdict is read.
+slot: every path ratio 1) before any verdict is read. (The no-context slot's counterfactual flow is not
+a control: its input already sees the cue within the head's 3 x 3 convolutions, 0.07 on a trained
+survey-table FCN.)
 """
 
 from __future__ import annotations
@@ -241,19 +243,19 @@ def judge(claims: Sequence[Dict[str, Any]], groups: Dict[str, Dict[int, Dict[str
 
 
 # ---------------------------------------------------------------------------------------- controls
-# (name, metric, which runs: "all" or "identity" (the no-context entry), low, high, what it shows)
+# (explanation, name, metric, which runs: "all" or "identity" (the no-context entry), low, high, what it shows)
 CONTROLS = [
-    ("identity map: denoising index 1", "denoise_index_identity", "all", 0.999, 1.001,
-     "the index reads 1 where nothing is denoised"),
-    ("3 x 3 box filter denoises", "denoise_index_box3", "all", 0.0, 0.9, "the index detects a known denoiser"),
-    ("3 x 3 box filter lowers within-class variance", "within_ratio_box3", "all", 0.0, 0.9,
-     "the within-class ratio detects a known smoother"),
-    ("3 x 3 box filter blurs edges", "boundary_ratio_box3", "all", 0.0, 0.9,
-     "the boundary ratio detects a smoother that does not preserve edges"),
-    ("no-context slot: context path = input (Fisher gain 1)", "fisher_gain_path", "identity", 0.999, 1.001,
+    ("1", "no-context slot: context path = input (Fisher gain 1)", "fisher_gain_path", "identity", 0.999, 1.001,
      "the Fisher gain reads 1 where nothing is reconstructed"),
-    ("no-context slot: within-class ratio 1", "within_ratio", "identity", 0.999, 1.001,
+    ("2", "identity map: denoising index 1", "denoise_index_identity", "all", 0.999, 1.001,
+     "the index reads 1 where nothing is denoised"),
+    ("2", "3 x 3 box filter denoises", "denoise_index_box3", "all", 0.0, 0.9, "the index detects a known denoiser"),
+    ("3", "no-context slot: within-class ratio 1", "within_ratio", "identity", 0.999, 1.001,
      "the within-class ratio reads 1 on the identity"),
+    ("3", "3 x 3 box filter lowers within-class variance", "within_ratio_box3", "all", 0.0, 0.9,
+     "the within-class ratio detects a known smoother"),
+    ("3", "3 x 3 box filter blurs edges", "boundary_ratio_box3", "all", 0.0, 0.9,
+     "the boundary ratio detects a smoother that does not preserve edges"),
 ]
 
 
@@ -262,11 +264,12 @@ def controls(groups: Dict[str, Dict[int, Dict[str, Any]]]) -> List[Dict[str, Any
     (``ok`` None when no run measured it)."""
     module = {e: next(iter(r.values())).get("module", "") for e, r in groups.items()}
     out = []
-    for name, metric, which, lo, hi, shows in CONTROLS:
+    for explanation, name, metric, which, lo, hi, shows in CONTROLS:
         vals = [v for e, runs in groups.items() if which == "all" or module[e] == "identity"
                 for v in values(runs, metric, sorted(runs)) if math.isfinite(v)]
         ok = all(lo <= v <= hi for v in vals) if vals else None
-        out.append({"name": name, "metric": metric, "expected": [lo, hi], "shows": shows, "runs": len(vals),
+        out.append({"explanation": explanation, "name": name, "metric": metric, "expected": [lo, hi], "shows": shows,
+                    "runs": len(vals),
                     "mean": sum(vals) / len(vals) if vals else NAN, "min": min(vals, default=NAN),
                     "max": max(vals, default=NAN), "ok": ok})
     return out

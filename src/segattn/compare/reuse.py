@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from segattn.compare.plan import Entry, Plan, PlanError
-from segattn.compare.runner import FINAL_WEIGHTS, RESULT, RUN_CONFIG, claim_run, source_commit
+from segattn.compare.rundir import FINAL_WEIGHTS, RESULT, RUN_CONFIG, claim_run, source_commit
 from segattn.io import atomic_write_json
 
 ANALYSIS = "analysis.json"  # written by `segattn analyze` into a run folder

@@ -27,7 +27,6 @@ import json
 import math
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -40,38 +39,18 @@ from torch import nn
 from segattn.compare.cost import measure_cost
 from segattn.compare.launch import dispatch
 from segattn.compare.plan import Entry, Plan, PlanError, entry_config_dict, load_plan, validate_plan
+from segattn.compare.reuse import check_reuse_dirs, reuse_pending
+from segattn.compare.rundir import FINAL_WEIGHTS, RESULT, RUN_CONFIG, claim_run, run_dir, source_commit
 from segattn.engine import build
 from segattn.engine.config import config_from_dict
 from segattn.engine.short import shorten_seeds
-from segattn.engine.workdir import WorkDirError, WorkDirLock
 from segattn.io import atomic_write_json
 
-RESULT = "result.json"
-RUN_CONFIG = "compare_config.json"
-FINAL_WEIGHTS = "final.pt"  # the finished run's weights (no optimiser state), kept for `segattn analyze`
 Log = Callable[[str], None]
 
 
 def _print(msg: str) -> None:
     print(msg, flush=True)
-
-
-def run_dir(out: Union[str, Path], entry: str, seed: int) -> Path:
-    return Path(out) / "runs" / entry / f"seed{seed}"
-
-
-def source_commit() -> Optional[str]:
-    """Git commit of the source tree segattn is imported from (``+dirty`` with local changes), or None."""
-    root = Path(__file__).resolve().parents[3]
-    try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        if head.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "src"], capture_output=True,
-                               text=True, timeout=10)
-        return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 # --------------------------------------------------------------------------------------- model
@@ -212,20 +191,6 @@ def save_final_weights(rdir: Path, model: nn.Module, cfg_data: Dict[str, Any], m
     return path
 
 
-def claim_run(rdir: Path) -> Optional[WorkDirLock]:
-    """Take the run folder's lock (``<rdir>/.segattn.lock``, :class:`WorkDirLock`), or None when a live
-    process holds it: several ``segattn compare`` processes on one ``--out`` share the runs (each
-    trains the ones no other is training), and none of them touches a run another is writing. A lock
-    left by a dead process is taken over."""
-    rdir.mkdir(parents=True, exist_ok=True)
-    claim = WorkDirLock(str(rdir))
-    try:
-        claim.acquire()
-    except WorkDirError:
-        return None
-    return claim
-
-
 def train_run(rdir: Path, data: Dict[str, Any], entry: Entry, seed: int, dataset: str, plan: Plan,
               callbacks: Sequence[Any] = (), log: Log = _print, keep_checkpoints: bool = False) -> Optional[Dict[str, Any]]:
     """Train (or resume) one run and measure it; returns the result, or None when interrupted.
@@ -317,8 +282,6 @@ def run_plan(plan: Union[str, Plan], dataset: str = "synthetic", seeds: Optional
     config one of them has finished is copied from there, with provenance, instead of trained
     (:mod:`segattn.compare.reuse`).
     """
-    from segattn.compare.reuse import check_reuse_dirs, reuse_pending
-
     plan = load_plan(plan) if isinstance(plan, str) else plan
     n_seeds = plan.seeds if seeds is None else int(seeds)
     if n_seeds < 1:
