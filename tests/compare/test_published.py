@@ -220,3 +220,19 @@ def test_explanation_block_only_from_the_current_version(tmp_path):
     block = pub.explanation_block("1", [folder], tmp_path / "x.md")
     assert f"Not yet measured at analysis version {pub.VERSION}" in block
     assert f"made at analysis version {pub.VERSION - 1}, {pub.VERSION}" in block
+
+
+def test_analysis_block_names_the_current_version_and_the_replication(tmp_path, monkeypatch):
+    pub = _publisher()
+    monkeypatch.setattr(pub, "ROOT", tmp_path)
+    monkeypatch.setattr(pub, "RESULTS", tmp_path / "docs" / "results")
+    folder = tmp_path / "docs" / "results" / "st-relational"
+    _publish_analysis(folder, _runs(range(16)), split=8)
+    block = pub.analysis_block(folder)
+    assert f"Analysis version {pub.VERSION} (the current one is {pub.VERSION}); collapsed runs: none" in block
+    assert "replicated on a second seed range" in block
+    row = next(ln for ln in block.splitlines() if ln.startswith("| `nonlocal`'s context path"))
+    assert row.endswith("| replicated (second range: holds) |")
+    old = tmp_path / "docs" / "results" / "st-old"
+    _publish_analysis(old, _runs(range(3), version=pub.VERSION - 1), dataset="synthetic")
+    assert f"(the current one is {pub.VERSION}: measurements changed since" in pub.analysis_block(old)
