@@ -2,12 +2,16 @@
 
     python scripts/publish_results.py --rejudge   # compare.* / analysis.* under docs/results/ from the stored
                                                   # per-seed results, with the current rules
-    python scripts/publish_results.py --write     # the generated blocks of docs/results.md and README.md
+    python scripts/publish_results.py --write     # the generated blocks of docs/results.md, README.md and
+                                                  # docs/explanations/*.md
     python scripts/publish_results.py --check     # exit 1 if a generated block differs from the JSON
 
-Every claims table and summary sentence between ``<!-- generated:KEY -->`` and ``<!-- /generated:KEY -->``
-comes from ``compare.json`` / ``analysis.json``; ``tests/compare/test_published.py`` fails when the
-pages and the JSON disagree, so the wording cannot outrun a verdict.
+(run with ``PYTHONPATH=src``). Every claims table and summary sentence between ``<!-- generated:KEY -->``
+and ``<!-- /generated:KEY -->`` comes from ``compare.json`` / ``analysis.json``;
+``tests/compare/test_published.py`` fails when the pages and the JSON disagree, so the wording cannot
+outrun a verdict. Each explanation page (``explanation.<n>``) lists, per published analysis made at the
+current analysis version, its task, its controls and the verdicts of that explanation's claims; analyses
+of older versions are named with the command that re-makes them.
 """
 
 from __future__ import annotations
@@ -15,15 +19,44 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT / "src") not in sys.path:
+    sys.path.insert(0, str(ROOT / "src"))
+
+from segattn.analyze.claims import CONTROLS, EXPLANATIONS  # noqa: E402
+from segattn.analyze.run import VERSION  # noqa: E402
+
 RESULTS = ROOT / "docs" / "results"
-PAGES = {"results": ROOT / "docs" / "results.md", "readme": ROOT / "README.md"}
-TASKS = {"synthetic": "the synthetic 128x128 LocalNet task", "camvid": "CamVid from scratch (ResNet-18 V1c, 1/3 resolution)"}
+# one page per explanation of segattn.analyze.claims.EXPLANATIONS, in docs/explanations/
+EXPLANATION_PAGES = {"1": "low-rank", "2": "denoising", "3": "smoothing", "4": "bases", "5": "em-iterations",
+                     "6": "query-independence"}
+PAGES = {"results": ROOT / "docs" / "results.md", "readme": ROOT / "README.md",
+         **{f"explanation.{n}": ROOT / "docs" / "explanations" / f"{slug}.md" for n, slug in EXPLANATION_PAGES.items()}}
+TASKS = {"synthetic": "the synthetic 128x128 LocalNet task", "camvid": "CamVid from scratch (ResNet-18 V1c, 1/3 resolution)",
+         "relational": "the synthetic relational task (a shape takes the colour of the cue bar on its own side)",
+         "small-objects": "the synthetic small-objects task (class = own texture x far cue colour; every other "
+                          "shape about one backbone cell)",
+         "clean-background": "the synthetic clean-background task (the context rule on a smooth background)"}
+# which explanation each control of segattn.analyze.claims.CONTROLS belongs to (by its metric)
+CONTROL_EXPLANATION = {"denoise_index_identity": "2", "denoise_index_box3": "2", "within_ratio_box3": "3",
+                       "boundary_ratio_box3": "3", "fisher_gain_path": "1", "within_ratio": "3"}
+# the commands that measure each explanation's claims (8 seeds and a second seed range)
+MEASURE = {
+    "1": ["segattn compare survey-table --dataset synthetic --seeds 8 --replicate --analyze",
+          "segattn compare reasoning-ablation --dataset relational --seeds 8 --replicate --analyze"],
+    "2": ["segattn compare survey-table --dataset clean-background --seeds 8 --replicate --analyze"],
+    "3": ["segattn compare all-modules --dataset synthetic --seeds 8 --replicate --analyze"],
+    "4": ["segattn compare bases --dataset small-objects --seeds 8 --replicate --analyze"],
+    "5": ["segattn compare survey-table --dataset synthetic --seeds 8 --replicate --analyze",
+          "segattn compare survey-table --dataset relational --seeds 8 --replicate --analyze"],
+    "6": ["segattn compare successors --dataset synthetic --seeds 8 --replicate --analyze"],
+}
 SHORT = {"holds": "holds", "does not hold": "does not hold", "cannot tell": "cannot tell"}
 BLOCK = re.compile(r"(<!-- generated:(?P<key>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /generated:(?P=key) -->)", re.S)
 
@@ -120,27 +153,173 @@ def compare_block(folder: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def analysis_versions(folder: Path, agg: Optional[Dict[str, Any]] = None) -> List[str]:
+    """The analysis versions the report's runs were measured at (from the runs' stored settings)."""
+    agg = agg if agg is not None else _load(folder / "analysis.json")
+    found = {str((r.get("settings") or {}).get("version")) for r in agg.get("per_run", []) if r.get("settings")}
+    if not found:
+        found = {str((json.loads(p.read_text()).get("settings") or {}).get("version"))
+                 for p in folder.glob("runs/*/seed*/analysis.json")}
+    return sorted(found)
+
+
+def is_current(folder: Path, agg: Optional[Dict[str, Any]] = None) -> bool:
+    """Every run of the report was measured at the current analysis version."""
+    return analysis_versions(folder, agg) == [str(VERSION)]
+
+
+def _replication(agg: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
+    return {r["id"]: r for r in (agg.get("replication") or {}).get("status", [])}
+
+
+def _rep_cell(r: Optional[Dict[str, Any]]) -> str:
+    if r is None:
+        return "not replicated yet"
+    return f"{r['status']} (second range: {SHORT.get(r.get('second') or '', 'not measured')})"
+
+
 def analysis_block(folder: Path) -> str:
     agg = _load(folder / "analysis.json")
     rel = folder.relative_to(ROOT / "docs")
-    versions = sorted({str((json.loads(p.read_text()).get("settings") or {}).get("version"))
-                       for p in folder.glob("runs/*/seed*/analysis.json")})
+    versions = analysis_versions(folder, agg)
     coll = [f"`{e['name']}` {len(e['collapsed'])}/{len(e['seeds'])}" for e in agg["entries"] if e.get("collapsed")]
+    state = "" if versions == [str(VERSION)] else ": measurements changed since; re-measuring needs the runs' weights"
     lines = [summary_sentence(folder.name, agg, "analysis"), "",
-             f"Analysis version {', '.join(versions) or '-'} (the current one is 6: measurements changed since; "
-             f"re-measuring needs the runs' weights); collapsed runs: {', '.join(coll) or 'none'}; report: "
-             f"[`{rel}/analysis.md`]({rel}/analysis.md). Claims that do not say *cannot tell*:", ""]
+             f"Analysis version {', '.join(versions) or '-'} (the current one is {VERSION}{state}); collapsed runs: "
+             f"{', '.join(coll) or 'none'}; report: [`{rel}/analysis.md`]({rel}/analysis.md). Claims that do not say "
+             "*cannot tell*:", ""]
     decided = [c for c in agg["claims"] if c["verdict"] != "cannot tell"]
     if not decided:
         return "\n".join(lines[:-1] + ["none.", ""])
-    lines += ["| claim | verdict (all runs) | without collapsed runs | value or difference [95 % CI] | Holm p | sign-flip p |",
-              "|---|---|---|---:|---:|---:|"]
+    rep = _replication(agg) if agg.get("replication") else None
+    lines += ["| claim | verdict (all runs) | without collapsed runs | value or difference [95 % CI] | Holm p | sign-flip p |"
+              + (" replication |" if rep is not None else ""),
+              "|---|---|---|---:|---:|---:|" + ("---|" if rep is not None else "")]
     for c in decided:
         d = c["diff"]
         nc = (c.get("variants") or {}).get("non_collapsed", {}).get("verdict", "-")
         lines.append(f"| {c['text']} | {SHORT[c['verdict']]} | {SHORT.get(nc, nc)} | {_ci(d)} | "
-                     f"{_p(d.get('p_t_adj'))} | {_p(d.get('p_perm'))} |")
+                     f"{_p(d.get('p_t_adj'))} | {_p(d.get('p_perm'))} |" + (f" {_rep_cell(rep.get(c['id']))} |"
+                                                                           if rep is not None else ""))
     return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------- explanation pages
+def _g(v: float) -> str:
+    return f"{v:.3g}"
+
+
+def claim_value(c: Dict[str, Any]) -> str:
+    """A claim's measured value (one-sample claims: the metric's mean and 95 % interval, and the null) or
+    its paired difference (oriented so that positive favours the claim) with its 95 % interval."""
+    d = c["diff"]
+    lo, hi, mean = d.get("ci_low"), d.get("ci_high"), d.get("mean")
+    if not d.get("n") or mean is None or math.isnan(mean):
+        return "no seed with both values"
+    no_ci = lo is None or hi is None or math.isnan(lo) or math.isnan(hi)
+    if c["kind"] in ("below", "above"):
+        thr = c["threshold"]
+        if c["kind"] == "below":  # the test's values are threshold - value
+            value, ci = thr - mean, None if no_ci else (thr - hi, thr - lo)
+            null = f"null ≥ {thr:g}"
+        else:  # value - threshold
+            value, ci = thr + mean, None if no_ci else (thr + lo, thr + hi)
+            null = f"null ≤ {thr:g}"
+        interval = "no interval" if ci is None else f"[{_g(ci[0])}, {_g(ci[1])}]"
+        return f"`{c['metric']}` {_g(value)} {interval} ({null})"
+    interval = "no interval" if no_ci else f"[{lo:+.3g}, {hi:+.3g}]"
+    return f"Δ `{c['metric']}` {mean:+.3g} {interval}"
+
+
+def explanation_controls(n: str) -> List[Any]:
+    """The rows of :data:`segattn.analyze.claims.CONTROLS` that belong to explanation ``n``."""
+    return [row for row in CONTROLS if CONTROL_EXPLANATION.get(row[1]) == n]
+
+
+def _controls_state(n: str, agg: Dict[str, Any]) -> str:
+    names = {row[0] for row in explanation_controls(n)}
+    if not names:
+        return "no control of `segattn.analyze.claims.controls()` belongs to this explanation"
+    rows = [c for c in agg.get("controls", []) if c["name"] in names and c.get("runs")]
+    if not rows:
+        return "its controls were not measured in this report"
+    failed = [c for c in rows if not c.get("ok")]
+    if not failed:
+        return f"its controls passed ({len(rows)} of {len(names)} measured, every run inside its range)"
+    return "its controls **failed**: " + "; ".join(
+        f"{c['name']} (mean {_g(c['mean'])}, runs {_g(c['min'])} .. {_g(c['max'])}, expected [{c['expected'][0]:g}, "
+        f"{c['expected'][1]:g}])" for c in failed) + "; its claims are not to be read"
+
+
+def _report_link(folder: Path, page: Path) -> str:
+    rel = Path(os.path.relpath(folder / "analysis.md", page.parent)).as_posix()
+    return f"[`{folder.name}/analysis.md`]({rel})"
+
+
+def _analysis_section(n: str, folder: Path, agg: Dict[str, Any], claims: List[Dict[str, Any]], page: Path) -> List[str]:
+    meta = _load(folder / "plan.json")
+    seeds = max((len(e["seeds"]) for e in agg["entries"]), default=0)
+    rep_info = agg.get("replication")
+    rep_text = (f"replication on the seeds from {rep_info['split']} on ({rep_info['runs']} run(s))" if rep_info
+                else "not replicated yet")
+    coll = [f"`{e['name']}` {len(e['collapsed'])}/{len(e['seeds'])}" for e in agg["entries"] if e.get("collapsed")]
+    lines = [f"**`{meta['plan']}` on {TASKS[meta['dataset']]}**, {seeds} seeds, {rep_text}; {_controls_state(n, agg)}; "
+             f"collapsed runs: {', '.join(coll) or 'none'}. Command: `{agg['command']}`; report: "
+             f"{_report_link(folder, page)}.", "",
+             "| claim | verdict (all runs) | without collapsed runs | value or difference [95 % CI] | Holm p | sign-flip p "
+             "| replication |", "|---|---|---|---|---:|---:|---|"]
+    rep = _replication(agg)
+    for c in claims:
+        d = c["diff"]
+        nc = (c.get("variants") or {}).get("non_collapsed", {}).get("verdict", "-")
+        lines.append(f"| {c['id']}: {c['text']} | {SHORT[c['verdict']]} | {SHORT.get(nc, nc)} | {claim_value(c)} | "
+                     f"{_p(d.get('p_t_adj'))} | {_p(d.get('p_perm'))} | "
+                     f"{_rep_cell(rep.get(c['id'])) if rep_info else 'not replicated yet'} |")
+    return lines + [""]
+
+
+def explanation_block(n: str, folders: Optional[Sequence[Path]] = None, page: Optional[Path] = None) -> str:
+    """The generated part of explanation ``n``'s page: its controls, and per published analysis the
+    verdicts of its claims (analyses made at an older analysis version: named, with the command that
+    re-makes them)."""
+    folders = analysis_reports() if folders is None else list(folders)
+    page = page or PAGES[f"explanation.{n}"]
+    ctl = explanation_controls(n)
+    lines = ["Controls of this explanation (`segattn.analyze.claims.CONTROLS`; each report checks that every run "
+             "lies in the expected range before its claims are read):", ""]
+    lines += [f"- {name}: `{metric}` in [{lo:g}, {hi:g}] on {'every run' if which == 'all' else 'the no-context entry'} "
+              f"({shows})" for name, metric, which, lo, hi, shows in ctl] or [
+        "- none in `segattn.analyze.claims.controls()`: this explanation's known answers are the tests of its "
+        "metrics (`tests/analyze/`)"]
+    lines.append("")
+    current, older, without = [], [], []
+    for folder in folders:
+        agg = _load(folder / "analysis.json")
+        if not is_current(folder, agg):
+            older.append((folder, agg))
+            continue
+        claims = [c for c in agg["claims"] if str(c.get("explanation")) == n]
+        (current if claims else without).append((folder, agg, claims))
+    if current:
+        lines += [f"Verdicts at analysis version {VERSION} (one Holm family per report; *holds* needs the adjusted "
+                  "t-test and the sign-flip test; see [Comparing modules](../compare.md)):", ""]
+        for folder, agg, claims in current:
+            lines += _analysis_section(n, folder, agg, claims, page)
+    else:
+        lines += [f"Not yet measured at analysis version {VERSION}. Measured by:", "", "```text", *MEASURE[n], "```", ""]
+    if without:
+        lines += [f"Analyses at version {VERSION} without claims of this explanation (their entries or metrics do not "
+                  "allow them): " + ", ".join(f"`{f.name}`" for f, _, _ in without) + ".", ""]
+    if older:
+        lines += ["Published analyses made before these claims:", ""]
+        for folder, agg in older:
+            meta = _load(folder / "plan.json")
+            seeds = max((len(e["seeds"]) for e in agg["entries"]), default=0)
+            lines.append(f"- `{folder.name}` (`{meta['plan']}` on {TASKS[meta['dataset']]}, {seeds} seeds): made at analysis version "
+                         f"{', '.join(analysis_versions(folder, agg)) or '-'}: their metrics predate these claims; "
+                         f"re-made by `{agg['command']}`")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def spread_block() -> str:
@@ -174,6 +353,7 @@ def readme_block() -> str:
 def blocks() -> Dict[str, str]:
     out = {f"compare.{f.name}": compare_block(f) for f in compare_reports()}
     out.update({f"analysis.{f.name}": analysis_block(f) for f in analysis_reports()})
+    out.update({f"explanation.{n}": explanation_block(n) for n in EXPLANATIONS})
     out["spread"] = spread_block()
     out["readme-summary"] = readme_block()
     return out
@@ -188,6 +368,13 @@ def sync(text: str, generated: Dict[str, str]) -> str:
         return m.group(1) + generated[key] + m.group(4)
 
     return BLOCK.sub(repl, text)
+
+
+def _shown(page: Path) -> str:
+    try:
+        return str(page.relative_to(ROOT))
+    except ValueError:  # a page outside the checkout (the tests' copies)
+        return str(page)
 
 
 def main(argv: List[str]) -> int:
@@ -206,9 +393,9 @@ def main(argv: List[str]) -> int:
         if new != text:
             if args.write:
                 page.write_text(new)
-                print(f"wrote {page.relative_to(ROOT)}")
+                print(f"wrote {_shown(page)}")
             else:
-                bad.append(str(page.relative_to(ROOT)))
+                bad.append(_shown(page))
     if args.check and bad:
         print(f"generated blocks out of date in {bad}; run python scripts/publish_results.py --write", file=sys.stderr)
         return 1

@@ -30,7 +30,39 @@ def test_generated_blocks_match_the_report_json():
         assert keys, f"{page} has no generated block"
         assert pub.sync(text, generated) == text, f"{page}: run python scripts/publish_results.py --write"
     results_keys = {m.group("key") for m in pub.BLOCK.finditer(pub.PAGES["results"].read_text())}
-    assert results_keys == set(generated) - {"readme-summary"}  # every published report is on the page
+    explanation_keys = {k for k in generated if k.startswith("explanation.")}
+    assert results_keys == set(generated) - {"readme-summary"} - explanation_keys  # every published report is on the page
+    # one page per explanation, each holding exactly its own block
+    assert explanation_keys == {f"explanation.{n}" for n in pub.EXPLANATIONS} == {
+        k for k in pub.PAGES if k.startswith("explanation.")}
+    for key in explanation_keys:
+        assert [m.group("key") for m in pub.BLOCK.finditer(pub.PAGES[key].read_text())] == [key], key
+
+
+def test_every_control_belongs_to_an_explanation():
+    pub = _publisher()
+    assert set(pub.EXPLANATION_PAGES) == set(pub.EXPLANATIONS) == set(pub.MEASURE)
+    for name, metric, *_ in pub.CONTROLS:
+        assert pub.CONTROL_EXPLANATION.get(metric) in pub.EXPLANATIONS, f"control {name!r} is on no explanation page"
+
+
+def test_check_fails_when_a_generated_block_is_edited_by_hand(tmp_path, monkeypatch):
+    """Every page with generated blocks (results, README, the six explanation pages): a copy passes
+    ``--check``; the same copy with one block's text changed by hand fails it, and ``--write`` restores it."""
+    pub = _publisher()
+    copies = {}
+    for key, page in pub.PAGES.items():
+        copies[key] = tmp_path / f"{key}.md"
+        copies[key].write_text(page.read_text())
+    monkeypatch.setattr(pub, "PAGES", copies)
+    assert pub.main(["--check"]) == 0
+    for key, copy in copies.items():
+        original = copy.read_text()
+        m = next(pub.BLOCK.finditer(original))
+        edited = original[:m.start("body")] + "holds, says a hand.\n" + original[m.start("body"):]
+        copy.write_text(edited)
+        assert pub.main(["--check"]) == 1, f"{key}: a hand-edited block passed --check"
+        assert pub.main(["--write"]) == 0 and copy.read_text() == original, key
 
 
 def test_no_verdict_outside_the_generated_text():
@@ -96,3 +128,111 @@ def test_a_published_interval_and_adjusted_p_recompute_from_the_runs():
     t0_adj = holm[0]
     assert t0["p_t_adj"] == pytest.approx(t0_adj, rel=1e-9)
     assert t0["p_perm"] == pytest.approx(1 / 32)  # 5 seeds, all differences positive: the smallest possible
+
+
+# ------------------------------------------------------------------ explanation pages from an analysis
+def _runs(seeds, version=7, box3_denoise=0.2):
+    """Per-run analyses of a small plan with known values: a no-context entry, Non-local, EMA T = 1 / 3."""
+    rng = np.random.default_rng(0)
+    out = []
+    for seed in seeds:
+        for entry, module, t in (("fcn", "identity", None), ("nonlocal", "nonlocal", None), ("ema-T1", "ema", 1),
+                                 ("ema-T3", "ema", 3)):
+            ctx = module != "identity"
+            r = {"entry": entry, "seed": seed, "module": module, "em_stages": t,
+                 "settings": {"version": version, "max_images": None},
+                 "miou_clean": (60.0 if not ctx else 90.0) + rng.normal(0, 0.3),
+                 "erank_in": 20.0, "erank_path": 20.0 if not ctx else 2.0 + rng.uniform(0, 1),
+                 "fisher_gain_path": 1.0 if not ctx else 3.0 + rng.uniform(0, 1),
+                 "denoise_index_identity": 1.0, "denoise_index_box3": box3_denoise,
+                 "denoise_index_out": 1.0 if not ctx else 0.5 + rng.uniform(0, 0.1), "denoise_index_path": 0.3,
+                 "within_in": 1.0, "within_out": 1.0 if not ctx else 0.5, "within_box3": 0.4,
+                 "boundary_contrast_in": 2.0, "boundary_contrast_out": 2.0 if not ctx else 2.2,
+                 "boundary_contrast_box3": 1.0}
+            out.append(r)
+    return out
+
+
+def _publish_analysis(folder, results, split=None, dataset="relational"):
+    from segattn.analyze.report import aggregate
+
+    folder.mkdir(parents=True)
+    agg = aggregate(results, split)
+    agg["command"] = f"segattn compare survey-table --dataset {dataset} --analyze"
+    agg["per_run"] = results
+    (folder / "analysis.json").write_text(json.dumps(agg))
+    (folder / "plan.json").write_text(json.dumps({"plan": "survey-table", "dataset": dataset, "seeds": 8}))
+    return agg
+
+
+def test_explanation_block_from_a_current_analysis(tmp_path):
+    """The block lists the version-7 analysis with its task, seeds, controls, and every claim of the
+    explanation with the verdicts, the value's interval (recomputed here with scipy), Holm and sign-flip p
+    and the replication status; the older analysis is named with its command."""
+    pub = _publisher()
+    current = tmp_path / "docs" / "results" / "st-relational"
+    agg = _publish_analysis(current, _runs(range(16)), split=8)
+    old = tmp_path / "docs" / "results" / "st-old"
+    _publish_analysis(old, _runs(range(3), version=6), dataset="synthetic")
+    page = tmp_path / "docs" / "explanations" / "low-rank.md"
+    block = pub.explanation_block("1", [current, old], page)
+    assert pub.TASKS["relational"] in block and "8 seeds" in block
+    assert "replication on the seeds from 8 on (32 run(s))" in block
+    assert "its controls passed (1 of 1 measured" in block
+    assert "[`st-relational/analysis.md`](../results/st-relational/analysis.md)" in block
+    claims = {c["id"]: c for c in agg["claims"] if c["explanation"] == "1"}
+    assert set(claims) == {f"{k}.{e}" for k in ("1r", "1f") for e in ("nonlocal", "ema-T1", "ema-T3")}
+    rows = {ln.split(":")[0].lstrip("| "): ln for ln in block.splitlines() if ln.startswith("| 1")}
+    assert set(rows) == set(claims)
+    # 1r.nonlocal: erank path / in on seeds 0..7, its t-interval, from the runs alone
+    x = np.array([r["erank_path"] / r["erank_in"] for r in _runs(range(8)) if r["entry"] == "nonlocal"])
+    half = sps.t.ppf(0.975, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size)
+    cells = [c.strip() for c in rows["1r.nonlocal"].strip("|").split("|")]
+    assert cells[1:3] == ["holds", "holds"]
+    assert cells[3] == f"`erank_path_ratio` {x.mean():.3g} [{x.mean() - half:.3g}, {x.mean() + half:.3g}] (null ≥ 0.5)"
+    d = claims["1r.nonlocal"]["diff"]
+    assert cells[4:6] == [pub._p(d["p_t_adj"]), pub._p(d["p_perm"])] and cells[5] == "0.004"  # 1/256: 8 seeds
+    assert cells[6] == "replicated (second range: holds)"
+    assert "- `st-old` (`survey-table` on the synthetic 128x128 LocalNet task, 3 seeds): made at analysis version 6" in block
+    assert "re-made by `segattn compare survey-table --dataset synthetic --analyze`" in block
+    assert "Not yet measured" not in block
+    # explanation 6: no claim (no run measured meanrow_drop): not yet measured, with the command
+    six = pub.explanation_block("6", [current, old], page)
+    assert f"Not yet measured at analysis version {pub.VERSION}" in six and pub.MEASURE["6"][0] in six
+    assert "without claims of this explanation (their entries or metrics do not allow them): `st-relational`" in six
+
+
+def test_explanation_block_says_when_its_controls_fail(tmp_path):
+    pub = _publisher()
+    folder = tmp_path / "docs" / "results" / "bad-box"
+    _publish_analysis(folder, _runs(range(8), box3_denoise=0.95))
+    block = pub.explanation_block("2", [folder], tmp_path / "docs" / "explanations" / "denoising.md")
+    assert "its controls **failed**: 3 x 3 box filter denoises (mean 0.95" in block
+    assert pub.explanation_block("3", [folder], tmp_path / "x.md").count("its controls passed (3 of 3") == 1
+
+
+def test_explanation_block_only_from_the_current_version(tmp_path):
+    pub = _publisher()
+    folder = tmp_path / "docs" / "results" / "mixed"
+    runs = _runs(range(8))
+    runs[0]["settings"]["version"] = pub.VERSION - 1  # one run measured before: the whole report is older
+    _publish_analysis(folder, runs)
+    block = pub.explanation_block("1", [folder], tmp_path / "x.md")
+    assert f"Not yet measured at analysis version {pub.VERSION}" in block
+    assert f"made at analysis version {pub.VERSION - 1}, {pub.VERSION}" in block
+
+
+def test_analysis_block_names_the_current_version_and_the_replication(tmp_path, monkeypatch):
+    pub = _publisher()
+    monkeypatch.setattr(pub, "ROOT", tmp_path)
+    monkeypatch.setattr(pub, "RESULTS", tmp_path / "docs" / "results")
+    folder = tmp_path / "docs" / "results" / "st-relational"
+    _publish_analysis(folder, _runs(range(16)), split=8)
+    block = pub.analysis_block(folder)
+    assert f"Analysis version {pub.VERSION} (the current one is {pub.VERSION}); collapsed runs: none" in block
+    assert "replicated on a second seed range" in block
+    row = next(ln for ln in block.splitlines() if ln.startswith("| `nonlocal`'s context path"))
+    assert row.endswith("| replicated (second range: holds) |")
+    old = tmp_path / "docs" / "results" / "st-old"
+    _publish_analysis(old, _runs(range(3), version=pub.VERSION - 1), dataset="synthetic")
+    assert f"(the current one is {pub.VERSION}: measurements changed since" in pub.analysis_block(old)
