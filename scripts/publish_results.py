@@ -43,15 +43,14 @@ TASKS = {"synthetic": "the synthetic 128x128 LocalNet task", "camvid": "CamVid f
          "small-objects": "the synthetic small-objects task (class = own texture x far cue colour; every other "
                           "shape about one backbone cell)",
          "clean-background": "the synthetic clean-background task (the context rule on a smooth background)"}
-# which explanation each control of segattn.analyze.claims.CONTROLS belongs to (by its metric)
-CONTROL_EXPLANATION = {"denoise_index_identity": "2", "denoise_index_box3": "2", "within_ratio_box3": "3",
-                       "boundary_ratio_box3": "3", "fisher_gain_path": "1", "within_ratio": "3"}
 # the commands that measure each explanation's claims (8 seeds and a second seed range)
 MEASURE = {
     "1": ["segattn compare survey-table --dataset synthetic --seeds 8 --replicate --analyze",
           "segattn compare reasoning-ablation --dataset relational --seeds 8 --replicate --analyze"],
-    "2": ["segattn compare survey-table --dataset clean-background --seeds 8 --replicate --analyze"],
-    "3": ["segattn compare all-modules --dataset synthetic --seeds 8 --replicate --analyze"],
+    "2": ["segattn compare survey-table --dataset clean-background --seeds 8 --replicate --analyze",
+          "segattn compare task-validation --dataset clean-background --seeds 8 --replicate --analyze"],
+    "3": ["segattn compare smoothing --dataset synthetic --seeds 8 --replicate --analyze "
+          "--reuse outputs/compare/survey-table-synthetic"],
     "4": ["segattn compare bases --dataset small-objects --seeds 8 --replicate --analyze"],
     "5": ["segattn compare survey-table --dataset synthetic --seeds 8 --replicate --analyze",
           "segattn compare survey-table --dataset relational --seeds 8 --replicate --analyze"],
@@ -233,7 +232,7 @@ def claim_value(c: Dict[str, Any]) -> str:
 
 def explanation_controls(n: str) -> List[Any]:
     """The rows of :data:`segattn.analyze.claims.CONTROLS` that belong to explanation ``n``."""
-    return [row for row in CONTROLS if CONTROL_EXPLANATION.get(row[1]) == n]
+    return [row[1:] for row in CONTROLS if row[0] == n]
 
 
 def _controls_state(n: str, agg: Dict[str, Any]) -> str:
