@@ -29,7 +29,8 @@ def test_compare_keeps_weights_and_analyze_reports_claims(tmp_path, capsys):
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps(PLAN))
     out, rep = tmp_path / "cmp", tmp_path / "published"
-    assert main(["compare", str(plan), "--out", str(out), "--analyze", "--report-dir", str(rep)]) == 0
+    # -j 2: two processes train, then two measure (this one and a spawned helper, sharing the run locks)
+    assert main(["compare", str(plan), "--out", str(out), "--analyze", "--report-dir", str(rep), "-j", "2"]) == 0
     for entry in ("fcn", "ema-T1", "ema-T3"):
         for seed in (0, 1):
             rdir = out / "runs" / entry / f"seed{seed}"
@@ -49,6 +50,19 @@ def test_compare_keeps_weights_and_analyze_reports_claims(tmp_path, capsys):
     assert "--analyze" in md and "## EM iterations" in md and "## Claims" in md
     fcn = next(e for e in agg["entries"] if e["name"] == "fcn")
     assert fcn["module"] == "identity" and fcn["metrics"]["within_ratio"]["mean"] == pytest.approx(1.0)
+    # a helper process alone measures every run and stores it (what `-j` adds to the analysis)
+    from segattn.analyze.run import _helpers
+
+    runs = sorted(out.glob("runs/*/seed*"))
+    stored = {r: json.loads((r / "analysis.json").read_text()) for r in runs}
+    for r in runs:
+        (r / "analysis.json").unlink()
+    with _helpers(1, runs, 1) as done:
+        pass
+    done()
+    for r in runs:
+        again = json.loads((r / "analysis.json").read_text())
+        assert again["miou_clean"] == stored[r]["miou_clean"] and again["erank_in"] == pytest.approx(stored[r]["erank_in"])
     # final.pt is an ordinary checkpoint: `segattn eval` reads it, `segattn analyze` takes the file itself
     final = out / "runs" / "ema-T3" / "seed1" / "final.pt"
     assert main(["eval", "--checkpoint", str(final), "--out", str(tmp_path / "m.json")]) == 0

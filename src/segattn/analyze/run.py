@@ -8,11 +8,12 @@ config, in eval mode, on CPU unless told otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -231,7 +232,7 @@ def claim_analysis(run: Path) -> Optional[WorkDirLock]:
 def analyze_runs(runs: Sequence[PathLike], out: PathLike, command: str, max_images: Optional[int] = None,
                  threads: Optional[int] = None, force: bool = False, log: Log = _print,
                  copy_to: Optional[PathLike] = None, poll_s: float = 15.0,
-                 split: Optional[int] = None) -> Dict[str, Any]:
+                 split: Optional[int] = None, report: bool = True) -> Optional[Dict[str, Any]]:
     """Analyse every run (each stored beside its weights when it is a run folder, so an interrupted call
     resumes where it stopped) and write the report into ``out``. ``copy_to``: a compare folder root;
     each run's ``analysis.json`` is also copied to ``copy_to/runs/<entry>/seed<k>/``.
@@ -241,7 +242,8 @@ def analyze_runs(runs: Sequence[PathLike], out: PathLike, command: str, max_imag
     to do, waits for them (checking every ``poll_s`` seconds) and reads their stored analysis; a
     dead owner's lock is taken over. Every process writes the same report at the end. ``split``: the
     first seed of the replication range (the claims are judged on both ranges, see
-    :func:`segattn.analyze.report.aggregate`)."""
+    :func:`segattn.analyze.report.aggregate`). ``report=False``: only measure and store (a helper
+    process of :func:`analyze_plan`'s ``-j``); returns None."""
     from segattn.analyze.report import write_report
 
     paths = expand_runs(runs)
@@ -282,6 +284,8 @@ def analyze_runs(runs: Sequence[PathLike], out: PathLike, command: str, max_imag
             log(f"waiting for {len(busy)} run(s) being analysed by other processes")
             time.sleep(poll_s)
         pending = busy
+    if not report:
+        return None
     rep = write_report([r for r in results if r is not None], out, command, split)
     log(f"analysis report: {rep['paths']['markdown']}")
     return rep
@@ -307,8 +311,36 @@ def analyze_plan(args: Any, plan: Any, out: Path) -> Dict[str, Any]:
         cmd += " --replicate"
     if args.report_dir:
         cmd += f" --report-dir {args.report_dir}"
-    return analyze_runs(runs, target, cmd, threads=args.threads, copy_to=args.report_dir,
-                        split=n_seeds if replicate else None)
+    jobs = max(1, int(getattr(args, "jobs", 1) or 1))
+    with _helpers(jobs - 1, runs, args.threads) as done:
+        rep = analyze_runs(runs, target, cmd, threads=args.threads, copy_to=args.report_dir,
+                           split=n_seeds if replicate else None)
+    done()
+    return rep
+
+
+@contextlib.contextmanager
+def _helpers(n: int, runs: Sequence[Path], threads: Optional[int]) -> Iterator[Callable[[], None]]:
+    """``n`` helper processes that measure ``runs`` beside this one (``segattn compare -j N --analyze``:
+    N processes share the runs through their folder locks, as N commands on one ``--out`` would);
+    yields a function that waits for them and raises their first error."""
+    if n < 1:
+        yield lambda: None
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"))
+    futures = [pool.submit(analyze_runs, list(runs), ".", "", threads=threads or 1, report=False) for _ in range(n)]
+
+    def wait() -> None:
+        for f in futures:
+            f.result()
+
+    try:
+        yield wait
+    finally:
+        pool.shutdown(wait=True)
 
 
 __all__ = ["ANALYSIS", "analyze_plan", "checkpoint_path", "load_run", "eval_scale", "pixel_unit", "validation_batches", "analyze_model",
