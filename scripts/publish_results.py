@@ -23,7 +23,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT / "src") not in sys.path:
@@ -81,8 +81,10 @@ def rejudge() -> None:
     for folder in compare_reports():
         meta = _load(folder / "plan.json")
         rel = folder.relative_to(ROOT)
-        cmd = f"segattn compare {meta['plan']} --dataset {meta['dataset']} --seeds {meta['seeds']} --out {rel} --report-only"
-        write_report(load_plan(meta["plan"]), folder, meta["dataset"], seeds=meta["seeds"], command=cmd)
+        replicate = bool(meta.get("replicate"))
+        cmd = (f"segattn compare {meta['plan']} --dataset {meta['dataset']} --seeds {meta['seeds']} --out {rel} --report-only"
+               + (" --replicate" if replicate else ""))
+        write_report(load_plan(meta["plan"]), folder, meta["dataset"], seeds=meta["seeds"], command=cmd, replicate=replicate)
         print(f"re-judged {rel}/compare.md")
     for folder in analysis_reports():
         agg = _load(folder / "analysis.json")
@@ -119,6 +121,10 @@ def summary_sentence(name: str, agg: Dict[str, Any], kind: str) -> str:
         meta = _load(RESULTS / name / "plan.json")
         seeds = max(len(e["seeds"]) for e in agg["entries"])
         task, plan, what = TASKS[meta["dataset"]], meta["plan"], "mechanism claims (`--analyze`)"
+        if not is_current(RESULTS / name, agg):
+            versions = ", ".join(analysis_versions(RESULTS / name, agg))
+            return (f"`{plan}` {what} on {task}, {seeds} seeds (`{name}`): made at analysis version {versions}, "
+                    f"whose metrics predate the current claims (version {VERSION}); to be re-made.")
     rep = "replicated on a second seed range" if agg.get("replication") else "not replicated yet"
     return f"`{plan}` {what} on {task}, {seeds} seeds (`{name}`): {counts(agg['claims'])}; {rep}."
 
@@ -336,10 +342,12 @@ def spread_block() -> str:
 
 
 def readme_block() -> str:
-    lines = ["Every published report is re-judged under the rules of [Comparing modules](docs/compare.md) "
-             "(Holm-adjusted t-test and exact sign-flip test; at least 6 seeds to hold). The published runs have "
-             "3-5 seeds, so no accuracy claim can hold yet (only exact cost claims are decided); the plans ship with "
-             "8 seeds and `--replicate`:", ""]
+    full = [f.name for f in compare_reports() if _load(f / "compare.json")["seeds"] >= 6]
+    lines = ["Every published report is judged under the rules of [Comparing modules](docs/compare.md) "
+             "(Holm-adjusted t-test and exact sign-flip test; at least 6 seeds to hold; the plans ship with 8 seeds "
+             "and `--replicate`). At 8 seeds with a replication: " + (", ".join(f"`{n}`" for n in full) or "none")
+             + "; the others have 3-5 seeds, so none of their accuracy claims can hold (only exact cost claims are "
+             "decided):", ""]
     for folder in compare_reports():
         lines.append("- " + summary_sentence(folder.name, _load(folder / "compare.json"), "compare"))
     for folder in analysis_reports():
@@ -349,12 +357,86 @@ def readme_block() -> str:
     return "\n".join(lines) + "\n"
 
 
+# what each analysis claim kind states, for the findings lists ("<kind text> for <entries>")
+KIND_TEXT = {
+    "1r": "the context path has an effective rank below half its input's",
+    "1f": "the classes separate better on the context path than on the input (Fisher gain > 1.1)",
+    "2d": "the module passes < 90 % of the noise per unit of centred signal",
+    "2a": "the context path alone passes < 90 % of the noise per unit of centred signal",
+    "2n": "loses less mIoU under input noise than the FCN (matched clean mIoU)",
+    "2p": "loses less mIoU under PGD than the FCN (matched clean mIoU)",
+    "3w": "lowers the within-class variance by >= 10 %",
+    "3b": "keeps the contrast across label edges (> 0.9 of the input's)",
+    "4c": "EMA T = 1's bases are less similar to each other than the bases of",
+    "4k": "EMA T = 1's bases span more directions (Gram erank / K) than the bases of",
+    "4r": "EMA T = 1's bases reconstruct small segments better than the bases of",
+    "4s": "EMA T = 1 is more accurate on small segments than",
+    "5f": "carries more of the cue into the shape logits than EMA T = 1 (counterfactual)",
+    "5w": "its own T carries more of the cue than T = 1 on the same model (counterfactual, > 1.1 x)",
+    "5s": "is more accurate evaluated with T = 1 than with its own T (> 1 point)",
+    "5i": "the EM iterations after the first make the classes less separable across images",
+    "5g": "the EM gradient cut loses more of the gradient than at T = 1",
+    "6q": "works as if query-independent (mean attention row costs < 1 mIoU point)",
+}
+
+
+def _claim_kind(cid: str) -> str:
+    """``1r.nonlocal`` -> ``1r``; a plan's own claim ids (``0``, ``1b``) stay as they are."""
+    return cid.split(".", 1)[0]
+
+
+def findings_block(prefix: str = "docs/") -> str:
+    """The replicated findings: per report with a second seed range, the claims both ranges decide the
+    same way (*holds* or *does not hold*), grouped by claim kind; ``prefix`` makes the links work from
+    the README (``docs/``) or from a page in docs/ (empty)."""
+    lines: List[str] = []
+    for folder in compare_reports():
+        agg = _load(folder / "compare.json")
+        rep = {r["id"]: r for r in (agg.get("replication") or {}).get("status", [])}
+        if not rep:
+            continue
+        task = TASKS[agg["dataset"]]
+        lines += [f"**`{agg['plan']}` on {task}** ({agg['seeds']} seeds, replicated on a second range of "
+                  f"{agg['seeds']}; [report]({prefix}results/{folder.name}/compare.md)):", ""]
+        for c in agg["claims"]:
+            r = rep.get(c["id"], {})
+            if r.get("status") == "replicated":
+                state = f"replicated: **{SHORT[c['verdict']]}**"
+            else:
+                state = (f"{r.get('status', 'not replicated yet')} (seeds 0..{agg['seeds'] - 1}: {SHORT[c['verdict']]}; "
+                         f"second range: {SHORT.get(r.get('second') or '', 'not measured')})")
+            lines.append(f"- {c['id']}. {c['text']}: {state}.")
+        lines.append("")
+        if not (folder / "analysis.json").is_file() or not is_current(folder):
+            continue
+        ana = _load(folder / "analysis.json")
+        arep = _replication(ana)
+        for n, title in EXPLANATIONS.items():
+            groups: Dict[Tuple[str, str], List[str]] = {}
+            for c in ana["claims"]:
+                r = arep.get(c["id"])
+                if c["explanation"] == n and r and r["status"] == "replicated":
+                    key = (_claim_kind(c["id"]), c["verdict"])
+                    groups.setdefault(key, []).append(c["id"].split(".", 1)[-1])
+            if not groups:
+                continue
+            parts = [f"*{KIND_TEXT.get(k, k)}* (`{k}`) {SHORT[v]} for {', '.join(f'`{e}`' for e in entries)}"
+                     for (k, v), entries in groups.items()]
+            page = f"{prefix}explanations/{EXPLANATION_PAGES[n]}.md"
+            lines.append(f"- [{n}. {title}]({page}): " + "; ".join(parts) + ".")
+        lines += ["", "Every other claim of these reports is *cannot tell* in at least one seed range, or decided "
+                  "differently in the two; the claim texts and numbers are on the linked pages.", ""]
+    return "\n".join(lines) if lines else "No plan has been published with a replication yet.\n"
+
+
 def blocks() -> Dict[str, str]:
     out = {f"compare.{f.name}": compare_block(f) for f in compare_reports()}
     out.update({f"analysis.{f.name}": analysis_block(f) for f in analysis_reports()})
     out.update({f"explanation.{n}": explanation_block(n) for n in EXPLANATIONS})
     out["spread"] = spread_block()
     out["readme-summary"] = readme_block()
+    out["readme-findings"] = findings_block("docs/")
+    out["findings"] = findings_block("")
     return out
 
 
