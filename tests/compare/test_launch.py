@@ -56,3 +56,11 @@ def test_cli_refuses_bad_jobs_and_launcher(tmp_path, capsys):
     assert "-j must be >= 1, got 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["compare", "survey-table", "--launcher", "pbs"])
+
+
+def test_callbacks_with_workers_are_refused_before_anything_runs(tmp_path):
+    from segattn.compare.plan import PlanError
+
+    with pytest.raises(PlanError, match="callbacks run in this process only"):
+        run_plan(_plan(), "synthetic", seeds=1, out=tmp_path / "cmp", workers=2, callbacks=[object()])
+    assert not (tmp_path / "cmp").exists()

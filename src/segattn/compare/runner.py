@@ -288,6 +288,10 @@ def run_plan(plan: Union[str, Plan], dataset: str = "synthetic", seeds: Optional
         raise PlanError(f"--seeds must be >= 1, got {n_seeds}")
     if workers < 1:
         raise PlanError(f"-j/--jobs must be >= 1, got {workers}")
+    if callbacks and (workers > 1 or launcher != "local"):
+        raise PlanError(f"callbacks run in this process only; they cannot reach runs trained by "
+                        f"{'workers' if launcher == 'local' else launcher + ' jobs'}: pass workers=1 with callbacks, "
+                        "or no callbacks")
     n_seeds = shorten_seeds(n_seeds)  # SEGATTN_DOCS_SHORT=1 (the docs tests): at most 2 seeds
     out = Path(out) if out is not None else Path("outputs") / "compare" / f"{plan.name}-{dataset}"
     validate_plan(plan, dataset, extra)
