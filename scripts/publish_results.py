@@ -288,7 +288,7 @@ def explanation_block(n: str, folders: Optional[Sequence[Path]] = None, page: Op
     verdicts of its claims (analyses made at an older analysis version: named, with the command that
     re-makes them)."""
     folders = analysis_reports() if folders is None else list(folders)
-    page = page or PAGES[f"explanation.{n}"]
+    page = page or ROOT / "docs" / "explanations" / f"{EXPLANATION_PAGES[n]}.md"  # links as from the real page
     ctl = explanation_controls(n)
     lines = ["Controls of this explanation (`segattn.analyze.claims.CONTROLS`; each report checks that every run "
              "lies in the expected range before its claims are read):", ""]

@@ -31,7 +31,7 @@ def test_generated_blocks_match_the_report_json():
         assert pub.sync(text, generated) == text, f"{page}: run python scripts/publish_results.py --write"
     results_keys = {m.group("key") for m in pub.BLOCK.finditer(pub.PAGES["results"].read_text())}
     explanation_keys = {k for k in generated if k.startswith("explanation.")}
-    assert results_keys == set(generated) - {"readme-summary"} - explanation_keys  # every published report is on the page
+    assert results_keys == set(generated) - {"readme-summary", "readme-findings"} - explanation_keys  # every published report is on the page
     # one page per explanation, each holding exactly its own block
     assert explanation_keys == {f"explanation.{n}" for n in pub.EXPLANATIONS} == {
         k for k in pub.PAGES if k.startswith("explanation.")}
@@ -84,18 +84,20 @@ def test_every_summary_names_its_task():
         assert re.search(r"\d+ seeds", line), line
 
 
-def _per_seed(folder, entry):
+def _per_seed(folder, entry, seeds=range(8)):
+    """mIoU per seed of the first seed range (the replication range is judged apart)."""
     out = {}
     for path in sorted((RESULTS / folder / "runs" / entry).glob("seed*/result.json")):
         r = json.loads(path.read_text())
-        out[int(r["seed"])] = 100 * r["metrics"]["mIoU"]
+        if int(r["seed"]) in seeds:
+            out[int(r["seed"])] = 100 * r["metrics"]["mIoU"]
     return out
 
 
 def test_a_published_interval_and_adjusted_p_recompute_from_the_runs():
-    """compare-survey-table-synthetic: claim 0's interval, and claim 1c's Holm-adjusted p, from the
+    """survey-table-synthetic (seeds 0..7): claim 0's interval, and claim 1c's Holm-adjusted p, from the
     per-seed result.json files with scipy alone."""
-    folder = "compare-survey-table-synthetic"
+    folder = "survey-table-synthetic"
     report = json.loads((RESULTS / folder / "compare.json").read_text())
     claims = {c["id"]: c for c in report["claims"]}
     nl, fcn = _per_seed(folder, "nonlocal"), _per_seed(folder, "fcn")
@@ -127,7 +129,7 @@ def test_a_published_interval_and_adjusted_p_recompute_from_the_runs():
     assert k == 6 and t1c["p_t_adj"] == pytest.approx(holm[-1], abs=1e-12)
     t0_adj = holm[0]
     assert t0["p_t_adj"] == pytest.approx(t0_adj, rel=1e-9)
-    assert t0["p_perm"] == pytest.approx(1 / 32)  # 5 seeds, all differences positive: the smallest possible
+    assert t0["p_perm"] == pytest.approx(1 / 256)  # 8 seeds, all differences positive: the smallest possible
 
 
 # ------------------------------------------------------------------ explanation pages from an analysis
@@ -236,3 +238,40 @@ def test_analysis_block_names_the_current_version_and_the_replication(tmp_path, 
     old = tmp_path / "docs" / "results" / "st-old"
     _publish_analysis(old, _runs(range(3), version=pub.VERSION - 1), dataset="synthetic")
     assert f"(the current one is {pub.VERSION}: measurements changed since" in pub.analysis_block(old)
+
+
+def _findings_line(block, n):
+    return next(ln for ln in block.splitlines() if ln.startswith(f"- [{n}. "))
+
+
+def test_findings_list_exactly_the_replicated_claims(tmp_path, monkeypatch):
+    """README / results.md "what survives a replication": every analysis claim both seed ranges decide
+    the same way is listed under its explanation with its verdict, and nothing else; a claim whose
+    replication status changes leaves the list."""
+    import shutil
+
+    pub = _publisher()
+    src = RESULTS / "survey-table-synthetic"
+    ana = json.loads((src / "analysis.json").read_text())
+    block = pub.findings_block("")
+    status = {r["id"]: r for r in ana["replication"]["status"]}
+    for c in ana["claims"]:
+        kind, entry = c["id"].split(".", 1)
+        listed = False
+        if c["explanation"] in {ln[3] for ln in block.splitlines() if ln.startswith("- [")}:
+            line = _findings_line(block, c["explanation"])
+            part = line.split(f"(`{kind}`) ", 1)[1].split(";")[0] if f"(`{kind}`) " in line else ""
+            listed = part.startswith(pub.SHORT[c["verdict"]] + " for") and f"`{entry}`" in part
+        assert listed == (status[c["id"]]["status"] == "replicated"), c["id"]
+    # one replicated claim made "not replicated": it leaves the list
+    target = next(c for c in ana["claims"] if status[c["id"]]["status"] == "replicated")
+    copy = tmp_path / "docs" / "results" / "survey-table-synthetic"
+    shutil.copytree(src, copy)
+    for r in ana["replication"]["status"]:
+        if r["id"] == target["id"]:
+            r["status"], r["second"] = "not replicated", "cannot tell"
+    (copy / "analysis.json").write_text(json.dumps(ana))
+    monkeypatch.setattr(pub, "RESULTS", tmp_path / "docs" / "results")
+    kind, entry = target["id"].split(".", 1)
+    line = _findings_line(pub.findings_block(""), target["explanation"])
+    assert f"`{entry}`" not in line.split(f"(`{kind}`) ", 1)[-1].split(";")[0] or f"(`{kind}`) " not in line
