@@ -37,6 +37,7 @@ RESULTS = ROOT / "docs" / "results"
 EXPLANATION_PAGES = {"1": "low-rank", "2": "denoising", "3": "smoothing", "4": "bases", "5": "em-iterations",
                      "6": "query-independence"}
 PAGES = {"results": ROOT / "docs" / "results.md", "readme": ROOT / "README.md",
+         "explanations": ROOT / "docs" / "explanations" / "index.md",
          **{f"explanation.{n}": ROOT / "docs" / "explanations" / f"{slug}.md" for n, slug in EXPLANATION_PAGES.items()}}
 TASKS = {"synthetic": "the synthetic 128x128 LocalNet task", "camvid": "CamVid from scratch (ResNet-18 V1c, 1/3 resolution)",
          "relational": "the synthetic relational task (a shape takes the colour of the cue bar on its own side)",
@@ -429,6 +430,32 @@ def findings_block(prefix: str = "docs/") -> str:
     return "\n".join(lines) if lines else "No plan has been published with a replication yet.\n"
 
 
+def validation_block() -> str:
+    """The explanations' index: each published ``task-validation`` report, its claims' verdicts and their
+    replication; a task without one is "not yet run at 8 seeds"."""
+    lines: List[str] = []
+    done = set()
+    for folder in compare_reports():
+        agg = _load(folder / "compare.json")
+        if agg["plan"] != "task-validation":
+            continue
+        done.add(agg["dataset"])
+        rep = {r["id"]: r for r in (agg.get("replication") or {}).get("status", [])}
+        lines += [f"**{TASKS[agg['dataset']]}** (`{folder.name}`, {agg['seeds']} seeds, "
+                  + ("replicated on a second seed range" if rep else "not replicated yet")
+                  + f"; [report](../results/{folder.name}/compare.md)):", ""]
+        for c in agg["claims"]:
+            r = rep.get(c["id"])
+            tail = f"; replication: {r['status']} (second range: {SHORT.get(r.get('second') or '', '-')})" if r else ""
+            lines.append(f"- {c['id']}. {c['text']}: {SHORT[c['verdict']]}{tail}.")
+        lines.append("")
+    missing = [t for t in ("relational", "small-objects", "clean-background") if t not in done]
+    if missing:
+        lines.append("Not yet run at 8 seeds: " + ", ".join(f"`{t}`" for t in missing) + " (`segattn compare "
+                     "task-validation --dataset TASK --replicate -j 2`); until then no claim on those tasks is read.")
+    return "\n".join(lines) + "\n"
+
+
 def blocks() -> Dict[str, str]:
     out = {f"compare.{f.name}": compare_block(f) for f in compare_reports()}
     out.update({f"analysis.{f.name}": analysis_block(f) for f in analysis_reports()})
@@ -437,6 +464,7 @@ def blocks() -> Dict[str, str]:
     out["readme-summary"] = readme_block()
     out["readme-findings"] = findings_block("docs/")
     out["findings"] = findings_block("")
+    out["validation"] = validation_block()
     return out
 
 
