@@ -305,3 +305,28 @@ def test_bases_plan_equal_k_entries_have_16_bases():
         _, bases, _ = measure.lowrank_parts(module, x)
         ks[name] = bases.shape[1]
     assert ks == {"ema-T1": 16, "a2": 16, "ppm-K16": 16, "apcnet-K16": 16, "ppm": 50, "apcnet": 50}
+
+
+def test_gradient_at_the_feature_map_the_heads_read_hrnet_neck():
+    """With a neck (HRNet: its branches resized and concatenated) ``grad_backbone`` is taken at the neck's
+    output, the map the heads read, not at the backbone's stride-32 branch: equal to ||dL/df|| computed
+    here with f the neck's output."""
+    import torch.nn.functional as F
+
+    import segattn
+
+    torch.manual_seed(0)
+    model = segattn.create_model("fcn", num_classes=3, backbone="hrnet_w18_small", channels=16).eval()
+    assert model.neck is not None
+    (images, masks), = _batches(1, 64)
+    got = measure.measure_gradients(model, [(images[:1], masks[:1])], 255)["grad_backbone_cut"]
+    seen = {}
+
+    def keep(mod, args, out):
+        seen["f"] = out[-1] if isinstance(out, (list, tuple)) else out  # returns None: the output is kept
+
+    hook = model.neck.register_forward_hook(keep)
+    loss = F.cross_entropy(model(images[:1]).float(), masks[:1], ignore_index=255)
+    hook.remove()
+    (grad,) = torch.autograd.grad(loss, seen["f"])
+    assert got == pytest.approx(float(grad.norm()), rel=1e-5)

@@ -35,7 +35,8 @@ def measure_gradients(model: nn.Module, batches: Batches, ignore_index: int) -> 
     """Gradient that reaches the backbone and the module's input, per image (eval-mode BatchNorm).
 
     For each validation image alone, ``L`` = mean cross-entropy over its labelled pixels;
-    ``grad_backbone`` = ``||dL/df||_F`` at the backbone's last feature map f, ``grad_module_in`` =
+    ``grad_backbone`` = ``||dL/df||_F`` at the feature map f the head reads last (the backbone's
+    last output; with a neck, HRNet's concatenation of its branches, the neck's last output), ``grad_module_in`` =
     ``||dL/dr||_F`` at the module's input r (in the generic layout r reaches the loss only through the
     module). Both with the EM iterations cut from autograd as in training (``*_cut``; EMA's default)
     and differentiated exactly (``*_exact``); equal for modules without EM. Means over images.
@@ -51,7 +52,8 @@ def measure_gradients(model: nn.Module, batches: Batches, ignore_index: int) -> 
     out: Dict[str, List[float]] = {}
     # without EM iterations cut from autograd the two modes are the same computation: run it once
     modes = ("cut", "exact") if any(not m.backprop for m in em_mappers(model)) else ("cut",)
-    hook = model.backbone.register_forward_hook(grab)
+    source = getattr(model, "neck", None) or model.backbone  # what the heads read
+    hook = source.register_forward_hook(grab)
     try:
         for mode in modes:
             ctx = em_gradient_cut(model) if mode == "cut" else contextlib.nullcontext()
