@@ -48,7 +48,8 @@ def _mechanisms(s):
     """One run's measured mechanism metrics (seed ``s``), each a little noisy around a clear value."""
     j = SPREAD[s]
     return {"erank_path": 2.0 + j, "erank_in": 40.0, "fisher_gain_path": 30.0 + j, "denoise_index_out": 0.99 + j,
-            "denoise_index_path": 0.5 + j, "within_out": 0.4 + j, "within_in": 0.8, "boundary_contrast_out": 8.0 + j,
+            "denoise_index_path": 0.5 + j, "within_frac_out": 0.4 + j, "within_frac_in": 0.8,
+            "boundary_contrast_out": 8.0 + j,
             "boundary_contrast_in": 8.0, "meanrow_drop": 10.0 + j, "miou_clean": 90.0 + j}
 
 
@@ -88,9 +89,9 @@ def test_robustness_is_compared_only_at_matched_clean_accuracy():
 def test_controls_pass_on_known_answers_and_fail_otherwise():
     from segattn.analyze.claims import controls
 
-    good = {"denoise_index_identity": 1.0, "denoise_index_box3": 0.4, "within_box3": 0.2, "within_in": 0.8,
-            "boundary_contrast_box3": 5.0, "boundary_contrast_in": 8.0}
-    groups = {"fcn": {0: derive({**good, "module": "identity", "within_out": 0.8, "fisher_gain_path": 1.0})},
+    good = {"denoise_index_identity": 1.0, "denoise_index_box3": 0.4, "within_frac_in": 0.8, "within_frac_ebox7": 0.4,
+            "boundary_contrast_ebox7": 40.0, "boundary_contrast_box3": 5.0, "boundary_contrast_in": 8.0}
+    groups = {"fcn": {0: derive({**good, "module": "identity", "within_frac_out": 0.8, "fisher_gain_path": 1.0})},
               "ema": {0: derive({**good, "module": "ema"})}}
     got = {c["metric"]: c["ok"] for c in controls(groups)}
     assert all(got.values()), got

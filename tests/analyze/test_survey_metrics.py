@@ -128,6 +128,36 @@ def test_boundary_contrast_by_hand_and_controls():
         S.boundary_contrast(x2[0], lab2)
 
 
+def test_label_box_filter_never_mixes_labels_and_averages_inside():
+    # two constant segments: unchanged, however large the window
+    lab = torch.zeros(16, 16, dtype=torch.long)
+    lab[:, 8:] = 1
+    lab[0, 0] = 255  # an ignored pixel keeps its value
+    x = torch.zeros(2, 16, 16, dtype=torch.float64)
+    x[:, :, 8:] = 3.0
+    x[:, 0, 0] = 7.0
+    assert torch.allclose(S.label_box_filter(x, lab, 7), x, rtol=0, atol=1e-12)
+    # by hand: a 1 x 3 strip, one label, values 0, 3, 6, window 3 cut at the border -> 1.5, 3, 4.5
+    strip = torch.tensor([[[0.0, 3.0, 6.0]]], dtype=torch.float64)
+    got = S.label_box_filter(strip, torch.zeros(1, 3, dtype=torch.long), 3)
+    assert torch.allclose(got, torch.tensor([[[1.5, 3.0, 4.5]]], dtype=torch.float64))
+    # white noise on the two segments: the within-class share falls, the edge contrast rises (the ideal
+    # edge-preserving smoother); a plain box filter lowers the edge contrast relative to it
+    g = _gen(7)
+    lab = torch.zeros(32, 32, dtype=torch.long)
+    lab[:, 16:] = 1
+    clean = torch.zeros(4, 32, 32, dtype=torch.float64)
+    clean[:, :, 16:] = 1.0
+    noisy = clean + torch.randn(clean.shape, generator=g, dtype=torch.float64)
+    smooth = S.label_box_filter(noisy, lab, 7)
+    share = [S.variance_split(t, lab)["within"] / S.variance_split(t, lab)["total"] for t in (noisy, smooth)]
+    assert share[1] < 0.5 * share[0]
+    assert S.boundary_contrast(smooth, lab) > 5 * S.boundary_contrast(noisy, lab)
+    assert S.boundary_contrast(S.box_filter(noisy[None], 7)[0], lab) < S.boundary_contrast(smooth, lab)
+    with pytest.raises(ValueError):
+        S.label_box_filter(noisy, lab, 4)
+
+
 # -------------------------------------------------------------------------------------------- bases
 def test_cosines_comparable_across_spaces():
     g = _gen(7)

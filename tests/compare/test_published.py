@@ -133,8 +133,11 @@ def test_a_published_interval_and_adjusted_p_recompute_from_the_runs():
 
 
 # ------------------------------------------------------------------ explanation pages from an analysis
-def _runs(seeds, version=7, box3_denoise=0.2):
+def _runs(seeds, version=None, box3_denoise=0.2):
     """Per-run analyses of a small plan with known values: a no-context entry, Non-local, EMA T = 1 / 3."""
+    from segattn.analyze.run import VERSION
+
+    version = VERSION if version is None else version
     rng = np.random.default_rng(0)
     out = []
     for seed in seeds:
@@ -148,9 +151,9 @@ def _runs(seeds, version=7, box3_denoise=0.2):
                  "fisher_gain_path": 1.0 if not ctx else 3.0 + rng.uniform(0, 1),
                  "denoise_index_identity": 1.0, "denoise_index_box3": box3_denoise,
                  "denoise_index_out": 1.0 if not ctx else 0.5 + rng.uniform(0, 0.1), "denoise_index_path": 0.3,
-                 "within_in": 1.0, "within_out": 1.0 if not ctx else 0.5, "within_box3": 0.4,
+                 "within_frac_in": 0.8, "within_frac_out": 0.8 if not ctx else 0.4, "within_frac_ebox7": 0.4,
                  "boundary_contrast_in": 2.0, "boundary_contrast_out": 2.0 if not ctx else 2.2,
-                 "boundary_contrast_box3": 1.0}
+                 "boundary_contrast_box3": 1.0, "boundary_contrast_ebox7": 8.0}
             out.append(r)
     return out
 
@@ -210,7 +213,7 @@ def test_explanation_block_says_when_its_controls_fail(tmp_path):
     _publish_analysis(folder, _runs(range(8), box3_denoise=0.95))
     block = pub.explanation_block("2", [folder], tmp_path / "docs" / "explanations" / "denoising.md")
     assert "its controls **failed**: 3 x 3 box filter denoises (mean 0.95" in block
-    assert pub.explanation_block("3", [folder], tmp_path / "x.md").count("its controls passed (3 of 3") == 1
+    assert pub.explanation_block("3", [folder], tmp_path / "x.md").count("its controls passed (4 of 4") == 1
 
 
 def test_explanation_block_only_from_the_current_version(tmp_path):

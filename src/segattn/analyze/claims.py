@@ -12,8 +12,8 @@ sign-flip test both below 0.025; does not hold = the 95 % interval on the other 
 2. denoising: the module's and its context path's denoising index (noise passed per unit of centred
    signal passed, ``< 0.9``); robustness to input noise and PGD against the no-context entry only
    where their clean mIoU match (within 1 point);
-3. edge-preserving smoothing: within-class variance out / in ``< 0.9`` (in the input's units) and
-   boundary contrast out / in ``> 0.9``: both must hold;
+3. edge-preserving smoothing: the within-class share of the variance out / in ``< 0.9`` (scale-free:
+   a module's output has its own units) and boundary contrast out / in ``> 0.9``: both must hold;
 4. bases: EM bases (EMA T = 1) against pooled / A2 bases: relative cosine, Gram effective rank / K,
    reconstruction error on small segments, accuracy on small segments;
 5. EM iterations: the counterfactual flow of the cue into the shape pixels' logits (``cf_logits``)
@@ -32,8 +32,9 @@ are counted per entry, and every claim is judged on all runs and on the others; 
 is the one on all runs, both are shown.
 
 :func:`controls` checks, per report, that the controls measured beside the modules behave as their
-known answers say (identity: index 1; 3 x 3 box filter: denoises and blurs edges; the FCN's identity
-slot: every path ratio 1) before any verdict is read. (The no-context slot's counterfactual flow is not
+known answers say (identity: index 1; 3 x 3 box filter: denoises and blurs edges; a label-aware
+box filter (7 x 7, Local Relation's window): lowers the within-class share and keeps edges; the FCN's identity slot: every path ratio
+1) before any verdict is read. (The no-context slot's counterfactual flow is not
 a control: its input already sees the cue within the head's 3 x 3 convolutions, 0.07 on a trained
 survey-table FCN.)
 """
@@ -66,9 +67,11 @@ def derive(r: Dict[str, Any]) -> Dict[str, Any]:
     """A run's analysis plus the within-run quantities the claims use:
 
     * ``erank_path_ratio`` = erank of the context path / erank of the module input;
-    * ``within_ratio`` / ``between_ratio`` / ``boundary_ratio`` = output / input within-class variance,
-      between-class variance (both in the input's units) and boundary contrast; ``*_box3`` the same
-      for the 3 x 3 box filter (a control);
+    * ``within_ratio`` / ``between_ratio`` = output / input within- and between-class variance in the
+      input's units (meaningful for maps in the input's scale: the filters, residual modules);
+      ``within_frac_ratio`` = output / input within-class *share* of the map's own variance (scale-free:
+      the claims use it); ``boundary_ratio`` = output / input boundary contrast (scale-free); ``*_box3``
+      the same for the 3 x 3 box filter, ``*_ebox7`` for the 7 x 7 label-aware one (the controls);
     * EMA runs: ``swap_gain`` = mIoU at T = 1 − mIoU at the trained T (points); ``iter_sep_gain`` =
       pooled J of the module output at the trained T − at T = 1; ``iter_cf_ratio`` = counterfactual
       change of the shape logits at the trained T / at T = 1 (above 1: the iterations after the first
@@ -77,9 +80,9 @@ def derive(r: Dict[str, Any]) -> Dict[str, Any]:
     """
     out = dict(r)
     out["erank_path_ratio"] = _ratio(r.get("erank_path"), r.get("erank_in"))
-    for part in ("within", "between", "boundary_contrast"):
+    for part in ("within", "between", "boundary_contrast", "within_frac"):
         name = "boundary" if part == "boundary_contrast" else part
-        for tag, suffix in (("", "out"), ("_box3", "box3")):
+        for tag, suffix in (("", "out"), ("_box3", "box3"), ("_ebox7", "ebox7")):
             out[f"{name}_ratio{tag}"] = _ratio(r.get(f"{part}_{suffix}"), r.get(f"{part}_in"))
     t = r.get("em_stages")
     if t:
@@ -142,8 +145,9 @@ def _denoising(e: str, ref: Optional[str], groups: Dict[str, Dict[int, Dict[str,
 
 
 def _smoothing(e: str) -> List[Dict[str, Any]]:
-    return [claim(f"3w.{e}", f"`{e}` lowers the within-class variance by at least 10 % (input's units; null: "
-                             "within out / in >= 0.9)", "below", "within_ratio", e, threshold=0.9, explanation="3"),
+    return [claim(f"3w.{e}", f"`{e}` lowers the within-class share of the feature variance by at least 10 % "
+                             "(scale-free; null: within share out / in >= 0.9)", "below", "within_frac_ratio", e,
+                  threshold=0.9, explanation="3"),
             claim(f"3b.{e}", f"`{e}` keeps the contrast across label edges (boundary contrast out / in above 0.9; "
                              "null: <= 0.9)", "above", "boundary_ratio", e, threshold=0.9, explanation="3")]
 
@@ -250,10 +254,12 @@ CONTROLS = [
     ("2", "identity map: denoising index 1", "denoise_index_identity", "all", 0.999, 1.001,
      "the index reads 1 where nothing is denoised"),
     ("2", "3 x 3 box filter denoises", "denoise_index_box3", "all", 0.0, 0.9, "the index detects a known denoiser"),
-    ("3", "no-context slot: within-class ratio 1", "within_ratio", "identity", 0.999, 1.001,
-     "the within-class ratio reads 1 on the identity"),
-    ("3", "3 x 3 box filter lowers within-class variance", "within_ratio_box3", "all", 0.0, 0.9,
-     "the within-class ratio detects a known smoother"),
+    ("3", "no-context slot: within-class share ratio 1", "within_frac_ratio", "identity", 0.999, 1.001,
+     "the within-class share reads 1 on the identity"),
+    ("3", "label-aware 7 x 7 box filter lowers the within-class share", "within_frac_ratio_ebox7", "all", 0.0, 0.9,
+     "the within-class share detects the ideal edge-preserving smoother"),
+    ("3", "label-aware 7 x 7 box filter keeps edges", "boundary_ratio_ebox7", "all", 1.0, 1000.0,
+     "the boundary ratio rises under the ideal edge-preserving smoother"),
     ("3", "3 x 3 box filter blurs edges", "boundary_ratio_box3", "all", 0.0, 0.9,
      "the boundary ratio detects a smoother that does not preserve edges"),
 ]

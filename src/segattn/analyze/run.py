@@ -25,12 +25,13 @@ from segattn.errors import SegattnError
 from segattn.io import atomic_write_json
 
 ANALYSIS = "analysis.json"
-VERSION = 7  # bump when a measurement changes: stored analyses of another version are redone
+VERSION = 8  # bump when a measurement changes: stored analyses of another version are redone
 # 3: TV distances and cue mass only for rows that are weight distributions (not GloRe / SGR)
 # 4: the model sees its inputs at the run's eval scale (CamVid protocol: 1/3); same numbers at scale 1
 # 5: segments under 0.01 % of the image left out of the small/medium/large bins (none on the synthetic set)
 # 6: input noise and FGSM in fractions of the pixel range on standardised inputs (CamVid); [0, 1] inputs as before
 # 7: PGD and the gradient-masking check; the "survey" step (metrics that test the statements, issue 30)
+# 8: the label-aware box filter (ebox7, the edge-preserving control); grad_backbone at a neck's output
 Log = Callable[[str], None]
 PathLike = Union[str, Path]
 

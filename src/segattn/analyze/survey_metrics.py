@@ -131,6 +131,29 @@ def box_filter(x: Tensor, k: int) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------- smoothing
+def label_box_filter(x: Tensor, labels: Tensor, k: int, ignore_index: int = 255) -> Tensor:
+    """The ideal edge-preserving smoother (a positive control): each pixel of (C, H, W) ``x`` replaced by
+    the mean of the pixels of its own label in its k x k window (zero padding: the window is cut at the
+    border), so nothing is averaged across a label edge; pixels labelled ``ignore_index`` keep their
+    value. Two segments of constant values stay exactly as they are; noise inside a segment is averaged."""
+    if k % 2 != 1 or k < 1:
+        raise ValueError(f"label box filter size must be an odd positive integer, got {k}")
+    if x.dim() != 3 or labels.shape != x.shape[-2:]:
+        raise ValueError(f"label_box_filter needs (C, H, W) features and (H, W) labels, got "
+                         f"{tuple(x.shape)} and {tuple(labels.shape)}")
+    out = x.clone()
+    p = k // 2
+    for c in torch.unique(labels).tolist():
+        if c == ignore_index:
+            continue
+        m = (labels == c).to(x.dtype)[None, None]
+        num = F.avg_pool2d(F.pad(x[None] * m, (p, p, p, p)), k, stride=1)
+        den = F.avg_pool2d(F.pad(m, (p, p, p, p)), k, stride=1)
+        sel = labels == c
+        out[:, sel] = (num / den.clamp_min(1e-12))[0][:, sel]
+    return out
+
+
 def variance_split(x: Tensor, labels: Tensor, ignore_index: int = 255) -> Dict[str, float]:
     """Law of total variance over the labelled pixels: ``total = within + between`` (feature units^2).
 
@@ -276,5 +299,5 @@ def counterfactual_change(before: Tensor, after: Tensor, mask: Optional[Tensor] 
 
 
 __all__ = ["fisher_ratio", "noise_gain", "signal_gain", "denoising_index", "box_filter", "variance_split",
-           "boundary_contrast", "centred_cosine", "relative_cosine", "gram_erank_fraction",
+           "boundary_contrast", "label_box_filter", "centred_cosine", "relative_cosine", "gram_erank_fraction",
            "masked_reconstruction_error", "counterfactual_change"]

@@ -8,7 +8,9 @@ One step, :func:`measure_survey`, on the measured module (:func:`~segattn.analyz
 * low rank: its effective rank and the Fisher ratio of the classes on it vs on the module input;
 * denoising: noise passed vs centred signal passed, for the module, its context path, a 3 x 3 box
   filter and the identity, on the same input and the same noise;
-* smoothing: within- / between-class variance in the input's normalisation, boundary contrast;
+* smoothing: within- / between-class variance in the input's normalisation and as shares of the map's
+  own variance (scale-free), boundary contrast; controls: a 3 x 3 box filter (blurs edges) and a
+  7 x 7 label-aware box filter (the ideal edge-preserving smoother, in Local Relation's window);
 * bases: centred / relative cosine, Gram effective rank / K, reconstruction error on small segments;
 * information flow (synthetic set): swap the cue colours, measure the change of the shape cells'
   module output and the shape pixels' logits, per EM iteration count;
@@ -49,6 +51,7 @@ from segattn.modules.nonlocal_ import NonLocalBase
 from segattn.modules.pooling import PyramidPooling
 
 BOX = 3  # the box-filter control's size (cells)
+EBOX = 7  # the label-aware box filter's size (cells): Local Relation's window
 SMALL_FRACTION = 0.02  # a segment of at most this share of the feature cells is "small"
 EM_STAGES = (1, 3, 5)  # EM iteration counts of the counterfactual
 
@@ -188,7 +191,9 @@ def _image(module: nn.Module, r: Tensor, c: Tensor, lab: Tensor, ignore_index: i
     # smoothing: the input's total variance is the common unit
     vin = S.variance_split(r, lab, ignore_index)
     t = vin["total"]
-    for k, f in (("in", r), ("out", c), (f"box{BOX}", S.box_filter(x, BOX)[0])):
+    smoothers = (("in", r), ("out", c), (f"box{BOX}", S.box_filter(x, BOX)[0]),
+                 (f"ebox{EBOX}", S.label_box_filter(r, lab, EBOX, ignore_index)))
+    for k, f in smoothers:
         v = S.variance_split(f, lab, ignore_index) if k != "in" else vin
         if f.shape[0] == r.shape[0] and t and not math.isnan(t):
             out[f"within_{k}"], out[f"between_{k}"] = v["within"] / t, v["between"] / t
@@ -279,4 +284,4 @@ def measure_survey(model: nn.Module, batches: Batches, num_classes: int, ignore_
     return out
 
 
-__all__ = ["measure_survey", "context_path", "tap_context", "swap_cues", "BOX", "SMALL_FRACTION"]
+__all__ = ["measure_survey", "context_path", "tap_context", "swap_cues", "BOX", "EBOX", "SMALL_FRACTION"]
