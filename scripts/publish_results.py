@@ -293,7 +293,8 @@ def explanation_block(n: str, folders: Optional[Sequence[Path]] = None, page: Op
     ctl = explanation_controls(n)
     lines = ["Controls of this explanation (`segattn.analyze.claims.CONTROLS`; each report checks that every run "
              "lies in the expected range before its claims are read):", ""]
-    lines += [f"- {name}: `{metric}` in [{lo:g}, {hi:g}] on {'every run' if which == 'all' else 'the no-context entry'} "
+    where = {"all": "every run", "identity": "the no-context entry", "context": "every run of a context entry"}
+    lines += [f"- {name}: `{metric}` in [{lo:g}, {hi:g}] on {where[which]} "
               f"({shows})" for name, metric, which, lo, hi, shows in ctl] or [
         "- none in `segattn.analyze.claims.controls()`: this explanation's known answers are the tests of its "
         "metrics (`tests/analyze/`)"]

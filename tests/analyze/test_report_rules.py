@@ -95,5 +95,11 @@ def test_controls_pass_on_known_answers_and_fail_otherwise():
               "ema": {0: derive({**good, "module": "ema"})}}
     got = {c["metric"]: c["ok"] for c in controls(groups)}
     assert all(got.values()), got
+    # the label-aware smoother's controls read the context entries only (whose claims are read)
+    groups["fcn"][0] = derive({**good, "module": "identity", "within_frac_out": 0.8, "fisher_gain_path": 1.0,
+                               "within_frac_ebox7": 0.78})
+    assert {c["metric"]: c["ok"] for c in controls(groups)}["within_frac_ratio_ebox7"] is True
+    groups["ema"][0] = derive({**good, "module": "ema", "within_frac_ebox7": 0.78})
+    assert {c["metric"]: c["ok"] for c in controls(groups)}["within_frac_ratio_ebox7"] is False
     groups["ema"][0] = derive({**good, "module": "ema", "denoise_index_box3": 1.2})  # a "box filter" that amplifies
     assert {c["metric"]: c["ok"] for c in controls(groups)}["denoise_index_box3"] is False

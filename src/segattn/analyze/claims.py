@@ -247,7 +247,8 @@ def judge(claims: Sequence[Dict[str, Any]], groups: Dict[str, Dict[int, Dict[str
 
 
 # ---------------------------------------------------------------------------------------- controls
-# (explanation, name, metric, which runs: "all" or "identity" (the no-context entry), low, high, what it shows)
+# (explanation, name, metric, which runs: "all", "identity" (the no-context entry) or "context" (the entries whose
+# claims are read), low, high, what it shows)
 CONTROLS = [
     ("1", "no-context slot: context path = input (Fisher gain 1)", "fisher_gain_path", "identity", 0.999, 1.001,
      "the Fisher gain reads 1 where nothing is reconstructed"),
@@ -256,9 +257,9 @@ CONTROLS = [
     ("2", "3 x 3 box filter denoises", "denoise_index_box3", "all", 0.0, 0.9, "the index detects a known denoiser"),
     ("3", "no-context slot: within-class share ratio 1", "within_frac_ratio", "identity", 0.999, 1.001,
      "the within-class share reads 1 on the identity"),
-    ("3", "label-aware 7 x 7 box filter lowers the within-class share", "within_frac_ratio_ebox7", "all", 0.0, 0.9,
+    ("3", "label-aware 7 x 7 box filter lowers the within-class share", "within_frac_ratio_ebox7", "context", 0.0, 0.9,
      "the within-class share detects the ideal edge-preserving smoother"),
-    ("3", "label-aware 7 x 7 box filter keeps edges", "boundary_ratio_ebox7", "all", 1.0, 1000.0,
+    ("3", "label-aware 7 x 7 box filter keeps edges", "boundary_ratio_ebox7", "context", 1.0, 1000.0,
      "the boundary ratio rises under the ideal edge-preserving smoother"),
     ("3", "3 x 3 box filter blurs edges", "boundary_ratio_box3", "all", 0.0, 0.9,
      "the boundary ratio detects a smoother that does not preserve edges"),
@@ -271,8 +272,8 @@ def controls(groups: Dict[str, Dict[int, Dict[str, Any]]]) -> List[Dict[str, Any
     module = {e: next(iter(r.values())).get("module", "") for e, r in groups.items()}
     out = []
     for explanation, name, metric, which, lo, hi, shows in CONTROLS:
-        vals = [v for e, runs in groups.items() if which == "all" or module[e] == "identity"
-                for v in values(runs, metric, sorted(runs)) if math.isfinite(v)]
+        picked = [e for e in groups if which == "all" or (module[e] == "identity") == (which == "identity")]
+        vals = [v for e in picked for v in values(groups[e], metric, sorted(groups[e])) if math.isfinite(v)]
         ok = all(lo <= v <= hi for v in vals) if vals else None
         out.append({"explanation": explanation, "name": name, "metric": metric, "expected": [lo, hi], "shows": shows,
                     "runs": len(vals),
