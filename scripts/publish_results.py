@@ -367,7 +367,7 @@ KIND_TEXT = {
     "2a": "the context path alone passes < 90 % of the noise per unit of centred signal",
     "2n": "loses less mIoU under input noise than the FCN (matched clean mIoU)",
     "2p": "loses less mIoU under PGD than the FCN (matched clean mIoU)",
-    "3w": "lowers the within-class variance by >= 10 %",
+    "3w": "lowers the within-class share of the feature variance by >= 10 %",
     "3b": "keeps the contrast across label edges (> 0.9 of the input's)",
     "4c": "EMA T = 1's bases are less similar to each other than the bases of",
     "4k": "EMA T = 1's bases span more directions (Gram erank / K) than the bases of",
@@ -421,6 +421,11 @@ def findings_block(prefix: str = "docs/") -> str:
                     key = (_claim_kind(c["id"]), c["verdict"])
                     groups.setdefault(key, []).append(c["id"].split(".", 1)[-1])
             if not groups:
+                continue
+            failed = [c["name"] for c in ana.get("controls", []) if c.get("explanation") == n and c.get("ok") is False]
+            if failed:
+                lines.append(f"- [{n}. {title}]({prefix}explanations/{EXPLANATION_PAGES[n]}.md): not read, its controls "
+                             f"failed in this report ({'; '.join(failed)}).")
                 continue
             parts = [f"*{KIND_TEXT.get(k, k)}* (`{k}`) {SHORT[v]} for {', '.join(f'`{e}`' for e in entries)}"
                      for (k, v), entries in groups.items()]

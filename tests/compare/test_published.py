@@ -243,8 +243,10 @@ def test_analysis_block_names_the_current_version_and_the_replication(tmp_path, 
     assert f"(the current one is {pub.VERSION}: measurements changed since" in pub.analysis_block(old)
 
 
-def _findings_line(block, n):
-    return next(ln for ln in block.splitlines() if ln.startswith(f"- [{n}. "))
+def _findings_line(block, n, plan="survey-table"):
+    """Explanation n's line in the findings of ``plan``'s report."""
+    section = block.split(f"**`{plan}` on ", 1)[1].split("\n**`", 1)[0]
+    return next(ln for ln in section.splitlines() if ln.startswith(f"- [{n}. "))
 
 
 def test_findings_list_exactly_the_replicated_claims(tmp_path, monkeypatch):
@@ -257,11 +259,12 @@ def test_findings_list_exactly_the_replicated_claims(tmp_path, monkeypatch):
     src = RESULTS / "survey-table-synthetic"
     ana = json.loads((src / "analysis.json").read_text())
     block = pub.findings_block("")
+    section = block.split("**`survey-table` on ", 1)[1].split("\n**`", 1)[0]
     status = {r["id"]: r for r in ana["replication"]["status"]}
     for c in ana["claims"]:
         kind, entry = c["id"].split(".", 1)
         listed = False
-        if c["explanation"] in {ln[3] for ln in block.splitlines() if ln.startswith("- [")}:
+        if c["explanation"] in {ln[3] for ln in section.splitlines() if ln.startswith("- [")}:
             line = _findings_line(block, c["explanation"])
             part = line.split(f"(`{kind}`) ", 1)[1].split(";")[0] if f"(`{kind}`) " in line else ""
             listed = part.startswith(pub.SHORT[c["verdict"]] + " for") and f"`{entry}`" in part
@@ -278,3 +281,20 @@ def test_findings_list_exactly_the_replicated_claims(tmp_path, monkeypatch):
     kind, entry = target["id"].split(".", 1)
     line = _findings_line(pub.findings_block(""), target["explanation"])
     assert f"`{entry}`" not in line.split(f"(`{kind}`) ", 1)[-1].split(";")[0] or f"(`{kind}`) " not in line
+
+
+def test_findings_do_not_read_an_explanation_whose_controls_failed(tmp_path, monkeypatch):
+    import shutil
+
+    pub = _publisher()
+    copy = tmp_path / "docs" / "results" / "survey-table-synthetic"
+    shutil.copytree(RESULTS / "survey-table-synthetic", copy)
+    ana = json.loads((copy / "analysis.json").read_text())
+    assert "not read" not in _findings_line(pub.findings_block(""), "3")
+    for c in ana["controls"]:
+        if c["explanation"] == "3":
+            c["ok"] = False
+    (copy / "analysis.json").write_text(json.dumps(ana))
+    monkeypatch.setattr(pub, "RESULTS", tmp_path / "docs" / "results")
+    line = _findings_line(pub.findings_block(""), "3")
+    assert "not read, its controls failed" in line and "`3w`" not in line
