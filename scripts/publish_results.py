@@ -344,19 +344,16 @@ def spread_block() -> str:
 
 
 def readme_block() -> str:
+    """The README's short status: which reports are at 8 seeds with a replication, and how many are not."""
     full = [f.name for f in compare_reports() if _load(f / "compare.json")["seeds"] >= 6]
-    lines = ["Every published report is judged under the rules of [Comparing modules](docs/compare.md) "
-             "(Holm-adjusted t-test and exact sign-flip test; at least 6 seeds to hold; the plans ship with 8 seeds "
-             "and `--replicate`). At 8 seeds with a replication: " + (", ".join(f"`{n}`" for n in full) or "none")
-             + "; the others have 3-5 seeds, so none of their accuracy claims can hold (only exact cost claims are "
-             "decided):", ""]
-    for folder in compare_reports():
-        lines.append("- " + summary_sentence(folder.name, _load(folder / "compare.json"), "compare"))
-    for folder in analysis_reports():
-        lines.append("- " + summary_sentence(folder.name, _load(folder / "analysis.json"), "analysis"))
-    lines += ["", "Tables, per-claim numbers and the command that trains every plan to 8 seeds with a "
-              "replication: [Results](docs/results.md)."]
-    return "\n".join(lines) + "\n"
+    rest = [f.name for f in compare_reports() if f.name not in full]
+    older = [f.name for f in analysis_reports() if not is_current(f)]
+    return ("Every published report is judged under the rules of [Comparing modules](docs/compare.md) (Holm-adjusted "
+            "t-test and exact sign-flip test; at least 6 seeds to hold; the plans ship with 8 seeds and `--replicate`). "
+            "At 8 seeds with a replication: " + (", ".join(f"`{n}`" for n in full) or "none") + f". The other {len(rest)} "
+            f"reports have 3-5 seeds, so none of their accuracy claims can hold, and {len(older)} of their analyses "
+            f"predate the current analysis (version {VERSION}): each one, and the commands that retrain them, in "
+            "[Results](docs/results.md).\n")
 
 
 # what each analysis claim kind states, for the findings lists ("<kind text> for <entries>")
@@ -431,6 +428,9 @@ def findings_block(prefix: str = "docs/") -> str:
                      for (k, v), entries in groups.items()]
             page = f"{prefix}explanations/{EXPLANATION_PAGES[n]}.md"
             lines.append(f"- [{n}. {title}]({page}): " + "; ".join(parts) + ".")
+        if prefix:  # the README: the lists only
+            lines.append("")
+            continue
         lines += ["", "Every other claim of these reports is *cannot tell* in at least one seed range, or decided "
                   "differently in the two; the claim texts and numbers are on the linked pages.", ""]
     return "\n".join(lines) if lines else "No plan has been published with a replication yet.\n"
