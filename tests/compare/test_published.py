@@ -75,11 +75,13 @@ def test_no_verdict_outside_the_generated_text():
 
 
 def test_every_summary_names_its_task():
+    """Each report's block on the results page opens with one sentence naming its task and seeds."""
     pub = _publisher()
-    summary = pub.blocks()["readme-summary"]
-    items = [ln for ln in summary.splitlines() if ln.startswith("- ")]
-    assert len(items) == len(pub.compare_reports()) + len(pub.analysis_reports())
-    for line in items:
+    blocks = pub.blocks()
+    firsts = [blocks[f"compare.{f.name}"].splitlines()[0] for f in pub.compare_reports()]
+    firsts += [blocks[f"analysis.{f.name}"].splitlines()[0] for f in pub.analysis_reports()]
+    assert len(firsts) == len(pub.compare_reports()) + len(pub.analysis_reports())
+    for line in firsts:
         assert any(task in line for task in pub.TASKS.values()), line
         assert re.search(r"\d+ seeds", line), line
 
