@@ -395,17 +395,21 @@ def findings_block(prefix: str = "docs/") -> str:
         if not rep:
             continue
         task = TASKS[agg["dataset"]]
-        lines += [f"**`{agg['plan']}` on {task}** ({agg['seeds']} seeds, replicated on a second range of "
-                  f"{agg['seeds']}; [report]({prefix}results/{folder.name}/compare.md)):", ""]
+        head = (f"**`{agg['plan']}` on {task}** ({agg['seeds']} seeds, replicated on a second range of "
+                f"{agg['seeds']}; [report]({prefix}results/{folder.name}/compare.md))")
+        states = []
         for c in agg["claims"]:
             r = rep.get(c["id"], {})
             if r.get("status") == "replicated":
-                state = f"replicated: **{SHORT[c['verdict']]}**"
+                states.append((c, f"replicated: **{SHORT[c['verdict']]}**"))
             else:
-                state = (f"{r.get('status', 'not replicated yet')} (seeds 0..{agg['seeds'] - 1}: {SHORT[c['verdict']]}; "
-                         f"second range: {SHORT.get(r.get('second') or '', 'not measured')})")
-            lines.append(f"- {c['id']}. {c['text']}: {state}.")
-        lines.append("")
+                states.append((c, f"{r.get('status', 'not replicated yet')} (seeds 0..{agg['seeds'] - 1}: "
+                                  f"{SHORT[c['verdict']]}; second range: {SHORT.get(r.get('second') or '', 'not measured')})"))
+        if prefix:  # the README: the plan's claims in one line
+            lines += [""] if lines else []
+            lines.append(head + ": " + "; ".join(f"claim {c['id']} {st.split(' (')[0]}" for c, st in states) + ".")
+        else:
+            lines += [head + ":", ""] + [f"- {c['id']}. {c['text']}: {st}." for c, st in states] + [""]
         if not (folder / "analysis.json").is_file() or not is_current(folder):
             continue
         ana = _load(folder / "analysis.json")
@@ -429,11 +433,10 @@ def findings_block(prefix: str = "docs/") -> str:
             page = f"{prefix}explanations/{EXPLANATION_PAGES[n]}.md"
             lines.append(f"- [{n}. {title}]({page}): " + "; ".join(parts) + ".")
         if prefix:  # the README: the lists only
-            lines.append("")
             continue
         lines += ["", "Every other claim of these reports is *cannot tell* in at least one seed range, or decided "
                   "differently in the two; the claim texts and numbers are on the linked pages.", ""]
-    return "\n".join(lines) if lines else "No plan has been published with a replication yet.\n"
+    return "\n".join(lines).rstrip("\n") + "\n" if lines else "No plan has been published with a replication yet.\n"
 
 
 def validation_block() -> str:
