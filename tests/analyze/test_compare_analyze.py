@@ -134,3 +134,12 @@ def test_processes_share_the_analysis_of_one_compare_folder(tmp_path, monkeypatc
     assert [r["entry"] for r in reported[0]] == ["a", "b", "c"] and reported[0][1]["by"] == "other"
     assert any("left to it" in m for m in logs) and any("waiting for 1 run" in m for m in logs)
     assert not any((p / ".segattn.lock").exists() for p in (tmp_path / "runs").glob("*/seed0"))
+
+
+def test_a_helper_refuses_when_the_analysis_version_changed_under_its_parent(tmp_path):
+    from segattn.analyze.run import VERSION, _helper_measure
+    from segattn.errors import SegattnError
+
+    with pytest.raises(SegattnError, match=f"version {VERSION - 1} when it started, {VERSION} now"):
+        _helper_measure([tmp_path / "runs" / "a" / "seed0"], 1, VERSION - 1)
+    assert not list(tmp_path.iterdir())  # nothing measured or written

@@ -19,12 +19,12 @@ import torch
 from torch import nn
 
 from segattn.analyze import measure
+from segattn.compare.rundir import ANALYSIS
 from segattn.engine.short import shorten_images
 from segattn.engine.workdir import WorkDirError, WorkDirLock
 from segattn.errors import SegattnError
 from segattn.io import atomic_write_json
 
-ANALYSIS = "analysis.json"
 VERSION = 8  # bump when a measurement changes: stored analyses of another version are redone
 # 3: TV distances and cue mass only for rows that are weight distributions (not GloRe / SGR)
 # 4: the model sees its inputs at the run's eval scale (CamVid protocol: 1/3); same numbers at scale 1
@@ -320,6 +320,17 @@ def analyze_plan(args: Any, plan: Any, out: Path) -> Dict[str, Any]:
     return rep
 
 
+def _helper_measure(runs: List[Path], threads: int, version: int) -> None:
+    """One ``-j`` helper: measure and store ``runs`` beside the parent process, which runs analysis
+    ``version``. A helper started after the analysis code changed under a running command would store
+    another version than its parent and the two would re-measure each other's runs: it refuses."""
+    if version != VERSION:
+        raise SegattnError(f"--analyze -j: the analysis code changed while this command ran (version {version} "
+                           f"when it started, {VERSION} now); its runs were measured at version {version} by the "
+                           "main process alone: run the command again")
+    analyze_runs(runs, ".", "", threads=threads, report=False)
+
+
 @contextlib.contextmanager
 def _helpers(n: int, runs: Sequence[Path], threads: Optional[int]) -> Iterator[Callable[[], None]]:
     """``n`` helper processes that measure ``runs`` beside this one (``segattn compare -j N --analyze``:
@@ -332,7 +343,7 @@ def _helpers(n: int, runs: Sequence[Path], threads: Optional[int]) -> Iterator[C
     from concurrent.futures import ProcessPoolExecutor
 
     pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"))
-    futures = [pool.submit(analyze_runs, list(runs), ".", "", threads=threads or 1, report=False) for _ in range(n)]
+    futures = [pool.submit(_helper_measure, list(runs), threads or 1, VERSION) for _ in range(n)]
 
     def wait() -> None:
         for f in futures:

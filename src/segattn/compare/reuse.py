@@ -29,10 +29,9 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from segattn.compare.plan import Entry, Plan, PlanError
-from segattn.compare.rundir import FINAL_WEIGHTS, RESULT, RUN_CONFIG, claim_run, source_commit
+from segattn.compare.rundir import ANALYSIS, FINAL_WEIGHTS, RESULT, RUN_CONFIG, claim_run, source_commit
 from segattn.io import atomic_write_json
 
-ANALYSIS = "analysis.json"  # written by `segattn analyze` into a run folder
 # train keys that place, log or pace the run, but do not change what it learns (the resume check
 # of `segattn compare` ignores the whole train section; here the seed and the numerics keys count)
 IGNORED_TRAIN_KEYS = ("work_dir", "threads", "progress", "tensorboard", "resume", "log_interval",

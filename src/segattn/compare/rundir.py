@@ -11,6 +11,7 @@ from segattn.engine.workdir import WorkDirError, WorkDirLock
 
 RESULT = "result.json"
 RUN_CONFIG = "compare_config.json"
+ANALYSIS = "analysis.json"  # written by `segattn analyze` into a run folder
 FINAL_WEIGHTS = "final.pt"  # the finished run's weights (no optimiser state), kept for `segattn analyze`
 
 
@@ -46,4 +47,4 @@ def claim_run(rdir: Path) -> Optional[WorkDirLock]:
     return claim
 
 
-__all__ = ["RESULT", "RUN_CONFIG", "FINAL_WEIGHTS", "run_dir", "source_commit", "claim_run"]
+__all__ = ["ANALYSIS", "RESULT", "RUN_CONFIG", "FINAL_WEIGHTS", "run_dir", "source_commit", "claim_run"]
