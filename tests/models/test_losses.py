@@ -126,3 +126,18 @@ def test_errors() -> None:
         build_loss("ce")(torch.randn(1, K, 4, 4), torch.zeros(1, 4, 5, dtype=torch.long))
     with pytest.raises(TypeError, match="integer"):
         build_loss("ce")(torch.randn(1, K, 4, 4), torch.zeros(1, 4, 4))
+
+
+@pytest.mark.parametrize("name", ["ce", "ohem", "dice", "lovasz"])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("label", [K, -1])
+def test_label_outside_the_classes_is_named(name: str, weighted: bool, label: int) -> None:
+    """A label that is neither a class nor ignored ends in one line naming it (class weights or not:
+    indexing the weights used to fail with a bare IndexError, torch's own loss with 'out of bounds')."""
+    logits, target = _data()
+    target[1, 0, 0] = label
+    loss = build_loss(name, class_weight=[1.0] * K if weighted else None)
+    with pytest.raises(ValueError, match=rf"label {label}, which is neither one of the logits' {K} classes"):
+        loss(logits, target)
+    target[1, 0, 0] = 255  # the ignore index is not a bad label
+    assert torch.isfinite(loss(logits, target))

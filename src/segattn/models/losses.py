@@ -2,8 +2,10 @@
 
 Every loss maps ``(logits (B, K, H, W), target (B, H, W) int64)`` to a scalar. Pixels whose target is
 ``ignore_index`` (255 by default, or a dataset's own) take no part. A batch whose pixels are all
-ignored gives ``0`` (with a gradient of zeros), never NaN. No ``.item()`` or value-dependent Python
-branching, so the losses trace under ``torch.compile``. The per-pixel terms are computed in float32.
+ignored gives ``0`` (with a gradient of zeros), never NaN. A label that is neither a class of the logits
+nor ignored raises ``ArgumentError`` naming it (one host sync per call); under ``torch.compile`` that
+check is skipped and nothing else branches on values, so the losses trace. The per-pixel terms are
+computed in float32.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from torch import Tensor, nn
 
 from segattn.checks import ANY, NON_NEGATIVE, UNIT, checked
 from segattn.errors import ArgumentError
+from segattn.modules.base import _is_compiling
 
 LOSSES: Dict[str, Callable[..., nn.Module]] = {}
 
@@ -44,6 +47,18 @@ class _SegLoss(nn.Module):
         if self.class_weight is not None and self.class_weight.numel() != logits.shape[1]:
             raise ArgumentError(f"{type(self).__name__}: class_weight has {self.class_weight.numel()} entries but "
                                 f"the logits have {logits.shape[1]} classes; give one weight per class")
+        if not _is_compiling():
+            self._check_labels(target, logits.shape[1])
+
+    def _check_labels(self, target: Tensor, num_classes: int) -> None:
+        """``ArgumentError`` naming the first label that is neither a class of the logits nor ignored
+        (one reduction and one host sync per call; skipped under ``torch.compile``)."""
+        bad = self._valid(target) & ((target < 0) | (target >= num_classes))
+        if bool(bad.any()):
+            value = int(target[bad][0])
+            raise ArgumentError(f"{type(self).__name__}: the target holds label {value}, which is neither one of the "
+                                f"logits' {num_classes} classes (0..{num_classes - 1}) nor the ignore index "
+                                f"{self.ignore_index}; check the model's num_classes against the dataset's labels")
 
     def _valid(self, target: Tensor) -> Tensor:
         return target != self.ignore_index
