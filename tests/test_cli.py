@@ -100,6 +100,45 @@ def test_torchrun_two_processes(tmp_path):
     assert summary["world_size"] == 2 and summary["iteration"] == 4
 
 
+@pytest.mark.distributed
+def test_train_nproc_two_processes(tmp_path):
+    """`segattn train --nproc 2` trains with two DDP processes, as torchrun does."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "segattn", "train", *TRAIN, "--work-dir", str(tmp_path), "--nproc", "2"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.load(open(tmp_path / "summary.json"))
+    assert summary["world_size"] == 2 and summary["iteration"] == 4
+
+
+@pytest.mark.distributed
+def test_train_nproc_worker_failure_is_one_line(tmp_path):
+    """A failure inside the workers: their own error lines, then one line naming the ranks, the
+    workers' exit code, and no launcher traceback (torchrun prints one)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "segattn", "train", "--config", "camvid/compare_camvid.yaml", "--set",
+           "schedule.iters=2", "--set", f"data.root={tmp_path / 'nowhere'}", "--work-dir", str(tmp_path / "w"),
+           "--nproc", "2"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "ChildFailedError" not in proc.stderr, proc.stderr[-3000:]
+    lines = [x for x in proc.stderr.splitlines() if x.startswith("segattn train: error:")]
+    assert "does not exist" in lines[0]
+    assert lines[-1].startswith("segattn train: error: 2 of 2 worker(s) failed: rank 0") and "rank 1" in lines[-1]
+
+
+def test_train_nproc_checks_before_starting(tmp_path, capsys):
+    """A bad --nproc, a non-empty work dir or a wrong key fails here, before any worker starts."""
+    (tmp_path / "metrics.jsonl").write_text("{}\n")
+    assert main(["train", *TRAIN, "--work-dir", str(tmp_path), "--nproc", "2"]) == 2
+    assert "is not empty (metrics.jsonl)" in capsys.readouterr().err
+    assert main(["train", *TRAIN, "--work-dir", str(tmp_path / "new"), "--nproc", "0"]) == 2
+    assert "--nproc 0: expected the number of local processes" in capsys.readouterr().err
+    assert main(["train", *TRAIN, "--work-dir", str(tmp_path / "new"), "--nproc", "2", "--set", "model.nme=x"]) == 2
+    assert "model.nme" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+
+
 # ----- issue 12: every failure is one `segattn <cmd>: error: ...` line, exit 2, no traceback ------------------
 def _bad_inputs(root, ckpt):
     """Broken, truncated and foreign checkpoints, a file where a folder belongs, images, a bad YAML."""

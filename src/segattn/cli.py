@@ -47,6 +47,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     cfg = train_config(args.config, list(args.set), args.work_dir, args.resume, args.overwrite,
                        args.allow_config_change, init=args.init)
+    if args.nproc is not None:
+        return _launch_train(args, cfg)
     summary = train(cfg)
     if summary.get("interrupted"):
         hint_set = list(args.set) + ([f"model.init={args.init}"] if args.init else [])
@@ -54,6 +56,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
               f"{resume_hint(cfg, args.config, hint_set, args.allow_config_change)}", file=sys.stderr)
         return 130
     return 0
+
+
+def _launch_train(args: argparse.Namespace, cfg: Any) -> int:
+    """``segattn train --nproc N``: check the run once here, then N workers with the same arguments."""
+    from segattn.engine.launch import check_nproc, launch_local
+    from segattn.engine.workdir import check_start
+
+    check_nproc(args.nproc)
+    check_start(cfg)
+    worker = ["train"] + [a for flag, value in (("--config", args.config), ("--work-dir", args.work_dir),
+                                                ("--resume", args.resume), ("--init", args.init))
+                          if value is not None for a in (flag, value)]
+    worker += ["--overwrite"] * args.overwrite + ["--allow-config-change"] * args.allow_config_change
+    for item in args.set:
+        worker += ["--set", item]
+    return launch_local(args.nproc, worker)
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -124,6 +142,8 @@ def _add_engine_parsers(sub: argparse._SubParsersAction) -> None:
                    "classifiers fresh for another class count); config key model.init")
     p.add_argument("--allow-config-change", action="store_true",
                    help="resume although the config differs from the stored one (the differences are printed)")
+    p.add_argument("--nproc", type=int, metavar="N", help="train with N local DDP processes (GPUs: one each; CPU: "
+                   "gloo), started here as torchrun --standalone would, without torchrun's report on a failure")
     _add_set(p)
     p.set_defaults(func=_cmd_train)
 
@@ -286,7 +306,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if _debug():
             raise
         print(f"{prog}: error: {error_message(exc)}", file=sys.stderr)
-        return 2
+        return int(getattr(exc, "exit_code", 2))
     finally:
         warnings.formatwarning = previous_format
 

@@ -259,6 +259,22 @@ def check_work_dir_path(work_dir: str) -> None:
         raise WorkDirError(f"work dir {work_dir} {where}; expected a folder")
 
 
+def _refuse_non_empty(cfg: Config, existing: List[str]) -> None:
+    if existing and not cfg.train.overwrite:
+        shown = ", ".join(existing[:6]) + (", ..." if len(existing) > 6 else "")
+        raise WorkDirError(f"work dir {cfg.train.work_dir} is not empty ({shown}); resume that run with --resume "
+                           "auto, replace it with --overwrite, or choose another --work-dir")
+
+
+def check_start(cfg: Config) -> None:
+    """The checks of :func:`prepare_work_dir` that take no lock and change nothing (a launcher runs
+    them once before it starts its workers): the work dir is a folder, ``--resume`` finds a checkpoint,
+    a fresh run's folder is empty or ``--overwrite`` is given."""
+    check_work_dir_path(cfg.train.work_dir)
+    if _resume_path(cfg) is None and os.path.isdir(cfg.train.work_dir):
+        _refuse_non_empty(cfg, run_entries(cfg.train.work_dir))
+
+
 def prepare_work_dir(cfg: Config, lock: WorkDirLock, load: bool = True) -> RunStart:
     """Take the lock, clean temporary files and decide fresh or resumed (see the module docstring).
 
@@ -285,10 +301,7 @@ def prepare_work_dir(cfg: Config, lock: WorkDirLock, load: bool = True) -> RunSt
         start.notes.append(f"removed {len(removed)} temporary file(s) left by an interrupted save: {', '.join(removed)}")
     if path is None:
         existing = run_entries(work_dir)
-        if existing and not cfg.train.overwrite:
-            shown = ", ".join(existing[:6]) + (", ..." if len(existing) > 6 else "")
-            raise WorkDirError(f"work dir {work_dir} is not empty ({shown}); resume that run with --resume auto, "
-                               "replace it with --overwrite, or choose another --work-dir")
+        _refuse_non_empty(cfg, existing)
         if existing:
             gone = clear_run(work_dir)
             start.notes.append(f"--overwrite: removed the earlier run's {', '.join(gone) or 'nothing'}")
