@@ -150,6 +150,29 @@ def test_output_strides(output_stride: int) -> None:
     assert model(torch.randn(1, 3, 50, 70)).shape == (1, 3, 50, 70)
 
 
+def _aspp(model: torch.nn.Module) -> torch.nn.Module:
+    return next(m for m in model.modules() if type(m).__name__ == "ASPP")
+
+
+@pytest.mark.parametrize("kw, rates", [({}, (12, 24, 36)), ({"output_stride": None}, (12, 24, 36)),
+                                       ({"output_stride": 16}, (6, 12, 18)),
+                                       ({"backbone": "hrnet_w18_small"}, (24, 48, 72))])
+def test_deeplabv3_rates_follow_the_feature_stride(kw: dict, rates: tuple) -> None:
+    """ASPP's rates are (6, 12, 18) at stride 16, scaled to the map the head reads (an HRNet's is stride 4;
+    output_stride=None is the default 8, not a TypeError)."""
+    model = create_model("deeplabv3", num_classes=3, **{**TINY, **kw})
+    assert tuple(_aspp(model).dilations) == rates
+
+
+def test_hamnet_reads_an_hrnet_map_once() -> None:
+    """On HRNet the light head reads the one concatenated map, not three copies of it."""
+    model = create_model("hamnet", num_classes=3, backbone="hrnet_w18_small", channels=32).eval()
+    width = sum(model.backbone.feature_info.channels())
+    squeeze = next(m for m in model.head.modules() if isinstance(m, torch.nn.Conv2d))
+    assert squeeze.in_channels == width
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 3, 64, 64)
+
+
 def test_predict() -> None:
     model = _tiny("fcn", num_classes=5).train()
     x = torch.randn(2, 3, 33, 45)

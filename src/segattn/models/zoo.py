@@ -162,15 +162,23 @@ def pspnet(num_classes: int, *, context_kw: Optional[Mapping[str, Any]] = None, 
     return _head_model(num_classes, head_kw, dropout, **kwargs)
 
 
+def _feature_stride(kwargs: Mapping[str, Any]) -> int:
+    """Stride of the map a head reads: 4 on an HRNet backbone (its branches resized to the finest and
+    concatenated), else the dilated backbone's ``output_stride`` (8 when not given)."""
+    if str(kwargs.get("backbone", "")).startswith("hrnet"):
+        return 4
+    return int(kwargs.get("output_stride") or 8)
+
+
 @register_model("deeplabv3", ("aspp",), paper="Chen, Papandreou, Schroff, Adam, arXiv 2017")
 def deeplabv3(num_classes: int, *, context_kw: Optional[Mapping[str, Any]] = None, dropout: float = 0.1,
               **kwargs: Any) -> SegmentationModel:
     """DeepLabV3: ASPP on the res5 feature: 1x1 + three 3x3 atrous branches (rates (6, 12, 18) at
-    output stride 16, doubled at 8, halved at 32) + image pooling, each ``channels // 2`` (256) wide;
+    output stride 16, doubled at 8, halved at 32; (24, 48, 72) on an HRNet's stride-4 map) + image pooling, each ``channels // 2`` (256) wide;
     concat -> 1x1 ConvBNReLU -> ``channels // 2`` (the paper's 256) -> classifier. mmseg's ASPPHead
     uses 512-wide branches and a 3x3 bottleneck: pass ``channels=1024`` and
     ``context_kw={"bottleneck_kernel": 3}``. Dropout2d(0.1) before the classifier as mmseg."""
-    dilations = tuple(r * 16 // kwargs.get("output_stride", 8) for r in (6, 12, 18))
+    dilations = tuple(r * 16 // _feature_stride(kwargs) for r in (6, 12, 18))
 
     def head_kw(c: int, w: int) -> Dict[str, Any]:
         half = max(w // 2, 1)
@@ -406,8 +414,11 @@ def hamnet(num_classes: int, *, context_kw: Optional[Mapping[str, Any]] = None, 
     authors' ResNet HamNet (``seg/HamNet``) uses a 3x3 squeeze of res5 only, V2 "cheese" and the
     one-step gradient. This model keeps the light head's layout (the one users train today) on the
     shared dilated-ResNet protocol, with the ResNet widths, so that it is comparable with the other heads. ``context_kw={"grad": "one_step"}`` gives the paper's gradient; ``in_index`` picks
-    the backbone levels (feature list indices; ``(-1,)``: layer4 only)."""
+    the backbone levels (feature list indices; ``(-1,)``: layer4 only). On an HRNet backbone the
+    head reads the one concatenated map of its four branches (the default becomes ``(-1,)``)."""
     align = bool(kwargs.get("align_corners", False))
+    if str(kwargs.get("backbone", "")).startswith("hrnet") and tuple(in_index) == (1, 2, 3):
+        in_index = (-1,)  # an HRNet gives one concatenated map: read it once, not three copies of it
 
     def make_head(chans: List[int], channels: int, k: int) -> nn.Module:
         return LightHamHead(chans, channels, k, ham_channels=ham_channels or channels, in_index=in_index, dropout=dropout,
