@@ -143,3 +143,25 @@ def test_a_helper_refuses_when_the_analysis_version_changed_under_its_parent(tmp
     with pytest.raises(SegattnError, match=f"version {VERSION - 1} when it started, {VERSION} now"):
         _helper_measure([tmp_path / "runs" / "a" / "seed0"], 1, VERSION - 1)
     assert not list(tmp_path.iterdir())  # nothing measured or written
+
+
+def test_analyze_step_follows_the_first_seed(tmp_path, monkeypatch):
+    """`compare --first-seed 5 --seeds 1 --replicate --analyze` measures seeds 5 and 6 (not 0) and
+    judges the replication from seed 6 on."""
+    from types import SimpleNamespace
+
+    from segattn.analyze import run as R
+    from segattn.compare import plan_from_dict
+
+    for seed in (0, 5, 6):
+        rdir = tmp_path / "runs" / "fcn" / f"seed{seed}"
+        rdir.mkdir(parents=True)
+        (rdir / "final.pt").write_bytes(b"")
+        (rdir / "result.json").write_text("{}")
+    seen = {}
+    monkeypatch.setattr(R, "analyze_runs", lambda runs, target, cmd, **kw: seen.update(runs=runs, cmd=cmd, **kw))
+    args = SimpleNamespace(seeds=1, replicate=True, first_seed=5, plan="tiny-analyze", dataset="synthetic",
+                           report_dir=None, jobs=1, threads=1)
+    R.analyze_plan(args, plan_from_dict(json.loads(json.dumps(PLAN)), "tiny"), tmp_path)
+    assert [p.name for p in seen["runs"]] == ["seed5", "seed6"] and seen["split"] == 6
+    assert "--first-seed 5" in seen["cmd"]

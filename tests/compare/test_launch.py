@@ -38,6 +38,20 @@ def test_workers_and_replicate_train_disjoint_seeds_once(tmp_path):
 
 
 @pytest.mark.slow
+def test_first_seed_moves_both_seed_ranges(tmp_path):
+    """A pilot on seeds the published range never uses: --first-seed 100 --seeds 1 --replicate trains
+    seeds 100 and 101, judges the first and replicates on the second, and says so in the command."""
+    out = tmp_path / "pilot"
+    summary = run_plan(_plan(), "synthetic", seeds=1, out=out, threads=1, replicate=True, first_seed=100,
+                       log=lambda m: None)
+    assert sorted(p.parent.name for p in out.glob(f"runs/fcn/seed*/{RESULT}")) == ["seed100", "seed101"]
+    agg = summary["report"]["aggregate"]
+    assert agg["seed_start"] == 100 and agg["entries"][0]["seeds"] == [100]
+    assert agg["replication"]["aggregate"]["seed_start"] == 101
+    assert "--first-seed 100" in agg["command"] and json.loads((out / "plan.json").read_text())["first_seed"] == 100
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("cluster", ["local"])
 def test_submitit_launcher_runs_a_plan(tmp_path, cluster):
     pytest.importorskip("submitit")
@@ -54,6 +68,8 @@ def test_submitit_launcher_runs_a_plan(tmp_path, cluster):
 def test_cli_refuses_bad_jobs_and_launcher(tmp_path, capsys):
     assert main(["compare", "survey-table", "-j", "0", "--out", str(tmp_path / "x")]) == 2
     assert "-j must be >= 1, got 0" in capsys.readouterr().err
+    assert main(["compare", "survey-table", "--first-seed", "-1", "--out", str(tmp_path / "x")]) == 2
+    assert "--first-seed must be >= 0, got -1" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["compare", "survey-table", "--launcher", "pbs"])
 

@@ -294,20 +294,22 @@ def analyze_runs(runs: Sequence[PathLike], out: PathLike, command: str, max_imag
 
 def analyze_plan(args: Any, plan: Any, out: Path) -> Dict[str, Any]:
     """The ``--analyze`` step of ``segattn compare`` (wired in by :mod:`segattn.cli`): every finished run
-    of the plan with ``final.pt`` (seeds below ``--seeds``, or ``2 x --seeds`` with ``--replicate``)
+    of the plan with ``final.pt`` (``--seeds`` seeds from ``--first-seed``, twice as many with ``--replicate``)
     through :func:`analyze_runs`; the report goes to ``--report-dir`` (else ``--out``)."""
     n_seeds = args.seeds or plan.seeds
     replicate = bool(getattr(args, "replicate", False))
     span = 2 * n_seeds if replicate else n_seeds
+    first = int(getattr(args, "first_seed", 0) or 0)
     names = [e.name for e in plan.entries]
-    runs = [out / "runs" / n / f"seed{s}" for s in range(span) for n in names
+    runs = [out / "runs" / n / f"seed{s}" for s in range(first, first + span) for n in names
             if (out / "runs" / n / f"seed{s}" / "final.pt").is_file()
             and (out / "runs" / n / f"seed{s}" / "result.json").is_file()]
     if not runs:
         raise SegattnError(f"--analyze: no finished run under {out} holds final.pt (runs finished before compare "
                            "kept weights have none)")
     target = args.report_dir or out
-    cmd = f"segattn compare {args.plan} --dataset {args.dataset} --seeds {n_seeds} --out {out} --report-only --analyze"
+    cmd = (f"segattn compare {args.plan} --dataset {args.dataset} --seeds {n_seeds}"
+           + (f" --first-seed {first}" if first else "") + f" --out {out} --report-only --analyze")
     if replicate:
         cmd += " --replicate"
     if args.report_dir:
@@ -315,7 +317,7 @@ def analyze_plan(args: Any, plan: Any, out: Path) -> Dict[str, Any]:
     jobs = max(1, int(getattr(args, "jobs", 1) or 1))
     with _helpers(jobs - 1, runs, args.threads) as done:
         rep = analyze_runs(runs, target, cmd, threads=args.threads, copy_to=args.report_dir,
-                           split=n_seeds if replicate else None)
+                           split=first + n_seeds if replicate else None)
     done()
     return rep
 

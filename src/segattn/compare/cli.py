@@ -24,6 +24,9 @@ def add_parser(sub: argparse._SubParsersAction, analyze_step: Optional[AnalyzeSt
     p.add_argument("--dataset", default="synthetic", help="which of the plan's protocols to run (default synthetic)")
     p.add_argument("--seeds", type=int, default=None,
                    help="seeds per entry (default: the plan's, 8 for the shipped ones; 'holds' needs at least 6)")
+    p.add_argument("--first-seed", type=int, default=0, metavar="S",
+                   help="start the seed range at S (default 0): a pilot on seeds the published range never "
+                        "uses, e.g. --first-seed 100 --seeds 1")
     p.add_argument("--replicate", action="store_true",
                    help="also train the disjoint seeds N..2N-1 and report whether each verdict replicates")
     p.add_argument("--out", type=Path, default=None,
@@ -60,6 +63,8 @@ def resume_command(args: argparse.Namespace, out: Path) -> str:
     cmd = f"segattn compare {args.plan} --dataset {args.dataset} --out {out}"
     if args.seeds is not None:
         cmd += f" --seeds {args.seeds}"
+    if args.first_seed:
+        cmd += f" --first-seed {args.first_seed}"
     if args.replicate:
         cmd += " --replicate"
     if args.threads != 1:
@@ -80,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
                         ("--time", args.time), ("--cpus-per-run", args.cpus_per_run)):
         if value is not None and value < 1:
             raise PlanError(f"{flag} must be >= 1, got {value}")
+    if args.first_seed < 0:
+        raise PlanError(f"--first-seed must be >= 0, got {args.first_seed}")
     if args.analyze and args.analyze_step is None:
         raise PlanError("--analyze is not available here (segattn.analyze is not wired into this command line)")
     out = args.out or Path("outputs") / "compare" / f"{plan.name}-{args.dataset}"
@@ -91,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         if not any(out.glob("runs/*/seed*/result.json")):
             raise PlanError(f"--report-only: no finished run under {out} (expected runs/<entry>/seed<k>/result.json)")
         rep = write_report(plan, out, args.dataset, report_dir=args.report_dir, seeds=args.seeds,
-                           replicate=args.replicate)
+                           replicate=args.replicate, first_seed=args.first_seed)
         print(open(rep["paths"]["markdown"]).read())
         if args.analyze:
             args.analyze_step(args, plan, out)
@@ -99,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
     options = {"partition": args.partition, "time_min": args.time, "cpus": args.cpus_per_run, "gpus": args.gpus_per_run}
     summary = run_plan(plan, args.dataset, args.seeds, out, extra=args.set, threads=args.threads,
                        report_dir=args.report_dir, keep_checkpoints=args.keep_checkpoints, replicate=args.replicate,
-                       workers=args.jobs, launcher=args.launcher, launcher_options=options, reuse=args.reuse)
+                       workers=args.jobs, launcher=args.launcher, launcher_options=options, reuse=args.reuse,
+                       first_seed=args.first_seed)
     if summary["interrupted"]:
         print(f"interrupted; {summary['done']}/{summary['total']} runs finished; resume with "
               f"`{resume_command(args, out)}`", file=sys.stderr)

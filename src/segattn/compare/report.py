@@ -308,14 +308,16 @@ def plot(agg: Dict[str, Any], path: Path) -> Optional[Path]:
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def default_command(plan: Plan, dataset: str, seeds: int, out: Union[str, Path]) -> str:
-    return f"segattn compare {plan.name} --dataset {dataset} --seeds {seeds} --out {out}"
+def default_command(plan: Plan, dataset: str, seeds: int, out: Union[str, Path], first_seed: int = 0) -> str:
+    first = f" --first-seed {first_seed}" if first_seed else ""
+    return f"segattn compare {plan.name} --dataset {dataset} --seeds {seeds}{first} --out {out}"
 
 
 def write_report(plan: Plan, out: Union[str, Path], dataset: str, report_dir: Optional[Union[str, Path]] = None,
                  seeds: Optional[int] = None, command: Optional[str] = None, resamples: int = 2000,
-                 replicate: bool = False) -> Dict[str, Any]:
-    """Aggregate the runs under ``out`` and write the report files into ``report_dir`` (default ``out``).
+                 replicate: bool = False, first_seed: int = 0) -> Dict[str, Any]:
+    """Aggregate the runs under ``out`` (seeds ``first_seed ..``) and write the report files into
+    ``report_dir`` (default ``out``).
 
     With a separate ``report_dir`` the runs' ``result.json`` files are copied there too (no
     checkpoints), so the folder is self-contained: ``segattn compare PLAN --report-only --out DIR``
@@ -325,11 +327,11 @@ def write_report(plan: Plan, out: Union[str, Path], dataset: str, report_dir: Op
     target = Path(report_dir) if report_dir is not None else out
     n_seeds = seeds or plan.seeds
     results = collect(out)
-    agg = aggregate(plan, results, dataset, n_seeds, resamples)
-    if replicate:  # the disjoint seed range n .. 2n - 1 (see `segattn compare --replicate`)
-        second = aggregate(plan, results, dataset, n_seeds, resamples, seed_start=n_seeds)
+    agg = aggregate(plan, results, dataset, n_seeds, resamples, seed_start=first_seed)
+    if replicate:  # the disjoint seed range s+n .. s+2n-1 (see `segattn compare --replicate`)
+        second = aggregate(plan, results, dataset, n_seeds, resamples, seed_start=first_seed + n_seeds)
         agg["replication"] = {"aggregate": second, "status": replication(agg["claims"], second["claims"])}
-    cmd = command or default_command(plan, dataset, n_seeds, out) + (" --replicate" if replicate else "")
+    cmd = command or default_command(plan, dataset, n_seeds, out, first_seed) + (" --replicate" if replicate else "")
     agg["command"] = cmd
     target.mkdir(parents=True, exist_ok=True)
     if target.resolve() != out.resolve():

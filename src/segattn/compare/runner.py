@@ -256,9 +256,10 @@ def _fmt_time(seconds: float) -> str:
     return f"{h}h{rem // 60:02d}m" if h else f"{rem // 60}m{rem % 60:02d}s"
 
 
-def seed_range(n_seeds: int, replicate: bool = False) -> List[int]:
-    """The seeds a plan runs: ``0 .. n-1``, and with ``replicate`` also the disjoint ``n .. 2n-1``."""
-    return list(range(2 * n_seeds if replicate else n_seeds))
+def seed_range(n_seeds: int, replicate: bool = False, first_seed: int = 0) -> List[int]:
+    """The seeds a plan runs: ``s .. s+n-1`` (``s = first_seed``), and with ``replicate`` also the
+    disjoint ``s+n .. s+2n-1``."""
+    return list(range(first_seed, first_seed + (2 * n_seeds if replicate else n_seeds)))
 
 
 def run_plan(plan: Union[str, Plan], dataset: str = "synthetic", seeds: Optional[int] = None,
@@ -266,7 +267,7 @@ def run_plan(plan: Union[str, Plan], dataset: str = "synthetic", seeds: Optional
              report: bool = True, report_dir: Optional[Union[str, Path]] = None, callbacks: Sequence[Any] = (),
              log: Log = _print, keep_checkpoints: bool = False, replicate: bool = False, workers: int = 1,
              launcher: str = "local", launcher_options: Optional[Dict[str, Any]] = None,
-             reuse: Sequence[Union[str, Path]] = ()) -> Dict[str, Any]:
+             reuse: Sequence[Union[str, Path]] = (), first_seed: int = 0) -> Dict[str, Any]:
     """Run every missing (entry, seed) of ``plan`` on ``dataset`` and write the report.
 
     Returns ``{"out", "done", "trained", "reused", "skipped", "busy", "interrupted", "total", "report"}``;
@@ -280,7 +281,8 @@ def run_plan(plan: Union[str, Plan], dataset: str = "synthetic", seeds: Optional
     :mod:`segattn.compare.launch`). Every path takes the run folder's lock, so any mix of them can
     share one ``out``. ``reuse`` names other ``segattn compare`` outputs: a pending run whose identical
     config one of them has finished is copied from there, with provenance, instead of trained
-    (:mod:`segattn.compare.reuse`).
+    (:mod:`segattn.compare.reuse`). ``first_seed`` moves the seed range (a pilot on seeds that the
+    published range ``0 .. 2n-1`` never uses: ``first_seed=100``).
     """
     plan = load_plan(plan) if isinstance(plan, str) else plan
     n_seeds = plan.seeds if seeds is None else int(seeds)
@@ -288,6 +290,8 @@ def run_plan(plan: Union[str, Plan], dataset: str = "synthetic", seeds: Optional
         raise PlanError(f"--seeds must be >= 1, got {n_seeds}")
     if workers < 1:
         raise PlanError(f"-j/--jobs must be >= 1, got {workers}")
+    if isinstance(first_seed, bool) or not isinstance(first_seed, int) or first_seed < 0:
+        raise PlanError(f"--first-seed must be an integer >= 0, got {first_seed!r}")
     if callbacks and (workers > 1 or launcher != "local"):
         raise PlanError(f"callbacks run in this process only; they cannot reach runs trained by "
                         f"{'workers' if launcher == 'local' else launcher + ' jobs'}: pass workers=1 with callbacks, "
@@ -296,14 +300,15 @@ def run_plan(plan: Union[str, Plan], dataset: str = "synthetic", seeds: Optional
     out = Path(out) if out is not None else Path("outputs") / "compare" / f"{plan.name}-{dataset}"
     validate_plan(plan, dataset, extra)
     reuse_dirs = check_reuse_dirs(reuse, out)
-    jobs = [(seed, e) for seed in seed_range(n_seeds, replicate) for e in plan.entries]
+    jobs = [(seed, e) for seed in seed_range(n_seeds, replicate, first_seed) for e in plan.entries]
     prepared = [(seed, e, *prepare_run(out, plan, dataset, e, seed, threads, extra)) for seed, e in jobs]
     from segattn.io import check_writable_dir
 
     check_writable_dir(out, "--out folder")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "plan.json", {"plan": plan.name, "source": plan.source, "dataset": dataset,
-                                          "seeds": n_seeds, "replicate": replicate, "extra": list(extra),
+                                          "seeds": n_seeds, "first_seed": first_seed, "replicate": replicate,
+                                          "extra": list(extra),
                                           "reuse": [str(d) for d in reuse_dirs],
                                           "entries": [e.describe() for e in plan.entries]})
     total = len(prepared)
@@ -334,7 +339,8 @@ def run_plan(plan: Union[str, Plan], dataset: str = "synthetic", seeds: Optional
     if report:
         from segattn.compare.report import write_report
 
-        rep = write_report(plan, out, dataset, report_dir=report_dir, seeds=n_seeds, replicate=replicate)
+        rep = write_report(plan, out, dataset, report_dir=report_dir, seeds=n_seeds, replicate=replicate,
+                           first_seed=first_seed)
         log(f"report: {rep['paths']['markdown']}")
     return {"out": str(out), "done": done, "trained": trained, "reused": reused, "skipped": skipped, "busy": busy,
             "interrupted": interrupted, "total": total, "report": rep}
