@@ -90,21 +90,13 @@ def test_configs_subcommand(capsys):
 
 
 @pytest.mark.distributed
-def test_torchrun_two_processes(tmp_path):
+@pytest.mark.parametrize("launch", [["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"], []],
+                         ids=["torchrun", "nproc"])
+def test_two_processes(tmp_path, launch):
+    """Two DDP processes under torchrun, and under `segattn train --nproc 2`, which starts them itself."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "segattn", "train", *TRAIN, "--work-dir", str(tmp_path)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.load(open(tmp_path / "summary.json"))
-    assert summary["world_size"] == 2 and summary["iteration"] == 4
-
-
-@pytest.mark.distributed
-def test_train_nproc_two_processes(tmp_path):
-    """`segattn train --nproc 2` trains with two DDP processes, as torchrun does."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "segattn", "train", *TRAIN, "--work-dir", str(tmp_path), "--nproc", "2"]
+    nproc = [] if launch else ["--nproc", "2"]
+    cmd = [sys.executable, *launch, "-m", "segattn", "train", *TRAIN, "--work-dir", str(tmp_path), *nproc]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.load(open(tmp_path / "summary.json"))
