@@ -98,8 +98,33 @@ def test_replication_needs_the_same_verdict():
     ({"id": "1", "text": "", "kind": "equivalent", "a": "a", "b": "b"}, r"entries: \[x, y, \.\.\.\]"),
     ({"id": "1", "text": "", "kind": "equivalent", "entries": "a"}, r"list of at least two entry names"),
     ({"id": "1", "text": "", "kind": "better", "a": "a", "b": "zz"}, r"unknown entry \['zz'\]"),
+    ({"id": "1", "text": "", "kind": "better", "a": "a", "b": "b", "protocols": ["camvid"]},
+     r"protocols \['camvid'\] are not datasets of the plan; it has \['synthetic'\]"),
+    ({"id": "1", "text": "", "kind": "better", "a": "a", "b": "b", "protocols": "synthetic"}, r"non-empty list"),
+    ({"id": "1", "text": "", "kind": "better", "a": "a", "b": "b", "protocols": []}, r"non-empty list"),
 ])
 def test_a_malformed_claim_says_what_is_wrong(claim, match):
     with pytest.raises(PlanError, match=match) as info:
         _plan([claim])
     assert "None" not in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_claim_is_judged_on_the_datasets_it_names_only():
+    """A task-specific claim (``protocols``) is left out of another task's report and its Holm family,
+    and the report names it as not judged there."""
+    from segattn.compare.claims import claims_markdown
+
+    data = {"name": "t", "reference": "fcn", "seeds": 8,
+            "protocols": {"synthetic": {"config": "synthetic/compare_synthetic.yaml"},
+                          "relational": {"config": "synthetic/compare_synthetic_relational.yaml"}},
+            "entries": [{"name": n, "model": "fcn"} for n in ("fcn", "a")],
+            "claims": [{"id": "all", "text": "a beats fcn", "kind": "better", "a": "a", "b": "fcn"},
+                       {"id": "rel", "text": "a beats fcn here", "kind": "better", "a": "a", "b": "fcn",
+                        "protocols": ["relational"]}]}
+    plan = plan_from_dict(data, "t")
+    assert [c.id for c in plan.claims_for("synthetic")] == ["all"]
+    assert [c.id for c in plan.claims_for("relational")] == ["all", "rel"]
+    agg = {"margin": 1.0, "seeds": 8, "entries": [], "claims": [],
+           "claims_elsewhere": [{"id": "rel", "text": "a beats fcn here", "protocols": ["relational"]}]}
+    md = "\n".join(claims_markdown(agg))
+    assert "Not judged on this task (each is a claim about the tasks named): rel (relational)." in md

@@ -207,7 +207,11 @@ def claims_markdown(agg: Dict[str, Any]) -> List[str]:
               "above it): " + (", ".join(coll) if coll else "none") + ". Each claim is judged on all runs and on the "
               "runs that did not collapse (each its own Holm family); the first verdict is the one stated.", ""]
     if not agg["claims"]:
-        lines.append("(this plan states no claims)")
+        lines.append("(this plan states no claims)" if not agg.get("claims_elsewhere")
+                     else "(this plan states no claim for this task)")
+    elsewhere = [f"{c['id']} ({', '.join(c['protocols'])})" for c in agg.get("claims_elsewhere") or []]
+    if elsewhere:
+        lines += [f"Not judged on this task (each is a claim about the tasks named): {', '.join(elsewhere)}.", ""]
     rep = {r["id"]: r for r in (agg.get("replication") or {}).get("status", [])}
     for c in agg["claims"]:
         other = "non_collapsed" if c["verdict_runs"] == "all" else "all"

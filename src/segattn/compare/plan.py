@@ -19,6 +19,7 @@ works the same way)::
       - {name: glore-noreason, model: generic, context: glore, reasoner: identity}
     claims:
       - {id: "1b", text: "EMA with T = 3 beats T = 1", kind: better, a: ema-T3, b: ema-T1}
+      - {id: v2, text: "PPM beats GCNet", kind: better, a: ppm, b: gcnet, protocols: [relational]}
 
 Entry keys: ``name`` (unique, ``[A-Za-z0-9._-]``), ``model`` (a registered model), ``context`` /
 ``context_kw`` (the ``generic`` model's module and its keywords), ``kwargs`` (further model
@@ -27,7 +28,9 @@ keywords), ``reasoner: identity`` (every ``LowRankBlock`` reasoner in the model 
 ``no_gain`` (``a`` adds nothing over ``b``), ``not_worse`` (``a`` loses less than the margin to ``b``),
 ``equivalent`` (every pair of ``entries`` within the margin), ``cheaper`` (``a``'s context-module
 MACs at most ``ratio`` times ``b``'s; ``ratio`` defaults to 1) and ``fewer_collapses`` (``a``'s runs
-collapse to the baseline less often than ``b``'s, Fisher's exact test). The decision rules are in
+collapse to the baseline less often than ``b``'s, Fisher's exact test). A claim with ``protocols``
+(a list of the plan's dataset names) is judged on those datasets only (a task-specific control);
+without it, on every dataset. The decision rules are in
 :mod:`segattn.compare.claims`. Everything is checked when the plan is loaded, before any run starts.
 """
 
@@ -48,7 +51,7 @@ PLAN_DIR = CONFIG_DIR / "plans"
 NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 ENTRY_KEYS = ("name", "model", "context", "context_kw", "kwargs", "reasoner", "note")
 CLAIM_KINDS = ("better", "no_gain", "not_worse", "equivalent", "cheaper", "fewer_collapses")
-CLAIM_KEYS = ("id", "text", "kind", "a", "b", "entries", "ratio")
+CLAIM_KEYS = ("id", "text", "kind", "a", "b", "entries", "ratio", "protocols")
 PLAN_KEYS = ("name", "description", "reference", "seeds", "margin", "verdict_runs", "protocols", "entries", "claims")
 VERDICT_RUNS = ("all", "non_collapsed")
 
@@ -101,6 +104,7 @@ class Claim:
     b: Optional[str] = None
     entries: List[str] = field(default_factory=list)
     ratio: float = 1.0
+    protocols: List[str] = field(default_factory=list)  # the datasets it is judged on; empty: all
 
 
 @dataclass
@@ -138,6 +142,10 @@ class Plan:
             raise PlanError(f"plan {self.name!r} has no protocol for dataset {dataset!r}; "
                             f"it has {sorted(self.protocols)}")
         return self.protocols[dataset]
+
+    def claims_for(self, dataset: str) -> List[Claim]:
+        """The claims judged on ``dataset``: those without ``protocols`` and those that name it."""
+        return [c for c in self.claims if not c.protocols or dataset in c.protocols]
 
 
 def list_plans() -> List[str]:
@@ -195,7 +203,7 @@ def _entry(data: Any, where: str) -> Entry:
     return Entry(**{k: copy.deepcopy(v) for k, v in data.items()})
 
 
-def _claim(data: Any, where: str, names: Sequence[str]) -> Claim:
+def _claim(data: Any, where: str, names: Sequence[str], datasets: Sequence[str]) -> Claim:
     _check_keys(data, CLAIM_KEYS, where)
     kind = data.get("kind")
     if kind not in CLAIM_KINDS:
@@ -221,8 +229,17 @@ def _claim(data: Any, where: str, names: Sequence[str]) -> Claim:
     missing = [r for r in refs if r not in names]
     if missing:
         raise PlanError(f"{where}: unknown entr{'y' if len(missing) == 1 else 'ies'} {missing}; plan entries: {list(names)}")
+    protocols = data.get("protocols", [])
+    if not isinstance(protocols, list) or not all(isinstance(p, str) for p in protocols) or (
+            "protocols" in data and not protocols):
+        raise PlanError(f"{where}: protocols must be a non-empty list of the plan's dataset names "
+                        f"{list(datasets)}, got {protocols!r}")
+    unknown = [p for p in protocols if p not in datasets]
+    if unknown:
+        raise PlanError(f"{where}: protocols {unknown} are not datasets of the plan; it has {list(datasets)}")
     return Claim(id=str(data.get("id", "")), text=str(data.get("text", "")), kind=kind, a=data.get("a"),
-                 b=data.get("b"), entries=[str(r) for r in data.get("entries") or []], ratio=float(ratio))
+                 b=data.get("b"), entries=[str(r) for r in data.get("entries") or []], ratio=float(ratio),
+                 protocols=list(protocols))
 
 
 def plan_from_dict(data: Dict[str, Any], source: str = "<plan>") -> Plan:
@@ -259,7 +276,8 @@ def plan_from_dict(data: Dict[str, Any], source: str = "<plan>") -> Plan:
         if not isinstance(p.get("set", {}), dict):
             raise PlanError(f"plan {source}, protocol {ds!r}: 'set' must map dotted keys to values")
         protocols[str(ds)] = Protocol(p["config"], dict(p.get("set") or {}))
-    claims = [_claim(c, f"plan {source}, claim {i + 1}", names) for i, c in enumerate(data.get("claims") or [])]
+    claims = [_claim(c, f"plan {source}, claim {i + 1}", names, list(protocols))
+              for i, c in enumerate(data.get("claims") or [])]
     return Plan(name=str(data.get("name", Path(source).stem)), entries=entries, protocols=protocols,
                 reference=reference, seeds=seeds, margin=float(margin), description=str(data.get("description", "")),
                 claims=claims, source=source, verdict_runs=verdict_runs)

@@ -104,7 +104,7 @@ def aggregate(plan: Plan, results: List[Dict[str, Any]], dataset: str, seeds: Op
     for row in entries:
         if row["name"] != ref:
             row["vs_reference"] = compare_pair(by_entry[row["name"]], by_entry[ref], resamples)
-    claims = judge_claims(plan.claims, by_entry, plan.margin, ref, getattr(plan, "verdict_runs", "all"))
+    claims = judge_claims(plan.claims_for(dataset), by_entry, plan.margin, ref, getattr(plan, "verdict_runs", "all"))
     in_range = [r for rows in by_entry.values() for r in rows.values()]
     commits = sorted({str(r.get("provenance", {}).get("commit")) for r in results
                       if seed_start <= int(r.get("seed", 0)) < seed_start + n_seeds})
@@ -113,7 +113,9 @@ def aggregate(plan: Plan, results: List[Dict[str, Any]], dataset: str, seeds: Op
     return {"plan": plan.name, "description": plan.description, "dataset": dataset, "seeds": n_seeds,
             "seed_start": seed_start, "reference": ref, "margin": plan.margin, "alpha": ALPHA, "classes": classes, "entries": entries, "claims": claims,
             "runs_done": sum(len(v) for v in by_entry.values()), "runs_total": n_seeds * len(plan.entries),
-            "commits": commits, "reused": reused, "protocol": _protocol_summary(results)}
+            "commits": commits, "reused": reused, "protocol": _protocol_summary(results),
+            "claims_elsewhere": [{"id": c.id, "text": c.text, "protocols": c.protocols}
+                                 for c in plan.claims if c not in plan.claims_for(dataset)]}
 
 
 def _protocol_summary(results: List[Dict[str, Any]]) -> Dict[str, Any]:
