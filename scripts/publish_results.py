@@ -384,19 +384,44 @@ def _claim_kind(cid: str) -> str:
     return cid.split(".", 1)[0]
 
 
+def _replicated_mechanisms(folder: Path) -> Dict[str, Any]:
+    """Per explanation of a current analysis with a replication: ``{(kind, verdict): [entries]}`` of the
+    claims both seed ranges decide the same way, or the names of its failed controls (then not read)."""
+    out: Dict[str, Any] = {}
+    if not (folder / "analysis.json").is_file() or not is_current(folder):
+        return out
+    ana = _load(folder / "analysis.json")
+    arep = _replication(ana)
+    for n in EXPLANATIONS:
+        groups: Dict[Tuple[str, str], List[str]] = {}
+        for c in ana["claims"]:
+            r = arep.get(c["id"])
+            if c["explanation"] == n and r and r["status"] == "replicated":
+                groups.setdefault((_claim_kind(c["id"]), c["verdict"]), []).append(c["id"].split(".", 1)[-1])
+        failed = [c["name"] for c in ana.get("controls", []) if c.get("explanation") == n and c.get("ok") is False]
+        if groups:
+            out[n] = {"failed": failed} if failed else groups
+    return out
+
+
+def _explanation_link(n: str, prefix: str) -> str:
+    return f"[{n}. {EXPLANATIONS[n]}]({prefix}explanations/{EXPLANATION_PAGES[n]}.md)"
+
+
 def findings_block(prefix: str = "docs/") -> str:
-    """The replicated findings: per report with a second seed range, the claims both ranges decide the
-    same way (*holds* or *does not hold*), grouped by claim kind; ``prefix`` makes the links work from
-    the README (``docs/``) or from a page in docs/ (empty)."""
+    """The replicated findings: per report with a second seed range, its plan's claims and the mechanism
+    claims both ranges decide the same way (*holds* or *does not hold*), grouped by claim kind. For the
+    README (``prefix="docs/"``, links from the repository root) one line per report, then one line per
+    explanation across the reports; for docs/results.md (``prefix=""``) one list per report."""
     lines: List[str] = []
+    across: Dict[str, List[str]] = {}
     for folder in compare_reports():
         agg = _load(folder / "compare.json")
         rep = {r["id"]: r for r in (agg.get("replication") or {}).get("status", [])}
         if not rep:
             continue
-        task = TASKS[agg["dataset"]]
-        head = (f"**`{agg['plan']}` on {task}** ({agg['seeds']} seeds, replicated on a second range of "
-                f"{agg['seeds']}; [report]({prefix}results/{folder.name}/compare.md))")
+        head = (f"**`{agg['plan']}` on {TASKS[agg['dataset']]}** ({agg['seeds']} seeds, replicated on a second range "
+                f"of {agg['seeds']}; [report]({prefix}results/{folder.name}/compare.md))")
         states = []
         for c in agg["claims"]:
             r = rep.get(c["id"], {})
@@ -405,37 +430,32 @@ def findings_block(prefix: str = "docs/") -> str:
             else:
                 states.append((c, f"{r.get('status', 'not replicated yet')} (seeds 0..{agg['seeds'] - 1}: "
                                   f"{SHORT[c['verdict']]}; second range: {SHORT.get(r.get('second') or '', 'not measured')})"))
-        if prefix:  # the README: the plan's claims in one line
-            lines += [""] if lines else []
-            lines.append(head + ": " + "; ".join(f"claim {c['id']} {st.split(' (')[0]}" for c, st in states) + ".")
-        else:
-            lines += [head + ":", ""] + [f"- {c['id']}. {c['text']}: {st}." for c, st in states] + [""]
-        if not (folder / "analysis.json").is_file() or not is_current(folder):
+        mechanisms = _replicated_mechanisms(folder)
+        if prefix:  # the README: the plan's claims in one line; the mechanisms gathered per explanation
+            lines.append("- " + head + ": " + "; ".join(f"claim {c['id']} {st.split(' (')[0]}" for c, st in states) + ".")
+            where = f"`{agg['plan']}`, {agg['dataset']}"
+            for n, found in mechanisms.items():
+                if "failed" in found:
+                    across.setdefault(n, []).append(f"not read on {where} (controls failed: {'; '.join(found['failed'])})")
+                    continue
+                across.setdefault(n, []).append(f"on {where}: " + "; ".join(
+                    f"`{k}` {SHORT[v]} for {', '.join(f'`{e}`' for e in entries)}" for (k, v), entries in found.items()))
             continue
-        ana = _load(folder / "analysis.json")
-        arep = _replication(ana)
-        for n, title in EXPLANATIONS.items():
-            groups: Dict[Tuple[str, str], List[str]] = {}
-            for c in ana["claims"]:
-                r = arep.get(c["id"])
-                if c["explanation"] == n and r and r["status"] == "replicated":
-                    key = (_claim_kind(c["id"]), c["verdict"])
-                    groups.setdefault(key, []).append(c["id"].split(".", 1)[-1])
-            if not groups:
-                continue
-            failed = [c["name"] for c in ana.get("controls", []) if c.get("explanation") == n and c.get("ok") is False]
-            if failed:
-                lines.append(f"- [{n}. {title}]({prefix}explanations/{EXPLANATION_PAGES[n]}.md): not read, its controls "
-                             f"failed in this report ({'; '.join(failed)}).")
+        lines += [head + ":", ""] + [f"- {c['id']}. {c['text']}: {st}." for c, st in states] + [""]
+        for n, found in mechanisms.items():
+            if "failed" in found:
+                lines.append(f"- {_explanation_link(n, prefix)}: not read, its controls failed in this report "
+                             f"({'; '.join(found['failed'])}).")
                 continue
             parts = [f"*{KIND_TEXT.get(k, k)}* (`{k}`) {SHORT[v]} for {', '.join(f'`{e}`' for e in entries)}"
-                     for (k, v), entries in groups.items()]
-            page = f"{prefix}explanations/{EXPLANATION_PAGES[n]}.md"
-            lines.append(f"- [{n}. {title}]({page}): " + "; ".join(parts) + ".")
-        if prefix:  # the README: the lists only
-            continue
+                     for (k, v), entries in found.items()]
+            lines.append(f"- {_explanation_link(n, prefix)}: " + "; ".join(parts) + ".")
         lines += ["", "Every other claim of these reports is *cannot tell* in at least one seed range, or decided "
                   "differently in the two; the claim texts and numbers are on the linked pages.", ""]
+    if prefix and across:
+        lines += ["", "Mechanism claims (`--analyze`) decided the same way on both seed ranges, by explanation (claim "
+                  "ids as in [the claims table](docs/analyze.md#claims); *holds* / *does not hold* for the entries named):", ""]
+        lines += [f"- {_explanation_link(n, prefix)}: " + " — ".join(across[n]) + "." for n in EXPLANATIONS if n in across]
     return "\n".join(lines).rstrip("\n") + "\n" if lines else "No plan has been published with a replication yet.\n"
 
 
