@@ -199,6 +199,11 @@ def test_plan_errors_name_the_problem(mutate, match):
 @pytest.mark.parametrize("entry, match", [
     ({"name": "x", "model": "nosuchmodel"}, "unknown model"),
     ({"name": "x", "model": "generic", "context": "ema", "context_kw": {"num_basis": 3}}, "num_basis"),
+    # found only when the entry's run started, after the other entries had trained
+    ({"name": "x", "model": "pspnet", "kwargs": {"chanels": 8}}, r"entry 'x': its model cannot be built: .*'chanels'"),
+    ({"name": "x", "model": "pspnet", "context": "ema"}, r"entry 'x': its model cannot be built: .*'context'"),
+    ({"name": "x", "model": "fcn", "kwargs": {"dilation": 0}}, r"entry 'x': its model cannot be built: .*dilation"),
+    ({"name": "x", "model": "fcn", "reasoner": "identity"}, r"entry 'x': its model cannot be built: .*no LowRankBlock"),
 ])
 def test_validation_catches_bad_entries_before_running(entry, match):
     data = json.loads(json.dumps(TINY))
@@ -213,7 +218,8 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("segattn compare: error:") and "survey-table" in err[0]
     assert main(["compare", "survey-table", "--dataset", "voc", "--out", str(tmp_path)]) == 2
-    assert "no protocol for dataset 'voc'" in capsys.readouterr().err
+    assert capsys.readouterr().err.startswith("segattn compare: error: plan 'survey-table' has no protocol for "
+                                              "dataset 'voc'")  # not as the first entry's config error
     assert main(["compare", "survey-table", "--report-only", "--out", str(tmp_path / "empty")]) == 2
     assert "no finished run" in capsys.readouterr().err
 

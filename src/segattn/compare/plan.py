@@ -299,11 +299,14 @@ def entry_config_dict(plan: Plan, dataset: str, entry: Entry, seed: int, work_di
 
 
 def validate_plan(plan: Plan, dataset: str, extra: Sequence[str] = ()) -> None:
-    """Check before any run: the protocol config loads, every model and context module exists and
-    takes the entry's keywords (modules are built at 16 channels, which costs nothing)."""
+    """Check before any run: the plan has a protocol for ``dataset``, its config loads, every model
+    and context module exists and takes the entry's keywords (modules are built at 16 channels, which
+    costs nothing), and every entry's model builds with its keywords and ``reasoner`` (on the meta
+    device: no memory, no time)."""
     import segattn.modules  # noqa: F401  (registers the context modules)
     from segattn.models import list_models
 
+    plan.protocol(dataset)  # a dataset the plan has no protocol for, named before any entry
     models = set(list_models())
     for e in plan.entries:
         where = f"plan {plan.name!r}, entry {e.name!r}"
@@ -315,7 +318,37 @@ def validate_plan(plan: Plan, dataset: str, extra: Sequence[str] = ()) -> None:
             except (TypeError, ValueError, KeyError) as exc:
                 raise PlanError(f"{where}: context {e.context!r} with {e.context_kw}: {exc}") from None
         try:
-            config_from_dict(entry_config_dict(plan, dataset, e, 0, "unused", extra))
+            cfg = config_from_dict(entry_config_dict(plan, dataset, e, 0, "unused", extra))
         except (TypeError, ValueError, KeyError) as exc:
             msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
             raise PlanError(f"{where}: its training config is invalid: {msg}") from None
+        _check_entry_model(cfg, e, where)
+
+
+def _check_entry_model(cfg: Any, entry: Entry, where: str) -> None:
+    """Build the entry's model as its run will (its keywords and values checked, ``reasoner: identity``
+    applied) on the meta device: no memory, no weights read, the random state untouched; else on the CPU."""
+    import warnings
+
+    import torch
+
+    import segattn.data  # noqa: F401  (registers the datasets)
+    from segattn.compare.runner import ablate_reasoners  # the runner imports this module
+    from segattn.engine.build import build_model
+    from segattn.registry import DATASETS
+
+    model_cfg = cfg.model.model_copy(update={"pretrained": None})
+    classes = cfg.data.dataset_kwargs.get("num_classes") or DATASETS.meta(cfg.data.dataset).get("classes") or 2
+    error: Optional[Exception] = None
+    for device in ("meta", "cpu"):  # a module that computes at construction may not build on meta
+        try:
+            with warnings.catch_warnings(), torch.random.fork_rng(devices=[]), torch.device(device):
+                warnings.simplefilter("ignore")  # the run itself shows the model's warnings
+                model = build_model(model_cfg, int(classes))
+                if entry.reasoner == "identity":
+                    ablate_reasoners(model)
+            return
+        except Exception as exc:  # noqa: BLE001 - reported below, named by entry
+            error = exc  # the CPU's error is the one the run would meet
+    msg = error.args[0] if isinstance(error, KeyError) and error.args else error
+    raise PlanError(f"{where}: its model cannot be built: {msg}") from None
