@@ -188,6 +188,12 @@ def test_shipped_plan_names():
     (lambda p: p["claims"][0].update(kind="maybe"), "kind"),
     (lambda p: p.update(seeds=0), "seeds"),
     (lambda p: p["entries"][1].update(reasoner="graph"), "reasoner"),
+    # accepted before: a claim of an entry against itself, two claims with one id, a name with '/'
+    (lambda p: p["claims"][0].update(b="nl"), r"claim 1: compares entry \['nl'\] with itself"),
+    (lambda p: p["claims"].append({"id": "x", "text": "t", "kind": "no_gain", "a": "fcn", "b": "nl"}),
+     r"claim ids must be unique .* repeated: \['x'\]"),
+    (lambda p: p.update(name="a b/c"), r"name 'a b/c' may only use letters"),
+    (lambda p: p.update(claims="x"), r"'claims' must be a list"),
 ])
 def test_plan_errors_name_the_problem(mutate, match):
     data = json.loads(json.dumps(TINY))

@@ -221,6 +221,10 @@ def _claim(data: Any, where: str, names: Sequence[str]) -> Claim:
     missing = [r for r in refs if r not in names]
     if missing:
         raise PlanError(f"{where}: unknown entr{'y' if len(missing) == 1 else 'ies'} {missing}; plan entries: {list(names)}")
+    repeated = sorted({r for r in refs if refs.count(r) > 1})
+    if repeated:
+        raise PlanError(f"{where}: compares entr{'y' if len(repeated) == 1 else 'ies'} {repeated} with itself; "
+                        f"expected {'two different entries' if kind != 'equivalent' else 'distinct entries'}")
     return Claim(id=str(data.get("id", "")), text=str(data.get("text", "")), kind=kind, a=data.get("a"),
                  b=data.get("b"), entries=[str(r) for r in data.get("entries") or []], ratio=float(ratio))
 
@@ -259,8 +263,18 @@ def plan_from_dict(data: Dict[str, Any], source: str = "<plan>") -> Plan:
         if not isinstance(p.get("set", {}), dict):
             raise PlanError(f"plan {source}, protocol {ds!r}: 'set' must map dotted keys to values")
         protocols[str(ds)] = Protocol(p["config"], dict(p.get("set") or {}))
+    if not isinstance(data.get("claims") or [], list):
+        raise PlanError(f"plan {source}: 'claims' must be a list of mappings, got {type(data['claims']).__name__}")
     claims = [_claim(c, f"plan {source}, claim {i + 1}", names) for i, c in enumerate(data.get("claims") or [])]
-    return Plan(name=str(data.get("name", Path(source).stem)), entries=entries, protocols=protocols,
+    ids = [c.id for c in claims if c.id]
+    dup_ids = sorted({i for i in ids if ids.count(i) > 1})
+    if dup_ids:
+        raise PlanError(f"plan {source}: claim ids must be unique (the report names claims by id), repeated: {dup_ids}")
+    name = data.get("name", Path(source).stem)
+    if "name" in data and not (isinstance(name, str) and NAME_RE.match(name)):
+        raise PlanError(f"plan {source}: name {name!r} may only use letters, digits, '.', '_' and '-' "
+                        "(it names the default --out folder)")
+    return Plan(name=str(name), entries=entries, protocols=protocols,
                 reference=reference, seeds=seeds, margin=float(margin), description=str(data.get("description", "")),
                 claims=claims, source=source, verdict_runs=verdict_runs)
 
