@@ -155,6 +155,20 @@ def test_yaml_and_json_syntax_errors_name_file_and_line(tmp_path):
         load_config(str(tmp_path / "list.yaml"))
 
 
+def test_bad_base_folder_and_repeated_keys_are_named(tmp_path):
+    (tmp_path / "base.yaml").write_text("_base_: [other.yaml]\n")  # was: unsupported operand type(s) for /
+    with pytest.raises(ConfigError, match=r"base.yaml: _base_ must name one config file .* got \['other.yaml'\]"):
+        load_config(str(tmp_path / "base.yaml"))
+    with pytest.raises(ConfigError, match=r"is a folder; expected a YAML or JSON config file"):  # was: not found
+        load_config(str(tmp_path))
+    (tmp_path / "dup.yaml").write_text("model: {name: fcn}\nschedule: {iters: 5}\nmodel: {name: pspnet}\n")
+    with pytest.raises(ConfigError, match=r"dup.yaml: .*line 3.*duplicate key 'model' \(first at line 1\)"):
+        load_config(str(tmp_path / "dup.yaml"))  # YAML kept the last 'model' silently
+    (tmp_path / "dup.json").write_text('{"optim": {"lr": 0.1, "lr": 0.2}}')
+    with pytest.raises(ConfigError, match=r"dup.json: duplicate key\(s\) \['lr'\]"):
+        load_config(str(tmp_path / "dup.json"))
+
+
 def test_stored_configs_round_trip_and_old_never_read_key():
     cfg = load_config("camvid/emanet_r18c_camvid_cpu.yaml")
     assert config_from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
