@@ -151,6 +151,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_models(args: argparse.Namespace) -> int:
     if args.plot and (not args.zoo or args.info):
         raise ValueError("--plot draws the zoo: use it with --zoo (segattn models --zoo [FILTER] --plot FILE)")
+    if args.info and (args.zoo or args.pattern != "*"):
+        raise ValueError(f"--info {args.info} describes one model: give it without "
+                         f"{'--zoo' if args.zoo else 'a pattern'} (`segattn models --info NAME`)")
+    if args.size and not args.info:
+        raise ValueError("--size sets the size of --info's MACs figure: use it with --info NAME")
     if args.info:
         for line in model_info_lines(args.info, args.size):
             print(line)
@@ -180,8 +185,11 @@ def _cmd_models(args: argparse.Namespace) -> int:
     from segattn.models import list_models
     from segattn.registry import MODELS
 
+    names = list_models(args.pattern)
+    if not names:
+        raise ValueError(f"no registered model matches {args.pattern!r}; `segattn models` lists them all")
     print(f"{'name':<16} {'context modules':<48} paper")
-    for name in list_models(args.pattern):
+    for name in names:
         meta = MODELS.meta(name)
         ctx = ", ".join(meta.get("context", ())) or ("(upsampler " + meta["upsampler"] + ")" if meta.get("upsampler")
                                                      else "-")
@@ -202,6 +210,9 @@ def model_info_lines(name: str, size: Optional[str] = None) -> List[str]:
     from segattn.models import list_models
     from segattn.registry import MODELS
 
+    if os.path.isfile(name) and name not in list_models():
+        raise ValueError(f"{name} is a file; --info reads a model name or a save_pretrained folder (a training "
+                         "checkpoint becomes one with `segattn export --checkpoint FILE --format hub --out DIR`)")
     if name not in list_models():
         import difflib
 

@@ -74,3 +74,19 @@ def test_export_options_that_cannot_apply_are_refused(tmp_path, capsys, args, me
     err = capsys.readouterr().err.strip()
     assert err.startswith("segattn export: error:") and len(err.splitlines()) == 1
     assert message.replace("HUB", str(hub)) in err, err
+
+
+@pytest.mark.parametrize("args, message", [  # each printed a bare header or ignored an option (exit 0)
+    (["zzz"], "no registered model matches 'zzz'; `segattn models` lists them all"),
+    (["--size", "64x64"], "--size sets the size of --info's MACs figure: use it with --info NAME"),
+    (["--zoo", "--info", "fcn"], "--info fcn describes one model: give it without --zoo"),
+    (["psp*", "--info", "fcn"], "--info fcn describes one model: give it without a pattern"),
+    (["--info", "FILE"], "FILE is a file; --info reads a model name or a save_pretrained folder"),
+])
+def test_models_refuses_what_it_would_ignore(tmp_path, capsys, args, message) -> None:
+    file = tmp_path / "last.pt"
+    file.write_bytes(b"")
+    assert main(["models", *[str(file) if a == "FILE" else a for a in args]]) == 2
+    cap = capsys.readouterr()
+    assert cap.out == "" and cap.err.startswith("segattn models: error:") and len(cap.err.splitlines()) == 1
+    assert message.replace("FILE", str(file)) in cap.err, cap.err
