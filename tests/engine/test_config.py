@@ -132,6 +132,8 @@ def test_sizes_normalised_and_slide_needs_sizes():
         load_config(None, ["eval.mode=slide", "eval.stride=[16, 16]"])
     with pytest.raises(ConfigError, match="eval.stride.*slide mode"):
         load_config(None, ["eval.mode=slide", "eval.crop_size=[16, 16]"])
+    with pytest.raises(ConfigError, match=r"eval.stride: got \[16, 24\], expected at most eval.crop_size \[16, 16\]"):
+        load_config(None, ["eval.mode=slide", "eval.crop_size=[16, 16]", "eval.stride=[16, 24]"])  # was accepted
 
 
 def test_rules_between_keys():
