@@ -88,3 +88,17 @@ def test_a_model_without_out_logits_is_named_not_a_bare_key():
 
     with pytest.raises(ValueError, match=r"without the logits key 'out' \(keys: \['logits'\]\)"):
         forward_logits(Odd(), torch.randn(1, 3, 4, 4))
+
+
+def test_model_overrides_of_a_saved_folder_are_refused_not_ignored(tmp_path):
+    import segattn
+    from segattn.engine.predict import load_model
+    from segattn.engine.run import run_evaluation
+
+    folder = tmp_path / "saved"
+    segattn.create_model("fcn", 3, backbone="resnet18", aux=False, channels=8).save_pretrained(str(folder))
+    model, cfg, _ = load_model(str(folder), ["eval.flip=true"])  # its other settings may change
+    assert cfg.eval.flip is True
+    for call in (lambda o: load_model(str(folder), o), lambda o: run_evaluation(str(folder), overrides=o)):
+        with pytest.raises(SegattnError, match=r"--set model.name: .* is a saved model whose architecture"):
+            call(["model.name=pspnet"])  # was: the folder's fcn used, the override dropped silently

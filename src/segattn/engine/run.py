@@ -61,6 +61,15 @@ def load_weights(model: nn.Module, ckpt: Dict[str, Any], path: str) -> None:
         raise SegattnError(f"checkpoint {path}: cannot load its weights: {one_line(str(exc), 300)}") from None
 
 
+def refuse_model_overrides(source: str, overrides: Sequence[str]) -> None:
+    """A saved model folder fixes its architecture: a ``model.*`` override would be ignored silently."""
+    keys = [item.split("=", 1)[0].strip() for item in overrides]
+    model_keys = [k for k in keys if k == "model" or k.startswith("model.")]
+    if model_keys:
+        raise SegattnError(f"--set {', '.join(model_keys)}: {source} is a saved model whose architecture and weights "
+                           "come from its config.json; --set changes only its data and eval settings here")
+
+
 def run_evaluation(checkpoint: str, config: Optional[str] = None, overrides: Sequence[str] = (),
                    out: Optional[str] = None, overwrite: bool = False, device: Optional[str] = None,
                    show_progress: bool = True) -> Optional[Dict[str, Any]]:
@@ -74,6 +83,8 @@ def run_evaluation(checkpoint: str, config: Optional[str] = None, overrides: Seq
         check_writable_file(out, "--out", overwrite=overwrite)
     from segattn.models.weights import from_pretrained, is_pretrained_source, pretrained_run_config
 
+    if is_pretrained_source(checkpoint):
+        refuse_model_overrides(checkpoint, overrides)
     saved = from_pretrained(checkpoint) if is_pretrained_source(checkpoint) else None  # save_pretrained folder
     ckpt = {"config": pretrained_run_config(saved.pretrained_dir)} if saved is not None else read_checkpoint(checkpoint)
     if config is not None:
