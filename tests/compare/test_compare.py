@@ -219,6 +219,14 @@ def test_validation_catches_bad_entries_before_running(entry, match):
         validate_plan(plan, "synthetic")
 
 
+def test_a_key_repeated_in_a_plan_file_is_named(tmp_path):
+    plan = tmp_path / "twice.yaml"
+    plan.write_text("name: twice\nprotocols: {synthetic: {config: synthetic/fcn_r18_synthetic.yaml}}\n"
+                    "entries: [{name: fcn, model: fcn}]\nclaims: []\nentries: [{name: nl, model: nonlocal}]\n")
+    with pytest.raises(PlanError, match=r"twice.yaml is not valid YAML: .*duplicate key 'entries' \(first at line 3\)"):
+        load_plan(str(plan))  # was: the second 'entries' kept, the first dropped silently
+
+
 def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["compare", "no-such-plan", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()

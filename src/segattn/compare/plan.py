@@ -161,7 +161,9 @@ def _read(path: Path) -> Dict[str, Any]:
         else:
             import yaml
 
-            data = yaml.safe_load(text)
+            from segattn.engine.config_files import yaml_loader
+
+            data = yaml.load(text, Loader=yaml_loader())  # a repeated key is an error, not the last one kept
     except ImportError as exc:
         raise PlanError(f"reading {path} needs PyYAML (pip install 'segattn[yaml]'); or write the plan as JSON") from exc
     except Exception as exc:  # YAML / JSON syntax errors: name the file, keep one line

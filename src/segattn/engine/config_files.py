@@ -37,8 +37,9 @@ _FLOAT_RE = re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)
     |\.(?:nan|NaN|NAN))$""", re.X)
 
 
-def _yaml_loader() -> Any:
-    """PyYAML's safe loader that also reads scientific notation without a dot (``1e-3``) as a float."""
+def yaml_loader() -> Any:
+    """PyYAML's safe loader that also reads scientific notation without a dot (``1e-3``) as a float and
+    refuses a key repeated in one mapping (PyYAML keeps the last silently)."""
     import yaml
 
     class Loader(yaml.SafeLoader):
@@ -88,7 +89,7 @@ def _read_file(path: Path) -> Dict[str, Any]:
         except ImportError as exc:  # pragma: no cover - exercised only without PyYAML
             raise ImportError(f"reading {path} needs PyYAML (pip install 'segattn[yaml]'); or use JSON") from exc
         try:
-            data = yaml.load(text, Loader=_yaml_loader()) or {}
+            data = yaml.load(text, Loader=yaml_loader()) or {}
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -135,7 +136,7 @@ def parse_value(text: str) -> Any:
     try:
         import yaml
 
-        return yaml.load(text, Loader=_yaml_loader())
+        return yaml.load(text, Loader=yaml_loader())
     except ImportError:  # pragma: no cover
         pass
     except Exception:
