@@ -219,6 +219,19 @@ def test_validation_catches_bad_entries_before_running(entry, match):
         validate_plan(plan, "synthetic")
 
 
+@pytest.mark.parametrize("where, key", [("extra", "model.name=pspnet"), ("extra", "train.seed=3"),
+                                        ("extra", "model.kwargs.context_kw.num_bases=4"), ("set", "name")])
+def test_overrides_every_run_replaces_are_refused(where, key):
+    data = json.loads(json.dumps(TINY))
+    extra = [key] if where == "extra" else []
+    if where == "set":
+        data["protocols"]["synthetic"]["set"][key] = "x"
+    plan = plan_from_dict(data, "tiny")
+    name = key.split("=")[0]
+    with pytest.raises(PlanError, match=rf"{'--set' if extra else 'set'} {name}: each run's .* override would be dropped"):
+        validate_plan(plan, "synthetic", extra)  # was: accepted, then replaced by the entry's / the seed's value
+
+
 def test_a_key_repeated_in_a_plan_file_is_named(tmp_path):
     plan = tmp_path / "twice.yaml"
     plan.write_text("name: twice\nprotocols: {synthetic: {config: synthetic/fcn_r18_synthetic.yaml}}\n"

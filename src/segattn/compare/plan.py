@@ -314,6 +314,21 @@ def entry_config_dict(plan: Plan, dataset: str, entry: Entry, seed: int, work_di
     return data
 
 
+#: config keys every run sets itself (:func:`entry_config_dict`): an override of them would be dropped
+PER_RUN_KEYS = {
+    "name": "name is the plan's, the entry's and the seed's",
+    "model.name": "model is its entry's (entries: model)",
+    "model.kwargs.context": "context module is its entry's (entries: context)",
+    "model.kwargs.context_kw": "module keywords are its entry's (entries: context_kw)",
+    "train.seed": "seed comes from --seeds / --first-seed",
+    "train.work_dir": "work dir is runs/<entry>/seed<k> under --out",
+}
+
+
+def _per_run_root(key: str) -> str:
+    return next(k for k in PER_RUN_KEYS if key == k or key.startswith(k + "."))
+
+
 def validate_plan(plan: Plan, dataset: str, extra: Sequence[str] = ()) -> None:
     """Check before any run: the plan has a protocol for ``dataset``, its config loads, every model
     and context module exists and takes the entry's keywords (modules are built at 16 channels, which
@@ -322,7 +337,13 @@ def validate_plan(plan: Plan, dataset: str, extra: Sequence[str] = ()) -> None:
     import segattn.modules  # noqa: F401  (registers the context modules)
     from segattn.models import list_models
 
-    plan.protocol(dataset)  # a dataset the plan has no protocol for, named before any entry
+    proto = plan.protocol(dataset)  # a dataset the plan has no protocol for, named before any entry
+    for source, keys in ((f"plan {plan.name!r}, protocol {dataset!r}: set", list(proto.set)),
+                         ("--set", [item.split("=", 1)[0].strip() for item in extra])):
+        for key in keys:
+            if key in PER_RUN_KEYS or any(key.startswith(k + ".") for k in PER_RUN_KEYS):
+                raise PlanError(f"{source} {key}: each run's {PER_RUN_KEYS[_per_run_root(key)]}, so the "
+                                "override would be dropped")
     models = set(list_models())
     for e in plan.entries:
         where = f"plan {plan.name!r}, entry {e.name!r}"
