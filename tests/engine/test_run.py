@@ -102,3 +102,13 @@ def test_model_overrides_of_a_saved_folder_are_refused_not_ignored(tmp_path):
     for call in (lambda o: load_model(str(folder), o), lambda o: run_evaluation(str(folder), overrides=o)):
         with pytest.raises(SegattnError, match=r"--set model.name: .* is a saved model whose architecture"):
             call(["model.name=pspnet"])  # was: the folder's fcn used, the override dropped silently
+
+
+def test_evaluation_without_a_validation_split_says_so(tmp_path):
+    import segattn
+    from segattn.engine.run import run_evaluation
+
+    folder = tmp_path / "saved"
+    segattn.create_model("fcn", 3, backbone="resnet18", aux=False, channels=8).save_pretrained(str(folder))
+    with pytest.raises(SegattnError, match=r"config key data.val_split: got null, expected the split to score"):
+        run_evaluation(str(folder), overrides=["data.val_split=null"])  # was: "SyntheticContext: split must be..."

@@ -97,6 +97,9 @@ def run_evaluation(checkpoint: str, config: Optional[str] = None, overrides: Seq
     merged = with_init(data, overrides) if config is not None else apply_overrides(data, overrides)
     cfg = config_from_dict(merged)
     dataset_named = isinstance(merged.get("data"), dict) and "dataset" in merged["data"]
+    if cfg.data.val_split is None:
+        raise SegattnError("config key data.val_split: got null, expected the split to score (e.g. --set "
+                           "data.val_split=val)")
     pick_device(cfg.train.device)  # an unavailable device fails here, before the dataset is read
     info = init_distributed(cfg.train.device)
     try:
