@@ -166,6 +166,9 @@ def test_bad_base_folder_and_repeated_keys_are_named(tmp_path):
     (tmp_path / "dup.yaml").write_text("model: {name: fcn}\nschedule: {iters: 5}\nmodel: {name: pspnet}\n")
     with pytest.raises(ConfigError, match=r"dup.yaml: .*line 3.*duplicate key 'model' \(first at line 1\)"):
         load_config(str(tmp_path / "dup.yaml"))  # YAML kept the last 'model' silently
+    (tmp_path / "empty.yaml").write_text("# nothing set yet\n")  # was: every default run silently
+    with pytest.raises(ConfigError, match=r"empty.yaml: the config file is empty; expected a mapping of sections"):
+        load_config(str(tmp_path / "empty.yaml"))
     (tmp_path / "dup.json").write_text('{"optim": {"lr": 0.1, "lr": 0.2}}')
     with pytest.raises(ConfigError, match=r"dup.json: duplicate key\(s\) \['lr'\]"):
         load_config(str(tmp_path / "dup.json"))

@@ -89,12 +89,15 @@ def _read_file(path: Path) -> Dict[str, Any]:
         except ImportError as exc:  # pragma: no cover - exercised only without PyYAML
             raise ImportError(f"reading {path} needs PyYAML (pip install 'segattn[yaml]'); or use JSON") from exc
         try:
-            data = yaml.load(text, Loader=yaml_loader()) or {}
+            data = yaml.load(text, Loader=yaml_loader())
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
             problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
             raise ConfigError(f"{path}: YAML syntax error{where}: {problem}") from None
+    if data is None:  # an empty (or comments-only) file: every default, 80k iterations, was run silently
+        raise ConfigError(f"{path}: the config file is empty; expected a mapping of sections (model:, data:, ...; "
+                          "`{}` for all defaults)")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config file must hold a mapping of sections, got {type(data).__name__}")
     return data
