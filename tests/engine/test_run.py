@@ -112,3 +112,10 @@ def test_evaluation_without_a_validation_split_says_so(tmp_path):
     segattn.create_model("fcn", 3, backbone="resnet18", aux=False, channels=8).save_pretrained(str(folder))
     with pytest.raises(SegattnError, match=r"config key data.val_split: got null, expected the split to score"):
         run_evaluation(str(folder), overrides=["data.val_split=null"])  # was: "SyntheticContext: split must be..."
+
+
+def test_device_flag_and_override_together_are_refused():
+    from segattn.engine.run import run_evaluation
+
+    with pytest.raises(SegattnError, match=r"--device cpu and --set train.device=cuda set the same key train.device"):
+        run_evaluation("missing.pt", overrides=["train.device=cuda"], device="cpu")  # was: the flag won silently

@@ -78,6 +78,9 @@ def run_evaluation(checkpoint: str, config: Optional[str] = None, overrides: Seq
     ``device`` (e.g. ``cpu``, ``cuda:1``) replaces the config's ``train.device``.
     """
     if device:
+        same = [item for item in overrides if item.split("=", 1)[0].strip() == "train.device"]
+        if same:  # the flag replaced the override silently
+            raise SegattnError(f"--device {device} and --set {same[0]} set the same key train.device; give one of them")
         pick_device(device)  # the flag's value named in the message, not the config key it sets
     if out:
         check_writable_file(out, "--out", overwrite=overwrite)
