@@ -207,6 +207,19 @@ def test_names_and_device_checked_before_any_data_is_read(tmp_path, monkeypatch)
     assert not any((tmp_path / d).exists() for d in "abc")  # nothing created either
 
 
+def test_unknown_model_and_dataset_keywords_are_named_before_the_work_dir_is_touched(tmp_path, monkeypatch):
+    from segattn.errors import ArgumentError
+
+    monkeypatch.setattr(train_mod.build, "build_datasets", lambda *a, **k: (_ for _ in ()).throw(AssertionError("read")))
+    with pytest.raises(ConfigError, match=r"config key model.kwargs: .*model 'fcn' takes no keyword .*'chanels'"):
+        train(tiny_config(str(tmp_path / "a"), model={"name": "fcn", "kwargs": {"chanels": 8}}))
+    with pytest.raises(ArgumentError, match=r"dataset 'synthetic' \(config keys data.dataset_kwargs \+ "
+                                            r"data.val_kwargs\) got unexpected keyword argument\(s\) 'num_sample'"):
+        train(tiny_config(str(tmp_path / "b"), model={"name": "fcn"},
+                          data={"dataset": "synthetic", "val_kwargs": {"num_sample": 3}}))
+    assert not any((tmp_path / d).exists() for d in "ab")  # was: "fresh run" printed, the folder made and removed
+
+
 def test_resume_hint_leaves_out_overrides_its_flags_carry(tmp_path):
     from segattn.engine.workdir import resume_hint
 
