@@ -59,7 +59,7 @@ def _f(n: int, sizes: Sequence[int] = (1,), pair: Tuple[int, int] = (1, 1), rate
     (dict(n=1, width=False), "width must be an int >= 1 or None"),
     (dict(n=1, t=[1.0]), "t must be a Tensor or None"),
     (dict(), "_f: missing a required argument: 'n'"),
-    (dict(n=1, bogus=2), "_f: got an unexpected keyword argument 'bogus'"),
+    (dict(n=1, bogus=2), "_f: got an unexpected keyword argument 'bogus'; accepted: n, sizes, pair, rate"),
 ])
 def test_checked_decorator(kwargs, expected):
     with pytest.raises(ArgumentError, match=expected):

@@ -71,3 +71,24 @@ def test_check_writable_file(tmp_path):
         check_writable_file(tmp_path)
     with pytest.raises(SegattnError, match="is a file, not a folder"):
         check_writable_file(tmp_path / "old.json" / "m.json")
+
+
+def test_a_truncated_checkpoint_is_named_without_torch_internals(tmp_path):
+    torch = pytest.importorskip("torch")
+    from segattn.io import safe_torch_load
+
+    full = tmp_path / "full.pt"
+    torch.save({"w": torch.zeros(1000)}, full)
+    data = full.read_bytes()
+    for cut in (10, 100, len(data) // 2, len(data) - 10):
+        part = tmp_path / f"cut{cut}.pt"
+        part.write_bytes(data[:cut])
+        with pytest.raises(ValueError) as info:
+            safe_torch_load(part)
+        message = str(info.value)
+        assert message.startswith(f"checkpoint {str(part)!r} is not a readable PyTorch file (truncated or another "
+                                  "format)"), message
+        # was "...: PytorchStreamReader ...: failed finding central directory. This is an internal miniz error.
+        # If you are seeing this error, there is a high likelihood that your checkpoint file is" (cut at 200)
+        # or "...: [Errno 22] Invalid argument"
+        assert "internal" not in message and "Errno" not in message and len(message) < 260, message

@@ -19,6 +19,8 @@ def test_register_and_create():
     assert reg.meta("conv_a") == {"paper": "x"}
     with pytest.raises(ValueError, match="did you mean 'conv_a'"):
         reg.create("conv_b", 4)
+    with pytest.raises(ValueError, match=r"^unknown thing 'zzz'\. Registered: conv_a$"):  # was "'zzz' Registered"
+        reg.create("zzz", 4)
     with pytest.raises(TypeError, match=r"'widht' \(did you mean 'width'\?\); accepted: channels, width"):
         reg.create("conv_a", 4, widht=5)
     with pytest.raises(ValueError, match="already registered"):

@@ -251,7 +251,10 @@ def checked(**limits: Limit) -> Callable[[F], F]:
             try:
                 bound = sig.bind(*args, **kwargs)
             except TypeError as exc:
-                raise ArgumentError(f"{what}: {exc}") from None
+                text = str(exc)
+                if "unexpected keyword" in text:  # name what is taken, as the registries do
+                    text += f"; accepted: {', '.join(p.name for p in params if not (method and p is params[0]))}"
+                raise ArgumentError(f"{what}: {text}") from None
             if not hints:
                 hints.update(_hints(func))
             for i, param in enumerate(params):

@@ -379,6 +379,9 @@ def export(model: nn.Module, out: PathLike, *, format: str = "onnx", size: Any =
         overwrite: replace an existing ``out``.
         check_sizes: further sizes to verify (dynamic exports only).
     """
+    if not isinstance(model, nn.Module):  # was: "'str' object has no attribute 'eval'"
+        raise ExportError(f"export: model must be a torch.nn.Module (e.g. segattn.create_model(...) or "
+                          f"segattn.from_pretrained(...)), got {type(model).__name__}")
     check_float("atol", atol, NON_NEGATIVE, what="export")
     check_float("rtol", rtol, NON_NEGATIVE, what="export")
     start = time.time()

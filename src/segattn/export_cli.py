@@ -15,6 +15,7 @@ import os
 from typing import Any, Dict, List, Optional
 
 FORMATS = ("onnx", "pt2", "hub")
+DEFAULT_CLASSES = 19
 
 
 def _kw_value(text: str) -> Any:
@@ -27,6 +28,7 @@ def _kw_value(text: str) -> Any:
 def _model_from_args(args: argparse.Namespace) -> Any:
     if bool(args.checkpoint) == bool(args.model):
         raise ValueError("give exactly one of --checkpoint (trained model) and --model NAME (random weights)")
+    _check_model_only(args)
     if args.model:
         import segattn
 
@@ -36,11 +38,26 @@ def _model_from_args(args: argparse.Namespace) -> Any:
                 raise ValueError(f"--kw expects KEY=VALUE, got {item!r}")
             key, value = item.split("=", 1)
             kwargs[key.strip()] = _kw_value(value)
-        return segattn.create_model(args.model, args.num_classes, **kwargs)
+        classes = DEFAULT_CLASSES if args.num_classes is None else args.num_classes
+        return segattn.create_model(args.model, classes, **kwargs)
     from segattn.engine.predict import load_model
 
     model, _cfg, _meta = load_model(args.checkpoint, (), "cpu")
     return model
+
+
+def _check_model_only(args: argparse.Namespace) -> None:
+    """``--num-classes`` and ``--kw`` build a ``--model``; a checkpoint brings its own (they were ignored)."""
+    given = [flag for flag, value in (("--num-classes", args.num_classes), ("--kw", args.kw)) if value]
+    if args.checkpoint and given:
+        raise ValueError(f"{' and '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to --model only; "
+                         f"--checkpoint {args.checkpoint} brings its own classes and architecture")
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocation failure (CPU allocator, CUDA out of memory, ``MemoryError``)."""
+    text = str(exc).lower()
+    return isinstance(exc, MemoryError) or "out of memory" in text or "can't allocate memory" in text
 
 
 def checkpoint_to_pretrained(checkpoint: str, out: str, overwrite: bool = False) -> str:
@@ -97,8 +114,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.format == "hub":
         if not args.checkpoint or args.model:
             raise ValueError("--format hub converts a training checkpoint: give --checkpoint (not --model)")
-        if args.dynamic or args.opset or args.size:
-            raise ValueError("--size, --dynamic and --opset apply to --format onnx|pt2 only")
+        if args.dynamic or args.opset or args.size or args.pooling:
+            raise ValueError("--size, --dynamic, --opset and --pooling apply to --format onnx|pt2 only")
+        _check_model_only(args)
+        if (os.path.isfile(args.out) or os.path.isdir(args.out) and os.listdir(args.out)) and not args.overwrite:
+            raise ValueError(f"output {args.out} already exists; pass --overwrite to replace it")
         folder = checkpoint_to_pretrained(args.checkpoint, args.out, overwrite=args.overwrite)
         print(f"{folder}: Hub-format folder ({', '.join(sorted(os.listdir(folder)))})")
         return 0
@@ -107,11 +127,23 @@ def _cmd_export(args: argparse.Namespace) -> int:
     check_output_name(args.out, args.format)  # before loading anything
     if args.size:
         _parse_size(args.size)
+    if args.pooling and not args.dynamic:
+        raise ValueError(f"--pooling {args.pooling} applies with --dynamic only (a fixed-size export has no "
+                         "size-dependent pooling to treat)")
     if os.path.exists(args.out) and not args.overwrite:
         raise ValueError(f"output {args.out} already exists; pass --overwrite to replace it")
     model = _model_from_args(args)
-    result = export(model, args.out, format=args.format, size=args.size or DEFAULT_SIZE, dynamic=args.dynamic,
-                    opset=args.opset, pooling=args.pooling, overwrite=args.overwrite, atol=args.atol, rtol=args.rtol)
+    size = args.size or DEFAULT_SIZE
+    try:
+        result = export(model, args.out, format=args.format, size=size, dynamic=args.dynamic, opset=args.opset,
+                        pooling=args.pooling or "generic", overwrite=args.overwrite, atol=args.atol, rtol=args.rtol)
+    except (RuntimeError, MemoryError) as exc:
+        if not _out_of_memory(exc):
+            raise
+        from segattn.errors import SegattnError
+
+        raise SegattnError(f"--size {size}: the model needs more memory at this size than there is here "
+                           f"({type(exc).__name__} while exporting); choose a smaller --size") from None
     print(result)
     return 0
 
@@ -119,6 +151,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_models(args: argparse.Namespace) -> int:
     if args.plot and (not args.zoo or args.info):
         raise ValueError("--plot draws the zoo: use it with --zoo (segattn models --zoo [FILTER] --plot FILE)")
+    if args.info and (args.zoo or args.pattern != "*"):
+        raise ValueError(f"--info {args.info} describes one model: give it without "
+                         f"{'--zoo' if args.zoo else 'a pattern'} (`segattn models --info NAME`)")
+    if args.size and not args.info:
+        raise ValueError("--size sets the size of --info's MACs figure: use it with --info NAME")
     if args.info:
         for line in model_info_lines(args.info, args.size):
             print(line)
@@ -148,8 +185,11 @@ def _cmd_models(args: argparse.Namespace) -> int:
     from segattn.models import list_models
     from segattn.registry import MODELS
 
+    names = list_models(args.pattern)
+    if not names:
+        raise ValueError(f"no registered model matches {args.pattern!r}; `segattn models` lists them all")
     print(f"{'name':<16} {'context modules':<48} paper")
-    for name in list_models(args.pattern):
+    for name in names:
         meta = MODELS.meta(name)
         ctx = ", ".join(meta.get("context", ())) or ("(upsampler " + meta["upsampler"] + ")" if meta.get("upsampler")
                                                      else "-")
@@ -170,6 +210,9 @@ def model_info_lines(name: str, size: Optional[str] = None) -> List[str]:
     from segattn.models import list_models
     from segattn.registry import MODELS
 
+    if os.path.isfile(name) and name not in list_models():
+        raise ValueError(f"{name} is a file; --info reads a model name or a save_pretrained folder (a training "
+                         "checkpoint becomes one with `segattn export --checkpoint FILE --format hub --out DIR`)")
     if name not in list_models():
         import difflib
 
@@ -194,7 +237,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a model to ONNX / torch.export (verified) or a Hub-format folder")
     p.add_argument("--checkpoint", help="training checkpoint (last.pt/best.pt), save_pretrained folder or Hub repo id")
     p.add_argument("--model", help="registered model name, exported with random weights (instead of --checkpoint)")
-    p.add_argument("--num-classes", type=int, default=19, help="classes for --model (default 19)")
+    p.add_argument("--num-classes", type=int, default=None, help=f"classes for --model (default {DEFAULT_CLASSES})")
     p.add_argument("--kw", action="append", default=[], metavar="KEY=VALUE",
                    help="create_model keyword for --model, JSON value (repeatable), e.g. --kw backbone=resnet18c")
     p.add_argument("--format", choices=FORMATS, default="onnx",
@@ -202,7 +245,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", help="export size HxW (default 512x512)")
     p.add_argument("--dynamic", action="store_true", help="symbolic height and width (checked at a second size)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 20; 23 = fused Attention op)")
-    p.add_argument("--pooling", choices=("generic", "refuse"), default="generic",
+    p.add_argument("--pooling", choices=("generic", "refuse"), default=None,
                    help="with --dynamic: size-generic adaptive pooling (default) or refuse models that have it")
     p.add_argument("--atol", type=non_negative_float, default=1e-4, help="verification: absolute tolerance on the logits")
     p.add_argument("--rtol", type=non_negative_float, default=1e-3, help="verification: relative tolerance on the logits")

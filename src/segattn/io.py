@@ -171,9 +171,12 @@ def safe_torch_load(path: PathLike, map_location: Any = "cpu", what: str = "chec
                              "not only tensors and plain data; refusing to load it (files written by segattn hold "
                              "plain data only; load it with weights_only=False only if you trust its source)") from None
         unreadable = f"{what} {path!r} is not a readable PyTorch file (truncated or another format)"
-        if isinstance(exc, pickle.UnpicklingError) or not text:  # torch's pickle text is advice, not a reason
+        # the reason is torch's first sentence ("... failed finding central directory"); what follows is
+        # advice about torch itself, and a bare "[Errno 22] Invalid argument" names no reason at all
+        reason = text.splitlines()[0].split(". ")[0].rstrip(".")[:200] if text else ""
+        if isinstance(exc, pickle.UnpicklingError) or not reason or re.match(r"\[Errno \d+\]", reason):
             raise ValueError(unreadable) from None
-        raise ValueError(f"{unreadable}: {text.splitlines()[0][:200]}") from None
+        raise ValueError(f"{unreadable}: {reason}") from None
 
 
 def _nearest_existing(path: Path) -> Path:

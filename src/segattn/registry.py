@@ -74,7 +74,7 @@ class Registry:
             close = difflib.get_close_matches(key, list(self._entries), n=3, cutoff=0.5)
             hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
             known = ", ".join(sorted(self._entries)) or "(none registered)"
-            raise ArgumentError(f"unknown {self.kind} {name!r}{hint} Registered: {known}")
+            raise ArgumentError(f"unknown {self.kind} {name!r}{hint or '.'} Registered: {known}")
         return self._entries[key]
 
     def get(self, name: str) -> Callable[..., Any]:

@@ -188,6 +188,12 @@ def test_shipped_plan_names():
     (lambda p: p["claims"][0].update(kind="maybe"), "kind"),
     (lambda p: p.update(seeds=0), "seeds"),
     (lambda p: p["entries"][1].update(reasoner="graph"), "reasoner"),
+    # accepted before: a claim of an entry against itself, two claims with one id, a name with '/'
+    (lambda p: p["claims"][0].update(b="nl"), r"claim 1: compares entry \['nl'\] with itself"),
+    (lambda p: p["claims"].append({"id": "x", "text": "t", "kind": "no_gain", "a": "fcn", "b": "nl"}),
+     r"claim ids must be unique .* repeated: \['x'\]"),
+    (lambda p: p.update(name="a b/c"), r"name 'a b/c' may only use letters"),
+    (lambda p: p.update(claims="x"), r"'claims' must be a list"),
 ])
 def test_plan_errors_name_the_problem(mutate, match):
     data = json.loads(json.dumps(TINY))
@@ -199,6 +205,11 @@ def test_plan_errors_name_the_problem(mutate, match):
 @pytest.mark.parametrize("entry, match", [
     ({"name": "x", "model": "nosuchmodel"}, "unknown model"),
     ({"name": "x", "model": "generic", "context": "ema", "context_kw": {"num_basis": 3}}, "num_basis"),
+    # found only when the entry's run started, after the other entries had trained
+    ({"name": "x", "model": "pspnet", "kwargs": {"chanels": 8}}, r"entry 'x': its model cannot be built: .*'chanels'"),
+    ({"name": "x", "model": "pspnet", "context": "ema"}, r"entry 'x': its model cannot be built: .*'context'"),
+    ({"name": "x", "model": "fcn", "kwargs": {"dilation": 0}}, r"entry 'x': its model cannot be built: .*dilation"),
+    ({"name": "x", "model": "fcn", "reasoner": "identity"}, r"entry 'x': its model cannot be built: .*no LowRankBlock"),
 ])
 def test_validation_catches_bad_entries_before_running(entry, match):
     data = json.loads(json.dumps(TINY))
@@ -208,12 +219,34 @@ def test_validation_catches_bad_entries_before_running(entry, match):
         validate_plan(plan, "synthetic")
 
 
+@pytest.mark.parametrize("where, key", [("extra", "model.name=pspnet"), ("extra", "train.seed=3"),
+                                        ("extra", "model.kwargs.context_kw.num_bases=4"), ("set", "name")])
+def test_overrides_every_run_replaces_are_refused(where, key):
+    data = json.loads(json.dumps(TINY))
+    extra = [key] if where == "extra" else []
+    if where == "set":
+        data["protocols"]["synthetic"]["set"][key] = "x"
+    plan = plan_from_dict(data, "tiny")
+    name = key.split("=")[0]
+    with pytest.raises(PlanError, match=rf"{'--set' if extra else 'set'} {name}: each run's .* override would be dropped"):
+        validate_plan(plan, "synthetic", extra)  # was: accepted, then replaced by the entry's / the seed's value
+
+
+def test_a_key_repeated_in_a_plan_file_is_named(tmp_path):
+    plan = tmp_path / "twice.yaml"
+    plan.write_text("name: twice\nprotocols: {synthetic: {config: synthetic/fcn_r18_synthetic.yaml}}\n"
+                    "entries: [{name: fcn, model: fcn}]\nclaims: []\nentries: [{name: nl, model: nonlocal}]\n")
+    with pytest.raises(PlanError, match=r"twice.yaml is not valid YAML: .*duplicate key 'entries' \(first at line 3\)"):
+        load_plan(str(plan))  # was: the second 'entries' kept, the first dropped silently
+
+
 def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["compare", "no-such-plan", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("segattn compare: error:") and "survey-table" in err[0]
     assert main(["compare", "survey-table", "--dataset", "voc", "--out", str(tmp_path)]) == 2
-    assert "no protocol for dataset 'voc'" in capsys.readouterr().err
+    assert capsys.readouterr().err.startswith("segattn compare: error: plan 'survey-table' has no protocol for "
+                                              "dataset 'voc'")  # not as the first entry's config error
     assert main(["compare", "survey-table", "--report-only", "--out", str(tmp_path / "empty")]) == 2
     assert "no finished run" in capsys.readouterr().err
 

@@ -80,3 +80,31 @@ def test_callbacks_with_workers_are_refused_before_anything_runs(tmp_path):
     with pytest.raises(PlanError, match="callbacks run in this process only"):
         run_plan(_plan(), "synthetic", seeds=1, out=tmp_path / "cmp", workers=2, callbacks=[object()])
     assert not (tmp_path / "cmp").exists()
+
+
+def test_slurm_without_srun_is_refused_before_anything_runs(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("submitit")
+    monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))  # no srun here
+    out = tmp_path / "cmp"
+    assert main(["compare", "survey-table", "--launcher", "slurm", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["segattn compare: error: --launcher slurm: no SLURM here (`srun` is not on the PATH); run on a "
+                   "node of a SLURM cluster, or use --launcher local"]  # was submitit's RuntimeError
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--partition", "gpu"], "--partition applies to --launcher slurm only (this call runs --launcher local)"),
+    (["--time", "5", "--gpus-per-run", "1"], "--time, --gpus-per-run apply to --launcher slurm only"),
+    (["--launcher", "slurm", "--gpus-per-run", "-1"], "--gpus-per-run must be >= 0, got -1"),
+    (["--report-dir", "FILE"], "--report-dir FILE is not usable: it is a file, not a folder"),
+])
+def test_cli_refuses_options_that_would_be_ignored_or_fail_after_the_runs(tmp_path, capsys, argv, message):
+    file = tmp_path / "FILE"
+    file.write_text("")
+    argv = [str(file) if a == "FILE" else a for a in argv]
+    message = message.replace("FILE", str(file))
+    out = tmp_path / "cmp"
+    assert main(["compare", "survey-table", "--report-only", "--out", str(out)] + argv) == 2  # trains nothing
+    assert message in capsys.readouterr().err
+    assert not out.exists()

@@ -318,3 +318,14 @@ def test_mmengine_training_state_is_skipped_not_run(tmp_path, monkeypatch) -> No
     from_mmseg(unread)
     with pytest.raises(ConversionError, match="state_dict holds objects other than tensors"):
         from_mmseg(bad)
+
+
+def test_config_folder_or_binary_file_is_named(tmp_path) -> None:
+    from segattn.convert.mmseg_read import read_config
+
+    binary = tmp_path / "merged.py"
+    binary.write_bytes(b"\xff\xfe\x00model")
+    with pytest.raises(SegattnError, match=r"config '.*' is a folder; pass a merged config instead"):
+        read_config(str(tmp_path), None)  # was: "config file ... does not exist"
+    with pytest.raises(SegattnError, match=r"config '.*merged.py' is not a UTF-8 text file; pass a merged config"):
+        read_config(str(binary), None)  # was: "'utf-8' codec can't decode byte 0xff in position 0"

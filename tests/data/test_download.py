@@ -233,3 +233,21 @@ def test_plain_progress_without_tqdm(server, tmp_path, monkeypatch, capsys):
     D.fetch(f"{server.url}/f.bin", Path(tmp_path) / "f.bin")
     err = capsys.readouterr().err
     assert "downloading f.bin" in err and "100.0 %" in err
+
+
+@pytest.mark.parametrize("kwargs, message", [  # each was found after the download (or a bare urllib error)
+    ({"sha256": "xyz"}, "sha256 'xyz': expected 64 hexadecimal digits"),
+    ({"md5": "0" * 31}, f"md5 '{'0' * 31}': expected 32 hexadecimal digits"),
+    ({"url": "example.org/ds.zip"}, "url 'example.org/ds.zip': expected an http://, https://, ftp:// or file://"),
+    ({"root": "FILE"}, "root folder FILE is not usable: it is a file, not a folder"),  # was 'FILE: File exists'
+])
+def test_bad_request_is_refused_before_any_download(server, tmp_path, kwargs, message):
+    server.files["ds.zip"] = make_zip(PAYLOAD)
+    file = tmp_path / "file"
+    file.write_text("")
+    kwargs = {"url": f"{server.url}/ds.zip", "root": tmp_path / "root", **kwargs}
+    kwargs["root"] = file if kwargs["root"] == "FILE" else kwargs["root"]
+    with pytest.raises(D.DownloadError) as info:
+        D.download_dataset("ade20k", quiet=True, **kwargs)
+    assert message.replace("FILE", str(file)) in str(info.value)
+    assert server.requests == []

@@ -132,6 +132,8 @@ def test_sizes_normalised_and_slide_needs_sizes():
         load_config(None, ["eval.mode=slide", "eval.stride=[16, 16]"])
     with pytest.raises(ConfigError, match="eval.stride.*slide mode"):
         load_config(None, ["eval.mode=slide", "eval.crop_size=[16, 16]"])
+    with pytest.raises(ConfigError, match=r"eval.stride: got \[16, 24\], expected at most eval.crop_size \[16, 16\]"):
+        load_config(None, ["eval.mode=slide", "eval.crop_size=[16, 16]", "eval.stride=[16, 24]"])  # was accepted
 
 
 def test_rules_between_keys():
@@ -153,6 +155,23 @@ def test_yaml_and_json_syntax_errors_name_file_and_line(tmp_path):
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(str(tmp_path / "list.yaml"))
+
+
+def test_bad_base_folder_and_repeated_keys_are_named(tmp_path):
+    (tmp_path / "base.yaml").write_text("_base_: [other.yaml]\n")  # was: unsupported operand type(s) for /
+    with pytest.raises(ConfigError, match=r"base.yaml: _base_ must name one config file .* got \['other.yaml'\]"):
+        load_config(str(tmp_path / "base.yaml"))
+    with pytest.raises(ConfigError, match=r"is a folder; expected a YAML or JSON config file"):  # was: not found
+        load_config(str(tmp_path))
+    (tmp_path / "dup.yaml").write_text("model: {name: fcn}\nschedule: {iters: 5}\nmodel: {name: pspnet}\n")
+    with pytest.raises(ConfigError, match=r"dup.yaml: .*line 3.*duplicate key 'model' \(first at line 1\)"):
+        load_config(str(tmp_path / "dup.yaml"))  # YAML kept the last 'model' silently
+    (tmp_path / "empty.yaml").write_text("# nothing set yet\n")  # was: every default run silently
+    with pytest.raises(ConfigError, match=r"empty.yaml: the config file is empty; expected a mapping of sections"):
+        load_config(str(tmp_path / "empty.yaml"))
+    (tmp_path / "dup.json").write_text('{"optim": {"lr": 0.1, "lr": 0.2}}')
+    with pytest.raises(ConfigError, match=r"dup.json: duplicate key\(s\) \['lr'\]"):
+        load_config(str(tmp_path / "dup.json"))
 
 
 def test_stored_configs_round_trip_and_old_never_read_key():

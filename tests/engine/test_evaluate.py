@@ -16,6 +16,12 @@ def test_slide_equals_whole_for_a_pixelwise_model():
     torch.testing.assert_close(bigger, whole)
 
 
+def test_slide_stride_larger_than_the_window_is_refused():
+    x = torch.randn(1, 3, 40, 40)  # windows at rows 0, 12 and 24 of 16: rows 16..23 were left NaN (0 / 0)
+    with pytest.raises(ValueError, match=r"stride \[12, 20\] is larger than crop_size \[8, 8\]"):
+        infer(PixelSeg().eval(), x, 3, "slide", crop_size=[8, 8], stride=[12, 20])
+
+
 def test_slide_differs_for_a_model_with_context():
     model = TinySeg().eval()
     x = torch.randn(1, 3, 20, 20)

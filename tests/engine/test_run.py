@@ -88,3 +88,34 @@ def test_a_model_without_out_logits_is_named_not_a_bare_key():
 
     with pytest.raises(ValueError, match=r"without the logits key 'out' \(keys: \['logits'\]\)"):
         forward_logits(Odd(), torch.randn(1, 3, 4, 4))
+
+
+def test_model_overrides_of_a_saved_folder_are_refused_not_ignored(tmp_path):
+    import segattn
+    from segattn.engine.predict import load_model
+    from segattn.engine.run import run_evaluation
+
+    folder = tmp_path / "saved"
+    segattn.create_model("fcn", 3, backbone="resnet18", aux=False, channels=8).save_pretrained(str(folder))
+    model, cfg, _ = load_model(str(folder), ["eval.flip=true"])  # its other settings may change
+    assert cfg.eval.flip is True
+    for call in (lambda o: load_model(str(folder), o), lambda o: run_evaluation(str(folder), overrides=o)):
+        with pytest.raises(SegattnError, match=r"--set model.name: .* is a saved model whose architecture"):
+            call(["model.name=pspnet"])  # was: the folder's fcn used, the override dropped silently
+
+
+def test_evaluation_without_a_validation_split_says_so(tmp_path):
+    import segattn
+    from segattn.engine.run import run_evaluation
+
+    folder = tmp_path / "saved"
+    segattn.create_model("fcn", 3, backbone="resnet18", aux=False, channels=8).save_pretrained(str(folder))
+    with pytest.raises(SegattnError, match=r"config key data.val_split: got null, expected the split to score"):
+        run_evaluation(str(folder), overrides=["data.val_split=null"])  # was: "SyntheticContext: split must be..."
+
+
+def test_device_flag_and_override_together_are_refused():
+    from segattn.engine.run import run_evaluation
+
+    with pytest.raises(SegattnError, match=r"--device cpu and --set train.device=cuda set the same key train.device"):
+        run_evaluation("missing.pt", overrides=["train.device=cuda"], device="cpu")  # was: the flag won silently

@@ -123,6 +123,15 @@ def test_work_dir_that_is_a_file(tmp_path):
             _train(work)
 
 
+@pytest.mark.parametrize("flag, override", [("work_dir", "train.work_dir=B"), ("resume", "train.resume=B/last.pt"),
+                                            ("init", "model.init=B")])
+def test_a_flag_and_an_override_of_the_same_key_are_refused(tmp_path, flag, override):
+    kwargs = {"work_dir": str(tmp_path / "A"), flag: str(tmp_path / "A")}
+    with pytest.raises(WorkDirError, match=rf"--{flag.replace('_', '-')} .* and --set {override} set the same key "
+                                           rf"{override.split('=')[0]}; give one of them"):
+        train_config("synthetic/fcn_r18_synthetic.yaml", [override], **kwargs)  # was: each won somewhere, silently
+
+
 def test_lock_refuses_a_second_run_and_cleans_stale_locks(tmp_path, capsys):
     work = tmp_path / "run"
     _write_lock(work, os.getpid())  # a live process holds it
@@ -196,3 +205,27 @@ def test_names_and_device_checked_before_any_data_is_read(tmp_path, monkeypatch)
         with pytest.raises(Exception, match="cuda"):
             train(tiny_config(str(tmp_path / "c"), model={"name": "fcn"}, train={"device": "cuda"}))
     assert not any((tmp_path / d).exists() for d in "abc")  # nothing created either
+
+
+def test_unknown_model_and_dataset_keywords_are_named_before_the_work_dir_is_touched(tmp_path, monkeypatch):
+    from segattn.errors import ArgumentError
+
+    monkeypatch.setattr(train_mod.build, "build_datasets", lambda *a, **k: (_ for _ in ()).throw(AssertionError("read")))
+    with pytest.raises(ConfigError, match=r"config key model.kwargs: .*model 'fcn' takes no keyword .*'chanels'"):
+        train(tiny_config(str(tmp_path / "a"), model={"name": "fcn", "kwargs": {"chanels": 8}}))
+    with pytest.raises(ArgumentError, match=r"dataset 'synthetic' \(config keys data.dataset_kwargs \+ "
+                                            r"data.val_kwargs\) got unexpected keyword argument\(s\) 'num_sample'"):
+        train(tiny_config(str(tmp_path / "b"), model={"name": "fcn"},
+                          data={"dataset": "synthetic", "val_kwargs": {"num_sample": 3}}))
+    assert not any((tmp_path / d).exists() for d in "ab")  # was: "fresh run" printed, the folder made and removed
+
+
+def test_resume_hint_leaves_out_overrides_its_flags_carry(tmp_path):
+    from segattn.engine.workdir import resume_hint
+
+    work = str(tmp_path / "w")
+    cfg = train_config("synthetic/fcn_r18_synthetic.yaml", ["train.work_dir=" + work, "schedule.iters=3"])
+    hint = resume_hint(cfg, "synthetic/fcn_r18_synthetic.yaml", ["train.work_dir=" + work, "schedule.iters=3"])
+    full = shlex.split(hint.split("(or, the same: ")[1].rstrip(")"))
+    assert "train.work_dir=" + work not in full and "schedule.iters=3" in full  # else refused when pasted
+    train_config(full[3], [full[i + 1] for i, a in enumerate(full) if a == "--set"], work_dir=work, resume="auto")

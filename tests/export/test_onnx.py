@@ -106,6 +106,12 @@ def test_fixed_size_export_checks_one_size(tmp_path) -> None:
     assert not result.dynamic and result.opset == 20 and result.generic_pooling == []
 
 
+def test_a_model_that_is_not_a_module_is_named(tmp_path) -> None:
+    with pytest.raises(ExportError, match=r"export: model must be a torch.nn.Module .* got str"):
+        export_model("fcn", tmp_path / "m.onnx", size=32)  # was: AttributeError "'str' object has no attribute 'eval'"
+    assert not (tmp_path / "m.onnx").exists()
+
+
 def test_exporter_failures_are_one_export_error(tmp_path) -> None:
     # ONNX has no translation for adaptive max pooling to a grid, even at a fixed size
     with pytest.raises(ExportError, match="cannot be exported to ONNX opset 20: .*adaptive_max_pool2d"):

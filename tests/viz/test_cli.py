@@ -95,3 +95,24 @@ def test_odd_images_and_labels_are_refused_like_predict(case, pattern, tiny_mode
     assert cap.err.startswith("segattn viz: error: ") and cap.err.count("\n") == 1, cap.err
     assert pattern in cap.err, cap.err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("extra, pattern", [  # each was accepted (or failed after the model ran)
+    (["--bases", "0"], "--bases must be at least 1 (EMA bases / low-rank nodes shown), got 0"),
+    (["--dataset", "camvdi"], "--dataset 'camvdi' is not a registered dataset; expected one of ade20k, camvid"),
+    (["--labels", "OTHER"], "no mask has the file name of an image (scene0.png); masks are matched to the images"),
+    (["--out", "FILE"], "--out FILE is not usable: it is a file, not a folder"),
+])
+def test_options_that_would_be_ignored_are_refused(extra, pattern, tiny_models, images, tmp_path, capsys):
+    from PIL import Image
+
+    other, file = tmp_path / "other.png", tmp_path / "FILE"
+    Image.new("L", (96, 64)).save(other)
+    file.write_text("")
+    extra = [str(other) if a == "OTHER" else str(file) if a == "FILE" else a for a in extra]
+    rc, cap = run([str(images / "scene0.png"), "--checkpoint", tiny_models["ccnet"], "--out", str(tmp_path / "o"),
+                   *extra], capsys)
+    assert rc == 2
+    assert cap.err.startswith("segattn viz: error: ") and cap.err.count("\n") == 1, cap.err
+    assert pattern.replace("FILE", str(file)) in cap.err, cap.err
+    assert not (tmp_path / "o").exists()

@@ -44,9 +44,10 @@ def add_parser(sub: argparse._SubParsersAction, analyze_step: Optional[AnalyzeSt
     p.add_argument("--launcher", choices=("local", "slurm"), default="local",
                    help="local (this machine, -j workers) or slurm (one job per run through submitit)")
     p.add_argument("--partition", default=None, help="SLURM partition (--launcher slurm)")
-    p.add_argument("--time", type=int, default=60, metavar="MIN", help="SLURM time limit per run in minutes (default 60)")
+    p.add_argument("--time", type=int, default=None, metavar="MIN",
+                   help="SLURM time limit per run in minutes (default 60)")
     p.add_argument("--cpus-per-run", type=int, default=None, help="SLURM CPUs per run (default --threads)")
-    p.add_argument("--gpus-per-run", type=int, default=0, help="SLURM GPUs per run (default 0)")
+    p.add_argument("--gpus-per-run", type=int, default=None, help="SLURM GPUs per run (default 0)")
     p.add_argument("--keep-checkpoints", action="store_true",
                    help="keep each finished run's last.pt / best.pt (deleted by default once the run is measured)")
     p.add_argument("--analyze", action="store_true",
@@ -85,11 +86,23 @@ def run(args: argparse.Namespace) -> int:
                         ("--time", args.time), ("--cpus-per-run", args.cpus_per_run)):
         if value is not None and value < 1:
             raise PlanError(f"{flag} must be >= 1, got {value}")
+    if args.gpus_per_run is not None and args.gpus_per_run < 0:
+        raise PlanError(f"--gpus-per-run must be >= 0, got {args.gpus_per_run}")
     if args.first_seed < 0:
         raise PlanError(f"--first-seed must be >= 0, got {args.first_seed}")
     if args.analyze and args.analyze_step is None:
         raise PlanError("--analyze is not available here (segattn.analyze is not wired into this command line)")
     out = args.out or Path("outputs") / "compare" / f"{plan.name}-{args.dataset}"
+    slurm_only = [flag for flag, value in (("--partition", args.partition), ("--time", args.time),
+                                           ("--cpus-per-run", args.cpus_per_run), ("--gpus-per-run", args.gpus_per_run))
+                  if value is not None]
+    if slurm_only and args.launcher != "slurm":
+        raise PlanError(f"{', '.join(slurm_only)} appl{'ies' if len(slurm_only) == 1 else 'y'} to --launcher slurm "
+                        f"only (this call runs --launcher {args.launcher})")
+    if args.report_dir is not None:
+        from segattn.io import check_writable_dir
+
+        check_writable_dir(args.report_dir, "--report-dir")
     if args.report_only and args.reuse:
         raise PlanError("--reuse copies runs before training; --report-only trains nothing: use one or the other")
     if args.report_only:

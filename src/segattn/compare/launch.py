@@ -15,6 +15,7 @@ the same folders whichever way they were trained.
 from __future__ import annotations
 
 import multiprocessing
+import shutil
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -50,6 +51,22 @@ def run_pool(plan: Plan, dataset: str, todo: Sequence[Tuple[int, str]], out: Pat
                 fut.cancel()
             states.append("interrupted")
     return states
+
+
+def check_launcher(launcher: str, options: Dict[str, Any]) -> None:
+    """Before any run: ``launcher`` is known, and for ``slurm`` submitit is installed and SLURM is
+    reachable from here (``srun`` on the PATH; submitit's ``local`` / ``debug`` clusters need neither)."""
+    if launcher not in LAUNCHERS:
+        raise PlanError(f"--launcher must be one of {list(LAUNCHERS)}, got {launcher!r}")
+    if launcher != "slurm" or options.get("cluster", "slurm") != "slurm":
+        return
+    try:
+        import submitit  # noqa: F401
+    except ImportError as exc:
+        raise PlanError("--launcher slurm needs submitit (pip install 'segattn[slurm]')") from exc
+    if shutil.which("srun") is None:
+        raise PlanError("--launcher slurm: no SLURM here (`srun` is not on the PATH); run on a node of a SLURM "
+                        "cluster, or use --launcher local")
 
 
 def run_submitit(plan: Plan, dataset: str, todo: Sequence[Tuple[int, str]], out: Path, threads: Optional[int],

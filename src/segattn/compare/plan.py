@@ -169,7 +169,9 @@ def _read(path: Path) -> Dict[str, Any]:
         else:
             import yaml
 
-            data = yaml.safe_load(text)
+            from segattn.engine.config_files import yaml_loader
+
+            data = yaml.load(text, Loader=yaml_loader())  # a repeated key is an error, not the last one kept
     except ImportError as exc:
         raise PlanError(f"reading {path} needs PyYAML (pip install 'segattn[yaml]'); or write the plan as JSON") from exc
     except Exception as exc:  # YAML / JSON syntax errors: name the file, keep one line
@@ -229,6 +231,10 @@ def _claim(data: Any, where: str, names: Sequence[str], datasets: Sequence[str])
     missing = [r for r in refs if r not in names]
     if missing:
         raise PlanError(f"{where}: unknown entr{'y' if len(missing) == 1 else 'ies'} {missing}; plan entries: {list(names)}")
+    repeated = sorted({r for r in refs if refs.count(r) > 1})
+    if repeated:
+        raise PlanError(f"{where}: compares entr{'y' if len(repeated) == 1 else 'ies'} {repeated} with itself; "
+                        f"expected {'two different entries' if kind != 'equivalent' else 'distinct entries'}")
     protocols = data.get("protocols", [])
     if not isinstance(protocols, list) or not all(isinstance(p, str) for p in protocols) or (
             "protocols" in data and not protocols):
@@ -276,9 +282,19 @@ def plan_from_dict(data: Dict[str, Any], source: str = "<plan>") -> Plan:
         if not isinstance(p.get("set", {}), dict):
             raise PlanError(f"plan {source}, protocol {ds!r}: 'set' must map dotted keys to values")
         protocols[str(ds)] = Protocol(p["config"], dict(p.get("set") or {}))
+    if not isinstance(data.get("claims") or [], list):
+        raise PlanError(f"plan {source}: 'claims' must be a list of mappings, got {type(data['claims']).__name__}")
     claims = [_claim(c, f"plan {source}, claim {i + 1}", names, list(protocols))
               for i, c in enumerate(data.get("claims") or [])]
-    return Plan(name=str(data.get("name", Path(source).stem)), entries=entries, protocols=protocols,
+    ids = [c.id for c in claims if c.id]
+    dup_ids = sorted({i for i in ids if ids.count(i) > 1})
+    if dup_ids:
+        raise PlanError(f"plan {source}: claim ids must be unique (the report names claims by id), repeated: {dup_ids}")
+    name = data.get("name", Path(source).stem)
+    if "name" in data and not (isinstance(name, str) and NAME_RE.match(name)):
+        raise PlanError(f"plan {source}: name {name!r} may only use letters, digits, '.', '_' and '-' "
+                        "(it names the default --out folder)")
+    return Plan(name=str(name), entries=entries, protocols=protocols,
                 reference=reference, seeds=seeds, margin=float(margin), description=str(data.get("description", "")),
                 claims=claims, source=source, verdict_runs=verdict_runs)
 
@@ -316,12 +332,36 @@ def entry_config_dict(plan: Plan, dataset: str, entry: Entry, seed: int, work_di
     return data
 
 
+#: config keys every run sets itself (:func:`entry_config_dict`): an override of them would be dropped
+PER_RUN_KEYS = {
+    "name": "name is the plan's, the entry's and the seed's",
+    "model.name": "model is its entry's (entries: model)",
+    "model.kwargs.context": "context module is its entry's (entries: context)",
+    "model.kwargs.context_kw": "module keywords are its entry's (entries: context_kw)",
+    "train.seed": "seed comes from --seeds / --first-seed",
+    "train.work_dir": "work dir is runs/<entry>/seed<k> under --out",
+}
+
+
+def _per_run_root(key: str) -> str:
+    return next(k for k in PER_RUN_KEYS if key == k or key.startswith(k + "."))
+
+
 def validate_plan(plan: Plan, dataset: str, extra: Sequence[str] = ()) -> None:
-    """Check before any run: the protocol config loads, every model and context module exists and
-    takes the entry's keywords (modules are built at 16 channels, which costs nothing)."""
+    """Check before any run: the plan has a protocol for ``dataset``, its config loads, every model
+    and context module exists and takes the entry's keywords (modules are built at 16 channels, which
+    costs nothing), and every entry's model builds with its keywords and ``reasoner`` (on the meta
+    device: no memory, no time)."""
     import segattn.modules  # noqa: F401  (registers the context modules)
     from segattn.models import list_models
 
+    proto = plan.protocol(dataset)  # a dataset the plan has no protocol for, named before any entry
+    for source, keys in ((f"plan {plan.name!r}, protocol {dataset!r}: set", list(proto.set)),
+                         ("--set", [item.split("=", 1)[0].strip() for item in extra])):
+        for key in keys:
+            if key in PER_RUN_KEYS or any(key.startswith(k + ".") for k in PER_RUN_KEYS):
+                raise PlanError(f"{source} {key}: each run's {PER_RUN_KEYS[_per_run_root(key)]}, so the "
+                                "override would be dropped")
     models = set(list_models())
     for e in plan.entries:
         where = f"plan {plan.name!r}, entry {e.name!r}"
@@ -333,7 +373,37 @@ def validate_plan(plan: Plan, dataset: str, extra: Sequence[str] = ()) -> None:
             except (TypeError, ValueError, KeyError) as exc:
                 raise PlanError(f"{where}: context {e.context!r} with {e.context_kw}: {exc}") from None
         try:
-            config_from_dict(entry_config_dict(plan, dataset, e, 0, "unused", extra))
+            cfg = config_from_dict(entry_config_dict(plan, dataset, e, 0, "unused", extra))
         except (TypeError, ValueError, KeyError) as exc:
             msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
             raise PlanError(f"{where}: its training config is invalid: {msg}") from None
+        _check_entry_model(cfg, e, where)
+
+
+def _check_entry_model(cfg: Any, entry: Entry, where: str) -> None:
+    """Build the entry's model as its run will (its keywords and values checked, ``reasoner: identity``
+    applied) on the meta device: no memory, no weights read, the random state untouched; else on the CPU."""
+    import warnings
+
+    import torch
+
+    import segattn.data  # noqa: F401  (registers the datasets)
+    from segattn.compare.runner import ablate_reasoners  # the runner imports this module
+    from segattn.engine.build import build_model
+    from segattn.registry import DATASETS
+
+    model_cfg = cfg.model.model_copy(update={"pretrained": None})
+    classes = cfg.data.dataset_kwargs.get("num_classes") or DATASETS.meta(cfg.data.dataset).get("classes") or 2
+    error: Optional[Exception] = None
+    for device in ("meta", "cpu"):  # a module that computes at construction may not build on meta
+        try:
+            with warnings.catch_warnings(), torch.random.fork_rng(devices=[]), torch.device(device):
+                warnings.simplefilter("ignore")  # the run itself shows the model's warnings
+                model = build_model(model_cfg, int(classes))
+                if entry.reasoner == "identity":
+                    ablate_reasoners(model)
+            return
+        except Exception as exc:  # noqa: BLE001 - reported below, named by entry
+            error = exc  # the CPU's error is the one the run would meet
+    msg = error.args[0] if isinstance(error, KeyError) and error.args else error
+    raise PlanError(f"{where}: its model cannot be built: {msg}") from None

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from segattn.compare.cost import measure_cost
-from segattn.compare.launch import dispatch
+from segattn.compare.launch import check_launcher, dispatch
 from segattn.compare.plan import Entry, Plan, PlanError, entry_config_dict, load_plan, validate_plan
 from segattn.compare.reuse import check_reuse_dirs, reuse_pending
 from segattn.compare.rundir import FINAL_WEIGHTS, RESULT, RUN_CONFIG, claim_run, run_dir, source_commit
@@ -298,6 +298,7 @@ def run_plan(plan: Union[str, Plan], dataset: str = "synthetic", seeds: Optional
                         "or no callbacks")
     n_seeds = shorten_seeds(n_seeds)  # SEGATTN_DOCS_SHORT=1 (the docs tests): at most 2 seeds
     out = Path(out) if out is not None else Path("outputs") / "compare" / f"{plan.name}-{dataset}"
+    check_launcher(launcher, launcher_options or {})
     validate_plan(plan, dataset, extra)
     reuse_dirs = check_reuse_dirs(reuse, out)
     jobs = [(seed, e) for seed in seed_range(n_seeds, replicate, first_seed) for e in plan.entries]
@@ -305,6 +306,8 @@ def run_plan(plan: Union[str, Plan], dataset: str = "synthetic", seeds: Optional
     from segattn.io import check_writable_dir
 
     check_writable_dir(out, "--out folder")
+    if report_dir is not None:  # written after the runs: checked before them
+        check_writable_dir(report_dir, "--report-dir")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "plan.json", {"plan": plan.name, "source": plan.source, "dataset": dataset,
                                           "seeds": n_seeds, "first_seed": first_seed, "replicate": replicate,

@@ -171,10 +171,16 @@ def read_config(config: Union[None, PathLike, Mapping[str, Any]], ckpt: MmsegChe
         return dict(config)
     if config is not None:
         path = os.fspath(config)
+        if os.path.isdir(path):
+            raise ConfigError(f"config {path!r} is a folder; {MERGED_HOWTO}")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"config file {path!r} does not exist")
-        with open(path, encoding="utf-8") as f:
-            return parse_config(f.read(), source=path, keys=CONFIG_KEYS)
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except UnicodeDecodeError:
+            raise ConfigError(f"config {path!r} is not a UTF-8 text file; {MERGED_HOWTO}") from None
+        return parse_config(text, source=path, keys=CONFIG_KEYS)
     if ckpt.config_text is None:
         raise ConfigError(f"{ckpt.path}: the checkpoint carries no config (meta['cfg'] / meta['config']); "
                           f"{MERGED_HOWTO}; or convert the zoo entry by NAME, whose manifest carries its config")

@@ -14,10 +14,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import re
 import shutil
 import sys
 import tarfile
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 from dataclasses import dataclass
@@ -299,6 +301,27 @@ def archives_for(name: str) -> Tuple[Archive, ...]:
     return ARCHIVES[key]
 
 
+HEX_DIGITS = {"sha256": 64, "md5": 32}
+
+
+def _check_request(root: Path, url: Optional[str], sha256: Optional[str], md5: Optional[str]) -> None:
+    """Before any byte is fetched: the checksums look like checksums, the address has a scheme urllib
+    opens, and ``root`` is a folder that can be written (a mismatch was found only after the download)."""
+    from segattn.errors import SegattnError
+    from segattn.io import check_writable_dir
+
+    for algorithm, value in (("sha256", sha256), ("md5", md5)):
+        digits = HEX_DIGITS[algorithm]
+        if value is not None and not re.fullmatch(f"[0-9a-fA-F]{{{digits}}}", str(value)):
+            raise DownloadError(f"{algorithm} {value!r}: expected {digits} hexadecimal digits")
+    if url is not None and urllib.parse.urlparse(url).scheme not in ("http", "https", "ftp", "file"):
+        raise DownloadError(f"url {url!r}: expected an http://, https://, ftp:// or file:// address")
+    try:
+        check_writable_dir(root, "root folder")
+    except SegattnError as exc:
+        raise DownloadError(str(exc)) from None
+
+
 def download_dataset(
     name: str,
     root: Union[str, Path],
@@ -317,6 +340,7 @@ def download_dataset(
     ``keep_archive=False`` to delete them after extraction); rerunning skips verified files.
     """
     root = Path(root)
+    _check_request(root, url, sha256, md5)
     if url is not None:
         try:
             builtin: Optional[Archive] = archives_for(name)[0]

@@ -37,15 +37,37 @@ _FLOAT_RE = re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)
     |\.(?:nan|NaN|NAN))$""", re.X)
 
 
-def _yaml_loader() -> Any:
-    """PyYAML's safe loader that also reads scientific notation without a dot (``1e-3``) as a float."""
+def yaml_loader() -> Any:
+    """PyYAML's safe loader that also reads scientific notation without a dot (``1e-3``) as a float and
+    refuses a key repeated in one mapping (PyYAML keeps the last silently)."""
     import yaml
 
     class Loader(yaml.SafeLoader):
         pass
 
+    def mapping(loader: Any, node: Any, deep: bool = False) -> Dict[Any, Any]:
+        seen: Dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            if key in seen:  # YAML keeps the last silently: a whole section or setting would be lost
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {seen[key] + 1}); expected each key once",
+                    key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
     Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_RE, list("-+0123456789."))
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
     return Loader
+
+
+def _unique_keys(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
+    """``json.loads`` hook: a key given twice in one object is an error (JSON keeps the last silently)."""
+    keys = [k for k, _ in pairs]
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise ValueError(f"duplicate key(s) {repeated}; expected each key once")
+    return dict(pairs)
 
 
 def _read_file(path: Path) -> Dict[str, Any]:
@@ -56,21 +78,26 @@ def _read_file(path: Path) -> Dict[str, Any]:
         raise ConfigError(f"config {path} is not a UTF-8 text file") from None
     if path.suffix.lower() == ".json":
         try:
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{path}: JSON syntax error at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+        except ValueError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
     else:
         try:
             import yaml
         except ImportError as exc:  # pragma: no cover - exercised only without PyYAML
             raise ImportError(f"reading {path} needs PyYAML (pip install 'segattn[yaml]'); or use JSON") from exc
         try:
-            data = yaml.load(text, Loader=_yaml_loader()) or {}
+            data = yaml.load(text, Loader=yaml_loader())
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
             problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
             raise ConfigError(f"{path}: YAML syntax error{where}: {problem}") from None
+    if data is None:  # an empty (or comments-only) file: every default, 80k iterations, was run silently
+        raise ConfigError(f"{path}: the config file is empty; expected a mapping of sections (model:, data:, ...; "
+                          "`{}` for all defaults)")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config file must hold a mapping of sections, got {type(data).__name__}")
     return data
@@ -82,6 +109,9 @@ def resolve_config_path(path: str) -> Path:
     for c in candidates:
         if c.is_file():
             return c
+    if Path(path).is_dir():
+        raise ConfigError(f"config {path!r} is a folder; expected a YAML or JSON config file (or a shipped name, "
+                          "see `segattn configs`)")
     raise FileNotFoundError(f"config {path!r} not found (also looked under {CONFIG_DIR}); see `segattn configs`")
 
 
@@ -95,6 +125,9 @@ def load_config_dict(path: str, _seen: Tuple[str, ...] = ()) -> Dict[str, Any]:
     base = data.pop("_base_", None)
     if base is None:
         return data
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"{file}: _base_ must name one config file (a path relative to {file.name} or a shipped "
+                          f"config name), got {base!r}")
     base_path = file.parent / base
     base_data = load_config_dict(str(base_path) if base_path.is_file() else base, _seen + (key,))
     return deep_merge(base_data, data)
@@ -106,7 +139,7 @@ def parse_value(text: str) -> Any:
     try:
         import yaml
 
-        return yaml.load(text, Loader=_yaml_loader())
+        return yaml.load(text, Loader=yaml_loader())
     except ImportError:  # pragma: no cover
         pass
     except Exception:

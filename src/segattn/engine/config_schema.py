@@ -244,6 +244,9 @@ def _check_rules(cfg: "Config") -> None:
         for key in ("crop_size", "stride"):
             if getattr(e, key) is None:
                 raise ValueError(f"config key eval.{key}: got null, expected [h, w] (slide mode needs it)")
+        if any(s > c for s, c in zip(e.stride, e.crop_size)):
+            raise ValueError(f"config key eval.stride: got {e.stride}, expected at most eval.crop_size {e.crop_size} "
+                             "on each side (a larger step leaves pixels between the windows unpredicted)")
     if cfg.optim.nesterov and cfg.optim.name == "sgd" and cfg.optim.momentum == 0:
         raise ValueError("config key optim.momentum: got 0, expected > 0 (optim.nesterov needs momentum)")
     if cfg.model.init and cfg.model.pretrained:

@@ -67,6 +67,9 @@ def slide_logits(model: nn.Module, images: Tensor, crop_size: Sequence[int], str
     """Average of window logits over a sliding grid covering the whole image."""
     ch, cw = _pair(crop_size, "crop_size")
     sh, sw = _pair(stride, "stride")
+    if sh > ch or sw > cw:
+        raise ValueError(f"slide inference: stride {[sh, sw]} is larger than crop_size {[ch, cw]}; the pixels between "
+                         "the windows would have no prediction (expected stride <= crop_size on each side)")
     b, _, h, w = images.shape
     rows = max(h - ch + sh - 1, 0) // sh + 1
     cols = max(w - cw + sw - 1, 0) // sw + 1

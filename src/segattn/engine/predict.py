@@ -34,7 +34,7 @@ from segattn.engine import build
 from segattn.engine.config import Config, apply_overrides, config_from_dict
 from segattn.engine.distributed import pick_device
 from segattn.engine.evaluate import infer
-from segattn.engine.run import load_weights, read_checkpoint
+from segattn.engine.run import load_weights, read_checkpoint, refuse_model_overrides
 from segattn.errors import SegattnError
 from segattn.io import atomic_write, check_writable_dir
 from segattn.models.segmentor import finite_check_off
@@ -59,6 +59,7 @@ def load_model(checkpoint: str, overrides: Sequence[str] = (), device: str = "cp
     if is_pretrained_source(checkpoint):  # a save_pretrained folder or a Hub repo id
         from segattn.models.weights import from_pretrained, pretrained_meta, pretrained_run_config
 
+        refuse_model_overrides(checkpoint, overrides)
         model = from_pretrained(checkpoint)
         meta = pretrained_meta(model)  # class names, palette; normalisation and eval settings in the config:
         cfg = config_from_dict(apply_overrides(pretrained_run_config(model.pretrained_dir), overrides))

@@ -61,6 +61,15 @@ def load_weights(model: nn.Module, ckpt: Dict[str, Any], path: str) -> None:
         raise SegattnError(f"checkpoint {path}: cannot load its weights: {one_line(str(exc), 300)}") from None
 
 
+def refuse_model_overrides(source: str, overrides: Sequence[str]) -> None:
+    """A saved model folder fixes its architecture: a ``model.*`` override would be ignored silently."""
+    keys = [item.split("=", 1)[0].strip() for item in overrides]
+    model_keys = [k for k in keys if k == "model" or k.startswith("model.")]
+    if model_keys:
+        raise SegattnError(f"--set {', '.join(model_keys)}: {source} is a saved model whose architecture and weights "
+                           "come from its config.json; --set changes only its data and eval settings here")
+
+
 def run_evaluation(checkpoint: str, config: Optional[str] = None, overrides: Sequence[str] = (),
                    out: Optional[str] = None, overwrite: bool = False, device: Optional[str] = None,
                    show_progress: bool = True) -> Optional[Dict[str, Any]]:
@@ -69,11 +78,16 @@ def run_evaluation(checkpoint: str, config: Optional[str] = None, overrides: Seq
     ``device`` (e.g. ``cpu``, ``cuda:1``) replaces the config's ``train.device``.
     """
     if device:
+        same = [item for item in overrides if item.split("=", 1)[0].strip() == "train.device"]
+        if same:  # the flag replaced the override silently
+            raise SegattnError(f"--device {device} and --set {same[0]} set the same key train.device; give one of them")
         pick_device(device)  # the flag's value named in the message, not the config key it sets
     if out:
         check_writable_file(out, "--out", overwrite=overwrite)
     from segattn.models.weights import from_pretrained, is_pretrained_source, pretrained_run_config
 
+    if is_pretrained_source(checkpoint):
+        refuse_model_overrides(checkpoint, overrides)
     saved = from_pretrained(checkpoint) if is_pretrained_source(checkpoint) else None  # save_pretrained folder
     ckpt = {"config": pretrained_run_config(saved.pretrained_dir)} if saved is not None else read_checkpoint(checkpoint)
     if config is not None:
@@ -86,6 +100,9 @@ def run_evaluation(checkpoint: str, config: Optional[str] = None, overrides: Seq
     merged = with_init(data, overrides) if config is not None else apply_overrides(data, overrides)
     cfg = config_from_dict(merged)
     dataset_named = isinstance(merged.get("data"), dict) and "dataset" in merged["data"]
+    if cfg.data.val_split is None:
+        raise SegattnError("config key data.val_split: got null, expected the split to score (e.g. --set "
+                           "data.val_split=val)")
     pick_device(cfg.train.device)  # an unavailable device fails here, before the dataset is read
     info = init_distributed(cfg.train.device)
     try:

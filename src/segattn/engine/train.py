@@ -346,6 +346,26 @@ class Trainer(CheckpointMixin, GuardMixin):
                 hint = difflib.get_close_matches(name, known, n=1)
                 did = f" (did you mean {hint[0]!r}?)" if hint else ""
                 raise ConfigError(f"config key {key}: got {name!r}{did}, expected one of {', '.join(known)}")
+        self._check_keywords()
+
+    def _check_keywords(self) -> None:
+        """The names in ``model.kwargs`` and the dataset keywords are taken (before the work dir is touched)."""
+        from segattn.errors import SegattnError
+        from segattn.registry import DATASETS, check_kwargs
+
+        data = self.cfg.data
+        if self._model_in is None:
+            from segattn.models.factory import check_model_keywords
+
+            try:
+                check_model_keywords(self.cfg.model.name, dict(self.cfg.model.kwargs))
+            except SegattnError as exc:
+                raise ConfigError(f"config key model.kwargs: {exc}") from None
+        if self._train_in is None:
+            parts = [("train_kwargs", data.train_kwargs)] + ([("val_kwargs", data.val_kwargs)] if data.val_split else [])
+            for part, extra in parts:
+                check_kwargs(DATASETS.get(data.dataset), {**data.dataset_kwargs, **extra},
+                             f"dataset {data.dataset!r} (config keys data.dataset_kwargs + data.{part})")
 
     def _prepare(self, lock: WorkDirLock) -> RunStart:
         """:func:`prepare_work_dir` on rank 0 (its error, if any, raised on every rank); prints the start."""

@@ -355,6 +355,11 @@ def train_config(config: Optional[str], overrides: List[str], work_dir: Optional
     ``init`` (``--init FOLDER``) is the ``model.init`` folder (:mod:`segattn.engine.finetune`)."""
     from segattn.engine.config import apply_overrides, load_config_dict, with_init
 
+    given = {item.split("=", 1)[0].strip(): item for item in overrides}
+    for flag, value, key in (("--work-dir", work_dir, "train.work_dir"), ("--resume", resume, "train.resume"),
+                             ("--init", init, "model.init")):
+        if value and key in given:  # the flag won for some uses and the override for others, silently
+            raise WorkDirError(f"{flag} {value} and --set {given[key]} set the same key {key}; give one of them")
     if config is None:
         if not resume:
             raise WorkDirError("--config is required (or --resume auto --work-dir DIR to continue a run "
@@ -393,7 +398,8 @@ def resume_hint(cfg: Config, config: Optional[str], overrides: List[str], allow_
     if config is not None:
         full = ["segattn", "train", "--config", config, "--work-dir", cfg.train.work_dir]
         for item in overrides:
-            full += ["--set", item]
+            if item.split("=", 1)[0].strip() not in ("train.work_dir", "train.resume"):  # the flags below say them
+                full += ["--set", item]
         full += ["--resume", "auto"] + (["--allow-config-change"] if allow_config_change else [])
         text += f"  (or, the same: {shlex.join(full)})"
     return text

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import os
 import sys
-from typing import Any, List
+from typing import Any, Dict, List
 
 from torch import nn
 
 import segattn.models.zoo  # noqa: F401  (registers the models)
 from segattn.checks import checked
+from segattn.errors import ArgumentError
 from segattn.models.builder import HeadFactory, build_segmentor  # noqa: F401  (re-exported)
 from segattn.models.segmentor import SegmentationModel
 from segattn.models.transfer import init_from_folder
@@ -20,6 +23,30 @@ from segattn.registry import MODELS
 def list_models(pattern: str = "*") -> List[str]:
     """Registered model names matching the shell-style ``pattern``."""
     return MODELS.list(pattern)
+
+
+def model_keywords(name: str) -> List[str]:
+    """The keywords ``create_model(name, ...)`` accepts: the model's own (``dropout``, ``context``, ...)
+    and those every model passes on to :func:`build_segmentor` (``backbone``, ``channels``, ...)."""
+    own = [p.name for p in inspect.signature(MODELS.get(name)).parameters.values()
+           if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "num_classes"]
+    shared = [p.name for p in inspect.signature(build_segmentor).parameters.values()
+              if p.kind is p.KEYWORD_ONLY]
+    return sorted(set(own) | set(shared))
+
+
+def check_model_keywords(name: str, kwargs: Dict[str, Any]) -> None:
+    """:class:`~segattn.errors.ArgumentError` naming the keywords of ``kwargs`` that model ``name``
+    does not take, with the accepted ones (and a close match for a typo)."""
+    accepted = model_keywords(name)
+    unknown = [k for k in kwargs if k not in accepted]
+    if unknown:
+        hints = []
+        for k in unknown:
+            close = difflib.get_close_matches(k, accepted, n=1, cutoff=0.6)
+            hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ArgumentError(f"create_model: model {name!r} takes no keyword argument(s) {', '.join(hints)}; "
+                            f"accepted: {', '.join(accepted)}")
 
 
 @checked()
@@ -35,6 +62,7 @@ def create_model(name: str, num_classes: int, **kwargs: Any) -> SegmentationMode
     (keywords for the context module(s)). ``model.config`` records the call for
     ``save_pretrained`` / ``from_pretrained``.
     """
+    check_model_keywords(name, kwargs)
     folder = kwargs.get("pretrained")
     whole = isinstance(folder, (str, os.PathLike)) and os.path.isdir(folder)
     build_kw = {k: v for k, v in kwargs.items() if not (whole and k == "pretrained")}

@@ -93,9 +93,28 @@ def _resize(arr: np.ndarray, size: Pair, nearest: bool) -> np.ndarray:
 
 
 def _check_out(out: str, force: bool) -> None:
+    from segattn.io import check_writable_dir
+
+    check_writable_dir(out, "--out")  # a file there: named, not "File exists" after the model ran
     report = os.path.join(out, "report.html")
     if os.path.exists(report) and not force:
         raise ValueError(f"{out!r} already holds a report ({report}); pass --force to replace it or pick another --out")
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """The numbers and names of the options, before anything is read."""
+    if args.log is not None and not args.log > 0:
+        raise ValueError(f"--log takes a positive number of decades, got {args.log}")
+    if args.max_images < 1:
+        raise ValueError(f"--max-images must be at least 1, got {args.max_images}")
+    if args.bases < 1:
+        raise ValueError(f"--bases must be at least 1 (EMA bases / low-rank nodes shown), got {args.bases}")
+    if args.dataset is not None:
+        from segattn.data import list_datasets
+
+        if args.dataset not in list_datasets():
+            raise ValueError(f"--dataset {args.dataset!r} is not a registered dataset; expected one of "
+                             f"{', '.join(list_datasets())}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -106,12 +125,13 @@ def run(args: argparse.Namespace) -> int:
     from segattn.viz.weights import check_query
 
     _check_out(args.out, args.force)
-    if args.log is not None and not args.log > 0:
-        raise ValueError(f"--log takes a positive number of decades, got {args.log}")
-    if args.max_images < 1:
-        raise ValueError(f"--max-images must be at least 1, got {args.max_images}")
+    _check_options(args)
     images = list_images(args.inputs)[: args.max_images]
     labels = _labels_by_name(args.labels)
+    if labels and not any(path.name in labels for path in images):
+        raise ValueError(f"--labels {', '.join(args.labels)}: no mask has the file name of an image "
+                         f"({', '.join(p.name for p in images[:3])}{', ...' if len(images) > 3 else ''}); "
+                         "masks are matched to the images by file name")
     pictures = []
     for path in images:
         img, raw = _load_pair(path, labels)
