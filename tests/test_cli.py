@@ -75,6 +75,11 @@ def test_demo_quick(tmp_path):
     assert [r["model"] for r in report["rows"]] == ["pspnet", "fcn"]
     assert "| pspnet |" in open(tmp_path / "report.md").read()
     assert Image.open(tmp_path / "predictions.png").size[0] > 100
+    stamp = (tmp_path / "report.json").stat().st_mtime_ns
+    assert main(["demo", "--quick", "--out", str(tmp_path), "--threads", "1"]) == 2  # an earlier report is kept
+    assert (tmp_path / "report.json").stat().st_mtime_ns == stamp
+    assert main(["demo", "--quick", "--out", str(tmp_path), "--threads", "1", "--overwrite"]) == 0
+    assert (tmp_path / "report.json").stat().st_mtime_ns != stamp
 
 
 def test_parser_knows_every_subcommand():

@@ -104,7 +104,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from segattn.demo import run_demo
 
-    report = run_demo(args.out, quick=args.quick, context=args.context, iters=args.iters, threads=args.threads)
+    report = run_demo(args.out, quick=args.quick, context=args.context, iters=args.iters, threads=args.threads,
+                      overwrite=args.overwrite)
     print(report["markdown"])
     print(f"report: {report['paths']['markdown']}", file=sys.stderr)
     return 0
@@ -169,6 +170,7 @@ def _add_engine_parsers(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("demo", help="train a context model and the FCN baseline on synthetic data; write a report")
     p.add_argument("--out", default="outputs/demo", help="report folder")
+    p.add_argument("--overwrite", action="store_true", help="replace the report of an earlier demo in --out")
     p.add_argument("--quick", action="store_true", help="seconds-long smoke run (tiny models, few iterations)")
     p.add_argument("--context", default="pspnet", help="context model to compare with fcn (any model name)")
     p.add_argument("--iters", type=int, default=None, help="training iterations per model")

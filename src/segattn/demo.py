@@ -31,6 +31,7 @@ from segattn.engine import build
 from segattn.engine.config import Config, load_config, resolve_config_path
 from segattn.engine.metrics import json_safe
 from segattn.engine.train import train
+from segattn.errors import SegattnError
 from segattn.io import atomic_write, atomic_write_json, atomic_write_text, check_writable_dir
 from segattn.models import list_models
 from segattn.viz.run import Item, visualize
@@ -153,16 +154,29 @@ def check_demo_args(context: str, iters: Optional[int], threads: Optional[int]) 
             raise ValueError(f"{flag} must be at least 1, got {value}")
 
 
+REPORT_FILES = ("report.md", "report.json", "predictions.png", "attention", "runs")
+
+
+def check_no_earlier_report(out_dir: str, overwrite: bool) -> None:
+    """``SegattnError`` when ``out_dir`` already holds a demo's files and ``overwrite`` is not given."""
+    found = [f for f in REPORT_FILES if os.path.exists(os.path.join(out_dir, f))]
+    if found and not overwrite:
+        raise SegattnError(f"demo --out {out_dir} already holds a demo report ({', '.join(found)}); pass --overwrite "
+                           "to replace it, or --out DIR for another folder")
+
+
 def run_demo(out_dir: str = "outputs/demo", quick: bool = False, context: str = "pspnet", iters: Optional[int] = None,
-             threads: Optional[int] = 1, samples: int = 6) -> Dict[str, Any]:
+             threads: Optional[int] = 1, samples: int = 6, overwrite: bool = False) -> Dict[str, Any]:
     """Train ``context`` and ``fcn``, evaluate both, write the report; returns numbers, markdown and paths.
 
-    ``out_dir`` is checked to be writable before training starts; every report file is written atomically.
+    ``out_dir`` is checked to be writable, and to hold no earlier demo report unless ``overwrite``, before
+    training starts; every report file is written atomically.
     ``context`` must be another model than ``fcn`` (the baseline); ``iters`` and ``threads`` are >= 1
     (``None``: the config's schedule, torch's default thread count).
     """
     check_demo_args(context, iters, threads)
     check_writable_dir(out_dir, "demo --out")
+    check_no_earlier_report(out_dir, overwrite)
     os.makedirs(out_dir, exist_ok=True)
     start = time.time()
     rows: List[Dict[str, Any]] = []
