@@ -439,7 +439,7 @@ def findings_block(prefix: str = "docs/") -> str:
                     across.setdefault(n, []).append(f"not read on {where} (controls failed: {'; '.join(found['failed'])})")
                     continue
                 across.setdefault(n, []).append(f"on {where}: " + "; ".join(
-                    f"`{k}` {SHORT[v]} for {', '.join(f'`{e}`' for e in entries)}" for (k, v), entries in found.items()))
+                    f"`{k}` {SHORT[v]} for {', '.join(f'`{e}`' for e in entries)}" for (k, v), entries in sorted(found.items())))
             continue
         lines += [head + ":", ""] + [f"- {c['id']}. {c['text']}: {st}." for c, st in states] + [""]
         for n, found in mechanisms.items():
@@ -448,7 +448,7 @@ def findings_block(prefix: str = "docs/") -> str:
                              f"({'; '.join(found['failed'])}).")
                 continue
             parts = [f"*{KIND_TEXT.get(k, k)}* (`{k}`) {SHORT[v]} for {', '.join(f'`{e}`' for e in entries)}"
-                     for (k, v), entries in found.items()]
+                     for (k, v), entries in sorted(found.items())]
             lines.append(f"- {_explanation_link(n, prefix)}: " + "; ".join(parts) + ".")
         lines += ["", "Every other claim of these reports is *cannot tell* in at least one seed range, or decided "
                   "differently in the two; the claim texts and numbers are on the linked pages.", ""]
