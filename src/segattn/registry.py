@@ -103,20 +103,21 @@ def accepted_kwargs(factory: Callable[..., Any]) -> Optional[List[str]]:
     ]
 
 
+def unknown_keywords(kwargs: Dict[str, Any], accepted: List[str]) -> str:
+    """The keywords of ``kwargs`` not in ``accepted``, each with a close match for a typo ('' if none)."""
+    hints = []
+    for k in (k for k in kwargs if k not in accepted):
+        close = difflib.get_close_matches(k, accepted, n=1, cutoff=0.6)
+        hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return ", ".join(hints)
+
+
 def check_kwargs(factory: Callable[..., Any], kwargs: Dict[str, Any], what: str) -> None:
     """Raise ``TypeError`` naming the accepted keywords if ``kwargs`` holds an unknown one."""
     accepted = accepted_kwargs(factory)
-    if accepted is None:
-        return
-    unknown = [k for k in kwargs if k not in accepted]
+    unknown = unknown_keywords(kwargs, accepted) if accepted is not None else ""
     if unknown:
-        hints = []
-        for k in unknown:
-            close = difflib.get_close_matches(k, accepted, n=1, cutoff=0.6)
-            hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        raise ArgumentError(
-            f"{what} got unexpected keyword argument(s) {', '.join(hints)}; accepted: {', '.join(accepted)}"
-        )
+        raise ArgumentError(f"{what} got unexpected keyword argument(s) {unknown}; accepted: {', '.join(accepted)}")
 
 
 MODULES = Registry("context module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import os
 import sys
@@ -16,7 +15,7 @@ from segattn.errors import ArgumentError
 from segattn.models.builder import HeadFactory, build_segmentor  # noqa: F401  (re-exported)
 from segattn.models.segmentor import SegmentationModel
 from segattn.models.transfer import init_from_folder
-from segattn.registry import MODELS
+from segattn.registry import MODELS, unknown_keywords
 
 
 @checked()
@@ -39,13 +38,9 @@ def check_model_keywords(name: str, kwargs: Dict[str, Any]) -> None:
     """:class:`~segattn.errors.ArgumentError` naming the keywords of ``kwargs`` that model ``name``
     does not take, with the accepted ones (and a close match for a typo)."""
     accepted = model_keywords(name)
-    unknown = [k for k in kwargs if k not in accepted]
+    unknown = unknown_keywords(kwargs, accepted)
     if unknown:
-        hints = []
-        for k in unknown:
-            close = difflib.get_close_matches(k, accepted, n=1, cutoff=0.6)
-            hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        raise ArgumentError(f"create_model: model {name!r} takes no keyword argument(s) {', '.join(hints)}; "
+        raise ArgumentError(f"create_model: model {name!r} takes no keyword argument(s) {unknown}; "
                             f"accepted: {', '.join(accepted)}")
 
 
