@@ -117,3 +117,19 @@ def test_validation_progress_follows_train_progress(tmp_path, monkeypatch, shown
     monkeypatch.setattr(train_mod, "evaluate", spy)
     _run(tmp_path, iters=2, train={"progress": shown})
     assert seen and all(s is shown for s in seen)
+
+
+def test_more_threads_than_cpus_warns_once_in_one_line():
+    """A thread count above the machine's CPUs (a `demo --threads 10000` loaded a 2-core machine for
+    minutes) is named with the count to use; within the CPU count nothing is said."""
+    import os
+    import warnings
+
+    from segattn.engine.train import _warn_oversubscribed
+
+    cpus = os.cpu_count() or 1
+    with pytest.warns(UserWarning, match=rf"train.threads={cpus + 1} is more than the {cpus} CPU\(s\) here"):
+        _warn_oversubscribed(cpus + 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _warn_oversubscribed(cpus)

@@ -50,6 +50,7 @@ import random
 import shlex
 import sys
 import time
+import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -291,6 +292,7 @@ class Trainer(CheckpointMixin, GuardMixin):
         """Train to ``schedule.iters`` (or until interrupted); returns a summary dict."""
         cfg = self.cfg.validate()
         if cfg.train.threads:
+            _warn_oversubscribed(int(cfg.train.threads))
             torch.set_num_threads(int(cfg.train.threads))
         self._check_names()
         self.info = init_distributed(cfg.train.device)  # an unavailable device fails here, before any work
@@ -462,6 +464,15 @@ class Trainer(CheckpointMixin, GuardMixin):
         if self.info.is_main:
             atomic_write_json(os.path.join(cfg.train.work_dir, "summary.json"), json_safe(summary))
         return summary
+
+
+def _warn_oversubscribed(threads: int) -> None:
+    """A warning (not an error: a config written for another machine still runs) when ``threads``
+    exceeds this machine's CPUs, where the extra threads only slow the run down."""
+    cpus = os.cpu_count() or 1
+    if threads > cpus:
+        warnings.warn(f"train.threads={threads} is more than the {cpus} CPU(s) here; threads beyond the CPU count "
+                      f"slow the run down (--set train.threads={cpus}, or --threads for demo / compare)", stacklevel=3)
 
 
 def train(cfg: Config, model: Optional[nn.Module] = None, train_set: Any = None, val_set: Any = None,
