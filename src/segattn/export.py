@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import numbers
 import os
 import re
 import tempfile
@@ -392,6 +393,8 @@ def export(model: nn.Module, out: PathLike, *, format: str = "onnx", size: Any =
         raise ExportError("--opset applies to ONNX exports only")
     if pooling not in ("generic", "refuse"):
         raise ExportError(f"pooling must be 'generic' or 'refuse', got {pooling!r}")
+    if opset is not None and (isinstance(opset, bool) or not isinstance(opset, numbers.Integral)):
+        raise ExportError(f"ONNX opset must be an integer in 18..23, got {opset!r} ({type(opset).__name__})")
     opset = (DEFAULT_OPSET if opset is None else int(opset)) if fmt == "onnx" else None
     if opset is not None and not 18 <= opset <= 23:
         raise ExportError(f"ONNX opset must lie in 18..23 (20 portable, 23 fused Attention), got {opset}")

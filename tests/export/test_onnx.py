@@ -149,6 +149,9 @@ def test_bad_arguments_fail_before_any_work(tmp_path) -> None:
         export_model(net, tmp_path / "a.x", format="tflite")
     with pytest.raises(ExportError, match="opset must lie in 18..23"):
         export_model(net, tmp_path / "a.onnx", opset=17)
+    for bad in ("20", 20.0, True):  # a string or float opset was taken as int(opset), a bool as 1
+        with pytest.raises(ExportError, match=r"opset must be an integer in 18..23, got"):
+            export_model(net, tmp_path / "a.onnx", opset=bad)
     with pytest.raises(ExportError, match="HxW"):
         export_model(net, tmp_path / "a.onnx", size="big")
     with pytest.raises(ExportError, match="at least 8x8"):
