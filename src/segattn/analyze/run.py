@@ -68,7 +68,7 @@ def _checkpoint(run: PathLike) -> Tuple[Path, Dict[str, Any], Any]:
 
 def load_run(run: PathLike) -> Tuple[nn.Module, Any, Dict[str, Any], Dict[str, Any]]:
     """(eval model, run config, meta, entry ``{name, reasoner}``) of a run folder or checkpoint file."""
-    from segattn.compare.runner import ablate_reasoners
+    from segattn.compare.plan import ablate_reasoners
     from segattn.engine import build
     from segattn.engine.run import load_weights
 

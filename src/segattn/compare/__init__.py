@@ -8,9 +8,18 @@ Plans: :mod:`segattn.compare.plan`; runs and resume: :mod:`segattn.compare.runne
 :mod:`segattn.stats` (judged in :mod:`segattn.compare.claims`); report: :mod:`segattn.compare.report`.
 """
 
-from segattn.compare.plan import Claim, Entry, Plan, PlanError, list_plans, load_plan, plan_from_dict
+from segattn.compare.plan import (
+           Claim,
+           Entry,
+           Plan,
+           PlanError,
+           ablate_reasoners,
+           list_plans,
+           load_plan,
+           plan_from_dict,
+)
 from segattn.compare.report import aggregate, collect, write_report
-from segattn.compare.runner import ablate_reasoners, run_plan
+from segattn.compare.runner import run_plan
 
 __all__ = ["Claim", "Entry", "Plan", "PlanError", "list_plans", "load_plan", "plan_from_dict", "aggregate",
            "collect", "write_report", "ablate_reasoners", "run_plan"]

@@ -380,6 +380,28 @@ def validate_plan(plan: Plan, dataset: str, extra: Sequence[str] = ()) -> None:
         _check_entry_model(cfg, e, where)
 
 
+def ablate_reasoners(model: Any) -> int:
+    """Replace every ``LowRankBlock``'s reasoner by ``IdentityReasoner``; returns how many were replaced.
+
+    Only shape-preserving reasoners can go (their output channels equal their input's), which holds
+    for GloRe, SGR, Beyond Grids and LatentGNN; anything else raises ``ValueError``.
+    """
+    from segattn.lowrank import IdentityReasoner, LowRankBlock
+
+    count = 0
+    for name, module in model.named_modules():
+        if isinstance(module, LowRankBlock) and not isinstance(module.reasoner, IdentityReasoner):
+            r = module.reasoner
+            cin, cout = getattr(r, "channels", None), getattr(r, "out_channels", None)
+            if cin is not None and cout is not None and cin != cout:
+                raise ValueError(f"reasoner of {name} maps {cin} -> {cout} channels; an identity cannot replace it")
+            module.reasoner = IdentityReasoner()
+            count += 1
+    if count == 0:
+        raise ValueError("reasoner: identity was asked, but the model has no LowRankBlock with a reasoner")
+    return count
+
+
 def _check_entry_model(cfg: Any, entry: Entry, where: str) -> None:
     """Build the entry's model as its run will (its keywords and values checked, ``reasoner: identity``
     applied) on the meta device: no memory, no weights read, the random state untouched; else on the CPU."""
@@ -388,7 +410,6 @@ def _check_entry_model(cfg: Any, entry: Entry, where: str) -> None:
     import torch
 
     import segattn.data  # noqa: F401  (registers the datasets)
-    from segattn.compare.runner import ablate_reasoners  # the runner imports this module
     from segattn.engine.build import build_model
     from segattn.registry import DATASETS
 

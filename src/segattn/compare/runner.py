@@ -38,7 +38,15 @@ from torch import nn
 
 from segattn.compare.cost import measure_cost
 from segattn.compare.launch import check_launcher, dispatch
-from segattn.compare.plan import Entry, Plan, PlanError, entry_config_dict, load_plan, validate_plan
+from segattn.compare.plan import (
+    Entry,
+    Plan,
+    PlanError,
+    ablate_reasoners,
+    entry_config_dict,
+    load_plan,
+    validate_plan,
+)
 from segattn.compare.reuse import check_reuse_dirs, reuse_pending
 from segattn.compare.rundir import FINAL_WEIGHTS, RESULT, RUN_CONFIG, claim_run, run_dir, source_commit
 from segattn.engine import build
@@ -54,28 +62,6 @@ def _print(msg: str) -> None:
 
 
 # --------------------------------------------------------------------------------------- model
-def ablate_reasoners(model: nn.Module) -> int:
-    """Replace every ``LowRankBlock``'s reasoner by ``IdentityReasoner``; returns how many were replaced.
-
-    Only shape-preserving reasoners can go (their output channels equal their input's), which holds
-    for GloRe, SGR, Beyond Grids and LatentGNN; anything else raises ``ValueError``.
-    """
-    from segattn.lowrank import IdentityReasoner, LowRankBlock
-
-    count = 0
-    for name, module in model.named_modules():
-        if isinstance(module, LowRankBlock) and not isinstance(module.reasoner, IdentityReasoner):
-            r = module.reasoner
-            cin, cout = getattr(r, "channels", None), getattr(r, "out_channels", None)
-            if cin is not None and cout is not None and cin != cout:
-                raise ValueError(f"reasoner of {name} maps {cin} -> {cout} channels; an identity cannot replace it")
-            module.reasoner = IdentityReasoner()
-            count += 1
-    if count == 0:
-        raise ValueError("reasoner: identity was asked, but the model has no LowRankBlock with a reasoner")
-    return count
-
-
 def build_entry_model(cfg: Any, entry: Entry, num_classes: int, seed: int) -> nn.Module:
     """The entry's model, initialised from ``seed`` (and its reasoners ablated if asked)."""
     from segattn.engine.train import seed_everything
