@@ -43,15 +43,17 @@ TASKS = {"synthetic": "the synthetic 128x128 LocalNet task", "camvid": "CamVid f
          "relational": "the synthetic relational task (a shape takes the colour of the cue bar on its own side)",
          "small-objects": "the synthetic small-objects task (class = own texture x far cue colour; every other "
                           "shape about one backbone cell)",
-         "clean-background": "the synthetic clean-background task (the context rule on a smooth background)"}
+         "clean-background": "the synthetic clean-background task (the context rule on a smooth background)",
+         "patchy": "the synthetic patchy task (the clean-background task shaded per 8x8 cell)"}
 # the commands that measure each explanation's claims (8 seeds and a second seed range)
 MEASURE = {
     "1": ["segattn compare survey-table --dataset synthetic --seeds 8 --replicate --analyze",
           "segattn compare reasoning-ablation --dataset relational --seeds 8 --replicate --analyze"],
     "2": ["segattn compare survey-table --dataset clean-background --seeds 8 --replicate --analyze",
           "segattn compare task-validation --dataset clean-background --seeds 8 --replicate --analyze"],
-    "3": ["segattn compare smoothing --dataset synthetic --seeds 8 --replicate --analyze "
-          "--reuse outputs/compare/survey-table-synthetic"],
+    "3": ["segattn compare task-validation --dataset patchy --seeds 8 --replicate --analyze",
+          "segattn compare smoothing --dataset patchy --seeds 8 --replicate --analyze "
+          "--reuse outputs/compare/task-validation-patchy"],
     "4": ["segattn compare bases --dataset small-objects --seeds 8 --replicate --analyze"],
     "5": ["segattn compare survey-table --dataset synthetic --seeds 8 --replicate --analyze",
           "segattn compare survey-table --dataset relational --seeds 8 --replicate --analyze"],
@@ -478,7 +480,7 @@ def validation_block() -> str:
             tail = f"; replication: {r['status']} (second range: {SHORT.get(r.get('second') or '', '-')})" if r else ""
             lines.append(f"- {c['id']}. {c['text']}: {SHORT[c['verdict']]}{tail}.")
         lines.append("")
-    missing = [t for t in ("relational", "small-objects", "clean-background") if t not in done]
+    missing = [t for t in ("relational", "small-objects", "clean-background", "patchy") if t not in done]
     if missing:
         lines.append("Not yet run at 8 seeds: " + ", ".join(f"`{t}`" for t in missing) + " (`segattn compare "
                      "task-validation --dataset TASK --replicate -j 2`); until then no claim on those tasks is read.")

@@ -1,4 +1,4 @@
-"""SyntheticContext tasks (issue 30): relational, small-objects, clean-background; the default unchanged."""
+"""SyntheticContext tasks (issue 30): relational, small-objects, clean-background, patchy; the default unchanged."""
 
 from __future__ import annotations
 
@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 
 from segattn.data import build_dataset
-from segattn.data.synthetic import CUE_COLORS, PATTERNS, TASKS, SyntheticContext
+from segattn.data.synthetic import CUE_COLORS, PATCH, PATTERNS, TASKS, SyntheticContext
 from segattn.engine.config import load_config
+
+
+CLEAN_DIGEST = "97fc417e87bd6507"
 
 
 def _digest(ds: SyntheticContext, n: int) -> str:
@@ -229,8 +232,39 @@ def test_clean_background_is_smooth_and_keeps_the_context_rule():
         assert len(fg) == 1 and np.all(image == np.asarray(CUE_COLORS[int(fg[0]) - 1], np.uint8), -1).any()
 
 
+def test_clean_background_is_unchanged_by_the_patchy_task():
+    # digest of the clean-background items before the patchy task existed (commit 7d1fc5d), 20 items, seed 5
+    protocol = dict(size=(128, 128), num_classes=3, cue_size=32, margin=32)
+    assert _digest(SyntheticContext(20, seed=5, task="clean-background", **protocol), 20) == CLEAN_DIGEST
+
+
+def test_patchy_shades_every_cell_and_keeps_the_context_rule():
+    protocol = dict(size=(128, 128), num_classes=3, cue_size=32, margin=32)
+    ds = SyntheticContext(20, seed=0, task="patchy", **protocol)
+    spreads = []
+    for i in range(20):
+        image, mask = ds.generate(i)
+        g = image[..., 0].astype(int)
+        grey = (image[..., 0] == image[..., 1]) & (image[..., 1] == image[..., 2])
+        bg = (mask == 0) & grey
+        # inside one 8x8 block the background is smooth (the ramp moves at most 1-2 levels per pixel) ...
+        inside = np.abs(np.diff(g, axis=1))[bg[:, 1:] & bg[:, :-1] & (np.arange(1, 128) % PATCH != 0)[None, :]]
+        assert inside.max() <= 2
+        # ... and the blocks differ: the block means of the background spread over tens of grey levels
+        means = [g[y:y + PATCH, x:x + PATCH][bg[y:y + PATCH, x:x + PATCH]].mean()
+                 for y in range(0, 128, PATCH) for x in range(0, 128, PATCH) if bg[y:y + PATCH, x:x + PATCH].all()]
+        spreads.append(np.std(means))
+        fg = np.unique(mask[mask > 0])  # the context rule: one class, the cue's colour, painted unshaded
+        assert len(fg) == 1 and np.all(image == np.asarray(CUE_COLORS[int(fg[0]) - 1], np.uint8), -1).sum() >= 32 * 32
+    # uniform offsets in [-40, 40] have sd 80 / sqrt(12) = 23.1 (the ramp and the clipping move it a little)
+    assert 18 < np.mean(spreads) < 28
+    clean = SyntheticContext(20, seed=0, task="clean-background", **protocol)
+    assert np.mean([np.abs(np.diff(clean.generate(i)[0][..., 0].astype(int), axis=1)).mean() for i in range(5)]) < \
+        np.mean([np.abs(np.diff(ds.generate(i)[0][..., 0].astype(int), axis=1)).mean() for i in range(5)])
+
+
 def test_tasks_are_usable_from_configs():
-    for task in ("relational", "small-objects", "clean-background"):
+    for task in ("relational", "small-objects", "clean-background", "patchy"):
         cfg = load_config(f"synthetic/compare_synthetic_{task.replace('-', '_')}.yaml")
         assert cfg.data.dataset_kwargs["task"] == task
         kw = {**cfg.data.dataset_kwargs, **cfg.data.val_kwargs}

@@ -141,6 +141,9 @@ def test_rules_between_keys():
         load_config(None, ["data.mean=[0.5]"])
     with pytest.raises(ConfigError, match="exclude each other"):
         load_config(None, ["train.resume=auto", "train.overwrite=true"])
+    with pytest.raises(ConfigError, match=r"schedule.min_lr: got 0.1, expected at most optim.lr \(0.01\)"):
+        load_config(None, ["optim.lr=0.01", "schedule.min_lr=0.1"])
+    assert load_config(None, ["optim.lr=0.01", "schedule.min_lr=0.01"]).schedule.min_lr == 0.01
 
 
 def test_yaml_and_json_syntax_errors_name_file_and_line(tmp_path):

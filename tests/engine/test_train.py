@@ -119,6 +119,18 @@ def test_validation_progress_follows_train_progress(tmp_path, monkeypatch, shown
     assert seen and all(s is shown for s in seen)
 
 
+def test_warmup_as_long_as_the_run_warns():
+    import warnings
+
+    from segattn.engine.train import _warn_warmup
+
+    with pytest.warns(UserWarning, match=r"schedule.warmup_iters=50 is not below schedule.iters=20"):
+        _warn_warmup(50, 20)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _warn_warmup(19, 20)
+
+
 def test_more_threads_than_cpus_warns_once_in_one_line():
     """A thread count above the machine's CPUs (a `demo --threads 10000` loaded a 2-core machine for
     minutes) is named with the count to use; within the CPU count nothing is said."""

@@ -21,7 +21,9 @@ CUE_COLORS: Tuple[Color, ...] = (
 )  # fmt: skip
 CUE_NAMES = ("red", "green", "blue", "yellow", "magenta", "cyan", "orange", "brown")
 TEXTURE_LOW, TEXTURE_HIGH = 70, 185
-TASKS = ("context", "relational", "small-objects", "clean-background")
+TASKS = ("context", "relational", "small-objects", "clean-background", "patchy")
+PATCH = 8  # the patchy task's shading block: one 8x8 cell of a stride-8 backbone, anchored to the grid
+PATCH_JITTER = 40  # its brightness offsets are uniform in [-40, 40] grey levels, one per block
 PATTERNS = ("checker", "hstripes", "vstripes", "dots")  # the small-objects task's own-pixel attribute
 
 
@@ -70,6 +72,13 @@ class SyntheticContext(Dataset):
       that carry them separately). ``num_classes`` must be ``1 + T * K`` with ``K >= 1``.
     * ``"clean-background"``: the ``"context"`` rule on a smooth background (one grey level per image
       plus a gentle linear ramp) instead of pixel noise, so added noise is the only noise there is.
+    * ``"patchy"``: the ``"context"`` rule on the clean background, with a patchy shading: every
+      8x8 block of the image grid (one cell of a stride-8 backbone) gets its own brightness offset,
+      uniform in +-40 grey levels, added to the background and to the shapes' texture alike (the cue
+      square is painted over it, unshaded). The features of one class then vary from one cell to the
+      next, while each cell is still smooth inside: within-class variation at the scale of a backbone
+      cell and no pixel noise, what an edge-preserving smoother (a within-class average over a
+      window of cells) has something to remove from (issue 30, explanation 3).
     """
 
     @checked(seed=NON_NEGATIVE, cue_size=NON_NEGATIVE, margin=NON_NEGATIVE, split=("train", "val", "test"))
@@ -160,7 +169,7 @@ class SyntheticContext(Dataset):
 
     def _background(self, rng: np.random.Generator) -> np.ndarray:
         h, w = self.size
-        if self.task != "clean-background":
+        if self.task not in ("clean-background", "patchy"):
             return rng.integers(0, 256, size=(h, w), dtype=np.uint8)
         level, gy, gx = float(rng.uniform(60, 196)), float(rng.uniform(-20, 20)), float(rng.uniform(-20, 20))
         yy, xx = np.mgrid[0:h, 0:w]
@@ -255,8 +264,17 @@ class SyntheticContext(Dataset):
             region = (slice(top, top + bh), slice(left, left + bw))
             image[region] = texture[region][..., None]
             mask[region] = 1 + k
+        if self.task == "patchy":
+            image = self._shade(rng, image)
         self._paint_cue(rng, image, CUE_COLORS[k])
         return image, mask
+
+    def _shade(self, rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
+        """The patchy task's shading: one offset in ``[-PATCH_JITTER, PATCH_JITTER]`` per ``PATCH`` block."""
+        h, w = self.size
+        blocks = rng.integers(-PATCH_JITTER, PATCH_JITTER + 1, size=(-(-h // PATCH), -(-w // PATCH)))
+        offset = np.kron(blocks, np.ones((PATCH, PATCH), dtype=np.int64))[:h, :w]
+        return np.clip(image.astype(np.int64) + offset[..., None], 0, 255).astype(np.uint8)
 
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, torch.Tensor]:
         if index < 0:

@@ -252,6 +252,10 @@ def _check_rules(cfg: "Config") -> None:
     if cfg.model.init and cfg.model.pretrained:
         raise ValueError(f"config keys model.init ({cfg.model.init!r}) and model.pretrained "
                           f"({cfg.model.pretrained!r}) exclude each other: the init folder holds every layer")
+    if cfg.schedule.min_lr > cfg.optim.lr:
+        raise ValueError(f"config key schedule.min_lr: got {cfg.schedule.min_lr}, expected at most optim.lr "
+                         f"({cfg.optim.lr}): it is the floor of the poly decay, above the LR the run would keep one "
+                         "constant LR")
     if cfg.train.resume and cfg.train.overwrite:
         raise ValueError(f"config keys train.resume ({cfg.train.resume!r}) and train.overwrite (true) exclude each "
                           "other: resume continues the run in the work dir, overwrite replaces it")

@@ -294,6 +294,7 @@ class Trainer(CheckpointMixin, GuardMixin):
         if cfg.train.threads:
             _warn_oversubscribed(int(cfg.train.threads))
             torch.set_num_threads(int(cfg.train.threads))
+        _warn_warmup(cfg.schedule.warmup_iters, cfg.schedule.iters)
         self._check_names()
         self.info = init_distributed(cfg.train.device)  # an unavailable device fails here, before any work
         self.amp = build.amp_dtype(cfg.train.amp, cfg.train.amp_dtype, self.info.device)  # so does fp16 off CUDA
@@ -473,6 +474,15 @@ def _warn_oversubscribed(threads: int) -> None:
     if threads > cpus:
         warnings.warn(f"train.threads={threads} is more than the {cpus} CPU(s) here; threads beyond the CPU count "
                       f"slow the run down (--set train.threads={cpus}, or --threads for demo / compare)", stacklevel=3)
+
+
+def _warn_warmup(warmup_iters: int, iters: int) -> None:
+    """A warning when the linear warmup lasts the whole run (the LR never reaches ``optim.lr``): legal
+    for a smoke test that shortens ``schedule.iters``, rarely what a real run means."""
+    if warmup_iters >= iters:
+        warnings.warn(f"schedule.warmup_iters={warmup_iters} is not below schedule.iters={iters}: the whole run is "
+                      f"warmup and the LR never reaches optim.lr (--set schedule.warmup_iters=N with N < {iters})",
+                      stacklevel=3)
 
 
 def train(cfg: Config, model: Optional[nn.Module] = None, train_set: Any = None, val_set: Any = None,
