@@ -51,9 +51,9 @@ MEASURE = {
           "segattn compare reasoning-ablation --dataset relational --seeds 8 --replicate --analyze"],
     "2": ["segattn compare survey-table --dataset clean-background --seeds 8 --replicate --analyze",
           "segattn compare task-validation --dataset clean-background --seeds 8 --replicate --analyze"],
-    "3": ["segattn compare task-validation --dataset patchy --seeds 8 --replicate --analyze",
-          "segattn compare smoothing --dataset patchy --seeds 8 --replicate --analyze "
-          "--reuse outputs/compare/task-validation-patchy"],
+    "3": ["segattn compare smoothing --dataset patchy --seeds 8 --replicate --analyze",
+          "segattn compare task-validation --dataset patchy --seeds 8 --replicate --analyze "
+          "--reuse outputs/compare/smoothing-patchy"],
     "4": ["segattn compare bases --dataset small-objects --seeds 8 --replicate --analyze"],
     "5": ["segattn compare survey-table --dataset synthetic --seeds 8 --replicate --analyze",
           "segattn compare survey-table --dataset relational --seeds 8 --replicate --analyze"],

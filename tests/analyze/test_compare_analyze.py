@@ -75,6 +75,28 @@ def test_compare_keeps_weights_and_analyze_reports_claims(tmp_path, capsys):
     capsys.readouterr()
     assert main(["analyze", str(out), "--out", str(tmp_path / "again")]) == 0
     assert "stored analysis reused" in capsys.readouterr().out
+    # an analysis of the previous version is brought up to date by redoing only the changed steps, and
+    # equals one made afresh (the survey step draws from its own generator)
+    from segattn.analyze.run import UPGRADE, VERSION, analyze_run
+
+    old_version, redo = next((v, steps) for v, steps in UPGRADE.items() if v == VERSION - 1)
+    rdir = out / "runs" / "ema-T1" / "seed0"
+    fresh = json.loads((rdir / "analysis.json").read_text())
+    stale = {k: v for k, v in fresh.items() if not k.startswith("roughness_")}
+    stale["settings"] = {"version": old_version, "max_images": None}
+    stale["miou_clean"] = -1.0  # a number of a kept step: kept as stored, not measured again
+    (rdir / "analysis.json").write_text(json.dumps(stale))
+    lines = []
+    again = analyze_run(rdir, log=lines.append)
+    assert [line.split(" (")[0] for line in lines] == [f"analyze {step}" for step in redo]
+    assert again["miou_clean"] == -1.0 and again["settings"]["version"] == VERSION
+    for key, value in fresh.items():
+        if key not in ("miou_clean", "seconds") and isinstance(value, float):
+            assert again[key] == pytest.approx(value, rel=1e-9, nan_ok=True), key
+    stale["settings"] = {"version": old_version - 1, "max_images": None}  # older still: made afresh
+    (rdir / "analysis.json").write_text(json.dumps(stale))
+    lines.clear()
+    assert analyze_run(rdir, log=lines.append)["miou_clean"] == fresh["miou_clean"] and len(lines) == 6
 
 
 def test_analyze_refuses_bad_input_in_one_line(tmp_path, capsys):

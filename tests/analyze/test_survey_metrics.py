@@ -204,3 +204,31 @@ def test_counterfactual_change():
     c = a.clone()
     c[:, mask] *= 2  # the masked pixels doubled: change energy = their energy
     assert S.counterfactual_change(a, c, mask) == pytest.approx(1.0, rel=1e-9)
+
+
+def test_roughness_by_hand_and_known_answers():
+    # by hand: 1 channel, 1 x 3 strip of one label, values 0, 1, 3: pairs (0,1), (1,3) -> mean diff^2 2.5;
+    # within = mean (x - 4/3)^2 = (16 + 1 + 25) / 27 = 14 / 9; R = 2.5 / (2 * 14 / 9) = 45 / 56
+    strip = torch.tensor([[[0.0, 1.0, 3.0]]], dtype=torch.float64)
+    assert S.roughness(strip, torch.zeros(1, 3, dtype=torch.long)) == pytest.approx(45 / 56)
+    # within-class white noise reads 1; its k x k box average reads about 1 / k; a ramp reads near 0
+    g = _gen(8)
+    lab = torch.zeros(96, 96, dtype=torch.long)
+    lab[:, 48:] = 1
+    clean = torch.zeros(4, 96, 96, dtype=torch.float64)
+    clean[:, :, 48:] = 5.0
+    noisy = clean + torch.randn(clean.shape, generator=g, dtype=torch.float64)
+    assert S.roughness(noisy, lab) == pytest.approx(1.0, rel=0.05)
+    inner = (slice(None), slice(4, -4), slice(4, 44))  # one class, away from the edge and the zero padding
+    box = S.box_filter(noisy[None], 5)[0][inner]
+    assert S.roughness(box, lab[inner[1:]]) == pytest.approx(1 / 5, rel=0.2)
+    ramp = torch.linspace(0, 1, 96, dtype=torch.float64).expand(1, 96, 96).clone()
+    assert S.roughness(ramp, torch.zeros(96, 96, dtype=torch.long)) < 0.01
+    # blind to scale and to the distance between classes; the ideal smoother lowers it, the identity keeps it
+    assert S.roughness(3.0 * noisy, lab) == pytest.approx(S.roughness(noisy, lab), rel=1e-9)
+    assert S.roughness(noisy + 4.0 * clean, lab) == pytest.approx(S.roughness(noisy, lab), rel=1e-9)
+    assert S.roughness(S.label_box_filter(noisy, lab, 7), lab) < 0.3
+    # NaN without within-class spread; shapes checked
+    assert math.isnan(S.roughness(clean, lab))
+    with pytest.raises(ValueError):
+        S.roughness(noisy[0], lab)

@@ -70,7 +70,9 @@ def derive(r: Dict[str, Any]) -> Dict[str, Any]:
     * ``within_ratio`` / ``between_ratio`` = output / input within- and between-class variance in the
       input's units (meaningful for maps in the input's scale: the filters, residual modules);
       ``within_frac_ratio`` = output / input within-class *share* of the map's own variance (scale-free:
-      the claims use it); ``boundary_ratio`` = output / input boundary contrast (scale-free); ``*_box3``
+      a function of J, descriptive); ``roughness_ratio`` = output / input within-class roughness
+      (scale-free, blind to the distance between classes: the claims use it); ``boundary_ratio`` =
+      output / input boundary contrast (scale-free); ``*_box3``
       the same for the 3 x 3 box filter, ``*_ebox7`` for the 7 x 7 label-aware one (the controls);
     * EMA runs: ``swap_gain`` = mIoU at T = 1 − mIoU at the trained T (points); ``iter_sep_gain`` =
       pooled J of the module output at the trained T − at T = 1; ``iter_cf_ratio`` = counterfactual
@@ -80,7 +82,7 @@ def derive(r: Dict[str, Any]) -> Dict[str, Any]:
     """
     out = dict(r)
     out["erank_path_ratio"] = _ratio(r.get("erank_path"), r.get("erank_in"))
-    for part in ("within", "between", "boundary_contrast", "within_frac"):
+    for part in ("within", "between", "boundary_contrast", "within_frac", "roughness"):
         name = "boundary" if part == "boundary_contrast" else part
         for tag, suffix in (("", "out"), ("_box3", "box3"), ("_ebox7", "ebox7")):
             out[f"{name}_ratio{tag}"] = _ratio(r.get(f"{part}_{suffix}"), r.get(f"{part}_in"))
@@ -145,8 +147,8 @@ def _denoising(e: str, ref: Optional[str], groups: Dict[str, Dict[int, Dict[str,
 
 
 def _smoothing(e: str) -> List[Dict[str, Any]]:
-    return [claim(f"3w.{e}", f"`{e}` lowers the within-class share of the feature variance by at least 10 % "
-                             "(scale-free; null: within share out / in >= 0.9)", "below", "within_frac_ratio", e,
+    return [claim(f"3w.{e}", f"`{e}` smooths inside classes: it lowers the within-class roughness by at least 10 % "
+                             "(scale-free; null: roughness out / in >= 0.9)", "below", "roughness_ratio", e,
                   threshold=0.9, explanation="3"),
             claim(f"3b.{e}", f"`{e}` keeps the contrast across label edges (boundary contrast out / in above 0.9; "
                              "null: <= 0.9)", "above", "boundary_ratio", e, threshold=0.9, explanation="3")]
@@ -255,10 +257,10 @@ CONTROLS = [
     ("2", "identity map: denoising index 1", "denoise_index_identity", "all", 0.999, 1.001,
      "the index reads 1 where nothing is denoised"),
     ("2", "3 x 3 box filter denoises", "denoise_index_box3", "all", 0.0, 0.9, "the index detects a known denoiser"),
-    ("3", "no-context slot: within-class share ratio 1", "within_frac_ratio", "identity", 0.999, 1.001,
-     "the within-class share reads 1 on the identity"),
-    ("3", "label-aware 7 x 7 box filter lowers the within-class share", "within_frac_ratio_ebox7", "context", 0.0, 0.9,
-     "the within-class share detects the ideal edge-preserving smoother"),
+    ("3", "no-context slot: roughness ratio 1", "roughness_ratio", "identity", 0.999, 1.001,
+     "the within-class roughness reads 1 on the identity"),
+    ("3", "label-aware 7 x 7 box filter lowers the roughness", "roughness_ratio_ebox7", "context", 0.0, 0.9,
+     "the within-class roughness detects the ideal edge-preserving smoother"),
     ("3", "label-aware 7 x 7 box filter keeps edges", "boundary_ratio_ebox7", "context", 1.0, 1000.0,
      "the boundary ratio rises under the ideal edge-preserving smoother"),
     ("3", "3 x 3 box filter blurs edges", "boundary_ratio_box3", "all", 0.0, 0.9,

@@ -27,7 +27,7 @@ ACCURACY = [("miou_clean", "mIoU", 1), ("drop_noise_0.1", "drop σ=0.1", 1), ("d
             ("acc_small", "acc small", 1), ("meanrow_drop", "mean-row drop", 1)]
 MECHANISMS = [("erank_path_ratio", "erank path/in", 2), ("fisher_gain_path", "Fisher path/in", 2),
               ("denoise_index_out", "denoise out", 2), ("denoise_index_path", "denoise path", 2),
-              ("within_frac_ratio", "within share out/in", 2), ("boundary_ratio", "boundary out/in", 2),
+              ("roughness_ratio", "roughness out/in", 2), ("boundary_ratio", "boundary out/in", 2),
               ("bases_relative_cosine", "bases rel. cos", 2), ("bases_gram_erank_fraction", "Gram erank/K", 2),
               ("bases_recon_error_small", "recon err small", 2), ("cf_logits", "cf logits", 3)]
 

@@ -25,13 +25,17 @@ from segattn.engine.workdir import WorkDirError, WorkDirLock
 from segattn.errors import SegattnError
 from segattn.io import atomic_write_json
 
-VERSION = 8  # bump when a measurement changes: stored analyses of another version are redone
+VERSION = 9  # bump when a measurement changes: stored analyses of another version are redone
 # 3: TV distances and cue mass only for rows that are weight distributions (not GloRe / SGR)
 # 4: the model sees its inputs at the run's eval scale (CamVid protocol: 1/3); same numbers at scale 1
 # 5: segments under 0.01 % of the image left out of the small/medium/large bins (none on the synthetic set)
 # 6: input noise and FGSM in fractions of the pixel range on standardised inputs (CamVid); [0, 1] inputs as before
 # 7: PGD and the gradient-masking check; the "survey" step (metrics that test the statements, issue 30)
 # 8: the label-aware box filter (ebox7, the edge-preserving control); grad_backbone at a neck's output
+# 9: the within-class roughness (the smoothing claim's metric) in the survey step
+# A stored analysis of a version named here is brought up to VERSION by redoing only the steps that changed
+# since (the others' numbers are kept): version 8 -> 9 redoes "survey" (seconds per synthetic run).
+UPGRADE = {8: ("survey",)}
 Log = Callable[[str], None]
 PathLike = Union[str, Path]
 
@@ -129,9 +133,9 @@ def pixel_unit(cfg: Any) -> torch.Tensor:
 
 def analyze_model(model: nn.Module, batches: Sequence[Tuple[torch.Tensor, torch.Tensor]], num_classes: int,
                   ignore_index: int, synthetic: bool = False, log: Log = _print, tag: str = "",
-                  unit: Optional[torch.Tensor] = None) -> Dict[str, Any]:
-    """Every measurement of :mod:`segattn.analyze.measure` on one model; a progress line per step
-    (``unit``: :func:`pixel_unit` of the inputs, for the perturbations' size)."""
+                  unit: Optional[torch.Tensor] = None, only: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    """Every measurement of :mod:`segattn.analyze.measure` on one model (or the steps named in ``only``);
+    a progress line per step (``unit``: :func:`pixel_unit` of the inputs, for the perturbations' size)."""
     out: Dict[str, Any] = {"module": measure.module_name(measure.context_slot(model))}
     em = measure.em_mappers(model)
     out["em_stages"] = em[0].num_stages if em else None
@@ -144,6 +148,8 @@ def analyze_model(model: nn.Module, batches: Sequence[Tuple[torch.Tensor, torch.
         "gradients": lambda: measure.measure_gradients(model, batches, ignore_index),
         "survey": lambda: measure.measure_survey(model, batches, num_classes, ignore_index, synthetic),
     }
+    if only is not None:
+        steps = {name: step for name, step in steps.items() if name in only}
     for i, (name, step) in enumerate(steps.items(), 1):
         t0 = time.time()
         out.update(step())
@@ -151,16 +157,29 @@ def analyze_model(model: nn.Module, batches: Sequence[Tuple[torch.Tensor, torch.
     return out
 
 
+def _read_stored(run: PathLike) -> Optional[Dict[str, Any]]:
+    try:
+        old = json.loads((Path(run) / ANALYSIS).read_text())
+    except (OSError, ValueError):
+        return None
+    return old if isinstance(old, dict) else None
+
+
 def stored_analysis(run: PathLike, max_images: Optional[int] = None) -> Optional[Dict[str, Any]]:
     """The analysis stored in a run folder when it was made by this version with these settings
     (None otherwise, an unreadable file included: it is redone)."""
-    stored = Path(run) / ANALYSIS
-    try:
-        old = json.loads(stored.read_text())
-    except (OSError, ValueError):
-        return None
-    ok = isinstance(old, dict) and old.get("settings") == {"version": VERSION, "max_images": max_images}
+    old = _read_stored(run)
+    ok = old is not None and old.get("settings") == {"version": VERSION, "max_images": max_images}
     return old if ok else None
+
+
+def upgrade_steps(old: Optional[Dict[str, Any]], max_images: Optional[int] = None) -> Optional[Tuple[str, ...]]:
+    """The steps to redo to bring the stored analysis ``old`` up to :data:`VERSION` (:data:`UPGRADE`), or
+    None when it must be made afresh (another version, other settings, nothing stored)."""
+    settings = (old or {}).get("settings")
+    if not isinstance(settings, dict) or settings.get("max_images") != max_images:
+        return None
+    return UPGRADE.get(settings.get("version"))  # type: ignore[arg-type]
 
 
 def analyze_run(run: PathLike, max_images: Optional[int] = None, threads: Optional[int] = None,
@@ -173,6 +192,8 @@ def analyze_run(run: PathLike, max_images: Optional[int] = None, threads: Option
     old = None if force else stored_analysis(p, max_images)
     if old is not None:
         return old
+    previous = None if force or stored is None else _read_stored(p)
+    only = upgrade_steps(previous, max_images)
     if threads:
         torch.set_num_threads(int(threads))
     model, cfg, meta, entry = load_run(run)
@@ -183,7 +204,9 @@ def analyze_run(run: PathLike, max_images: Optional[int] = None, threads: Option
     t0 = time.time()
     with measure.at_eval_scale(model, scale):
         result = analyze_model(model, batches, int(meta["num_classes"]), int(meta.get("ignore_index", 255)),
-                               synthetic, log, tag, pixel_unit(cfg))
+                               synthetic, log, tag, pixel_unit(cfg), only)
+    if only is not None and previous is not None:  # the other steps' numbers are kept
+        result = {**previous, **result}
     result.update({"entry": entry.get("name"), "seed": cfg.train.seed, "checkpoint": str(checkpoint_path(run)),
                    "images": sum(int(b[0].shape[0]) for b in batches), "dataset": cfg.data.dataset, "eval_scale": scale,
                    "seconds": round(time.time() - t0, 1), "settings": settings})

@@ -203,6 +203,33 @@ def boundary_contrast(x: Tensor, labels: Tensor, ignore_index: int = 255) -> flo
     return float(edge.mean() / inside.mean())
 
 
+def roughness(x: Tensor, labels: Tensor, ignore_index: int = 255) -> float:
+    """How fast features vary inside a class, relative to how much they vary there (scale-free).
+
+    ``R = mean_{l_i == l_j} ||f_i - f_j||^2 / (2 within)`` over the 4-neighbour pairs (i, j) of an (H, W)
+    grid with both labels valid and equal, ``within`` as in :func:`variance_split`. Within-class white
+    noise reads 1 in expectation (a neighbour is as far as any pixel of the class); a field that varies
+    slowly inside each class reads near 0; a k x k box average of white noise reads about 1 / k. A
+    smoother lowers R whatever it does to the distance between classes and to the map's scale, which a
+    share of the variance (within / total, a function of J = within / between) cannot tell apart.
+    ``x`` (C, H, W), labels (H, W). NaN when there is no within-class pair or no within-class spread."""
+    if x.dim() != 3 or labels.shape != x.shape[-2:]:
+        raise ValueError(f"roughness needs (C, H, W) features and (H, W) labels, got "
+                         f"{tuple(x.shape)} and {tuple(labels.shape)}")
+    f = x.detach().double()
+    lab = labels.to(f.device)
+    sums, count = 0.0, 0
+    for a, b, la, lb in ((f[:, :, 1:], f[:, :, :-1], lab[:, 1:], lab[:, :-1]),
+                         (f[:, 1:, :], f[:, :-1, :], lab[1:, :], lab[:-1, :])):
+        pair = (la == lb) & (la != ignore_index)
+        sums += float(((a - b) ** 2).sum(0)[pair].sum())
+        count += int(pair.sum())
+    within = variance_split(x, labels, ignore_index)["within"]
+    if count == 0 or not within > 0:
+        return NAN
+    return sums / count / (2.0 * within)
+
+
 # -------------------------------------------------------------------------------------------- bases
 def _unit_columns(b: Tensor) -> Tensor:
     norms = b.norm(dim=0)

@@ -9,7 +9,7 @@ One step, :func:`measure_survey`, on the measured module (:func:`~segattn.analyz
 * denoising: noise passed vs centred signal passed, for the module, its context path, a 3 x 3 box
   filter and the identity, on the same input and the same noise;
 * smoothing: within- / between-class variance in the input's normalisation and as shares of the map's
-  own variance (scale-free), boundary contrast; controls: a 3 x 3 box filter (blurs edges) and a
+  own variance, within-class roughness (scale-free), boundary contrast; controls: a 3 x 3 box filter (blurs edges) and a
   7 x 7 label-aware box filter (the ideal edge-preserving smoother, in Local Relation's window);
 * bases: centred / relative cosine, Gram effective rank / K, reconstruction error on small segments;
 * information flow (synthetic set): swap the cue colours, measure the change of the shape cells'
@@ -199,6 +199,7 @@ def _image(module: nn.Module, r: Tensor, c: Tensor, lab: Tensor, ignore_index: i
             out[f"within_{k}"], out[f"between_{k}"] = v["within"] / t, v["between"] / t
         out[f"within_frac_{k}"] = v["within"] / v["total"] if v["total"] else NAN
         out[f"boundary_contrast_{k}"] = S.boundary_contrast(f, lab, ignore_index)
+        out[f"roughness_{k}"] = S.roughness(f, lab, ignore_index)
     # bases
     parts = lowrank_parts(module, x) if not isinstance(module, nn.Identity) else None
     if parts is not None:
