@@ -48,7 +48,7 @@ def _mechanisms(s):
     """One run's measured mechanism metrics (seed ``s``), each a little noisy around a clear value."""
     j = SPREAD[s]
     return {"erank_path": 2.0 + j, "erank_in": 40.0, "fisher_gain_path": 30.0 + j, "denoise_index_out": 0.99 + j,
-            "denoise_index_path": 0.5 + j, "within_frac_out": 0.4 + j, "within_frac_in": 0.8,
+            "denoise_index_path": 0.5 + j, "roughness_out": 0.4 + j, "roughness_in": 0.8,
             "boundary_contrast_out": 8.0 + j,
             "boundary_contrast_in": 8.0, "meanrow_drop": 10.0 + j, "miou_clean": 90.0 + j}
 
@@ -69,7 +69,7 @@ def test_generated_mechanism_claims_state_null_and_margin_and_are_judged():
     got = {c["id"]: c["verdict"] for c in judge(claims, groups)}
     assert got["1r.ema"] == "holds" and got["1f.ema"] == "holds"      # rank 2 of 40; Fisher gain 30
     assert got["2d.ema"] == "does not hold" and got["2a.ema"] == "holds"  # the residual passes the noise back
-    assert got["3w.ema"] == "holds" and got["3b.ema"] == "holds"      # within halved, edges kept
+    assert got["3w.ema"] == "holds" and got["3b.ema"] == "holds"      # roughness halved, edges kept
     assert got["6q.ema"] == "does not hold"                           # the mean row costs 10 points
 
 
@@ -89,17 +89,17 @@ def test_robustness_is_compared_only_at_matched_clean_accuracy():
 def test_controls_pass_on_known_answers_and_fail_otherwise():
     from segattn.analyze.claims import controls
 
-    good = {"denoise_index_identity": 1.0, "denoise_index_box3": 0.4, "within_frac_in": 0.8, "within_frac_ebox7": 0.4,
+    good = {"denoise_index_identity": 1.0, "denoise_index_box3": 0.4, "roughness_in": 0.8, "roughness_ebox7": 0.4,
             "boundary_contrast_ebox7": 40.0, "boundary_contrast_box3": 5.0, "boundary_contrast_in": 8.0}
-    groups = {"fcn": {0: derive({**good, "module": "identity", "within_frac_out": 0.8, "fisher_gain_path": 1.0})},
+    groups = {"fcn": {0: derive({**good, "module": "identity", "roughness_out": 0.8, "fisher_gain_path": 1.0})},
               "ema": {0: derive({**good, "module": "ema"})}}
     got = {c["metric"]: c["ok"] for c in controls(groups)}
     assert all(got.values()), got
     # the label-aware smoother's controls read the context entries only (whose claims are read)
-    groups["fcn"][0] = derive({**good, "module": "identity", "within_frac_out": 0.8, "fisher_gain_path": 1.0,
-                               "within_frac_ebox7": 0.78})
-    assert {c["metric"]: c["ok"] for c in controls(groups)}["within_frac_ratio_ebox7"] is True
-    groups["ema"][0] = derive({**good, "module": "ema", "within_frac_ebox7": 0.78})
-    assert {c["metric"]: c["ok"] for c in controls(groups)}["within_frac_ratio_ebox7"] is False
+    groups["fcn"][0] = derive({**good, "module": "identity", "roughness_out": 0.8, "fisher_gain_path": 1.0,
+                               "roughness_ebox7": 0.78})
+    assert {c["metric"]: c["ok"] for c in controls(groups)}["roughness_ratio_ebox7"] is True
+    groups["ema"][0] = derive({**good, "module": "ema", "roughness_ebox7": 0.78})
+    assert {c["metric"]: c["ok"] for c in controls(groups)}["roughness_ratio_ebox7"] is False
     groups["ema"][0] = derive({**good, "module": "ema", "denoise_index_box3": 1.2})  # a "box filter" that amplifies
     assert {c["metric"]: c["ok"] for c in controls(groups)}["denoise_index_box3"] is False

@@ -12,6 +12,16 @@ def _gen(seed=0):
     return torch.Generator().manual_seed(seed)
 
 
+def _two_segments(size, step, seed):
+    """Labels 0 | 1 (left | right half of a size x size grid), 4 channels at 0 | ``step``, and the same
+    plus unit white noise: (labels, clean, noisy)."""
+    lab = torch.zeros(size, size, dtype=torch.long)
+    lab[:, size // 2:] = 1
+    clean = torch.zeros(4, size, size, dtype=torch.float64)
+    clean[:, :, size // 2:] = step
+    return lab, clean, clean + torch.randn(clean.shape, generator=_gen(seed), dtype=torch.float64)
+
+
 # ------------------------------------------------------------------------------------------ Fisher
 def test_fisher_ratio_by_hand():
     # class 0 at {0, 2} (mean 1), class 1 at {10, 12} (mean 11): S_W = 1, S_B = 0.5 * 25 + 0.5 * 25 = 25
@@ -143,12 +153,7 @@ def test_label_box_filter_never_mixes_labels_and_averages_inside():
     assert torch.allclose(got, torch.tensor([[[1.5, 3.0, 4.5]]], dtype=torch.float64))
     # white noise on the two segments: the within-class share falls, the edge contrast rises (the ideal
     # edge-preserving smoother); a plain box filter lowers the edge contrast relative to it
-    g = _gen(7)
-    lab = torch.zeros(32, 32, dtype=torch.long)
-    lab[:, 16:] = 1
-    clean = torch.zeros(4, 32, 32, dtype=torch.float64)
-    clean[:, :, 16:] = 1.0
-    noisy = clean + torch.randn(clean.shape, generator=g, dtype=torch.float64)
+    lab, clean, noisy = _two_segments(32, 1.0, 7)
     smooth = S.label_box_filter(noisy, lab, 7)
     share = [S.variance_split(t, lab)["within"] / S.variance_split(t, lab)["total"] for t in (noisy, smooth)]
     assert share[1] < 0.5 * share[0]
@@ -212,12 +217,7 @@ def test_roughness_by_hand_and_known_answers():
     strip = torch.tensor([[[0.0, 1.0, 3.0]]], dtype=torch.float64)
     assert S.roughness(strip, torch.zeros(1, 3, dtype=torch.long)) == pytest.approx(45 / 56)
     # within-class white noise reads 1; its k x k box average reads about 1 / k; a ramp reads near 0
-    g = _gen(8)
-    lab = torch.zeros(96, 96, dtype=torch.long)
-    lab[:, 48:] = 1
-    clean = torch.zeros(4, 96, 96, dtype=torch.float64)
-    clean[:, :, 48:] = 5.0
-    noisy = clean + torch.randn(clean.shape, generator=g, dtype=torch.float64)
+    lab, clean, noisy = _two_segments(96, 5.0, 8)
     assert S.roughness(noisy, lab) == pytest.approx(1.0, rel=0.05)
     inner = (slice(None), slice(4, -4), slice(4, 44))  # one class, away from the edge and the zero padding
     box = S.box_filter(noisy[None], 5)[0][inner]

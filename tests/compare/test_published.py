@@ -153,7 +153,7 @@ def _runs(seeds, version=None, box3_denoise=0.2):
                  "fisher_gain_path": 1.0 if not ctx else 3.0 + rng.uniform(0, 1),
                  "denoise_index_identity": 1.0, "denoise_index_box3": box3_denoise,
                  "denoise_index_out": 1.0 if not ctx else 0.5 + rng.uniform(0, 0.1), "denoise_index_path": 0.3,
-                 "within_frac_in": 0.8, "within_frac_out": 0.8 if not ctx else 0.4, "within_frac_ebox7": 0.4,
+                 "roughness_in": 0.8, "roughness_out": 0.8 if not ctx else 0.4, "roughness_ebox7": 0.4,
                  "boundary_contrast_in": 2.0, "boundary_contrast_out": 2.0 if not ctx else 2.2,
                  "boundary_contrast_box3": 1.0, "boundary_contrast_ebox7": 8.0}
             out.append(r)
