@@ -11,7 +11,6 @@ from segattn.data import build_dataset
 from segattn.data.synthetic import CUE_COLORS, PATCH, PATTERNS, TASKS, SyntheticContext
 from segattn.engine.config import load_config
 
-
 CLEAN_DIGEST = "97fc417e87bd6507"
 
 
