@@ -334,14 +334,18 @@ def explanation_block(n: str, folders: Optional[Sequence[Path]] = None, page: Op
 def spread_block() -> str:
     """The same (entry, seed) trained in several published folders: what "deterministic" means here."""
     seen: Dict[str, List[str]] = {}
+    names: Dict[str, str] = {}
     for path in sorted(RESULTS.glob("*/runs/fcn/seed0/result.json")):
         r = _load(path)
         tag = f"{100 * r['metrics']['mIoU']:.2f} (`{path.parts[-5]}`, {r['train'].get('threads')} thread(s))"
-        seen.setdefault(str(r["config"]["data"].get("dataset")) + " " + json.dumps(r["config"]["data"].get("dataset_kwargs"),
-                                                                                   sort_keys=True), []).append(tag)
+        data = r["config"]["data"]
+        key = str(data.get("dataset")) + " " + json.dumps(data.get("dataset_kwargs"), sort_keys=True)
+        task = (data.get("dataset_kwargs") or {}).get("task")
+        names[key] = str(data.get("dataset")) + (f", task {task}" if task and task != "context" else "")
+        seen.setdefault(key, []).append(tag)
     lines = ["`fcn` seed 0 (same config, same seed) as stored in each published folder:", ""]
     for key, tags in seen.items():
-        lines.append(f"- {key.split(' ', 1)[0]}: " + "; ".join(tags))
+        lines.append(f"- {names[key]}: " + "; ".join(tags))
     return "\n".join(lines) + "\n"
 
 
@@ -366,7 +370,7 @@ KIND_TEXT = {
     "2a": "the context path alone passes < 90 % of the noise per unit of centred signal",
     "2n": "loses less mIoU under input noise than the FCN (matched clean mIoU)",
     "2p": "loses less mIoU under PGD than the FCN (matched clean mIoU)",
-    "3w": "lowers the within-class share of the feature variance by >= 10 %",
+    "3w": "smooths inside classes (within-class roughness lowered by >= 10 %)",
     "3b": "keeps the contrast across label edges (> 0.9 of the input's)",
     "4c": "EMA T = 1's bases are less similar to each other than the bases of",
     "4k": "EMA T = 1's bases span more directions (Gram erank / K) than the bases of",
