@@ -34,7 +34,8 @@ VERSION = 9  # bump when a measurement changes: stored analyses of another versi
 # 8: the label-aware box filter (ebox7, the edge-preserving control); grad_backbone at a neck's output
 # 9: the within-class roughness (the smoothing claim's metric) in the survey step
 # A stored analysis of a version named here is brought up to VERSION by redoing only the steps that changed
-# since (the others' numbers are kept): version 8 -> 9 redoes "survey" (seconds per synthetic run).
+# since (the others' numbers are kept): version 8 -> 9 redoes "survey" (seconds per synthetic run). When VERSION
+# moves on, each entry lists every step changed since its version (or is dropped: made afresh).
 UPGRADE = {8: ("survey",)}
 Log = Callable[[str], None]
 PathLike = Union[str, Path]
