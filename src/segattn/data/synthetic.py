@@ -76,9 +76,10 @@ class SyntheticContext(Dataset):
       8x8 block of the image grid (one cell of a stride-8 backbone) gets its own brightness offset,
       uniform in +-40 grey levels, added to the background and to the shapes' texture alike (the cue
       square is painted over it, unshaded). The features of one class then vary from one cell to the
-      next, while each cell is still smooth inside: within-class variation at the scale of a backbone
-      cell and no pixel noise, what an edge-preserving smoother (a within-class average over a
-      window of cells) has something to remove from (issue 30, explanation 3).
+      next (the background is smooth inside a cell, the shapes keep their texture): within-class
+      variation at the scale of a backbone cell and no pixel noise, what an edge-preserving smoother
+      (a within-class average over a window of cells) has something to remove from (issue 30,
+      explanation 3).
     """
 
     @checked(seed=NON_NEGATIVE, cue_size=NON_NEGATIVE, margin=NON_NEGATIVE, split=("train", "val", "test"))
