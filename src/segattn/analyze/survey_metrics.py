@@ -176,6 +176,20 @@ def variance_split(x: Tensor, labels: Tensor, ignore_index: int = 255) -> Dict[s
     return {"within": within / n, "between": between / n, "total": float(((f - m) ** 2).sum()) / n}
 
 
+def _neighbour_pairs(x: Tensor, labels: Tensor, ignore_index: int) -> Tuple[Tensor, Tensor, Tensor]:
+    """Over the 4-neighbour pairs (i, j) of an (H, W) grid: ``||f_i - f_j||^2`` (float64), whether the two
+    labels are equal, and whether both are valid (flat tensors, horizontal pairs first)."""
+    f = x.detach().double()
+    lab = labels.to(f.device)
+    diffs, same, valid = [], [], []
+    for a, b, la, lb in ((f[:, :, 1:], f[:, :, :-1], lab[:, 1:], lab[:, :-1]),
+                         (f[:, 1:, :], f[:, :-1, :], lab[1:, :], lab[:-1, :])):
+        diffs.append(((a - b) ** 2).sum(0).reshape(-1))
+        same.append((la == lb).reshape(-1))
+        valid.append(((la != ignore_index) & (lb != ignore_index)).reshape(-1))
+    return torch.cat(diffs), torch.cat(same), torch.cat(valid)
+
+
 def boundary_contrast(x: Tensor, labels: Tensor, ignore_index: int = 255) -> float:
     """Feature contrast across label edges relative to inside segments (ratio).
 
@@ -188,15 +202,7 @@ def boundary_contrast(x: Tensor, labels: Tensor, ignore_index: int = 255) -> flo
     if x.dim() != 3 or labels.shape != x.shape[-2:]:
         raise ValueError(f"boundary_contrast needs (C, H, W) features and (H, W) labels, got "
                          f"{tuple(x.shape)} and {tuple(labels.shape)}")
-    f = x.detach().double()
-    lab = labels.to(f.device)
-    diffs, same, valid = [], [], []
-    for a, b, la, lb in ((f[:, :, 1:], f[:, :, :-1], lab[:, 1:], lab[:, :-1]),
-                         (f[:, 1:, :], f[:, :-1, :], lab[1:, :], lab[:-1, :])):
-        diffs.append(((a - b) ** 2).sum(0).reshape(-1))
-        same.append((la == lb).reshape(-1))
-        valid.append(((la != ignore_index) & (lb != ignore_index)).reshape(-1))
-    d, s, v = torch.cat(diffs), torch.cat(same), torch.cat(valid)
+    d, s, v = _neighbour_pairs(x, labels, ignore_index)
     edge, inside = d[v & ~s], d[v & s]
     if edge.numel() == 0 or inside.numel() == 0 or float(inside.mean()) <= 0:
         return NAN
@@ -216,18 +222,12 @@ def roughness(x: Tensor, labels: Tensor, ignore_index: int = 255) -> float:
     if x.dim() != 3 or labels.shape != x.shape[-2:]:
         raise ValueError(f"roughness needs (C, H, W) features and (H, W) labels, got "
                          f"{tuple(x.shape)} and {tuple(labels.shape)}")
-    f = x.detach().double()
-    lab = labels.to(f.device)
-    sums, count = 0.0, 0
-    for a, b, la, lb in ((f[:, :, 1:], f[:, :, :-1], lab[:, 1:], lab[:, :-1]),
-                         (f[:, 1:, :], f[:, :-1, :], lab[1:, :], lab[:-1, :])):
-        pair = (la == lb) & (la != ignore_index)
-        sums += float(((a - b) ** 2).sum(0)[pair].sum())
-        count += int(pair.sum())
+    d, same, valid = _neighbour_pairs(x, labels, ignore_index)
+    inside = d[same & valid]
     within = variance_split(x, labels, ignore_index)["within"]
-    if count == 0 or not within > 0:
+    if inside.numel() == 0 or not within > 0:
         return NAN
-    return sums / count / (2.0 * within)
+    return float(inside.mean()) / (2.0 * within)
 
 
 # -------------------------------------------------------------------------------------------- bases
