@@ -168,7 +168,7 @@ def analysis_versions(folder: Path, agg: Optional[Dict[str, Any]] = None) -> Lis
     if not found:
         found = {str((json.loads(p.read_text()).get("settings") or {}).get("version"))
                  for p in folder.glob("runs/*/seed*/analysis.json")}
-    return sorted(found)
+    return sorted(found, key=lambda v: (not v.isdigit(), int(v) if v.isdigit() else 0, v))  # 9 before 10
 
 
 def is_current(folder: Path, agg: Optional[Dict[str, Any]] = None) -> bool:

@@ -131,13 +131,24 @@ def test_survey_step_on_context_modules(name):
         assert out["erank_path"] <= 64 + 1e-6
 
 
-def test_small_mask_marks_small_non_background_segments():
-    lab = torch.zeros(10, 10, dtype=torch.long)  # 100 cells: small = at most 2 cells
-    lab[0, 0:2] = 1  # 2 cells: small
-    lab[5:8, 5:8] = 1  # 9 cells: not small
-    lab[9, 9] = 2  # 1 cell: small
-    m = SV._small_mask(lab, 255)
-    assert m.sum() == 3 and m[0, 0] and m[0, 1] and m[9, 9] and not m[6, 6]
+def test_small_cells_are_the_cells_of_acc_smalls_bin():
+    """4r's small segments are 4s's: areas counted in pixels, the bin below the first tertile edge."""
+    from segattn.analyze.measure import segments as SG
+
+    mask = torch.zeros(16, 16, dtype=torch.long)
+    mask[0:2, 0:2] = 1  # 4 px: the small bin
+    mask[8:14, 8:14] = 1  # 36 px
+    mask[0:4, 10:14] = 2  # 16 px: the tertile edge itself, so medium
+    edges = SG.area_edges(SG.segment_records_of(None, [(None, mask[None])], 255))
+    assert edges[:3] == [0.0, 16.0, 36.0]
+    px = SG.small_segment_pixels(mask, edges[1], 255)
+    assert px.sum() == 4 and px[0:2, 0:2].all()
+    cells = SV.small_cells(mask[None], edges[1], (8, 8), 255)
+    assert cells.shape == (1, 8, 8) and cells.sum() == 1 and cells[0, 0, 0]
+    # a 1-px speck (under 0.01 % of a 128x128 image) is not a segment; nor is the background
+    big = torch.zeros(128, 128, dtype=torch.long)
+    big[5, 5] = 1
+    assert not SG.small_segment_pixels(big, 100.0, 255).any()
 
 
 @pytest.mark.parametrize("name", ["a2net", "emanet"])

@@ -25,7 +25,7 @@ from segattn.engine.workdir import WorkDirError, WorkDirLock
 from segattn.errors import SegattnError
 from segattn.io import atomic_write_json
 
-VERSION = 9  # bump when a measurement changes: stored analyses of another version are redone
+VERSION = 10  # bump when a measurement changes: stored analyses of another version are redone
 # 3: TV distances and cue mass only for rows that are weight distributions (not GloRe / SGR)
 # 4: the model sees its inputs at the run's eval scale (CamVid protocol: 1/3); same numbers at scale 1
 # 5: segments under 0.01 % of the image left out of the small/medium/large bins (none on the synthetic set)
@@ -33,10 +33,11 @@ VERSION = 9  # bump when a measurement changes: stored analyses of another versi
 # 7: PGD and the gradient-masking check; the "survey" step (metrics that test the statements, issue 30)
 # 8: the label-aware box filter (ebox7, the edge-preserving control); grad_backbone at a neck's output
 # 9: the within-class roughness (the smoothing claim's metric) in the survey step
+# 10: bases_recon_error_small on the segments of acc_small's bin (areas in pixels), not <= 2 % of the cells
 # A stored analysis of a version named here is brought up to VERSION by redoing only the steps that changed
-# since (the others' numbers are kept): version 8 -> 9 redoes "survey" (seconds per synthetic run). When VERSION
+# since (the others' numbers are kept): versions 8 and 9 -> 10 redo "survey" (seconds per synthetic run). When VERSION
 # moves on, each entry lists every step changed since its version (or is dropped: made afresh).
-UPGRADE = {8: ("survey",)}
+UPGRADE = {8: ("survey",), 9: ("survey",)}
 Log = Callable[[str], None]
 PathLike = Union[str, Path]
 

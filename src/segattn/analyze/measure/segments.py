@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from segattn.analyze import metrics as M
 from segattn.analyze.measure.common import Batches, logits_of
@@ -14,18 +14,26 @@ from segattn.analyze.measure.common import Batches, logits_of
 MIN_SEGMENT_FRACTION = 1e-4  # segments under 0.01 % of the image are annotation fragments, not objects
 
 
-def segment_records_of(model: nn.Module, batches: Batches, ignore_index: int,
+def _min_area(masks: Tensor, min_fraction: float) -> int:
+    return max(1, math.ceil(min_fraction * masks.shape[-2] * masks.shape[-1]))
+
+
+def segment_records_of(model: Optional[nn.Module], batches: Batches, ignore_index: int,
                        min_fraction: float = MIN_SEGMENT_FRACTION) -> List[Dict[str, float]]:
     """Every non-background ground-truth segment of the validation set with its area and correct pixels,
     leaving out those smaller than ``min_fraction`` of their image (at least ``ceil(min_fraction * H * W)``
     pixels are kept). On CamVid's val set (360x480: 18 px) 5298 of the 9062 segments are such specks
     (tree foliage holes, label edges; 0.1 % of the segment pixels); the synthetic set's smallest shape
-    has 110 px, so nothing is left out there."""
+    has 110 px, so nothing is left out there. ``model=None``: the ground truth alone (every pixel counted
+    correct), for the areas."""
     recs: List[Dict[str, float]] = []
     for images, masks in batches:
-        with torch.no_grad():
-            pred = logits_of(model, images).argmax(1)
-        min_area = max(1, math.ceil(min_fraction * masks.shape[-2] * masks.shape[-1]))
+        if model is None:
+            pred = masks
+        else:
+            with torch.no_grad():
+                pred = logits_of(model, images).argmax(1)
+        min_area = _min_area(masks, min_fraction)
         for p, t in zip(pred, masks):
             recs += [r for r in M.segment_records(p.cpu(), t.cpu(), ignore_index,
                                                   classes=[c for c in torch.unique(t).tolist() if c != 0])
@@ -40,6 +48,23 @@ def area_edges(records: Sequence[Dict[str, float]]) -> List[float]:
         return [0.0, math.inf]
     q = [areas[int(len(areas) * f)] for f in (1 / 3, 2 / 3)]
     return [0.0, float(q[0]), float(q[1]), math.inf]
+
+
+def small_segment_pixels(mask: Tensor, max_area: float, ignore_index: int,
+                         min_fraction: float = MIN_SEGMENT_FRACTION) -> Tensor:
+    """(H, W) bool: the pixels of ``mask``'s small segments, those :func:`measure_segments` puts in its
+    small bin (non-background 4-connected components of one class, ``ceil(min_fraction * H * W) <= area <
+    max_area``; ``max_area`` = the first tertile edge of :func:`area_edges`)."""
+    out = torch.zeros(mask.shape, dtype=torch.bool)
+    min_area = _min_area(mask, min_fraction)
+    for c in torch.unique(mask).tolist():
+        if c in (0, ignore_index):
+            continue
+        comp = M.connected_components(mask.cpu() == c)
+        area = torch.bincount(comp.reshape(-1))
+        keep = torch.nonzero((area >= min_area) & (area < max_area))[:, 0]
+        out |= torch.isin(comp, keep[keep > 0])
+    return out
 
 
 def measure_segments(model: nn.Module, batches: Batches, ignore_index: int) -> Dict[str, float]:

@@ -43,6 +43,7 @@ from segattn.analyze.measure.common import (
     logits_of,
 )
 from segattn.analyze.measure.features import lowrank_parts
+from segattn.analyze.measure.segments import area_edges, segment_records_of, small_segment_pixels
 from segattn.data.synthetic import CUE_COLORS
 from segattn.lowrank import LowRankBlock
 from segattn.modules.apcnet import APCNet
@@ -52,7 +53,6 @@ from segattn.modules.pooling import PyramidPooling
 
 BOX = 3  # the box-filter control's size (cells)
 EBOX = 7  # the label-aware box filter's size (cells): Local Relation's window
-SMALL_FRACTION = 0.02  # a segment of at most this share of the feature cells is "small"
 EM_STAGES = (1, 3, 5)  # EM iteration counts of the counterfactual
 
 
@@ -150,24 +150,18 @@ def swap_cues(images: Tensor) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------- per image
-def _small_mask(lab: Tensor, ignore_index: int) -> Tensor:
-    """Cells of non-background segments (4-connected) with at most SMALL_FRACTION of the cells."""
-    out = torch.zeros_like(lab, dtype=torch.bool)
-    limit = max(1, int(SMALL_FRACTION * lab.numel()))
-    for c in torch.unique(lab).tolist():
-        if c in (0, ignore_index):
-            continue
-        comp = M.connected_components(lab == c)
-        area = torch.bincount(comp.reshape(-1))
-        small = torch.nonzero(area <= limit)[:, 0]
-        small = small[small > 0]
-        out |= torch.isin(comp, small)
-    return out
+def small_cells(masks: Tensor, max_area: float, size: Tuple[int, int], ignore_index: int) -> Tensor:
+    """(B, h, w) bool: the feature cells whose pixel centre (:func:`labels_at`) lies on a small segment,
+    the segments of ``acc_small``'s bin (:func:`~segattn.analyze.measure.segments.small_segment_pixels`),
+    their areas counted at pixel resolution."""
+    px = torch.stack([small_segment_pixels(m, max_area, ignore_index) for m in masks])
+    return labels_at(px.long().to(masks.device), size) > 0
 
 
-def _image(module: nn.Module, r: Tensor, c: Tensor, lab: Tensor, ignore_index: int,
+def _image(module: nn.Module, r: Tensor, c: Tensor, lab: Tensor, small: Tensor, ignore_index: int,
            gen: torch.Generator) -> Tuple[Dict[str, float], Optional[Tensor]]:
-    """Per-image metrics and the context path (C', N) of one image's module input r and output c."""
+    """Per-image metrics and the context path (C', N) of one image's module input r and output c; ``lab``
+    the labels of r's cells, ``small`` the cells of small segments (:func:`small_cells`)."""
     out: Dict[str, float] = {}
     x = r[None]
     path = context_path(module, x)
@@ -207,7 +201,6 @@ def _image(module: nn.Module, r: Tensor, c: Tensor, lab: Tensor, ignore_index: i
         out["bases_centred_cosine"] = S.centred_cosine(bases, feats)
         out["bases_relative_cosine"] = S.relative_cosine(bases, feats, generator=gen)
         out["bases_gram_erank_fraction"] = S.gram_erank_fraction(bases)
-        small = _small_mask(lab, ignore_index)
         if small.any():
             out["bases_recon_error_small"] = S.masked_reconstruction_error(feats, rec, small)
             out["bases_recon_error_rest"] = S.masked_reconstruction_error(feats, rec, ~small)
@@ -255,6 +248,7 @@ def measure_survey(model: nn.Module, batches: Batches, num_classes: int, ignore_
     pooled = {k: Pooled(ignore_index, seed) for k in ("in", "path", "out")}
     clean, meanrow = Confusion(num_classes, ignore_index), Confusion(num_classes, ignore_index)
     has_rows = bool(_aggregators(module))
+    small_max = area_edges(segment_records_of(None, batches, ignore_index))[1]
     for images, masks in batches:
         with torch.no_grad(), capture(module) as st:
             clean.add(logits_of(model, images).argmax(1), masks)
@@ -263,8 +257,9 @@ def measure_survey(model: nn.Module, batches: Batches, num_classes: int, ignore_
                 meanrow.add(logits_of(model, images).argmax(1), masks)
         r, c = st["in"].float(), st["out"].float()
         lab = labels_at(masks, tuple(r.shape[-2:]))
+        small = small_cells(masks, small_max, tuple(r.shape[-2:]), ignore_index)
         for i in range(r.shape[0]):
-            got, path = _image(module, r[i], c[i], lab[i], ignore_index, gen)
+            got, path = _image(module, r[i], c[i], lab[i], small[i], ignore_index, gen)
             for k, v in got.items():
                 vals.setdefault(k, []).append(v)
             pooled["in"].add(r[i], lab[i])
@@ -285,4 +280,4 @@ def measure_survey(model: nn.Module, batches: Batches, num_classes: int, ignore_
     return out
 
 
-__all__ = ["measure_survey", "context_path", "tap_context", "swap_cues", "BOX", "EBOX", "SMALL_FRACTION"]
+__all__ = ["measure_survey", "context_path", "tap_context", "swap_cues", "small_cells", "BOX", "EBOX"]
