@@ -176,6 +176,15 @@ def test_shipped_plans_validate(name):
         validate_plan(plan, dataset)
 
 
+@pytest.mark.parametrize("name", list_plans())
+def test_shipped_plans_with_the_synthetic_task_have_the_issue_30_tasks(name):
+    """A plan that runs on the synthetic task runs on every task of segattn.data.synthetic that tests
+    a mechanism (task-validation itself validates those tasks, not the shipped one)."""
+    plan = load_plan(name)
+    if "synthetic" in plan.protocols:
+        assert {"relational", "small-objects", "clean-background"} <= set(plan.protocols), name
+
+
 def test_shipped_plan_names():
     assert {"survey-table", "reasoning-ablation", "pairwise-functions", "all-modules", "successors", "bases"} <= set(list_plans())
 
