@@ -86,6 +86,26 @@ def test_robustness_is_compared_only_at_matched_clean_accuracy():
     assert not {"2n.ema", "2p.ema"} & {c["id"] for c in make_claims(groups)}
 
 
+def test_robustness_control_is_gcnet_where_the_fcn_is_not_matched():
+    """Context without per-pixel averaging (GCNet: input plus one vector per image) is the matched control
+    when the no-context entry is far below; GCNet itself gets no robustness claim against itself."""
+    from segattn.analyze.claims import judge, make_claims
+
+    groups = _groups(0.7)  # fcn at 62, ema at 90
+    groups["gcnet"] = {s: {"module": "gcnet", "miou_clean": 90.3 + 0.1 * s} for s in range(8)}
+    for e, noise in (("fcn", 20.0), ("ema", 2.0), ("gcnet", 5.0)):
+        for s, run in groups[e].items():
+            run.update({"drop_noise_0.1": noise + SPREAD[s], "drop_pgd20_0.007843": noise + 3 + SPREAD[s]})
+    claims = {c["id"]: c for c in make_claims(groups)}
+    assert claims["2n.ema"]["a"] == "gcnet" and "than `gcnet` (matched clean mIoU)" in claims["2n.ema"]["text"]
+    assert not {"2n.gcnet", "2p.gcnet"} & set(claims)
+    got = {c["id"]: c["verdict"] for c in judge(list(claims.values()), groups)}
+    assert got["2n.ema"] == "holds" and got["2p.ema"] == "holds"  # ema loses 2, gcnet 5
+    for s, run in groups["gcnet"].items():
+        run["miou_clean"] = 80.0 + SPREAD[s]  # no longer matched: no control, no claim
+    assert not {"2n.ema", "2p.ema"} & {c["id"] for c in make_claims(groups)}
+
+
 def test_controls_pass_on_known_answers_and_fail_otherwise():
     from segattn.analyze.claims import controls
 
