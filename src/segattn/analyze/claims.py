@@ -12,8 +12,8 @@ sign-flip test both below 0.025; does not hold = the 95 % interval on the other 
 2. denoising: the module's and its context path's denoising index (noise passed per unit of centred
    signal passed, ``< 0.9``); robustness to input noise and PGD against a matched control (clean mIoU
    within 1 point) that does no per-pixel averaging: the no-context entry, or else GCNet;
-3. edge-preserving smoothing: the within-class share of the variance out / in ``< 0.9`` (scale-free:
-   a module's output has its own units) and boundary contrast out / in ``> 0.9``: both must hold;
+3. edge-preserving smoothing: the within-class roughness out / in ``< 0.9`` (scale-free: a module's
+   output has its own units) and boundary contrast out / in ``> 0.9``: both must hold;
 4. bases: EM bases (EMA T = 1) against pooled / A2 bases: relative cosine, Gram effective rank / K,
    reconstruction error on small segments, accuracy on small segments;
 5. EM iterations: the counterfactual flow of the cue into the shape pixels' logits (``cf_logits``)
@@ -33,7 +33,7 @@ is the one on all runs, both are shown.
 
 :func:`controls` checks, per report, that the controls measured beside the modules behave as their
 known answers say (identity: index 1; 3 x 3 box filter: denoises and blurs edges; a label-aware
-box filter (7 x 7, Local Relation's window): lowers the within-class share and keeps edges; the FCN's identity slot: every path ratio
+box filter (7 x 7, Local Relation's window): lowers the within-class roughness and keeps edges; the FCN's identity slot: every path ratio
 1) before any verdict is read. (The no-context slot's counterfactual flow is not
 a control: its input already sees the cue within the head's 3 x 3 convolutions, 0.07 on a trained
 survey-table FCN.)
