@@ -362,6 +362,59 @@ def readme_block() -> str:
             "[Results](docs/results.md).\n")
 
 
+# The README's scorecard: each statement of the survey, the published report that tests it most directly
+# (a validated task where the mechanism matters) and the claims read there; a claim or report that
+# disappears makes the block fail to generate, so the list cannot go stale silently.
+SCORECARD = [
+    ("Non-local, A2-Net and EMA (T = 1) are equally accurate", "survey-table-synthetic", "compare", ("1a",)),
+    ("More EM iterations are clearly better", "survey-table-synthetic", "compare", ("1b", "1c")),
+    ("The pairwise function matters little", "pairwise-functions-synthetic", "compare", ("3a", "3b")),
+    ("The reasoning step of the low-rank modules adds nothing", "reasoning-ablation-synthetic", "compare",
+     ("2a", "2b", "2c", "2d")),
+    ("1. Low-rank reconstruction makes the classes easier to separate", "bases-synthetic", "analysis",
+     ("1r.ema-T1", "1f.ema-T1", "1f.ppm")),
+    ("2. Non-local is non-local means, hence robust", "task-validation-clean-background", "analysis",
+     ("2d.nonlocal", "2n.nonlocal", "2p.nonlocal")),
+    ("3. Local Relation is an edge-preserving smoother", "smoothing-clean-background", "analysis",
+     ("3w.local-relation", "3b.local-relation")),
+    ("4. EM bases keep the small objects that pooled bases lose", "bases-small-objects", "analysis",
+     ("4s.ppm", "4s.ppm-K16", "4r.ppm-K16")),
+    ("5. More EM iterations bring the shape pixels more of the cue", "survey-table-synthetic", "analysis",
+     ("5f.ema-T3", "5w.ema-T3")),
+    ("6. Non-local's attention is query-independent", "smoothing-clean-background", "analysis", ("6q.nonlocal",)),
+]
+
+
+def _scorecard_state(cid: str, verdict: str, rep: Optional[Dict[str, Any]]) -> str:
+    """``1a`` **holds**, replicated / cannot tell on both ranges / does not hold, then cannot tell."""
+    if rep is None:
+        return f"`{cid}` {SHORT[verdict]} (not replicated yet)"
+    second = SHORT.get(rep.get("second") or "", "not measured")
+    if rep["status"] == "replicated":
+        return f"`{cid}` **{SHORT[verdict]}**, replicated"
+    if rep["status"] == "undecided in both":
+        return f"`{cid}` cannot tell on both ranges"
+    return f"`{cid}` {SHORT[verdict]}, then {second} (not replicated)"
+
+
+def scorecard_block(prefix: str = "docs/") -> str:
+    """The README's table: per statement of the survey (:data:`SCORECARD`), its task and report and the
+    verdicts of the claims that test it, on seeds 0..7 and on the replication."""
+    lines = ["| the survey says | task (report) | claims: verdict on seeds 0..7 and on 8..15 |", "|---|---|---|"]
+    for text, name, kind, ids in SCORECARD:
+        agg = _load(RESULTS / name / f"{kind}.json")
+        meta = _load(RESULTS / name / "compare.json")
+        found = {c["id"]: c for c in agg["claims"]}
+        missing = [i for i in ids if i not in found]
+        if missing:
+            raise KeyError(f"scorecard: {name}/{kind}.json has no claim {missing}")
+        rep = _replication(agg)
+        page = f"{prefix}results/{name}/{kind}.md"
+        lines.append(f"| {text} | {meta['dataset']} ([`{name}`]({page})) | "
+                     + "; ".join(_scorecard_state(i, found[i]["verdict"], rep.get(i)) for i in ids) + " |")
+    return "\n".join(lines) + "\n"
+
+
 # what each analysis claim kind states, for the findings lists ("<kind text> for <entries>")
 KIND_TEXT = {
     "1r": "the context path has an effective rank below half its input's",
@@ -410,58 +463,41 @@ def _replicated_mechanisms(folder: Path) -> Dict[str, Any]:
     return out
 
 
-def _explanation_link(n: str, prefix: str) -> str:
-    return f"[{n}. {EXPLANATIONS[n]}]({prefix}explanations/{EXPLANATION_PAGES[n]}.md)"
+def _explanation_link(n: str) -> str:
+    return f"[{n}. {EXPLANATIONS[n]}](explanations/{EXPLANATION_PAGES[n]}.md)"
 
 
-def findings_block(prefix: str = "docs/") -> str:
-    """The replicated findings: per report with a second seed range, its plan's claims and the mechanism
-    claims both ranges decide the same way (*holds* or *does not hold*), grouped by claim kind. For the
-    README (``prefix="docs/"``, links from the repository root) one line per report, then one line per
-    explanation across the reports; for docs/results.md (``prefix=""``) one list per report."""
+def findings_block() -> str:
+    """docs/results.md's replicated findings: per report with a second seed range, its plan's claims with
+    their replication and the mechanism claims both seed ranges decide the same way (*holds* or *does
+    not hold*), grouped by claim kind. (The README has the shorter :func:`scorecard_block`.)"""
     lines: List[str] = []
-    across: Dict[str, List[str]] = {}
     for folder in compare_reports():
         agg = _load(folder / "compare.json")
         rep = {r["id"]: r for r in (agg.get("replication") or {}).get("status", [])}
         if not rep:
             continue
-        head = (f"**`{agg['plan']}` on {TASKS[agg['dataset']]}** ({agg['seeds']} seeds, replicated on a second range "
-                f"of {agg['seeds']}; [report]({prefix}results/{folder.name}/compare.md))")
-        states = []
+        lines += [f"**`{agg['plan']}` on {TASKS[agg['dataset']]}** ({agg['seeds']} seeds, replicated on a second "
+                  f"range of {agg['seeds']}; [report](results/{folder.name}/compare.md)):", ""]
         for c in agg["claims"]:
             r = rep.get(c["id"], {})
             if r.get("status") == "replicated":
-                states.append((c, f"replicated: **{SHORT[c['verdict']]}**"))
+                state = f"replicated: **{SHORT[c['verdict']]}**"
             else:
-                states.append((c, f"{r.get('status', 'not replicated yet')} (seeds 0..{agg['seeds'] - 1}: "
-                                  f"{SHORT[c['verdict']]}; second range: {SHORT.get(r.get('second') or '', 'not measured')})"))
-        mechanisms = _replicated_mechanisms(folder)
-        if prefix:  # the README: the plan's claims in one line; the mechanisms gathered per explanation
-            lines.append("- " + head + ": " + "; ".join(f"claim {c['id']} {st.split(' (')[0]}" for c, st in states) + ".")
-            where = f"`{agg['plan']}`, {agg['dataset']}"
-            for n, found in mechanisms.items():
-                if "failed" in found:
-                    across.setdefault(n, []).append(f"not read on {where} (controls failed: {'; '.join(found['failed'])})")
-                    continue
-                across.setdefault(n, []).append(f"on {where}: " + "; ".join(
-                    f"`{k}` {SHORT[v]} for {', '.join(f'`{e}`' for e in entries)}" for (k, v), entries in sorted(found.items())))
-            continue
-        lines += [head + ":", ""] + [f"- {c['id']}. {c['text']}: {st}." for c, st in states] + [""]
-        for n, found in mechanisms.items():
+                state = (f"{r.get('status', 'not replicated yet')} (seeds 0..{agg['seeds'] - 1}: {SHORT[c['verdict']]}; "
+                         f"second range: {SHORT.get(r.get('second') or '', 'not measured')})")
+            lines.append(f"- {c['id']}. {c['text']}: {state}.")
+        lines.append("")
+        for n, found in _replicated_mechanisms(folder).items():
             if "failed" in found:
-                lines.append(f"- {_explanation_link(n, prefix)}: not read, its controls failed in this report "
+                lines.append(f"- {_explanation_link(n)}: not read, its controls failed in this report "
                              f"({'; '.join(found['failed'])}).")
                 continue
             parts = [f"*{KIND_TEXT.get(k, k)}* (`{k}`) {SHORT[v]} for {', '.join(f'`{e}`' for e in entries)}"
                      for (k, v), entries in sorted(found.items())]
-            lines.append(f"- {_explanation_link(n, prefix)}: " + "; ".join(parts) + ".")
+            lines.append(f"- {_explanation_link(n)}: " + "; ".join(parts) + ".")
         lines += ["", "Every other claim of these reports is *cannot tell* in at least one seed range, or decided "
                   "differently in the two; the claim texts and numbers are on the linked pages.", ""]
-    if prefix and across:
-        lines += ["", "Mechanism claims (`--analyze`) decided the same way on both seed ranges, by explanation (claim "
-                  "ids as in [the claims table](docs/analyze.md#claims); *holds* / *does not hold* for the entries named):", ""]
-        lines += [f"- {_explanation_link(n, prefix)}: " + " — ".join(across[n]) + "." for n in EXPLANATIONS if n in across]
     return "\n".join(lines).rstrip("\n") + "\n" if lines else "No plan has been published with a replication yet.\n"
 
 
@@ -497,8 +533,8 @@ def blocks() -> Dict[str, str]:
     out.update({f"explanation.{n}": explanation_block(n) for n in EXPLANATIONS})
     out["spread"] = spread_block()
     out["readme-summary"] = readme_block()
-    out["readme-findings"] = findings_block("docs/")
-    out["findings"] = findings_block("")
+    out["readme-scorecard"] = scorecard_block("docs/")
+    out["findings"] = findings_block()
     out["validation"] = validation_block()
     return out
 

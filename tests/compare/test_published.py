@@ -31,7 +31,7 @@ def test_generated_blocks_match_the_report_json():
         assert pub.sync(text, generated) == text, f"{page}: run python scripts/publish_results.py --write"
     results_keys = {m.group("key") for m in pub.BLOCK.finditer(pub.PAGES["results"].read_text())}
     explanation_keys = {k for k in generated if k.startswith("explanation.")}
-    assert results_keys == set(generated) - {"readme-summary", "readme-findings", "validation"} - explanation_keys  # every published report is on the page
+    assert results_keys == set(generated) - {"readme-summary", "readme-scorecard", "validation"} - explanation_keys  # every published report is on the page
     # one page per explanation, each holding exactly its own block
     assert explanation_keys == {f"explanation.{n}" for n in pub.EXPLANATIONS} == {
         k for k in pub.PAGES if k.startswith("explanation.")}
@@ -260,7 +260,7 @@ def test_findings_list_exactly_the_replicated_claims(tmp_path, monkeypatch):
     pub = _publisher()
     src = RESULTS / "survey-table-synthetic"
     ana = json.loads((src / "analysis.json").read_text())
-    block = pub.findings_block("")
+    block = pub.findings_block()
     section = block.split("**`survey-table` on ", 1)[1].split("\n**`", 1)[0]
     status = {r["id"]: r for r in ana["replication"]["status"]}
     for c in ana["claims"]:
@@ -281,7 +281,7 @@ def test_findings_list_exactly_the_replicated_claims(tmp_path, monkeypatch):
     (copy / "analysis.json").write_text(json.dumps(ana))
     monkeypatch.setattr(pub, "RESULTS", tmp_path / "docs" / "results")
     kind, entry = target["id"].split(".", 1)
-    line = _findings_line(pub.findings_block(""), target["explanation"])
+    line = _findings_line(pub.findings_block(), target["explanation"])
     assert f"`{entry}`" not in line.split(f"(`{kind}`) ", 1)[-1].split(";")[0] or f"(`{kind}`) " not in line
 
 
@@ -292,11 +292,38 @@ def test_findings_do_not_read_an_explanation_whose_controls_failed(tmp_path, mon
     copy = tmp_path / "docs" / "results" / "survey-table-synthetic"
     shutil.copytree(RESULTS / "survey-table-synthetic", copy)
     ana = json.loads((copy / "analysis.json").read_text())
-    assert "not read" not in _findings_line(pub.findings_block(""), "3")
+    assert "not read" not in _findings_line(pub.findings_block(), "3")
     for c in ana["controls"]:
         if c["explanation"] == "3":
             c["ok"] = False
     (copy / "analysis.json").write_text(json.dumps(ana))
     monkeypatch.setattr(pub, "RESULTS", tmp_path / "docs" / "results")
-    line = _findings_line(pub.findings_block(""), "3")
+    line = _findings_line(pub.findings_block(), "3")
     assert "not read, its controls failed" in line and "`3w`" not in line
+
+
+def test_scorecard_states_each_claims_verdict_and_replication_from_the_json():
+    """Each README scorecard cell, read back, gives the verdict and the replication status that the
+    report's JSON holds for that claim (read here without the publisher's helpers)."""
+    pub = _publisher()
+    rows = [r for r in pub.scorecard_block().splitlines()[2:] if r.startswith("| ")]
+    assert len(rows) == len(pub.SCORECARD)
+    for row, (_, name, kind, ids) in zip(rows, pub.SCORECARD):
+        agg = json.loads((ROOT / "docs" / "results" / name / f"{kind}.json").read_text())
+        verdict = {c["id"]: c["verdict"] for c in agg["claims"]}
+        status = {r["id"]: r["status"] for r in agg["replication"]["status"]}
+        for cid in ids:
+            cell = row.split(f"`{cid}` ", 1)[1].split(";")[0].split(" |")[0]
+            if status[cid] == "replicated":
+                assert cell == f"**{verdict[cid]}**, replicated", (name, cid, cell)
+            elif status[cid] == "undecided in both":
+                assert cell == "cannot tell on both ranges", (name, cid, cell)
+            else:
+                assert cell.startswith(f"{verdict[cid]}, then ") and cell.endswith("(not replicated)"), (name, cid)
+
+
+def test_scorecard_fails_loudly_when_a_claim_is_gone(monkeypatch):
+    pub = _publisher()
+    monkeypatch.setattr(pub, "SCORECARD", [("x", "survey-table-synthetic", "compare", ("no-such-claim",))])
+    with pytest.raises(KeyError, match="scorecard: survey-table-synthetic/compare.json has no claim"):
+        pub.scorecard_block()
