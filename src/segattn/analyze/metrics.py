@@ -9,7 +9,7 @@ a degenerate but valid input such as one class present).
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -212,6 +212,20 @@ def connected_components(mask: Tensor) -> Tensor:
     return out.reshape(h, w)
 
 
+def class_segments(target: Tensor, ignore_index: int = 255,
+                   classes: Optional[Sequence[int]] = None) -> Iterator[Tuple[int, Tensor, Tensor]]:
+    """Per class present in ``target`` (not ``ignore_index``; only ``classes`` if given) that has a
+    segment: ``(class, components, area)``, the (H, W) 4-connected component labels of the class (0
+    outside, 1..n inside) and the (n + 1,) pixel count of each label (``area[0]`` counts the rest)."""
+    for c in torch.unique(target).tolist():
+        if c == ignore_index or (classes is not None and c not in classes):
+            continue
+        comp = connected_components(target == c)
+        n = int(comp.max())
+        if n > 0:
+            yield int(c), comp, torch.bincount(comp.reshape(-1), minlength=n + 1)
+
+
 def segment_records(pred: Tensor, target: Tensor, ignore_index: int = 255,
                     classes: Optional[Sequence[int]] = None) -> List[Dict[str, float]]:
     """One record per ground-truth segment (4-connected component of one class) of one image.
@@ -220,17 +234,9 @@ def segment_records(pred: Tensor, target: Tensor, ignore_index: int = 255,
     its class). ``classes`` restricts the segments to those classes (e.g. everything but background).
     """
     records = []
-    for c in torch.unique(target).tolist():
-        if c == ignore_index or (classes is not None and c not in classes):
-            continue
-        comp = connected_components(target == c)
-        hit = (pred == c)
-        n = int(comp.max())
-        if n == 0:
-            continue
-        area = torch.bincount(comp.reshape(-1), minlength=n + 1)[1:]
-        good = torch.bincount(comp[hit].reshape(-1), minlength=n + 1)[1:]
-        records += [{"class": int(c), "area": int(a), "correct": int(g)} for a, g in zip(area.tolist(), good.tolist())]
+    for c, comp, area in class_segments(target, ignore_index, classes):
+        good = torch.bincount(comp[pred == c].reshape(-1), minlength=area.numel())[1:]
+        records += [{"class": c, "area": int(a), "correct": int(g)} for a, g in zip(area[1:].tolist(), good.tolist())]
     return records
 
 

@@ -57,11 +57,8 @@ def small_segment_pixels(mask: Tensor, max_area: float, ignore_index: int,
     max_area``; ``max_area`` = the first tertile edge of :func:`area_edges`)."""
     out = torch.zeros(mask.shape, dtype=torch.bool)
     min_area = _min_area(mask, min_fraction)
-    for c in torch.unique(mask).tolist():
-        if c in (0, ignore_index):
-            continue
-        comp = M.connected_components(mask.cpu() == c)
-        area = torch.bincount(comp.reshape(-1))
+    classes = [c for c in torch.unique(mask).tolist() if c != 0]
+    for _, comp, area in M.class_segments(mask.cpu(), ignore_index, classes):
         keep = torch.nonzero((area >= min_area) & (area < max_area))[:, 0]
         out |= torch.isin(comp, keep[keep > 0])
     return out
