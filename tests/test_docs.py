@@ -262,3 +262,40 @@ def test_readme_links_resolve_and_keeps_its_first_commands():
             if anchor not in slugs:
                 broken.append(target)
     assert not broken, f"README links that lead nowhere: {broken}"
+
+
+# the machine-specific folders a published record or page could leak (users have none of them;
+# /tmp is everyone's, so a page may tell a developer to make a throwaway venv there)
+OUTSIDE_PATH = re.compile(r"(?:^|[\s=\"'(])(?:/(?:work|home|root|mnt|scratch)/|\.\./shared\b)")
+
+
+def test_published_pages_and_records_name_no_path_outside_the_repository():
+    """README, docs pages and the records under docs/results name paths inside the repository (or a
+    user's own folders: runs/, outputs/, data/) only: a reader has none of this machine's folders."""
+    files = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md")), *sorted((ROOT / "docs").rglob("*.json")),
+             *sorted((ROOT / "docs").rglob("*.yaml")), *sorted((ROOT / "docs").rglob("*.csv"))]
+    leaks = [f"{f.relative_to(ROOT)}: {m.group(0).strip()}"
+             for f in files for m in [OUTSIDE_PATH.search(f.read_text(encoding="utf-8"))] if m]
+    assert not leaks, leaks
+
+
+def test_the_outside_path_check_can_fail():
+    assert OUTSIDE_PATH.search('"work_dir": "/work/runs/fcn_camvid"')
+    assert OUTSIDE_PATH.search("--out /home/me/peers/x.json")
+    assert OUTSIDE_PATH.search("SEGATTN_DATA=../shared/data")
+    assert not OUTSIDE_PATH.search('"work_dir": "runs/fcn_camvid" (see docs/results/x.json)')
+
+
+@pytest.mark.parametrize("model", ["emanet", "fcn"])
+def test_the_camvid_recipe_rows_are_the_published_records(model):
+    """The one-seed CamVid rows of the README and docs/results.md (mIoU, aAcc, mAcc, wall time) are
+    the numbers of docs/results/camvid_<model>_summary.json."""
+    import json
+    record = json.loads((ROOT / "docs" / "results" / f"camvid_{model}_summary.json").read_text())
+    m = record["metrics"]
+    cells = [f"{100 * m[k]:.1f}" for k in ("mIoU", "aAcc", "mAcc")]
+    for page in ("README.md", "docs/results.md"):
+        row = next(line for line in (ROOT / page).read_text().splitlines() if line.startswith(f"| `{model}` | {cells[0]} "))
+        parts = [c.strip() for c in row.strip("|").split("|")]
+        assert parts[1:4] == cells, (page, row)
+        assert parts[-1] == f"{round(record['wall_time_s'] / 60)} min", (page, row)
