@@ -351,15 +351,25 @@ def spread_block() -> str:
 
 def readme_block() -> str:
     """The README's short status: which reports are at 8 seeds with a replication, and how many are not."""
-    full = [f.name for f in compare_reports() if _load(f / "compare.json")["seeds"] >= 6]
-    rest = [f.name for f in compare_reports() if f.name not in full]
+    seeds_of = {f.name: _load(f / "compare.json")["seeds"] for f in compare_reports()}
+    full = [n for n, k in seeds_of.items() if k >= 6]
+    rest = [n for n in seeds_of if n not in full]
     older = [f.name for f in analysis_reports() if not is_current(f)]
+    seeds = sorted({seeds_of[n] for n in rest})
+    counts = f"{seeds[0]}-{seeds[-1]}" if len(seeds) > 1 else "".join(map(str, seeds))
+    rest_text = (f" The other {_count(len(rest), 'report')} {'has' if len(rest) == 1 else 'have'} {counts} seeds, so "
+                 f"none of {'its' if len(rest) == 1 else 'their'} accuracy claims can hold, and "
+                 f"{_count(len(older), 'analysis', 'analyses')} {'predates' if len(older) == 1 else 'predate'} the current "
+                 f"analysis (version {VERSION}): each one, and the commands that retrain them, in [Results](docs/results.md)."
+                 if rest else "")
     return ("Every published report is judged under the rules of [Comparing modules](docs/compare.md) (Holm-adjusted "
             "t-test and exact sign-flip test; at least 6 seeds to hold; the plans ship with 8 seeds and `--replicate`). "
-            "At 8 seeds with a replication: " + (", ".join(f"`{n}`" for n in full) or "none") + f". The other {len(rest)} "
-            f"reports have 3-5 seeds, so none of their accuracy claims can hold, and {len(older)} of their analyses "
-            f"predate the current analysis (version {VERSION}): each one, and the commands that retrain them, in "
-            "[Results](docs/results.md).\n")
+            "At 8 seeds with a replication: " + (", ".join(f"`{n}`" for n in full) or "none") + "." + rest_text + "\n")
+
+
+def _count(n: int, one: str, many: str = "") -> str:
+    """``1 report``, ``2 reports``."""
+    return f"{n} {one if n == 1 else (many or one + 's')}"
 
 
 # The README's scorecard: each statement of the survey, the published report that tests it most directly
