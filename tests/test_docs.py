@@ -19,6 +19,7 @@ import argparse
 import functools
 import http.server
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -290,7 +291,6 @@ def test_the_outside_path_check_can_fail():
 def test_the_camvid_recipe_rows_are_the_published_records(model):
     """The one-seed CamVid rows of the README and docs/results.md (mIoU, aAcc, mAcc, wall time) are
     the numbers of docs/results/camvid_<model>_summary.json."""
-    import json
     record = json.loads((ROOT / "docs" / "results" / f"camvid_{model}_summary.json").read_text())
     m = record["metrics"]
     cells = [f"{100 * m[k]:.1f}" for k in ("mIoU", "aAcc", "mAcc")]
