@@ -227,14 +227,17 @@ def claim_value(c: Dict[str, Any]) -> str:
     no_ci = lo is None or hi is None or math.isnan(lo) or math.isnan(hi)
     if c["kind"] in ("below", "above"):
         thr = c["threshold"]
-        if c["kind"] == "below":  # the test's values are threshold - value
-            value, ci = thr - mean, None if no_ci else (thr - hi, thr - lo)
-            null = f"null ≥ {thr:g}"
-        else:  # value - threshold
-            value, ci = thr + mean, None if no_ci else (thr + lo, thr + hi)
-            null = f"null ≤ {thr:g}"
+        # the test's values are threshold - value (below) or value - threshold (above); for a ratio
+        # (scale "log") log threshold - log value or its negative, shown as the geometric mean
+        if c.get("scale") == "log":
+            back = (lambda t: thr / math.exp(t)) if c["kind"] == "below" else (lambda t: thr * math.exp(t))
+        else:
+            back = (lambda t: thr - t) if c["kind"] == "below" else (lambda t: thr + t)
+        value, ci = back(mean), None if no_ci else tuple(sorted((back(lo), back(hi))))
+        null = f"null ≥ {thr:g}" if c["kind"] == "below" else f"null ≤ {thr:g}"
+        geo = "geometric mean " if c.get("scale") == "log" else ""
         interval = "no interval" if ci is None else f"[{_g(ci[0])}, {_g(ci[1])}]"
-        return f"`{c['metric']}` {_g(value)} {interval} ({null})"
+        return f"`{c['metric']}` {geo}{_g(value)} {interval} ({null})"
     interval = "no interval" if no_ci else f"[{lo:+.3g}, {hi:+.3g}]"
     return f"Δ `{c['metric']}` {mean:+.3g} {interval}"
 

@@ -5,6 +5,7 @@ import pytest
 
 from segattn.analyze.claims import claim as _claim
 from segattn.analyze.claims import collapsed_runs, derive, judge
+from segattn.analyze.report import describe_claim
 
 SPREAD = [0.01, -0.01, 0.02, -0.02, 0.005, -0.005, 0.015, -0.015]
 
@@ -123,3 +124,47 @@ def test_controls_pass_on_known_answers_and_fail_otherwise():
     assert {c["metric"]: c["ok"] for c in controls(groups)}["roughness_ratio_ebox7"] is False
     groups["ema"][0] = derive({**good, "module": "ema", "denoise_index_box3": 1.2})  # a "box filter" that amplifies
     assert {c["metric"]: c["ok"] for c in controls(groups)}["denoise_index_box3"] is False
+
+
+def _ratio_groups(values):
+    fcn = {s: {"module": "identity", "miou_clean": 62.0} for s in range(len(values))}
+    ema = {s: {"module": "ema", "miou_clean": 90.0, "denoise_index_path": v, "denoise_index_out": v}
+           for s, v in enumerate(values)}
+    return {"fcn": fcn, "ema": ema}
+
+
+def test_a_ratio_claim_is_judged_on_the_log_scale():
+    """A denoising index of 2-4 on most seeds and 100 on one where the path passes almost no signal:
+    the arithmetic mean's interval spans the null (cannot tell); on the log scale it does not hold, and
+    the value shown is the geometric mean."""
+    values = [2.0, 3.0, 4.0, 2.5, 3.5, 100.0, 2.2, 3.1]
+    c = _claim("2a.ema", "path index below 0.9", "below", "denoise_index_path", "ema", threshold=0.9)
+    assert c["scale"] == "log"
+    got = judge([c], _ratio_groups(values))[0]
+    assert got["verdict"] == "does not hold"
+    geo = 1.0
+    for v in values:
+        geo *= v ** (1 / len(values))
+    assert got["diff"]["value"]["mean"] == pytest.approx(geo)
+    linear = judge([{**c, "scale": "linear"}], _ratio_groups(values))[0]
+    assert linear["verdict"] == "cannot tell"
+
+
+def test_on_the_log_scale_a_ratio_and_its_inverse_are_equally_far_from_one():
+    up = judge([_claim("x", "above 1", "above", "denoise_index_out", "ema", threshold=1.0)],
+               _ratio_groups([2.0, 2.1, 1.9, 2.05, 1.95, 2.0, 2.02, 1.98]))[0]
+    down = judge([_claim("y", "below 1", "below", "denoise_index_path", "ema", threshold=1.0)],
+                 _ratio_groups([1 / v for v in [2.0, 2.1, 1.9, 2.05, 1.95, 2.0, 2.02, 1.98]]))[0]
+    assert up["diff"]["mean"] == pytest.approx(down["diff"]["mean"])
+    assert up["verdict"] == down["verdict"] == "holds"
+
+
+def test_a_non_ratio_claim_stays_on_its_own_scale():
+    assert _claim("5s.x", "gain above 1", "above", "swap_gain", "ema", threshold=1.0)["scale"] == "linear"
+
+
+def test_a_non_positive_ratio_is_left_out_and_said():
+    c = _claim("2a.ema", "path index below 0.9", "below", "denoise_index_path", "ema", threshold=0.9)
+    got = judge([c], _ratio_groups([0.5, 0.4, 0.0, 0.45, 0.5, 0.42, 0.48, 0.47]))[0]
+    assert got["diff"]["n"] == 7 and got["diff"]["value"]["nonpositive"] == 1
+    assert "1 value(s) <= 0 left out" in describe_claim(got)

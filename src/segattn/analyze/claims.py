@@ -25,7 +25,9 @@ sign-flip test both below 0.025; does not hold = the 95 % interval on the other 
 Kinds: ``better`` (a paired difference ``a - b``, oriented so that positive favours the claim: the
 test "mean difference > 0"; the claim's ``margin`` is shown, it does not move the boundary) and
 ``below`` / ``above`` (a one-sample statement whose null, margin included, is in its text: the test
-"mean of ``threshold - value`` > 0", or ``value - threshold``).
+"mean of ``threshold - value`` > 0", or ``value - threshold``; for the positive ratios of
+:data:`RATIO_METRICS` "mean of ``log threshold - log value`` > 0", or its negative, and the value shown
+is the geometric mean).
 
 Runs that *collapsed* (clean mIoU at the no-context entry's level, :func:`segattn.stats.collapsed`)
 are counted per entry, and every claim is judged on all runs and on the others; the verdict stated
@@ -42,7 +44,7 @@ survey-table FCN.)
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from segattn import stats
 from segattn.stats import paired, summarize
@@ -117,10 +119,37 @@ def _mean(groups: Dict[str, Dict[int, Dict[str, Any]]], entry: str, metric: str)
 
 
 # ------------------------------------------------------------------------------------------ claims
+# Positive ratios (out / in, path / in, own T / T = 1): a one-sample claim on one of them is judged on
+# log(value) against log(threshold), so that 2x and 1/2 are equally far from 1 and one run with a
+# near-zero denominator cannot rule the interval; the value shown is the geometric mean.
+RATIO_METRICS = ("erank_path_ratio", "fisher_gain_path", "denoise_index_out", "denoise_index_path",
+                 "roughness_ratio", "boundary_ratio", "iter_cf_ratio")
+
+
 def claim(cid: str, text: str, kind: str, metric: str, a: str, b: Optional[str] = None, higher: bool = True,
           margin: float = 0.0, threshold: Optional[float] = None, explanation: str = "") -> Dict[str, Any]:
+    scale = "log" if kind in ("below", "above") and metric in RATIO_METRICS else "linear"
     return {"id": cid, "text": text, "kind": kind, "metric": metric, "a": a, "b": b, "higher": higher,
-            "margin": margin, "threshold": threshold, "explanation": explanation}
+            "margin": margin, "threshold": threshold, "scale": scale, "explanation": explanation}
+
+
+def _log(v: float) -> float:
+    return math.log(v) if v > 0 else NAN
+
+
+def _one_sample(c: Dict[str, Any], vals: List[float]) -> Tuple[List[float], Dict[str, float]]:
+    """The test's values (oriented so that positive favours the claim) and the summary shown: on the
+    log scale for :data:`RATIO_METRICS` (geometric mean and its interval; a value <= 0 is not a
+    ratio: it is left out and counted in ``nonpositive``), else as measured."""
+    sign = 1.0 if c["kind"] == "below" else -1.0
+    if c.get("scale") != "log":
+        return [sign * (c["threshold"] - v) for v in vals], summarize(vals)
+    logs = [_log(v) for v in vals]
+    s = summarize(logs)
+    shown = {"n": s["n"], "nonpositive": sum(1 for v in vals if not v > 0 and not math.isnan(v)),
+             "mean": math.exp(s["mean"]) if s["n"] else NAN, "std": NAN,
+             "ci_low": math.exp(s["ci_low"]) if s["n"] > 1 else NAN, "ci_high": math.exp(s["ci_high"]) if s["n"] > 1 else NAN}
+    return [sign * (math.log(c["threshold"]) - l) for l in logs], shown
 
 
 def _low_rank(e: str) -> List[Dict[str, Any]]:
@@ -221,10 +250,8 @@ def _claim_values(c: Dict[str, Any], groups: Dict[str, Dict[int, Dict[str, Any]]
     a = groups.get(c["a"], {})
     if c["kind"] in ("below", "above"):
         seeds = [s for s in sorted(a) if s not in drop.get(c["a"], [])]
-        vals = values(a, c["metric"], seeds)
-        sign = 1.0 if c["kind"] == "below" else -1.0
-        x = [sign * (c["threshold"] - v) for v in vals]
-        return {"seeds": seeds, "value": summarize(vals), **stats.one_sided(x, 0.0)}
+        x, shown = _one_sample(c, values(a, c["metric"], seeds))
+        return {"seeds": seeds, "value": shown, **stats.one_sided(x, 0.0)}
     b = groups.get(c["b"], {})
     seeds = sorted((set(a) & set(b)) - set(drop.get(c["a"], [])) - set(drop.get(c["b"], [])))
     va, vb = values(a, c["metric"], seeds), values(b, c["metric"], seeds)
@@ -296,5 +323,5 @@ def controls(groups: Dict[str, Dict[int, Dict[str, Any]]]) -> List[Dict[str, Any
     return out
 
 
-__all__ = ["EXPLANATIONS", "CONTROLS", "derive", "group", "values", "claim", "make_claims", "collapsed_runs", "judge",
+__all__ = ["EXPLANATIONS", "CONTROLS", "RATIO_METRICS", "derive", "group", "values", "claim", "make_claims", "collapsed_runs", "judge",
            "controls"]

@@ -102,7 +102,11 @@ def describe_claim(c: Dict[str, Any]) -> str:
     if c["kind"] in ("below", "above"):
         v = d["value"]
         side = "threshold − value" if c["kind"] == "below" else "value − threshold"
-        return (f"{c['metric']} = {_pm(v, 3)} over {n} seed(s); null {c['threshold']:g}, "
+        if c.get("scale") == "log":
+            side = "log " + side.replace(" − ", " − log ")
+        mean = "geometric mean " if c.get("scale") == "log" else ""
+        left = f" ({v['nonpositive']} value(s) <= 0 left out: not a ratio)" if v.get("nonpositive") else ""
+        return (f"{c['metric']} = {mean}{_pm(v, 3)} over {n} seed(s){left}; null {c['threshold']:g}, "
                 f"{side} 95 % CI {_ci(d)}, {_tests(d)}")
     what = f"{c['metric']}: `{c['a']}` − `{c['b']}`" if c["higher"] else f"{c['metric']}: `{c['b']}` − `{c['a']}`"
     return f"{what} = {d['mean']:+.3g} over {n} seed(s), 95 % CI {_ci(d)}, {_tests(d)}"
