@@ -206,7 +206,7 @@ def analysis_block(folder: Path) -> str:
     for c in decided:
         d = c["diff"]
         nc = (c.get("variants") or {}).get("non_collapsed", {}).get("verdict", "-")
-        lines.append(f"| {c['text']} | {SHORT[c['verdict']]} | {SHORT.get(nc, nc)} | {_ci(d)} | "
+        lines.append(f"| {c['text']} | {SHORT[c['verdict']]} | {SHORT.get(nc, nc)} | {claim_value(c)} | "
                      f"{_p(d.get('p_t_adj'))} | {_p(d.get('p_perm'))} |" + (f" {_rep_cell(rep.get(c['id']))} |"
                                                                            if rep is not None else ""))
     return "\n".join(lines) + "\n"
