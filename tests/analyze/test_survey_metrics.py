@@ -52,6 +52,16 @@ def test_fisher_ratio_invariant_to_linear_maps_and_lowered_by_rank_loss():
     assert S.fisher_ratio(rec, lab) > 50 * base
 
 
+def test_fisher_ratio_reaches_its_ridge_bound_along_a_direction_without_within_class_spread():
+    """Channel 0 separates the classes (+-1) with no spread inside them, channel 1 is noise of variance 1
+    in both: S_W = diag(0, 1), S_B = diag(1, 0), eps = ridge * tr(S_W) / C, so the criterion is 1 / eps,
+    the bound ridge^-1 * C * tr(S_B) / tr(S_W) that docs/explanations/low-rank.md states."""
+    lab = torch.tensor([0, 0, 1, 1])
+    x = torch.tensor([[-1.0, -1.0, 1.0, 1.0], [-1.0, 1.0, -1.0, 1.0]], dtype=torch.float64)
+    for ridge in (1e-6, 1e-3):
+        assert S.fisher_ratio(x, lab, ridge=ridge) == pytest.approx(2 * 1.0 / (ridge * 1.0), rel=1e-9)
+
+
 # ---------------------------------------------------------------------------------------- denoising
 def test_identity_passes_noise_and_signal_alike():
     g = _gen(2)
