@@ -313,3 +313,17 @@ def test_unexpected_errors_and_interrupts_are_one_line(monkeypatch, capsys):
     monkeypatch.setattr(predict_mod, "predict", boom)
     with pytest.raises(RuntimeError, match="deep inside"):
         main(argv)
+
+
+def test_segattn_warnings_are_one_line_and_other_libraries_keep_their_format():
+    """A warning issued from segattn's code (such as SGR without a knowledge graph) is one
+    ``segattn <cmd>: warning:`` line, with no source line; one from outside keeps Python's format."""
+    import warnings
+
+    import segattn.cli as cli
+    import segattn.modules.sgr as sgr
+
+    fmt = cli._warning_format("segattn x", warnings.formatwarning)
+    assert fmt("no graph", UserWarning, sgr.__file__, 275, "warnings.warn(") == "segattn x: warning: no graph\n"
+    other = "/usr/lib/python3/site-packages/torch/nn/x.py"
+    assert fmt("elsewhere", UserWarning, other, 3, "").startswith(f"{other}:3: UserWarning: elsewhere")

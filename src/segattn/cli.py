@@ -249,11 +249,15 @@ def join_negative_values(parser: argparse.ArgumentParser, argv: List[str]) -> Li
 
 
 def _warning_format(prog: str, default: Callable[..., str]) -> Callable[..., str]:
-    """``warnings.formatwarning`` that prints segattn's input warnings as ``segattn <cmd>: warning: ...``."""
+    """``warnings.formatwarning`` that prints segattn's own warnings (input warnings, and any warning
+    issued from segattn's code, such as SGR without a knowledge graph) as one line,
+    ``segattn <cmd>: warning: ...``; other libraries' warnings keep Python's format."""
     from segattn.errors import NonFiniteInputWarning
 
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
     def fmt(message: Any, category: type, filename: str, lineno: int, line: Optional[str] = None) -> str:
-        if issubclass(category, NonFiniteInputWarning):
+        if issubclass(category, NonFiniteInputWarning) or os.path.abspath(filename).startswith(package):
             return f"{prog}: warning: {message}\n"
         return default(message, category, filename, lineno, line)
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -369,7 +370,9 @@ def validate_plan(plan: Plan, dataset: str, extra: Sequence[str] = ()) -> None:
             raise PlanError(f"{where}: unknown model {e.model!r}; registered: {sorted(models)}")
         if e.context is not None:
             try:
-                MODULES.create(e.context, 16, **e.context_kw)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # the run itself shows the module's warnings
+                    MODULES.create(e.context, 16, **e.context_kw)
             except (TypeError, ValueError, KeyError) as exc:
                 raise PlanError(f"{where}: context {e.context!r} with {e.context_kw}: {exc}") from None
         try:
@@ -405,7 +408,6 @@ def ablate_reasoners(model: Any) -> int:
 def _check_entry_model(cfg: Any, entry: Entry, where: str) -> None:
     """Build the entry's model as its run will (its keywords and values checked, ``reasoner: identity``
     applied) on the meta device: no memory, no weights read, the random state untouched; else on the CPU."""
-    import warnings
 
     import torch
 
