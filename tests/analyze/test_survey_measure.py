@@ -1,5 +1,7 @@
 """`segattn.analyze.measure` survey step, PGD and the interventions, on models whose answers are known."""
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -186,3 +188,35 @@ def test_gcnet_path_is_its_one_added_vector():
     assert torch.allclose(path, (y - x)[0].reshape(16, -1), atol=1e-5)  # GCNet's output is x + that vector
     from segattn.analyze import metrics as M
     assert M.effective_rank(path) == pytest.approx(1.0, abs=1e-6)
+
+
+def _with_aggregator():
+    """Every registered context module with a Non-local or low-rank aggregator (the taps' targets)."""
+    names = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # SGR without a knowledge graph
+        for name in segattn.list_modules():
+            if SV._aggregators(segattn.create_module(name, in_channels=16)):
+                names.append(name)
+    return names
+
+
+@pytest.mark.parametrize("name", _with_aggregator())
+def test_every_aggregator_is_reached_by_the_taps(name):
+    """The taps see every registered module that has an aggregator: its context path is stored and the
+    mean-row intervention changes the output (DNL's forward once bypassed ``_aggregate``: no path and a
+    mean-row drop of exactly 0, read as "query-independent")."""
+    torch.manual_seed(0)
+    module = segattn.create_module(name, in_channels=16).eval()
+    with torch.no_grad():
+        for p in module.parameters():  # no zero-initialised output: the context must reach the output
+            p.copy_(0.5 * torch.randn_like(p))
+    x = torch.randn(1, 16, 6, 7)
+    with torch.no_grad(), SV.tap_context(module) as plain:
+        y0 = module(x)
+    with torch.no_grad(), SV.tap_context(module, mean_row=True):
+        y1 = module(x)
+    assert "path" in plain, name
+    y0 = y0[0] if isinstance(y0, tuple) else y0
+    y1 = y1[0] if isinstance(y1, tuple) else y1
+    assert not torch.allclose(y0, y1, atol=1e-6), name

@@ -101,6 +101,19 @@ class DisentangledNonLocal2d(NonLocalBase):
     def scale(self) -> float:
         return (self.inter_channels**-0.5 if self.use_scale else 1.0) / self.temperature
 
+    def _aggregate(self, q: Tensor, k: Tensor, v: Tensor, return_attention: bool,
+                   unary: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
+        """The aggregated context tokens (B, 1, N, C'): ``gamma * P v`` (gamma only without W_z) plus the
+        unary term ``u^T g`` when given, and ``P`` (B, 1, N, N) when asked. Everything the block adds to
+        its input before W_z passes here, so the analysis' taps see DNL's whole context path."""
+        if return_attention:
+            y, weights = softmax_attention(q, k, v, scale=self.scale, return_weights=True)
+        else:
+            y, weights = softmax_attention(q, k, v, scale=self.scale), None
+        if self.gamma is not None:
+            y = self.gamma.to(y.dtype) * y
+        return (y if unary is None else y + unary), weights
+
     def unary_term(self, x: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
         """``u^T g`` (B, 1, 1, C') in v's dtype and the unary weights ``u`` (B, N), float32 or more."""
         logits = self.mask(x)
@@ -116,17 +129,8 @@ class DisentangledNonLocal2d(NonLocalBase):
         if self.whiten:
             with full_precision(x.device):
                 q, k = whiten(q), whiten(k)
-        weights: Optional[Tensor] = None
-        if return_attention:
-            y, weights = softmax_attention(q, k, v, scale=self.scale, return_weights=True)
-        else:
-            y = softmax_attention(q, k, v, scale=self.scale)
-        if self.gamma is not None:
-            y = self.gamma.to(y.dtype) * y
-        u = None
-        if self.mask is not None:
-            term, u = self.unary_term(x, v)
-            y = y + term
+        term, u = self.unary_term(x, v) if self.mask is not None else (None, None)
+        y, weights = self._aggregate(q, k, v, return_attention, unary=term)
         context = from_tokens(y, h, w)
         if self.conv_out is not None:
             context = self.conv_out(context)

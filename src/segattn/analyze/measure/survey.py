@@ -86,8 +86,9 @@ def tap_context(module: nn.Module, mean_row: bool = False) -> Iterator[Dict[str,
             continue
         orig = m._aggregate
 
-        def wrapped(q: Tensor, k: Tensor, v: Tensor, ret: bool, _orig: Any = orig, _m: nn.Module = m) -> Any:
-            y, w = _orig(q, k, v, ret)  # y: (B, 1, N, C') tokens
+        def wrapped(q: Tensor, k: Tensor, v: Tensor, ret: bool, *args: Any, _orig: Any = orig, _m: nn.Module = m,
+                    **kwargs: Any) -> Any:
+            y, w = _orig(q, k, v, ret, *args, **kwargs)  # y: (B, 1, N, C') tokens
             if mean_row:
                 y = y.mean(dim=-2, keepdim=True).expand_as(y).clone()
             if _m is aggs[0]:
