@@ -146,9 +146,11 @@ def _one_sample(c: Dict[str, Any], vals: List[float]) -> Tuple[List[float], Dict
         return [sign * (c["threshold"] - v) for v in vals], summarize(vals)
     logs = [_log(v) for v in vals]
     s = summarize(logs)
-    shown = {"n": s["n"], "nonpositive": sum(1 for v in vals if not v > 0 and not math.isnan(v)),
-             "mean": math.exp(s["mean"]) if s["n"] else NAN, "std": NAN,
-             "ci_low": math.exp(s["ci_low"]) if s["n"] > 1 else NAN, "ci_high": math.exp(s["ci_high"]) if s["n"] > 1 else NAN}
+    def back(key: str, least: int) -> float:
+        return math.exp(s[key]) if s["n"] >= least else NAN
+
+    shown = {"n": s["n"], "nonpositive": sum(1 for v in vals if not v > 0 and not math.isnan(v)), "std": NAN,
+             "mean": back("mean", 1), "ci_low": back("ci_low", 2), "ci_high": back("ci_high", 2)}
     return [sign * (math.log(c["threshold"]) - l) for l in logs], shown
 
 
@@ -323,5 +325,5 @@ def controls(groups: Dict[str, Dict[int, Dict[str, Any]]]) -> List[Dict[str, Any
     return out
 
 
-__all__ = ["EXPLANATIONS", "CONTROLS", "RATIO_METRICS", "derive", "group", "values", "claim", "make_claims", "collapsed_runs", "judge",
-           "controls"]
+__all__ = ["EXPLANATIONS", "CONTROLS", "RATIO_METRICS", "derive", "group", "values", "claim", "make_claims",
+           "collapsed_runs", "judge", "controls"]

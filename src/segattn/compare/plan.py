@@ -408,7 +408,6 @@ def ablate_reasoners(model: Any) -> int:
 def _check_entry_model(cfg: Any, entry: Entry, where: str) -> None:
     """Build the entry's model as its run will (its keywords and values checked, ``reasoner: identity``
     applied) on the meta device: no memory, no weights read, the random state untouched; else on the CPU."""
-
     import torch
 
     import segattn.data  # noqa: F401  (registers the datasets)
