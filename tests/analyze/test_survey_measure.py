@@ -118,13 +118,13 @@ def test_mean_row_intervention_equals_mean_attention_row():
     assert "_aggregate" not in module.__dict__  # patch removed
 
 
-@pytest.mark.parametrize("name", ["nonlocal", "emanet", "pspnet"])
+@pytest.mark.parametrize("name", ["nonlocal", "emanet", "pspnet", "danet", "ocnet", "ann"])
 def test_survey_step_on_context_modules(name):
     model = _tiny(name)
     out = measure.measure_survey(model, _synthetic_batches(), 3, 255, synthetic=True)
     keys = ["erank_path", "denoise_index_out", "denoise_index_path", "fisher_in", "fisher_path",
             "boundary_contrast_out", "cf_module", "cf_logits"]
-    keys += ["bases_centred_cosine", "bases_gram_erank_fraction"] if name != "nonlocal" else []
+    keys += ["bases_centred_cosine", "bases_gram_erank_fraction"] if name in ("emanet", "pspnet") else []
     keys += ["miou_meanrow", "meanrow_drop"] if name != "pspnet" else []
     for key in keys:
         assert key in out, key

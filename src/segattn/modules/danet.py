@@ -49,12 +49,16 @@ class PositionAttention(ContextModule):
         """``gamma * Y`` (B, C, H, W) and, on request, the (B, N, N) attention."""
         _, _, h, w = x.shape
         q, k, v = to_tokens(self.query(x)), to_tokens(self.key(x)), to_tokens(self.value(x))
-        if return_attention:
-            y, weights = softmax_attention(q, k, v, scale=1.0, return_weights=True)
-            factors: Optional[Attention] = {"attention": weights.squeeze(1)}
-        else:
-            y, factors = softmax_attention(q, k, v, scale=1.0), None
+        y, weights = self._aggregate(q, k, v, return_attention)
+        factors: Optional[Attention] = None if weights is None else {"attention": weights.squeeze(1)}
         return self.gamma * from_tokens(y, h, w), factors
+
+    def _aggregate(self, q: Tensor, k: Tensor, v: Tensor, return_attention: bool) -> Tuple[Tensor, Optional[Tensor]]:
+        """``Y`` as tokens (B, 1, N, C) and, when asked, ``S`` (B, 1, N, N): the aggregation, one method
+        so that the analysis' taps (:func:`segattn.analyze.measure.survey.tap_context`) reach it."""
+        if return_attention:
+            return softmax_attention(q, k, v, scale=1.0, return_weights=True)
+        return softmax_attention(q, k, v, scale=1.0), None
 
     def forward(self, x: Tensor, return_attention: bool = False) -> ModuleOutput:
         self.check_input(x)

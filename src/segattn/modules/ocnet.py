@@ -6,7 +6,7 @@ projection, zero-initialised output conv); ANN's APNB/AFNB reuse it with pyramid
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -112,17 +112,20 @@ class SelfAttentionUnit(nn.Module):
         xp, sp = self._pool(x), self._pool(source)
         q, k, v = self.project(xp, sp)
         kt, vt = self._kv_tokens(k, v)
-        scale = self.key_channels**-0.5
-        weights = None
-        if return_attention:
-            y, weights = softmax_attention(to_tokens(q), kt, vt, scale=scale, return_weights=True)
-            weights = weights.squeeze(1)
-        else:
-            y = softmax_attention(to_tokens(q), kt, vt, scale=scale)
+        y, weights = self._aggregate(to_tokens(q), kt, vt, return_attention)
+        weights = None if weights is None else weights.squeeze(1)
         ctx = self.out(from_tokens(y, q.shape[2], q.shape[3]))
         if self.pool_scale > 1:
             ctx = F.interpolate(ctx, (h, w), mode="bilinear", align_corners=True)
         return ctx, weights
+
+    def _aggregate(self, q: Tensor, k: Tensor, v: Tensor, return_attention: bool) -> Tuple[Tensor, Optional[Tensor]]:
+        """``v A^T`` as tokens (B, 1, N', C_v) and, when asked, ``A`` (B, 1, N', M): the aggregation, one
+        method so that the analysis' taps (:func:`segattn.analyze.measure.survey.tap_context`) reach it."""
+        scale = self.key_channels**-0.5
+        if return_attention:
+            return softmax_attention(q, k, v, scale=scale, return_weights=True)
+        return softmax_attention(q, k, v, scale=scale), None
 
     def macs(self, height: int, width: int, source_size: Optional[Tuple[int, int]] = None) -> int:
         """MACs of one forward for batch 1 (query map ``height x width``, source map ``source_size``)."""
@@ -247,22 +250,31 @@ def _from_blocks(t: Tensor, rs: int, rc: int, cs: int, cc: int) -> Tensor:
 
 
 def region_attention(
-    q: Tensor, k: Tensor, v: Tensor, regions: int, scale: float, weights: Optional[Dict[str, Tensor]] = None
+    q: Tensor, k: Tensor, v: Tensor, regions: int, scale: float, weights: Optional[Dict[str, Tensor]] = None,
+    aggregate: Optional[Callable[[Tensor, Tensor, Tensor, bool], Tuple[Tensor, Optional[Tensor]]]] = None,
 ) -> Tensor:
     """Softmax self-attention inside each of ``regions x regions`` sub-regions of the map (B, C, H, W).
 
     Regions of equal size are batched into one kernel call (at most four calls). With ``weights`` a
-    dict, the per-call (B, regions, n, n) attention weights are stored in it.
+    dict, the per-call (B, regions, n, n) attention weights are stored in it. ``aggregate(q, k, v,
+    return_weights)`` replaces the softmax kernel on the (B, regions, n, d) blocks (a unit's
+    ``_aggregate``, with its own scale, so that the analysis' taps reach it).
     """
+
+    def softmax_kernel(qb: Tensor, kb: Tensor, vb: Tensor, ret: bool) -> Tuple[Tensor, Optional[Tensor]]:
+        if ret:
+            return softmax_attention(qb, kb, vb, scale=scale, return_weights=True)
+        return softmax_attention(qb, kb, vb, scale=scale), None
+
+    attend = aggregate or softmax_kernel
     rows, r0 = [], 0
     for rs, rc in _splits(q.shape[2], regions):
         cols, c0 = [], 0
         for cs, cc in _splits(q.shape[3], regions):
             blocks = [_to_blocks(t[:, :, r0 : r0 + rs * rc, c0 : c0 + cs * cc], rs, rc, cs, cc) for t in (q, k, v)]
-            if weights is None:
-                y = softmax_attention(*blocks, scale=scale)
-            else:
-                y, weights[f"r{r0}_c{c0}"] = softmax_attention(*blocks, scale=scale, return_weights=True)
+            y, w = attend(*blocks, weights is not None)
+            if weights is not None:
+                weights[f"r{r0}_c{c0}"] = w
             cols.append(_from_blocks(y, rs, rc, cs, cc))
             c0 += cs * cc
         rows.append(torch.cat(cols, dim=3))
@@ -324,7 +336,7 @@ class PyramidOC(ContextModule):
         for s, unit in zip(self.sizes, self.stages):
             q, k, v = unit.project(x)
             weights: Optional[Dict[str, Tensor]] = {} if return_attention else None
-            ctx = region_attention(q, k, v, s, unit.key_channels**-0.5, weights)
+            ctx = region_attention(q, k, v, s, unit.key_channels**-0.5, weights, unit._aggregate)
             feats.append(unit.out(ctx))
             if weights is not None:
                 factors.update({f"size{s}_{key}": value for key, value in weights.items()})

@@ -48,7 +48,6 @@ from segattn.data.synthetic import CUE_COLORS
 from segattn.lowrank import LowRankBlock
 from segattn.modules.apcnet import APCNet
 from segattn.modules.gcnet import GlobalContextBlock
-from segattn.modules.nonlocal_ import NonLocalBase
 from segattn.modules.pooling import PyramidPooling
 
 BOX = 3  # the box-filter control's size (cells)
@@ -58,7 +57,9 @@ EM_STAGES = (1, 3, 5)  # EM iteration counts of the counterfactual
 
 # ------------------------------------------------------------------------------------- interventions
 def _aggregators(module: nn.Module) -> List[nn.Module]:
-    return [m for m in module.modules() if isinstance(m, (LowRankBlock, NonLocalBase))]
+    """The low-rank blocks and every submodule with an ``_aggregate(q, k, v, return_attention)`` method
+    (Non-local, DNL, DANet's position attention, the OCNet / ANN self-attention unit)."""
+    return [m for m in module.modules() if isinstance(m, LowRankBlock) or hasattr(type(m), "_aggregate")]
 
 
 @contextlib.contextmanager
@@ -108,10 +109,11 @@ def tap_context(module: nn.Module, mean_row: bool = False) -> Iterator[Dict[str,
 
 def context_path(module: nn.Module, x: Tensor) -> Optional[Tensor]:
     """(C', N) context path of one image (1, C, h, w) before any residual / concatenation: the first
-    low-rank block's reconstruction or Non-local's ``A v``; GCNet: its added vector at every pixel
-    (rank 1: the query-independent context); PPM and APCNet: their pooled-grid
-    reconstruction (:func:`~segattn.analyze.measure.features.lowrank_parts`); ``nn.Identity``: ``x``
-    itself. None for a module without any of these."""
+    low-rank block's reconstruction or the first ``_aggregate``'s output (Non-local's ``A v``, DNL,
+    DANet's PAM, the OCNet / ANN unit); GCNet: its added vector at every pixel (rank 1: the
+    query-independent context); PPM and APCNet: their pooled-grid reconstruction
+    (:func:`~segattn.analyze.measure.features.lowrank_parts`); ``nn.Identity``: ``x`` itself. None for
+    a module without any of these, or whose aggregation runs at another resolution (pooled queries)."""
     if isinstance(module, nn.Identity):
         return x[0].reshape(x.shape[1], -1).float()
     if isinstance(module, (PyramidPooling, APCNet)):
@@ -131,7 +133,10 @@ def context_path(module: nn.Module, x: Tensor) -> Optional[Tensor]:
         return None
     with torch.no_grad(), tap_context(module) as st:
         module(x)
-    return st["path"][0].float() if "path" in st else None
+    path = st.get("path")
+    if path is None or path.shape[-1] != x.shape[-2] * x.shape[-1]:  # pooled queries or one region only
+        return None
+    return path[0].float()
 
 
 def swap_cues(images: Tensor) -> Tensor:
