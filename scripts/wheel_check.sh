@@ -22,6 +22,7 @@ WHEEL=$(ls "$TMP"/dist/segattn-*.whl)
 cd "$TMP"   # outside the checkout: only the installed wheel can be imported
 "$TMP/venv/bin/segattn" --version
 "$TMP/venv/bin/python" -c "import segattn, os; assert not segattn.__file__.startswith('$ROOT'), segattn.__file__"
-"$TMP/venv/bin/segattn" demo --quick --out "$TMP/demo" >"$TMP/demo.log" 2>&1 || { tail -20 "$TMP/demo.log"; exit 1; }
+"$TMP/venv/bin/segattn" demo --quick --out "$TMP/demo" >"$TMP/demo.log" 2>&1 \
+  || { tail -20 "$TMP/demo.log"; df -h "$TMP" "$ROOT"; exit 1; }  # df: a full disk is the usual cause of a failed write
 tail -3 "$TMP/demo.log"
 echo "wheel $(basename "$WHEEL"): installed without extras, demo --quick ran from $TMP"

@@ -29,6 +29,42 @@ def test_failed_write_leaves_old_file_and_no_temporaries(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
 
 
+def test_a_failed_torch_save_names_the_file_and_the_disk_error(tmp_path, monkeypatch):
+    """torch.save into a file whose write fails (a full disk) raises a RuntimeError "unexpected pos
+    ..." that hides the OSError; atomic_torch_save reports the OSError, the file and the free space."""
+    import errno
+
+    import torch
+
+    from segattn.errors import error_message
+    from segattn.io import atomic_torch_save
+
+    class FullDisk:
+        def __init__(self, f):
+            self.f, self.left = f, 1000
+
+        def write(self, data):
+            if len(data) > self.left:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            self.left -= len(data)
+            return self.f.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    import segattn.io as io_module
+
+    real = io_module.atomic_write
+    monkeypatch.setattr(io_module, "atomic_write", lambda path, write: real(path, lambda f: write(FullDisk(f))))
+    target = tmp_path / "w.pt"
+    with pytest.raises(OSError) as info:
+        atomic_torch_save(target, {"w": torch.zeros(10000)})
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(target)
+    message = error_message(info.value)
+    assert message.startswith(f"{target}: could not be written: No space left on device (") and "MiB free" in message
+    assert list(tmp_path.iterdir()) == []
+
+
 # ----- output checks made before long work starts (issue 12) -----------------------------------------------
 def test_check_writable_dir_creates_nothing_and_accepts_new_nested_folders(tmp_path):
     from segattn.io import check_writable_dir

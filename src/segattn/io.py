@@ -9,6 +9,7 @@ import json
 import os
 import pickle
 import re
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -29,11 +30,37 @@ def atomic_write(path: PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        failure = _os_error_in(exc)
+        if failure is not None and (failure is not exc or failure.filename is None):
+            raise _write_failed(path, failure) from exc
         raise
     return path
+
+
+def _os_error_in(exc: BaseException) -> "OSError | None":
+    """The first ``OSError`` in ``exc`` and the exceptions it was raised from or during. ``torch.save``
+    into a file object reports a failed write (``ENOSPC``: the disk is full) as a ``RuntimeError``
+    ("unexpected pos ...") raised while handling the ``OSError`` that tells what happened."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _write_failed(path: Path, failure: OSError) -> OSError:
+    """An ``OSError`` naming ``path``, the reason and the space left on its disk."""
+    reason = failure.strerror or str(failure) or type(failure).__name__
+    try:
+        reason += f" ({shutil.disk_usage(path.parent).free / 2 ** 20:.0f} MiB free on that disk)"
+    except OSError:
+        pass
+    return OSError(failure.errno, f"could not be written: {reason}", str(path))
 
 
 def _umask() -> int:
