@@ -187,3 +187,43 @@ def test_analyze_step_follows_the_first_seed(tmp_path, monkeypatch):
     R.analyze_plan(args, plan_from_dict(json.loads(json.dumps(PLAN)), "tiny"), tmp_path)
     assert [p.name for p in seen["runs"]] == ["seed5", "seed6"] and seen["split"] == 6
     assert "--first-seed 5" in seen["cmd"]
+
+
+def test_a_run_archived_without_its_weights_counts_by_its_stored_analysis(tmp_path, monkeypatch):
+    """A run folder whose weights were dropped after it was measured (an archived run) is read from its
+    analysis.json of this version; one whose stored analysis is of another version, or that holds
+    neither, cannot count: named in one error, or left out of a compare folder's runs."""
+    from segattn.analyze import run as R
+    from segattn.errors import SegattnError
+
+    current = {"entry": "b", "settings": {"version": R.VERSION, "max_images": None}}
+    old = {"entry": "c", "settings": {"version": R.VERSION - 1, "max_images": None}}
+    runs = {name: tmp_path / "runs" / name / "seed0" for name in "abcd"}
+    for rdir in runs.values():
+        rdir.mkdir(parents=True)
+        (rdir / "result.json").write_text("{}")
+    (runs["a"] / "final.pt").write_bytes(b"")
+    (runs["b"] / R.ANALYSIS).write_text(json.dumps(current))
+    (runs["c"] / R.ANALYSIS).write_text(json.dumps(old))
+    assert R.expand_runs([tmp_path]) == [runs["a"], runs["b"]]
+
+    reported = []
+    monkeypatch.setattr("segattn.analyze.report.write_report",
+                        lambda results, out, command, split=None: reported.append(results) or {"paths": {"markdown": "x"}})
+    R.analyze_runs([runs["b"]], tmp_path / "report", "cmd", log=lambda m: None)  # no weights loaded
+    assert reported == [[current]]
+    for name, force in (("c", False), ("d", False), ("b", True)):
+        with pytest.raises(SegattnError, match="holds no final.pt"):
+            R.analyze_runs([runs[name]], tmp_path / "report", "cmd", force=force, log=lambda m: None)
+
+    seen = {}
+    monkeypatch.setattr(R, "analyze_runs", lambda found, target, cmd, **kw: seen.update(runs=found))
+    from types import SimpleNamespace
+
+    from segattn.compare import plan_from_dict
+
+    plan = dict(PLAN, entries=[{"name": n, "model": "fcn"} for n in "abcd"], seeds=1, reference="a")
+    args = SimpleNamespace(seeds=1, replicate=False, first_seed=0, plan="p", dataset="synthetic", report_dir=None,
+                           jobs=1, threads=1)
+    R.analyze_plan(args, plan_from_dict(plan, "p"), tmp_path)
+    assert seen["runs"] == [runs["a"], runs["b"]]

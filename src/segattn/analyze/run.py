@@ -223,6 +223,13 @@ def finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def analysable(run: Path, max_images: Optional[int] = None) -> bool:
+    """A compare run folder that holds its weights (``final.pt``), or an analysis stored by this version
+    with these settings: an archived run, whose weights were dropped once it was measured, still counts
+    (its stored analysis is read, it cannot be measured again)."""
+    return (run / "final.pt").is_file() or stored_analysis(run, max_images) is not None
+
+
 def expand_runs(paths: Sequence[PathLike]) -> List[Path]:
     """Run folders / checkpoint files named by ``paths``; a compare output folder stands for every run
     under it (``runs/*/seed*`` with ``final.pt``). Checked up front: a path that holds no weights is
@@ -231,13 +238,15 @@ def expand_runs(paths: Sequence[PathLike]) -> List[Path]:
     for item in paths:
         p = Path(item)
         if p.is_dir() and (p / "runs").is_dir() and not (p / "final.pt").is_file():
-            runs = sorted(d for d in p.glob("runs/*/seed*") if (d / "final.pt").is_file())
+            runs = sorted(d for d in p.glob("runs/*/seed*") if analysable(d))
             if not runs:
                 raise SegattnError(f"{p} is a compare folder without any run holding final.pt (runs finished before "
                                    "`segattn compare` kept weights have none)")
             found += runs
-        else:
+        elif not (p.is_dir() and analysable(p)):
             checkpoint_path(p)
+            found.append(p)
+        else:
             found.append(p)
     if not found:
         raise SegattnError("no run or checkpoint given")
@@ -274,6 +283,11 @@ def analyze_runs(runs: Sequence[PathLike], out: PathLike, command: str, max_imag
 
     paths = expand_runs(runs)
     for p in paths:  # every run's evaluation checked before anything is measured
+        if p.is_dir() and not (p / "final.pt").is_file():  # measured and archived without its weights
+            if force or stored_analysis(p, max_images) is None:
+                raise SegattnError(f"{p} holds no final.pt and no analysis of this version (settings "
+                                   f"{ {'version': VERSION, 'max_images': max_images} }) to reuse: retrain the run")
+            continue
         eval_scale(_checkpoint(p)[2])
     results: List[Optional[Dict[str, Any]]] = [None] * len(paths)
     pending = list(range(len(paths)))
@@ -319,16 +333,16 @@ def analyze_runs(runs: Sequence[PathLike], out: PathLike, command: str, max_imag
 
 def analyze_plan(args: Any, plan: Any, out: Path) -> Dict[str, Any]:
     """The ``--analyze`` step of ``segattn compare`` (wired in by :mod:`segattn.cli`): every finished run
-    of the plan with ``final.pt`` (``--seeds`` seeds from ``--first-seed``, twice as many with ``--replicate``)
-    through :func:`analyze_runs`; the report goes to ``--report-dir`` (else ``--out``)."""
+    of the plan with ``final.pt`` or a current stored analysis (:func:`analysable`; ``--seeds`` seeds from
+    ``--first-seed``, twice as many with ``--replicate``) through :func:`analyze_runs`; the report goes to
+    ``--report-dir`` (else ``--out``)."""
     n_seeds = args.seeds or plan.seeds
     replicate = bool(getattr(args, "replicate", False))
     span = 2 * n_seeds if replicate else n_seeds
     first = int(getattr(args, "first_seed", 0) or 0)
     names = [e.name for e in plan.entries]
     runs = [out / "runs" / n / f"seed{s}" for s in range(first, first + span) for n in names
-            if (out / "runs" / n / f"seed{s}" / "final.pt").is_file()
-            and (out / "runs" / n / f"seed{s}" / "result.json").is_file()]
+            if analysable(out / "runs" / n / f"seed{s}") and (out / "runs" / n / f"seed{s}" / "result.json").is_file()]
     if not runs:
         raise SegattnError(f"--analyze: no finished run under {out} holds final.pt (runs finished before compare "
                            "kept weights have none)")
