@@ -13,7 +13,7 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import IO, Any, Callable, Mapping, Union
+from typing import IO, Any, Callable, Mapping, Optional, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -40,7 +40,7 @@ def atomic_write(path: PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
     return path
 
 
-def _os_error_in(exc: BaseException) -> "OSError | None":
+def _os_error_in(exc: Optional[BaseException]) -> Optional[OSError]:
     """The first ``OSError`` in ``exc`` and the exceptions it was raised from or during. ``torch.save``
     into a file object reports a failed write (``ENOSPC``: the disk is full) as a ``RuntimeError``
     ("unexpected pos ...") raised while handling the ``OSError`` that tells what happened."""

@@ -258,3 +258,17 @@ def test_chunked_attention_reuses_its_logits_buffers(monkeypatch):
     with FreshChunks():
         attention.ChunkedAttention.apply(q, k, v, 0.5).sum().backward()
     assert not [name for name in fresh if "empty" not in name], fresh
+
+
+def test_attend_returns_weights_only_when_asked():
+    from segattn.ops.attention import attend
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 4, generator=g, dtype=torch.float64) for _ in range(3))
+    y, w = attend(q, k, v, 0.5, weights=True)
+    ref_w = torch.softmax(0.5 * q @ k.transpose(-1, -2), dim=-1)
+    torch.testing.assert_close(w, ref_w)
+    torch.testing.assert_close(y, ref_w @ v)
+    y2, none = attend(q, k, v, 0.5)
+    assert none is None
+    torch.testing.assert_close(y2, y)

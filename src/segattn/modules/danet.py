@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from segattn.checks import checked
 from segattn.modules.base import Attention, ContextModule, ModuleOutput
 from segattn.modules.nonlocal_ import from_tokens, to_tokens
-from segattn.ops.attention import full_precision, softmax_attention, upcast
+from segattn.ops.attention import attend, full_precision, upcast
 from segattn.ops.weightmaps import flat_index
 from segattn.registry import MODULES
 
@@ -56,9 +56,7 @@ class PositionAttention(ContextModule):
     def _aggregate(self, q: Tensor, k: Tensor, v: Tensor, return_attention: bool) -> Tuple[Tensor, Optional[Tensor]]:
         """``Y`` as tokens (B, 1, N, C) and, when asked, ``S`` (B, 1, N, N): the aggregation, one method
         so that the analysis' taps (:func:`segattn.analyze.measure.survey.tap_context`) reach it."""
-        if return_attention:
-            return softmax_attention(q, k, v, scale=1.0, return_weights=True)
-        return softmax_attention(q, k, v, scale=1.0), None
+        return attend(q, k, v, 1.0, return_attention)
 
     def forward(self, x: Tensor, return_attention: bool = False) -> ModuleOutput:
         self.check_input(x)

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from segattn.checks import NON_NEGATIVE, POSITIVE, checked
 from segattn.modules.base import Attention, ModuleOutput
 from segattn.modules.nonlocal_ import NonLocalBase, from_tokens, to_tokens
-from segattn.ops.attention import full_precision, softmax_attention, upcast
+from segattn.ops.attention import attend, full_precision, upcast
 from segattn.registry import MODULES
 
 PAPER = "Yin, Yao, Cao, Li, Zhang, Lin, Hu, ECCV 2020"
@@ -106,10 +106,7 @@ class DisentangledNonLocal2d(NonLocalBase):
         """The aggregated context tokens (B, 1, N, C'): ``gamma * P v`` (gamma only without W_z) plus the
         unary term ``u^T g`` when given, and ``P`` (B, 1, N, N) when asked. Everything the block adds to
         its input before W_z passes here, so the analysis' taps see DNL's whole context path."""
-        if return_attention:
-            y, weights = softmax_attention(q, k, v, scale=self.scale, return_weights=True)
-        else:
-            y, weights = softmax_attention(q, k, v, scale=self.scale), None
+        y, weights = attend(q, k, v, self.scale, return_attention)
         if self.gamma is not None:
             y = self.gamma.to(y.dtype) * y
         return (y if unary is None else y + unary), weights

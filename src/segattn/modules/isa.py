@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from segattn.checks import checked
 from segattn.layers import ConvNormAct
 from segattn.modules.base import Attention, ContextModule, ModuleOutput
-from segattn.ops.attention import softmax_attention
+from segattn.ops.attention import attend
 from segattn.ops.weightmaps import flat_index, index_map
 from segattn.registry import MODULES
 
@@ -200,12 +200,7 @@ class InterlacedSparseSelfAttention(ContextModule):
         v = group(v, factor)
         if valid_size is not None and padded != valid_size:
             q, k = self._exclude_padding(q, k, valid_size, group)
-        scale = sa.key_channels**-0.5
-        attn: Optional[Tensor] = None
-        if weights:
-            out, attn = softmax_attention(q, k, v, scale=scale, return_weights=True)
-        else:
-            out = softmax_attention(q, k, v, scale=scale)
+        out, attn = attend(q, k, v, sa.key_channels**-0.5, weights)
         batch = x.shape[0]
         del q, k, v, x
         out = ungroup(out, batch, padded, factor)

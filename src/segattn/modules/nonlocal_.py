@@ -18,14 +18,7 @@ from torch import Tensor, nn
 from segattn.checks import NON_NEGATIVE, checked
 from segattn.layers import BatchNorm2d
 from segattn.modules.base import Attention, ContextModule, ModuleOutput
-from segattn.ops.attention import (
-    batch_3d,
-    full_precision,
-    linear_attention,
-    scratch_view,
-    softmax_attention,
-    upcast,
-)
+from segattn.ops.attention import attend, batch_3d, full_precision, linear_attention, scratch_view, upcast
 from segattn.ops.flops import conv2d_macs
 from segattn.ops.weightmaps import flat_index
 from segattn.registry import MODULES
@@ -186,10 +179,8 @@ class NonLocalBase(ContextModule):
 
     def _aggregate(self, q: Tensor, k: Tensor, v: Tensor, return_attention: bool) -> Tuple[Tensor, Optional[Tensor]]:
         if self.mode in ("embedded_gaussian", "gaussian"):
-            if return_attention:
-                y, w = softmax_attention(q, k, v, scale=self.scale, return_weights=True)
-                return y, w.squeeze(1)
-            return softmax_attention(q, k, v, scale=self.scale), None
+            y, w = attend(q, k, v, self.scale, return_attention)
+            return y, None if w is None else w.squeeze(1)
         if self.mode == "dot":
             y = linear_attention(q, k, v).to(v.dtype)
         else:

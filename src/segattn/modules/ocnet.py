@@ -18,7 +18,7 @@ from segattn.lowrank.functional import pooling_matrix, upsampling_matrix
 from segattn.modules.base import Attention, ContextModule, ModuleOutput, zero_init_
 from segattn.modules.nonlocal_ import from_tokens, to_tokens
 from segattn.modules.pooling import pyramid_pool
-from segattn.ops.attention import softmax_attention
+from segattn.ops.attention import attend
 from segattn.ops.weightmaps import flat_index, index_map, onehot
 from segattn.registry import MODULES
 
@@ -122,10 +122,7 @@ class SelfAttentionUnit(nn.Module):
     def _aggregate(self, q: Tensor, k: Tensor, v: Tensor, return_attention: bool) -> Tuple[Tensor, Optional[Tensor]]:
         """``v A^T`` as tokens (B, 1, N', C_v) and, when asked, ``A`` (B, 1, N', M): the aggregation, one
         method so that the analysis' taps (:func:`segattn.analyze.measure.survey.tap_context`) reach it."""
-        scale = self.key_channels**-0.5
-        if return_attention:
-            return softmax_attention(q, k, v, scale=scale, return_weights=True)
-        return softmax_attention(q, k, v, scale=scale), None
+        return attend(q, k, v, self.key_channels**-0.5, return_attention)
 
     def macs(self, height: int, width: int, source_size: Optional[Tuple[int, int]] = None) -> int:
         """MACs of one forward for batch 1 (query map ``height x width``, source map ``source_size``)."""
@@ -262,17 +259,15 @@ def region_attention(
     """
 
     def softmax_kernel(qb: Tensor, kb: Tensor, vb: Tensor, ret: bool) -> Tuple[Tensor, Optional[Tensor]]:
-        if ret:
-            return softmax_attention(qb, kb, vb, scale=scale, return_weights=True)
-        return softmax_attention(qb, kb, vb, scale=scale), None
+        return attend(qb, kb, vb, scale, ret)
 
-    attend = aggregate or softmax_kernel
+    kernel = aggregate or softmax_kernel
     rows, r0 = [], 0
     for rs, rc in _splits(q.shape[2], regions):
         cols, c0 = [], 0
         for cs, cc in _splits(q.shape[3], regions):
             blocks = [_to_blocks(t[:, :, r0 : r0 + rs * rc, c0 : c0 + cs * cc], rs, rc, cs, cc) for t in (q, k, v)]
-            y, w = attend(*blocks, weights is not None)
+            y, w = kernel(*blocks, weights is not None)
             if weights is not None:
                 weights[f"r{r0}_c{c0}"] = w
             cols.append(_from_blocks(y, rs, rc, cs, cc))

@@ -18,7 +18,7 @@ from segattn.checks import DROPOUT, POSITIVE, checked
 from segattn.layers import ConvNormAct
 from segattn.modules.base import Attention, ContextModule, ModuleOutput
 from segattn.modules.nonlocal_ import from_tokens, to_tokens
-from segattn.ops.attention import full_precision, softmax_attention, upcast
+from segattn.ops.attention import attend, full_precision, upcast
 from segattn.registry import MODULES
 
 PAPER = "Yuan, Chen, Wang, ECCV 2020"
@@ -129,11 +129,7 @@ class ObjectContext(ContextModule):
         m = soft_regions(self.region_logits(x, regions), self.gather_scale)
         feats = gather_regions(x, m)
         q, k, v = to_tokens(self.query(x)), to_tokens(self.key(feats)), to_tokens(self.value(feats))
-        weights: Optional[Tensor] = None
-        if return_attention:
-            y, weights = softmax_attention(q, k, v, scale=self.key_channels**-0.5, return_weights=True)
-        else:
-            y = softmax_attention(q, k, v, scale=self.key_channels**-0.5)
+        y, weights = attend(q, k, v, self.key_channels**-0.5, return_attention)
         del q  # the pixel queries are not needed past the attention (eval peak: one map less at the cat)
         context = self.out(from_tokens(y, h, w))
         del y

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from segattn.checks import checked
 from segattn.lowrank import LowRankBlock, MapResult, ProjectionMapper
 from segattn.modules.base import Attention, ContextModule, ModuleOutput
-from segattn.ops.attention import full_precision, softmax_attention, upcast
+from segattn.ops.attention import attend, full_precision, upcast
 from segattn.ops.weightmaps import operator_row
 from segattn.registry import MODULES
 
@@ -119,10 +119,8 @@ class NodeCompatibilityReverse(nn.Module):
         if self.compatibility == "concat":
             weights = torch.softmax(q + k.transpose(1, 2), dim=2)  # (B, N, K): q is constant over K
             y = torch.matmul(weights, v)
-        elif return_matrix:
-            y, weights = softmax_attention(q, k, v, scale=1.0 / math.sqrt(q.shape[-1]), return_weights=True)
         else:
-            y, weights = softmax_attention(q, k, v, scale=1.0 / math.sqrt(q.shape[-1])), None
+            y, weights = attend(q, k, v, 1.0 / math.sqrt(q.shape[-1]), return_matrix)
         y = y.transpose(1, 2).reshape(b, self.out_channels, h, w)
         return y, weights
 

@@ -128,6 +128,15 @@ def softmax_attention(
     return _fused_attention(q, k, v, scale)
 
 
+def attend(q: Tensor, k: Tensor, v: Tensor, scale: Optional[float] = None,
+           weights: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
+    """:func:`softmax_attention` as ``(output, weights)``: the (..., N, M) weights when ``weights`` (naive
+    path), else ``None`` and the fused / chunked path that never holds them."""
+    if weights:
+        return softmax_attention(q, k, v, scale=scale, return_weights=True)  # type: ignore[return-value]
+    return softmax_attention(q, k, v, scale=scale), None  # type: ignore[return-value]
+
+
 def _few_keys(q: Tensor, k: Tensor, v: Tensor) -> bool:
     """CPU, at most as many keys as value channels (M <= dv): the (..., N, M) weights are no larger
     than the output, so the plain matmul-softmax-matmul costs no more memory than the fused kernel and
