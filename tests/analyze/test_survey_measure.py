@@ -220,3 +220,22 @@ def test_every_aggregator_is_reached_by_the_taps(name):
     y0 = y0[0] if isinstance(y0, tuple) else y0
     y1 = y1[0] if isinstance(y1, tuple) else y1
     assert not torch.allclose(y0, y1, atol=1e-6), name
+
+
+@pytest.mark.parametrize("name,kwargs", [("ccnet", {"recurrence": 1}), ("psanet", {"shrink_factor": 1}),
+                                         ("ocr", {})])
+def test_mean_row_averages_over_the_query_pixels(name, kwargs):
+    """CCNet's context is a (B, C, H, W) map and PSANet's (B, C, N), not tokens: the intervention must
+    average over their pixels (each channel's context becomes the image's mean), not over channels."""
+    torch.manual_seed(0)
+    module = segattn.create_module(name, in_channels=16, **kwargs).eval()
+    x = torch.randn(1, 16, 6, 7)
+    with torch.no_grad(), SV.tap_context(module) as plain:
+        module(x)
+    with torch.no_grad(), SV.tap_context(module, mean_row=True) as meanrow:
+        module(x)
+    path, mean = plain["path"], meanrow["path"]
+    assert path.shape[-1] == 42 and mean.shape == path.shape
+    expected = path.mean(dim=-1, keepdim=True).expand_as(path)
+    torch.testing.assert_close(mean, expected)
+    assert path.std(dim=-1).mean() > 10 * mean.std(dim=-1).mean() + 1e-6  # the plain context varies over pixels

@@ -34,6 +34,9 @@ VERSION = 10  # bump when a measurement changes: stored analyses of another vers
 # 8: the label-aware box filter (ebox7, the edge-preserving control); grad_backbone at a neck's output
 # 9: the within-class roughness (the smoothing claim's metric) in the survey step
 # 10: bases_recon_error_small on the segments of acc_small's bin (areas in pixels), not <= 2 % of the cells
+#     (later, no bump: the survey step's taps reached CCNet, ISA, PSANet and OCR, which adds their path and mean-row
+#     metrics and changes no other number; a bump would mark every published analysis stale, and their runs' weights
+#     are gone. Analyses of those four stored before lack `meanrow_drop`: `segattn analyze --force` re-measures them.)
 # A stored analysis of a version named here is brought up to VERSION by redoing only the steps that changed
 # since (the others' numbers are kept): versions 8 and 9 -> 10 redo "survey" (seconds per synthetic run). When VERSION
 # moves on, each entry lists every step changed since its version (or is dropped: made afresh).

@@ -94,10 +94,18 @@ class CrissCrossAttention(ContextModule):
     def cca(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         """One criss-cross pass: returns (output (B, C, H, W), attention (B, H, W, H + W) float32)."""
         q, k, v = self.query(x), self.key(x), self.value(x)
-        with full_precision(x.device):
+        context, attn = self._aggregate(q, k, v)
+        return self.gamma.to(x.dtype) * context.to(x.dtype) + x, attn
+
+    # where the queries are in _aggregate's output, for the analysis' taps: a (B, C, H, W) map
+    aggregate_query_dims = (2, 3)
+
+    def _aggregate(self, q: Tensor, k: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
+        """The criss-cross context ``sum_j A_ij v_j`` over each pixel's row and column (B, C, H, W) and the
+        (B, H, W, H + W) weights, in float32: one method so that the analysis' taps reach every pass."""
+        with full_precision(q.device):
             attn = torch.softmax(criss_cross_logits(q, k), dim=-1)
-            context = criss_cross_aggregate(attn, v).to(x.dtype)
-        return self.gamma.to(x.dtype) * context + x, attn
+            return criss_cross_aggregate(attn, v), attn
 
     def forward(self, x: Tensor, return_attention: bool = False) -> ModuleOutput:
         self.check_input(x)

@@ -200,11 +200,17 @@ class InterlacedSparseSelfAttention(ContextModule):
         v = group(v, factor)
         if valid_size is not None and padded != valid_size:
             q, k = self._exclude_padding(q, k, valid_size, group)
-        out, attn = attend(q, k, v, sa.key_channels**-0.5, weights)
+        out, attn = self._aggregate(q, k, v, weights)
         batch = x.shape[0]
         del q, k, v, x
         out = ungroup(out, batch, padded, factor)
         return sa.out(out), attn
+
+    def _aggregate(self, q: Tensor, k: Tensor, v: Tensor, return_attention: bool) -> Tuple[Tensor, Optional[Tensor]]:
+        """One stage's grouped attention: (B, groups, S, C_v) and, when asked, the (B, groups, S, S)
+        weights; one method so that the analysis' taps (:func:`segattn.analyze.measure.survey.tap_context`)
+        reach both stages (their mean-row intervention averages the rows of each group)."""
+        return attend(q, k, v, self.key_channels**-0.5, return_attention)
 
     def _exclude_padding(self, q: Tensor, k: Tensor, size: Pair, group: Grouping) -> Tuple[Tensor, Tensor]:
         """Append a key channel that is -1e4 at padded positions (0 elsewhere) and a query channel of 1."""

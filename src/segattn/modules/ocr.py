@@ -123,13 +123,18 @@ class ObjectContext(ContextModule):
                              f"{tuple(x.shape)} (resize them to the feature map first)")
         return regions
 
+    def _aggregate(self, q: Tensor, k: Tensor, v: Tensor, return_attention: bool) -> Tuple[Tensor, Optional[Tensor]]:
+        """The object context as tokens (B, 1, N, C_k), each pixel's softmax-weighted sum of the K region
+        features, and, when asked, the (B, 1, N, K) weights: one method so that the analysis' taps reach it."""
+        return attend(q, k, v, self.key_channels**-0.5, return_attention)
+
     def forward(self, x: Tensor, regions: Optional[Tensor] = None, return_attention: bool = False) -> ModuleOutput:
         self.check_input(x)
         _, _, h, w = x.shape
         m = soft_regions(self.region_logits(x, regions), self.gather_scale)
         feats = gather_regions(x, m)
         q, k, v = to_tokens(self.query(x)), to_tokens(self.key(feats)), to_tokens(self.value(feats))
-        y, weights = attend(q, k, v, self.key_channels**-0.5, return_attention)
+        y, weights = self._aggregate(q, k, v, return_attention)
         del q  # the pixel queries are not needed past the attention (eval peak: one map less at the cat)
         context = self.out(from_tokens(y, h, w))
         del y

@@ -225,10 +225,19 @@ class PointwiseSpatialAttention(ContextModule):
             attn = self.buffer(logits, kind)
             if self.psa_softmax:
                 attn = torch.softmax(attn, dim=1)
-            out = torch.bmm(upcast(z).flatten(2).to(attn.dtype), attn)
-            if self.normalization_factor != 1.0:
-                out = out / self.normalization_factor
+            out, _ = self._aggregate(upcast(z).flatten(2).to(attn.dtype), attn)
         return out.reshape(z.shape).to(x.dtype), attn
+
+    # where the queries (target pixels) are in _aggregate's output, for the analysis' taps: (B, C, N')
+    aggregate_query_dims = (-1,)
+
+    def _aggregate(self, z: Tensor, attn: Tensor) -> Tuple[Tensor, Tensor]:
+        """``out_i = sum_j z_j attn_ji / normalization_factor`` (B, C, N') for the (B, N', N') weights
+        (source, target) of one branch: one method so that the analysis' taps reach both branches."""
+        out = torch.bmm(z, attn)
+        if self.normalization_factor != 1.0:
+            out = out / self.normalization_factor
+        return out, attn
 
     def forward(self, x: Tensor, return_attention: bool = False) -> ModuleOutput:
         self.check_input(x)

@@ -57,9 +57,22 @@ EM_STAGES = (1, 3, 5)  # EM iteration counts of the counterfactual
 
 # ------------------------------------------------------------------------------------- interventions
 def _aggregators(module: nn.Module) -> List[nn.Module]:
-    """The low-rank blocks and every submodule with an ``_aggregate(q, k, v, return_attention)`` method
-    (Non-local, DNL, DANet's position attention, the OCNet / ANN self-attention unit)."""
+    """The low-rank blocks and every submodule with an ``_aggregate`` method returning ``(context,
+    weights)`` (Non-local, DNL, DANet's position attention, the OCNet / ANN self-attention unit, ISA's
+    stages, OCR, CCNet's passes, PSANet's branches)."""
     return [m for m in module.modules() if isinstance(m, LowRankBlock) or hasattr(type(m), "_aggregate")]
+
+
+def _query_dims(aggregator: nn.Module) -> Tuple[int, ...]:
+    """The dims of an ``_aggregate`` output that index its query pixels: the class's
+    ``aggregate_query_dims`` (CCNet: a (B, C, H, W) map; PSANet: (B, C, N')), else the token layout
+    (B, groups, N, C) of the softmax aggregators (ISA: one group per sparse / local set of pixels)."""
+    return tuple(getattr(type(aggregator), "aggregate_query_dims", (-2,)))
+
+
+def _as_path(y: Tensor, dims: Tuple[int, ...]) -> Tensor:
+    """(B, C', N) of an ``_aggregate`` output: tokens (B, groups, N, C') give their first group."""
+    return y[:, 0].transpose(1, 2).clone() if dims == (-2,) else y.flatten(2).clone()
 
 
 @contextlib.contextmanager
@@ -87,13 +100,13 @@ def tap_context(module: nn.Module, mean_row: bool = False) -> Iterator[Dict[str,
             continue
         orig = m._aggregate
 
-        def wrapped(q: Tensor, k: Tensor, v: Tensor, ret: bool, *args: Any, _orig: Any = orig, _m: nn.Module = m,
-                    **kwargs: Any) -> Any:
-            y, w = _orig(q, k, v, ret, *args, **kwargs)  # y: (B, 1, N, C') tokens
+        def wrapped(*args: Any, _orig: Any = orig, _m: nn.Module = m, **kwargs: Any) -> Any:
+            y, w = _orig(*args, **kwargs)
+            dims = _query_dims(_m)
             if mean_row:
-                y = y.mean(dim=-2, keepdim=True).expand_as(y).clone()
+                y = y.mean(dim=dims, keepdim=True).expand_as(y).clone()
             if _m is aggs[0]:
-                store["path"] = y[:, 0].transpose(1, 2).clone()
+                store["path"] = _as_path(y, dims)
             return y, w
 
         m._aggregate = wrapped  # type: ignore[method-assign]
