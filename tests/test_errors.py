@@ -40,3 +40,34 @@ def test_unexpected_types_name_themselves_and_the_debug_switch():
 def test_one_line(text, limit):
     out = one_line(text, limit)
     assert "\n" not in out and len(out) <= limit
+
+
+def test_a_failed_torch_write_reads_as_a_write_failure_with_its_cause():
+    """torch.save reports a full disk as "unexpected pos ..." (file object) or "PytorchStreamWriter
+    failed writing file ..." (path), hiding the OSError: the line names the write and the cause."""
+    import errno
+    import io
+
+    import torch
+
+    class FullDisk(io.RawIOBase):  # full after the first kilobyte
+        left = 1000
+
+        def writable(self):
+            return True
+
+        def write(self, data):
+            if len(data) > self.left:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            self.left -= len(data)
+            return len(data)
+
+    with pytest.raises(RuntimeError) as info:
+        torch.save({"w": torch.zeros(1000)}, FullDisk())
+    message = error_message(info.value)
+    assert message.startswith("a PyTorch file could not be written (No space left on device): ")
+    assert "SEGATTN_DEBUG" not in message
+    bare = RuntimeError("[enforce fail at inline_container.cc:593] . PytorchStreamWriter failed writing file data/1: "
+                        "file write failed")
+    assert error_message(bare).startswith("a PyTorch file could not be written (is the disk full?): ")
+    assert error_message(RuntimeError("shape mismatch")).startswith("RuntimeError: shape mismatch")

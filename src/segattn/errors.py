@@ -11,6 +11,7 @@ multi-line message, an error re-raised from a DataLoader worker) read as one sen
 from __future__ import annotations
 
 import re
+from typing import Optional
 
 MAX_MESSAGE = 600
 
@@ -48,8 +49,28 @@ def _worker_message(text: str) -> str:
     return re.sub(r"^[\w.]*(Error|Exception)\w*: ", "", last)
 
 
+# torch's zip writer reports a failed write (a full disk) in its own words, hiding the OSError if any
+_TORCH_WRITE_FAILED = re.compile(r"PytorchStreamWriter failed writing|inline_container\.cc.*unexpected pos")
+
+
+def os_error_in(exc: Optional[BaseException]) -> Optional[OSError]:
+    """The first ``OSError`` in ``exc`` and the exceptions it was raised from or during (``torch.save``
+    into a file object reports a failed write as a ``RuntimeError`` raised while handling it)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def error_message(exc: BaseException) -> str:
     """One line describing ``exc`` for the user (see the module docstring)."""
+    if isinstance(exc, RuntimeError) and _TORCH_WRITE_FAILED.search(str(exc)):
+        cause = os_error_in(exc)
+        reason = (cause.strerror or str(cause)) if cause is not None else "is the disk full?"
+        return one_line(f"a PyTorch file could not be written ({reason}): {exc}")
     if isinstance(exc, KeyError) and len(exc.args) == 1 and isinstance(exc.args[0], str):
         text = exc.args[0]
         if not re.search(r"\s", text):  # a bare key name is not a message
@@ -69,4 +90,4 @@ def error_message(exc: BaseException) -> str:
     return text
 
 
-__all__ = ["ArgumentError", "NonFiniteInputWarning", "SegattnError", "error_message", "one_line"]
+__all__ = ["ArgumentError", "NonFiniteInputWarning", "SegattnError", "error_message", "one_line", "os_error_in"]

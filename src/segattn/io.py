@@ -13,7 +13,9 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import IO, Any, Callable, Mapping, Optional, Union
+from typing import IO, Any, Callable, Mapping, Union
+
+from segattn.errors import os_error_in
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -33,24 +35,11 @@ def atomic_write(path: PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
     except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        failure = _os_error_in(exc)
+        failure = os_error_in(exc)
         if failure is not None and (failure is not exc or failure.filename is None):
             raise _write_failed(path, failure) from exc
         raise
     return path
-
-
-def _os_error_in(exc: Optional[BaseException]) -> Optional[OSError]:
-    """The first ``OSError`` in ``exc`` and the exceptions it was raised from or during. ``torch.save``
-    into a file object reports a failed write (``ENOSPC``: the disk is full) as a ``RuntimeError``
-    ("unexpected pos ...") raised while handling the ``OSError`` that tells what happened."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, OSError):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
 
 
 def _write_failed(path: Path, failure: OSError) -> OSError:
