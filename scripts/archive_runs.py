@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import argparse
 import io
+import lzma
 import sys
 import tarfile
 from pathlib import Path, PurePosixPath
-from typing import List
+from typing import List, Tuple
 
 from segattn.analyze.run import stored_analysis
 from segattn.compare.rundir import RESULT
@@ -53,7 +54,7 @@ def pack(out: Path, archive: Path) -> int:
                     continue
                 tar.add(f, arcname=str(f.relative_to(out)), recursive=False)
     atomic_write_bytes(archive, buf.getvalue())
-    print(f"packed {len(runs)} runs of {out} into {archive} ({len(buf.getvalue()) / 1e6:.1f} MB)")
+    print(f"packed {len(runs)} runs of {out} into {archive} ({len(buf.getvalue()) / 1e3:.0f} kB)")
     return len(runs)
 
 
@@ -64,27 +65,34 @@ def _run_of(name: str) -> PurePosixPath:
     return PurePosixPath(*parts[:3])
 
 
-def unpack(archive: Path, out: Path) -> int:
+def _read(archive: Path) -> List[Tuple[str, bytes]]:
+    """(member name, content) of every member, all read and checked before anything is written."""
     if not archive.is_file():
         raise SegattnError(f"archive {archive} does not exist")
+    files = []
     try:
-        tar = tarfile.open(archive, mode="r:xz")
-    except (tarfile.TarError, OSError) as exc:
-        raise SegattnError(f"{archive} is not an xz tar archive ({exc})") from None
+        with tarfile.open(archive, mode="r:xz") as tar:
+            for m in tar:
+                if not m.isfile():
+                    raise SegattnError(f"archive member {m.name!r} is not a plain file; not a pack of this script")
+                _run_of(m.name)
+                data = tar.extractfile(m)
+                assert data is not None
+                files.append((m.name, data.read()))
+    except (tarfile.TarError, lzma.LZMAError, EOFError) as exc:
+        raise SegattnError(f"{archive} is not a complete xz tar archive ({exc})") from None
+    return files
+
+
+def unpack(archive: Path, out: Path) -> int:
     restored, kept = set(), set()
-    with tar:
-        members = tar.getmembers()
-        for m in members:
-            if not m.isfile():
-                raise SegattnError(f"archive member {m.name!r} is not a plain file; not a pack of this script")
-            run = _run_of(m.name)
-            if run in kept or (run not in restored and (out / run / RESULT).exists()):
-                kept.add(run)  # a finished run is never replaced
-                continue
-            restored.add(run)
-            data = tar.extractfile(m)
-            assert data is not None
-            atomic_write_bytes(out / m.name, data.read())
+    for name, data in _read(archive):
+        run = _run_of(name)
+        if run in kept or (run not in restored and (out / run / RESULT).exists()):
+            kept.add(run)  # a finished run is never replaced
+            continue
+        restored.add(run)
+        atomic_write_bytes(out / name, data)
     print(f"unpacked {len(restored)} runs into {out}" + (f"; {len(kept)} already there were kept" if kept else ""))
     return len(restored)
 

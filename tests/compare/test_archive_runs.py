@@ -68,7 +68,7 @@ def test_bad_input_is_one_line(tmp_path, archive_runs, capsys):
     assert "nothing to pack" in capsys.readouterr().err
     (tmp_path / "junk.tar.xz").write_bytes(b"not an archive")
     assert archive_runs.main(["unpack", str(tmp_path / "junk.tar.xz"), str(tmp_path / "o")]) == 2
-    assert "not an xz tar archive" in capsys.readouterr().err
+    assert "not a complete xz tar archive" in capsys.readouterr().err
     evil = tmp_path / "evil.tar.xz"
     with tarfile.open(evil, "w:xz") as tar:
         info = tarfile.TarInfo("runs/../../escape.json")
@@ -77,3 +77,10 @@ def test_bad_input_is_one_line(tmp_path, archive_runs, capsys):
     assert archive_runs.main(["unpack", str(evil), str(tmp_path / "o")]) == 2
     assert "not under runs/<entry>/seed<k>/" in capsys.readouterr().err
     assert not (tmp_path / "escape.json").exists() and not (tmp_path / "o").exists()
+    out = tmp_path / "out"
+    _run(out, "done")
+    archive_runs.pack(out, tmp_path / "good.tar.xz")
+    data = (tmp_path / "good.tar.xz").read_bytes()
+    (tmp_path / "cut.tar.xz").write_bytes(data[: len(data) // 2])  # an interrupted copy
+    assert archive_runs.main(["unpack", str(tmp_path / "cut.tar.xz"), str(tmp_path / "o")]) == 2
+    assert "not a complete xz tar archive" in capsys.readouterr().err and not (tmp_path / "o").exists()
