@@ -17,6 +17,14 @@ def _compare_analyze_step(*args: Any) -> Any:
     return analyze_plan(*args)
 
 
+def _compare_analyze_run(rdir: Any) -> None:
+    """``segattn compare --analyze``: one run measured as soon as it finished (module-level: it is
+    pickled into the ``-j`` workers)."""
+    from segattn.analyze.run import measure_finished_run
+
+    measure_finished_run(rdir)
+
+
 def _cmd_modules(args: argparse.Namespace) -> int:
     from segattn.api import list_modules, module_info
 
@@ -209,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_engine_parsers(sub)
     from segattn.compare.cli import add_parser as add_compare_parser
 
-    add_compare_parser(sub, analyze_step=_compare_analyze_step)
+    add_compare_parser(sub, analyze_step=_compare_analyze_step, analyze_run=_compare_analyze_run)
     from segattn.analyze.cli import add_parser as add_analyze_parser
 
     add_analyze_parser(sub)

@@ -31,6 +31,8 @@ def test_compare_keeps_weights_and_analyze_reports_claims(tmp_path, capsys):
     out, rep = tmp_path / "cmp", tmp_path / "published"
     # -j 2: two processes train, then two measure (this one and a spawned helper, sharing the run locks)
     assert main(["compare", str(plan), "--out", str(out), "--analyze", "--report-dir", str(rep), "-j", "2"]) == 0
+    # each run was measured by its worker as soon as it finished: the step after the runs measures nothing
+    assert capsys.readouterr().out.count("stored analysis reused") == 6
     for entry in ("fcn", "ema-T1", "ema-T3"):
         for seed in (0, 1):
             rdir = out / "runs" / entry / f"seed{seed}"
@@ -227,3 +229,14 @@ def test_a_run_archived_without_its_weights_counts_by_its_stored_analysis(tmp_pa
                            jobs=1, threads=1)
     R.analyze_plan(args, plan_from_dict(plan, "p"), tmp_path)
     assert seen["runs"] == [runs["a"], runs["b"]]
+
+
+def test_a_failed_measurement_after_a_run_is_one_line_and_lets_the_plan_go_on(tmp_path):
+    from segattn.analyze.run import measure_finished_run
+
+    rdir = tmp_path / "runs" / "fcn" / "seed0"
+    rdir.mkdir(parents=True)  # no final.pt: the measurement fails
+    lines = []
+    assert measure_finished_run(rdir, log=lines.append) is None
+    assert len(lines) == 1 and lines[0].startswith("fcn seed0: analysis failed (") and "final.pt" in lines[0]
+    assert "the --analyze step after the runs tries again" in lines[0]

@@ -15,6 +15,12 @@ def _plan():
     return plan_from_dict(json.loads(json.dumps(TINY)), "tiny")
 
 
+def _after_run(rdir):
+    """An ``after_run`` for the workers (module-level: pickled): notes what it saw."""
+    state = {"result": (rdir / RESULT).is_file(), "locked": (rdir / ".segattn.lock").is_file()}
+    (rdir / "after_run.json").write_text(json.dumps(state))
+
+
 @pytest.mark.slow
 def test_workers_and_replicate_train_disjoint_seeds_once(tmp_path):
     out = tmp_path / "cmp"
@@ -22,10 +28,13 @@ def test_workers_and_replicate_train_disjoint_seeds_once(tmp_path):
     held = claim_run(run_dir(out, "nl", 1))  # another live process "holds" one run: it is left alone
     try:
         summary = run_plan(plan, "synthetic", seeds=1, out=out, threads=1, workers=2, replicate=True,
-                           log=lambda m: None)
+                           log=lambda m: None, after_run=_after_run)
     finally:
         held.release()
     assert summary["total"] == 4 and summary["trained"] == 3 and summary["busy"] == 1
+    # each run the workers trained was handed to after_run once finished, its lock still held
+    seen = {p.parent.parent.name + "/" + p.parent.name: json.loads(p.read_text()) for p in out.glob("runs/*/*/after_run.json")}
+    assert seen == {k: {"result": True, "locked": True} for k in ("fcn/seed0", "fcn/seed1", "nl/seed0")}
     assert sorted(p.parent.name for p in out.glob(f"runs/fcn/seed*/{RESULT}")) == ["seed0", "seed1"]
     assert not (run_dir(out, "nl", 1) / RESULT).exists()
     agg = summary["report"]["aggregate"]
@@ -43,7 +52,8 @@ def test_first_seed_moves_both_seed_ranges(tmp_path):
     seeds 100 and 101, judges the first and replicates on the second, and says so in the command."""
     out = tmp_path / "pilot"
     summary = run_plan(_plan(), "synthetic", seeds=1, out=out, threads=1, replicate=True, first_seed=100,
-                       log=lambda m: None)
+                       log=lambda m: None, after_run=_after_run)
+    assert len(list(out.glob("runs/*/*/after_run.json"))) == 4  # the serial path hands each run over too
     assert sorted(p.parent.name for p in out.glob(f"runs/fcn/seed*/{RESULT}")) == ["seed100", "seed101"]
     agg = summary["report"]["aggregate"]
     assert agg["seed_start"] == 100 and agg["entries"][0]["seeds"] == [100]

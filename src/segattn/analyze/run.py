@@ -334,6 +334,22 @@ def analyze_runs(runs: Sequence[PathLike], out: PathLike, command: str, max_imag
     return rep
 
 
+def measure_finished_run(rdir: PathLike, log: Log = _print) -> Optional[Dict[str, Any]]:
+    """``segattn compare --analyze``: analyse one run as soon as it finished, under the lock its trainer
+    still holds, and store its ``analysis.json`` (a stored one of this version is kept). A failure is
+    one log line, not an error: the run is finished and the other runs go on; the ``--analyze`` step
+    after the runs measures it again and reports the error then. Returns the analysis, or None."""
+    p = Path(rdir)
+    tag = f"{p.parent.name} {p.name}: "
+    try:
+        return analyze_run(p, log=log, tag=tag)
+    except Exception as exc:  # noqa: BLE001 - reported, and raised again by the step after the runs
+        from segattn.errors import error_message
+
+        log(f"{tag}analysis failed ({error_message(exc)}); the --analyze step after the runs tries again")
+        return None
+
+
 def analyze_plan(args: Any, plan: Any, out: Path) -> Dict[str, Any]:
     """The ``--analyze`` step of ``segattn compare`` (wired in by :mod:`segattn.cli`): every finished run
     of the plan with ``final.pt`` or a current stored analysis (:func:`analysable`; ``--seeds`` seeds from

@@ -1,7 +1,8 @@
 """``segattn compare PLAN [--dataset synthetic|camvid] [--seeds N] [--out DIR] [--replicate] [-j N] [--reuse DIR]``.
 
-``--analyze`` is composed from above: :mod:`segattn.cli` passes the analyze step in
-(``add_parser(sub, analyze_step=...)``), so this package never imports :mod:`segattn.analyze`.
+``--analyze`` is composed from above: :mod:`segattn.cli` passes the analyze step and the per-run
+measurement in (``add_parser(sub, analyze_step=..., analyze_run=...)``), so this package never
+imports :mod:`segattn.analyze`.
 """
 
 from __future__ import annotations
@@ -9,12 +10,19 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+if TYPE_CHECKING:
+    from segattn.compare.launch import AfterRun
 
 AnalyzeStep = Callable[..., Any]
 
 
-def add_parser(sub: argparse._SubParsersAction, analyze_step: Optional[AnalyzeStep] = None) -> None:
+def add_parser(sub: argparse._SubParsersAction, analyze_step: Optional[AnalyzeStep] = None,
+               analyze_run: Optional[AfterRun] = None) -> None:
+    """The ``compare`` subcommand; ``analyze_step`` (the report of ``--analyze``) and ``analyze_run``
+    (one finished run measured at once, a module-level function: it goes to the ``-j`` workers) are
+    composed from above."""
     from segattn.compare.plan import list_plans
 
     p = sub.add_parser("compare", help="train a plan's entries over seeds; report mIoU with error bars, cost and claims",
@@ -51,12 +59,12 @@ def add_parser(sub: argparse._SubParsersAction, analyze_step: Optional[AnalyzeSt
     p.add_argument("--keep-checkpoints", action="store_true",
                    help="keep each finished run's last.pt / best.pt (deleted by default once the run is measured)")
     p.add_argument("--analyze", action="store_true",
-                   help="after the runs, run `segattn analyze` on every finished run with weights (final.pt) and "
-                        "write analysis.md/json/csv/png beside the report (stored per run: resumable; several processes "
-                        "on one --out share the runs)")
+                   help="measure each run with `segattn analyze` as soon as it finishes (stored beside it, "
+                        "analysis.json), then every finished run not measured yet, and write analysis.md/json/csv/png "
+                        "beside the report (resumable; several processes on one --out share the runs)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="extra config override for every run, after the protocol's (repeatable)")
-    p.set_defaults(func=run, analyze_step=analyze_step)
+    p.set_defaults(func=run, analyze_step=analyze_step, analyze_run=analyze_run)
 
 
 def resume_command(args: argparse.Namespace, out: Path) -> str:
@@ -120,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     summary = run_plan(plan, args.dataset, args.seeds, out, extra=args.set, threads=args.threads,
                        report_dir=args.report_dir, keep_checkpoints=args.keep_checkpoints, replicate=args.replicate,
                        workers=args.jobs, launcher=args.launcher, launcher_options=options, reuse=args.reuse,
-                       first_seed=args.first_seed)
+                       first_seed=args.first_seed, after_run=args.analyze_run if args.analyze else None)
     if summary["interrupted"]:
         print(f"interrupted; {summary['done']}/{summary['total']} runs finished; resume with "
               f"`{resume_command(args, out)}`", file=sys.stderr)

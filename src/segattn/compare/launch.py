@@ -24,6 +24,7 @@ from segattn.compare.plan import Plan, PlanError
 
 LAUNCHERS = ("local", "slurm")
 RunOne = Callable[..., Dict[str, Any]]
+AfterRun = Callable[[Path], Any]  # called with a run folder once its run is finished (compare --analyze)
 SLURM_KEYS = ("partition", "time_min", "cpus", "gpus", "cluster")
 
 
@@ -34,13 +35,13 @@ def _line(row: Dict[str, Any], i: int, total: int) -> str:
 
 def run_pool(plan: Plan, dataset: str, todo: Sequence[Tuple[int, str]], out: Path, threads: Optional[int],
              extra: Sequence[str], keep_checkpoints: bool, workers: int, log: Callable[[str], None],
-             run_one: RunOne) -> List[str]:
+             run_one: RunOne, after_run: Optional[AfterRun] = None) -> List[str]:
     """Train ``todo`` ((seed, entry) pairs) on ``workers`` spawned processes; returns each run's state."""
     states: List[str] = []
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        futures = [pool.submit(run_one, plan, dataset, name, seed, str(out), threads, list(extra), keep_checkpoints)
-                   for seed, name in todo]
+        futures = [pool.submit(run_one, plan, dataset, name, seed, str(out), threads, list(extra), keep_checkpoints,
+                               after_run) for seed, name in todo]
         try:
             for i, fut in enumerate(as_completed(futures), 1):
                 row = fut.result()
@@ -71,7 +72,7 @@ def check_launcher(launcher: str, options: Dict[str, Any]) -> None:
 
 def run_submitit(plan: Plan, dataset: str, todo: Sequence[Tuple[int, str]], out: Path, threads: Optional[int],
                  extra: Sequence[str], keep_checkpoints: bool, options: Dict[str, Any],
-                 log: Callable[[str], None], run_one: RunOne) -> List[str]:
+                 log: Callable[[str], None], run_one: RunOne, after_run: Optional[AfterRun] = None) -> List[str]:
     """One submitit job per run (SLURM, or submitit's ``local`` / ``debug`` executor); waits for all."""
     try:
         import submitit
@@ -90,8 +91,8 @@ def run_submitit(plan: Plan, dataset: str, todo: Sequence[Tuple[int, str]], out:
     if options.get("partition"):
         params["slurm_partition"] = str(options["partition"])
     executor.update_parameters(**params)
-    jobs = [executor.submit(run_one, plan, dataset, name, seed, str(out), threads, list(extra), keep_checkpoints)
-            for seed, name in todo]
+    jobs = [executor.submit(run_one, plan, dataset, name, seed, str(out), threads, list(extra), keep_checkpoints,
+                            after_run) for seed, name in todo]
     log(f"submitted {len(jobs)} run(s) ({cluster}); job logs in {out / 'submitit'}")
     states = []
     for i, job in enumerate(jobs, 1):
@@ -103,14 +104,15 @@ def run_submitit(plan: Plan, dataset: str, todo: Sequence[Tuple[int, str]], out:
 
 def dispatch(plan: Plan, dataset: str, todo: Sequence[Tuple[int, str]], out: Path, threads: Optional[int],
              extra: Sequence[str], keep_checkpoints: bool, workers: int, launcher: str, options: Dict[str, Any],
-             log: Callable[[str], None], run_one: RunOne) -> List[str]:
+             log: Callable[[str], None], run_one: RunOne, after_run: Optional[AfterRun] = None) -> List[str]:
     """Train ``todo`` with the chosen launcher; returns the state of each run. ``run_one`` is
     :func:`segattn.compare.runner.run_one` (passed in: the runner imports this module, not the reverse;
-    a module-level function, so it pickles into the worker processes and submitit jobs)."""
+    a module-level function, so it pickles into the worker processes and submitit jobs), as must be
+    ``after_run``."""
     if launcher not in LAUNCHERS:
         raise PlanError(f"--launcher must be one of {list(LAUNCHERS)}, got {launcher!r}")
     if not todo:
         return []
     if launcher == "slurm":
-        return run_submitit(plan, dataset, todo, out, threads, extra, keep_checkpoints, options, log, run_one)
-    return run_pool(plan, dataset, todo, out, threads, extra, keep_checkpoints, workers, log, run_one)
+        return run_submitit(plan, dataset, todo, out, threads, extra, keep_checkpoints, options, log, run_one, after_run)
+    return run_pool(plan, dataset, todo, out, threads, extra, keep_checkpoints, workers, log, run_one, after_run)

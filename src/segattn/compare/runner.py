@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from segattn.compare.cost import measure_cost
-from segattn.compare.launch import check_launcher, dispatch
+from segattn.compare.launch import AfterRun, check_launcher, dispatch
 from segattn.compare.plan import (
     Entry,
     Plan,
@@ -178,12 +178,14 @@ def save_final_weights(rdir: Path, model: nn.Module, cfg_data: Dict[str, Any], m
 
 
 def train_run(rdir: Path, data: Dict[str, Any], entry: Entry, seed: int, dataset: str, plan: Plan,
-              callbacks: Sequence[Any] = (), log: Log = _print, keep_checkpoints: bool = False) -> Optional[Dict[str, Any]]:
+              callbacks: Sequence[Any] = (), log: Log = _print, keep_checkpoints: bool = False,
+              after_run: Optional[AfterRun] = None) -> Optional[Dict[str, Any]]:
     """Train (or resume) one run and measure it; returns the result, or None when interrupted.
 
     The final weights go to ``final.pt`` (:func:`save_final_weights`) just before ``result.json``;
     then the run's training checkpoints are deleted unless ``keep_checkpoints`` (``metrics.jsonl``
-    and ``config.json`` stay)."""
+    and ``config.json`` stay), and ``after_run(rdir)`` is called, still under the caller's lock of
+    the run folder (``segattn compare --analyze``: the run's analysis, stored beside it)."""
     from segattn.engine.train import dataset_meta, train
 
     rdir.mkdir(parents=True, exist_ok=True)
@@ -233,6 +235,8 @@ def train_run(rdir: Path, data: Dict[str, Any], entry: Entry, seed: int, dataset
     if not keep_checkpoints:  # the run is finished and measured; its optimiser state is not needed
         for name in ("last.pt", "best.pt"):
             (work / name).unlink(missing_ok=True)
+    if after_run is not None:
+        after_run(rdir)
     return result
 
 
@@ -253,8 +257,11 @@ def run_plan(plan: Union[str, Plan], dataset: str = "synthetic", seeds: Optional
              report: bool = True, report_dir: Optional[Union[str, Path]] = None, callbacks: Sequence[Any] = (),
              log: Log = _print, keep_checkpoints: bool = False, replicate: bool = False, workers: int = 1,
              launcher: str = "local", launcher_options: Optional[Dict[str, Any]] = None,
-             reuse: Sequence[Union[str, Path]] = (), first_seed: int = 0) -> Dict[str, Any]:
-    """Run every missing (entry, seed) of ``plan`` on ``dataset`` and write the report.
+             reuse: Sequence[Union[str, Path]] = (), first_seed: int = 0,
+             after_run: Optional[AfterRun] = None) -> Dict[str, Any]:
+    """Run every missing (entry, seed) of ``plan`` on ``dataset`` and write the report. ``after_run``:
+    called with each run folder the call trains, once the run is finished (see :func:`train_run`); a
+    module-level function with ``-j`` or SLURM (it is pickled into the workers).
 
     Returns ``{"out", "done", "trained", "reused", "skipped", "busy", "interrupted", "total", "report"}``;
     ``interrupted`` is True when a stop signal ended a run (its checkpoint is kept; call again to resume).
@@ -309,7 +316,7 @@ def run_plan(plan: Union[str, Plan], dataset: str = "synthetic", seeds: Optional
     if launcher != "local" or workers > 1:
         todo = [(seed, e.name) for seed, e, rdir, _ in prepared if not (rdir / RESULT).is_file()]
         states = dispatch(plan, dataset, todo, out, threads, extra, keep_checkpoints, workers, launcher,
-                          launcher_options or {}, log, run_one)
+                          launcher_options or {}, log, run_one, after_run)
         trained = sum(s == "done" for s in states)
         busy = sum(s == "busy" for s in states)
         interrupted = any(s == "interrupted" for s in states)
@@ -317,7 +324,7 @@ def run_plan(plan: Union[str, Plan], dataset: str = "synthetic", seeds: Optional
         done = sum((rdir / RESULT).is_file() for _, _, rdir, _ in prepared)
     else:
         trained, skipped, busy, done, interrupted = _run_serial(prepared, plan, dataset, callbacks, log,
-                                                                keep_checkpoints, done + reused)
+                                                                keep_checkpoints, done + reused, after_run)
         skipped -= reused
     if busy:
         log(f"{busy} run(s) were being trained by other processes; the report below covers the finished ones "
@@ -336,7 +343,8 @@ def run_plan(plan: Union[str, Plan], dataset: str = "synthetic", seeds: Optional
 
 
 def _run_serial(prepared: List[Tuple[int, Entry, Path, Dict[str, Any]]], plan: Plan, dataset: str,
-                callbacks: Sequence[Any], log: Log, keep_checkpoints: bool, done: int) -> Tuple[int, int, int, int, bool]:
+                callbacks: Sequence[Any], log: Log, keep_checkpoints: bool, done: int,
+                after_run: Optional[AfterRun] = None) -> Tuple[int, int, int, int, bool]:
     """The runs one after another in this process; returns (trained, skipped, busy, done, interrupted)."""
     total = len(prepared)
     walls: List[float] = []
@@ -366,7 +374,7 @@ def _run_serial(prepared: List[Tuple[int, Entry, Path, Dict[str, Any]]], plan: P
             state = "resuming" if (rdir / "train" / "last.pt").is_file() else "starting"
             log(f"{tag}: {state}")
             t0 = time.time()
-            result = train_run(rdir, data, entry, seed, dataset, plan, callbacks, log, keep_checkpoints)
+            result = train_run(rdir, data, entry, seed, dataset, plan, callbacks, log, keep_checkpoints, after_run)
         finally:
             claim.release()
         if result is None:
@@ -384,7 +392,7 @@ def _run_serial(prepared: List[Tuple[int, Entry, Path, Dict[str, Any]]], plan: P
 
 
 def run_one(plan: Plan, dataset: str, entry_name: str, seed: int, out: Union[str, Path], threads: Optional[int],
-            extra: Sequence[str], keep_checkpoints: bool = False) -> Dict[str, Any]:
+            extra: Sequence[str], keep_checkpoints: bool = False, after_run: Optional[AfterRun] = None) -> Dict[str, Any]:
     """One (entry, seed) of a plan in this process, under the run folder's lock (the unit of ``-j`` and
     of the SLURM launcher). Returns ``{"entry", "seed", "state", "mIoU"}`` with ``state`` one of
     ``done``, ``skipped`` (already finished), ``busy`` (another live process holds it), ``interrupted``."""
@@ -399,7 +407,7 @@ def run_one(plan: Plan, dataset: str, entry_name: str, seed: int, out: Union[str
     try:
         if (rdir / RESULT).is_file():
             return row
-        result = train_run(rdir, data, entry, seed, dataset, plan, (), _print, keep_checkpoints)
+        result = train_run(rdir, data, entry, seed, dataset, plan, (), _print, keep_checkpoints, after_run)
     finally:
         claim.release()
     if result is None:
