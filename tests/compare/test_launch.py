@@ -118,3 +118,15 @@ def test_cli_refuses_options_that_would_be_ignored_or_fail_after_the_runs(tmp_pa
     assert main(["compare", "survey-table", "--report-only", "--out", str(out)] + argv) == 2  # trains nothing
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_the_resume_command_keeps_every_flag_that_shapes_the_result(tmp_path):
+    from segattn.cli import build_parser
+    from segattn.compare.cli import resume_command
+
+    argv = ["compare", "survey-table", "--seeds", "3", "--replicate", "-j", "2", "--analyze", "--report-dir", "rep",
+            "--reuse", "other", "--set", "schedule.iters=5"]
+    args = build_parser().parse_args(argv)
+    cmd = resume_command(args, tmp_path / "out")
+    assert cmd == (f"segattn compare survey-table --dataset synthetic --out {tmp_path / 'out'} --seeds 3 --replicate "
+                   "-j 2 --reuse other --analyze --report-dir rep --set schedule.iters=5")

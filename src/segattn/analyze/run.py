@@ -235,7 +235,7 @@ def analysable(run: Path, max_images: Optional[int] = None) -> bool:
 
 def expand_runs(paths: Sequence[PathLike]) -> List[Path]:
     """Run folders / checkpoint files named by ``paths``; a compare output folder stands for every run
-    under it (``runs/*/seed*`` with ``final.pt``). Checked up front: a path that holds no weights is
+    under it (``runs/*/seed*`` that are :func:`analysable`). Checked up front: a path that holds no weights is
     one ``SegattnError`` before anything is measured."""
     found: List[Path] = []
     for item in paths:
@@ -246,10 +246,10 @@ def expand_runs(paths: Sequence[PathLike]) -> List[Path]:
                 raise SegattnError(f"{p} is a compare folder without any run holding final.pt (runs finished before "
                                    "`segattn compare` kept weights have none)")
             found += runs
-        elif not (p.is_dir() and analysable(p)):
-            checkpoint_path(p)
+        elif p.is_dir() and analysable(p):
             found.append(p)
         else:
+            checkpoint_path(p)
             found.append(p)
     if not found:
         raise SegattnError("no run or checkpoint given")
@@ -288,8 +288,8 @@ def analyze_runs(runs: Sequence[PathLike], out: PathLike, command: str, max_imag
     for p in paths:  # every run's evaluation checked before anything is measured
         if p.is_dir() and not (p / "final.pt").is_file():  # measured and archived without its weights
             if force or stored_analysis(p, max_images) is None:
-                raise SegattnError(f"{p} holds no final.pt and no analysis of this version (settings "
-                                   f"{ {'version': VERSION, 'max_images': max_images} }) to reuse: retrain the run")
+                raise SegattnError(f"{p} holds no final.pt and no analysis of this version (version {VERSION}, "
+                                   f"max_images {max_images}) to reuse: retrain the run")
             continue
         eval_scale(_checkpoint(p)[2])
     results: List[Optional[Dict[str, Any]]] = [None] * len(paths)

@@ -81,6 +81,10 @@ def resume_command(args: argparse.Namespace, out: Path) -> str:
     if args.jobs != 1:
         cmd += f" -j {args.jobs}"
     cmd += "".join(f" --reuse {d}" for d in args.reuse)
+    if args.analyze:
+        cmd += " --analyze"
+    if args.report_dir is not None:
+        cmd += f" --report-dir {args.report_dir}"
     return cmd + "".join(f" --set {s}" for s in args.set)
 
 
