@@ -240,3 +240,24 @@ def test_a_failed_measurement_after_a_run_is_one_line_and_lets_the_plan_go_on(tm
     assert measure_finished_run(rdir, log=lines.append) is None
     assert len(lines) == 1 and lines[0].startswith("fcn seed0: analysis failed (") and "final.pt" in lines[0]
     assert "the --analyze step after the runs tries again" in lines[0]
+
+
+def test_the_analysis_leaves_out_same_as_entries(tmp_path, monkeypatch):
+    """Their runs are copies of their twins': the same numbers would enter the Holm family twice."""
+    from types import SimpleNamespace
+
+    from segattn.analyze import run as R
+    from segattn.compare import plan_from_dict
+
+    plan = dict(PLAN, entries=PLAN["entries"] + [dict(PLAN["entries"][1], name="ema-copy", same_as="ema-T1")])
+    for name in ("fcn", "ema-T1", "ema-T3", "ema-copy"):
+        rdir = tmp_path / "runs" / name / "seed0"
+        rdir.mkdir(parents=True)
+        (rdir / "final.pt").write_bytes(b"")
+        (rdir / "result.json").write_text("{}")
+    seen = {}
+    monkeypatch.setattr(R, "analyze_runs", lambda runs, target, cmd, **kw: seen.update(runs=runs))
+    args = SimpleNamespace(seeds=1, replicate=False, first_seed=0, plan="p", dataset="synthetic", report_dir=None,
+                           jobs=1, threads=1)
+    R.analyze_plan(args, plan_from_dict(plan, "p"), tmp_path)
+    assert [p.parent.name for p in seen["runs"]] == ["fcn", "ema-T1", "ema-T3"]

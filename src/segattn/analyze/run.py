@@ -354,12 +354,13 @@ def analyze_plan(args: Any, plan: Any, out: Path) -> Dict[str, Any]:
     """The ``--analyze`` step of ``segattn compare`` (wired in by :mod:`segattn.cli`): every finished run
     of the plan with ``final.pt`` or a current stored analysis (:func:`analysable`; ``--seeds`` seeds from
     ``--first-seed``, twice as many with ``--replicate``) through :func:`analyze_runs`; the report goes to
-    ``--report-dir`` (else ``--out``)."""
+    ``--report-dir`` (else ``--out``). Entries with ``same_as`` are left out: their runs are copies of
+    their twins', and the same numbers twice would only enlarge the report's Holm family."""
     n_seeds = args.seeds or plan.seeds
     replicate = bool(getattr(args, "replicate", False))
     span = 2 * n_seeds if replicate else n_seeds
     first = int(getattr(args, "first_seed", 0) or 0)
-    names = [e.name for e in plan.entries]
+    names = [e.name for e in plan.entries if e.same_as is None]  # a same_as entry's runs are copies: same numbers
     runs = [out / "runs" / n / f"seed{s}" for s in range(first, first + span) for n in names
             if analysable(out / "runs" / n / f"seed{s}") and (out / "runs" / n / f"seed{s}" / "result.json").is_file()]
     if not runs:

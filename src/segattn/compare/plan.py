@@ -24,7 +24,9 @@ works the same way)::
 Entry keys: ``name`` (unique, ``[A-Za-z0-9._-]``), ``model`` (a registered model), ``context`` /
 ``context_kw`` (the ``generic`` model's module and its keywords), ``kwargs`` (further model
 keywords), ``reasoner: identity`` (every ``LowRankBlock`` reasoner in the model replaced by
-``IdentityReasoner``, all else equal) and ``note``. Claim kinds: ``better`` (``a`` beats ``b``),
+``IdentityReasoner``, all else equal), ``same_as`` (another entry that builds the very same network:
+this entry's runs are not trained but copied from that entry's, with provenance; checked before any
+run by :func:`segattn.compare.runner.check_same_as`) and ``note``. Claim kinds: ``better`` (``a`` beats ``b``),
 ``no_gain`` (``a`` adds nothing over ``b``), ``not_worse`` (``a`` loses less than the margin to ``b``),
 ``equivalent`` (every pair of ``entries`` within the margin), ``cheaper`` (``a``'s context-module
 MACs at most ``ratio`` times ``b``'s; ``ratio`` defaults to 1) and ``fewer_collapses`` (``a``'s runs
@@ -50,7 +52,7 @@ from segattn.stats import PUBLISHED_SEEDS
 
 PLAN_DIR = CONFIG_DIR / "plans"
 NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
-ENTRY_KEYS = ("name", "model", "context", "context_kw", "kwargs", "reasoner", "note")
+ENTRY_KEYS = ("name", "model", "context", "context_kw", "kwargs", "reasoner", "same_as", "note")
 CLAIM_KINDS = ("better", "no_gain", "not_worse", "equivalent", "cheaper", "fewer_collapses")
 CLAIM_KEYS = ("id", "text", "kind", "a", "b", "entries", "ratio", "protocols")
 PLAN_KEYS = ("name", "description", "reference", "seeds", "margin", "verdict_runs", "protocols", "entries", "claims")
@@ -71,6 +73,7 @@ class Entry:
     context_kw: Dict[str, Any] = field(default_factory=dict)
     kwargs: Dict[str, Any] = field(default_factory=dict)
     reasoner: Optional[str] = None
+    same_as: Optional[str] = None
     note: str = ""
 
     def model_kwargs(self) -> Dict[str, Any]:
@@ -90,6 +93,8 @@ class Entry:
         parts += [f"{k}={v}" for k, v in sorted(self.kwargs.items())]
         if self.reasoner:
             parts.append(f"reasoner={self.reasoner}")
+        if self.same_as:
+            parts.append(f"(same network as {self.same_as})")
         return " ".join(parts)
 
 
@@ -203,6 +208,8 @@ def _entry(data: Any, where: str) -> Entry:
             raise PlanError(f"{where}: '{key}' must be a mapping")
     if data.get("reasoner") not in (None, "identity"):
         raise PlanError(f"{where}: reasoner must be 'identity' (or absent), got {data['reasoner']!r}")
+    if "same_as" in data and (not isinstance(data["same_as"], str) or not data["same_as"]):
+        raise PlanError(f"{where}: same_as must name another entry, got {data['same_as']!r}")
     return Entry(**{k: copy.deepcopy(v) for k, v in data.items()})
 
 
@@ -260,6 +267,16 @@ def plan_from_dict(data: Dict[str, Any], source: str = "<plan>") -> Plan:
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise PlanError(f"plan {source}: entry names must be unique, repeated: {dup}")
+    for e in entries:
+        if e.same_as is None:
+            continue
+        twin = next((t for t in entries if t.name == e.same_as), None)
+        if twin is None or twin is e:
+            raise PlanError(f"plan {source}, entry {e.name!r}: same_as {e.same_as!r} must name another entry; "
+                            f"entries: {names}")
+        if twin.same_as is not None:
+            raise PlanError(f"plan {source}, entry {e.name!r}: same_as {e.same_as!r}, which is itself same_as "
+                            f"{twin.same_as!r}; name the entry that trains ({twin.same_as!r})")
     reference = data.get("reference", names[0])
     if reference not in names:
         raise PlanError(f"plan {source}: reference {reference!r} is not an entry; entries: {names}")

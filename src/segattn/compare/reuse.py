@@ -219,3 +219,30 @@ def reuse_pending(prepared: Prepared, dirs: Sequence[Path], plan: Plan, dataset:
         reused += 1
         log(f"[{i}/{total}] {entry.name} seed {seed}: reused from {src}")
     return reused
+
+
+def copy_same_network(prepared: Prepared, out: Path, plan: Plan, dataset: str, log: Callable[[str], None]) -> int:
+    """Copy into every pending run of an entry with ``same_as`` the finished run of that entry at the
+    same seed (this plan's ``--out``; :func:`copy_run`, so ``reused_from`` names it); returns how many
+    were copied. A run whose twin is not finished yet waits for a later call."""
+    copied = 0
+    for seed, entry, rdir, data in prepared:
+        if entry.same_as is None or (rdir / RESULT).is_file():
+            continue
+        twin = Path(out) / "runs" / entry.same_as / f"seed{seed}"
+        if not ((twin / RESULT).is_file() and (twin / FINAL_WEIGHTS).is_file()):
+            log(f"{entry.name} seed {seed}: same network as {entry.same_as}, whose run is not finished; "
+                "copied by a later call")
+            continue
+        claim = claim_run(rdir)
+        if claim is None:
+            continue
+        try:
+            if (rdir / RESULT).is_file():
+                continue
+            copy_run(twin, rdir, data, plan, dataset, entry)
+        finally:
+            claim.release()
+        copied += 1
+        log(f"{entry.name} seed {seed}: same network as {entry.same_as}; its run copied")
+    return copied

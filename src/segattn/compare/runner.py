@@ -47,7 +47,7 @@ from segattn.compare.plan import (
     load_plan,
     validate_plan,
 )
-from segattn.compare.reuse import check_reuse_dirs, reuse_pending
+from segattn.compare.reuse import check_reuse_dirs, copy_same_network, reuse_pending
 from segattn.compare.rundir import FINAL_WEIGHTS, RESULT, RUN_CONFIG, claim_run, run_dir, source_commit
 from segattn.engine import build
 from segattn.engine.config import config_from_dict
@@ -71,6 +71,71 @@ def build_entry_model(cfg: Any, entry: Entry, num_classes: int, seed: int) -> nn
     if entry.reasoner == "identity":
         ablate_reasoners(model)
     return model
+
+
+def _tensors(obj: Any) -> List[torch.Tensor]:
+    """The tensors of a model output (a tensor, or a tuple / list / dict of them), in order."""
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, dict):
+        return [t for k in sorted(obj) for t in _tensors(obj[k])]
+    if isinstance(obj, (tuple, list)):
+        return [t for v in obj for t in _tensors(v)]
+    return []
+
+
+def _perturbed(name: str, value: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """One state entry plus N(0, 0.02^2) noise (a BN running variance: plus its absolute value), so that no
+    weight is zero and the activations keep their scale; integer entries (batch counters) kept."""
+    if not value.is_floating_point():
+        return value
+    r = 0.02 * torch.randn(value.shape, generator=g)
+    return value + (r.abs() if name.endswith("running_var") else r).to(value.dtype)
+
+
+def _same_network_problem(plan: Plan, dataset: str, entry: Entry, twin: Entry, extra: Sequence[str]) -> Optional[str]:
+    """What differs between the runs of ``entry`` and ``twin`` (None: nothing): the config outside the
+    model section, the module tree (``repr``), the initial state at a seed, or the outputs once the same
+    small noise is added to every parameter and buffer (so a zero-initialised branch cannot hide a
+    difference)."""
+    data = [entry_config_dict(plan, dataset, e, 0, "/same_as", extra) for e in (entry, twin)]
+    rest = [{k: v for k, v in d.items() if k not in ("model", "name")} for d in data]
+    if rest[0] != rest[1]:
+        keys = sorted(k for k in set(rest[0]) | set(rest[1]) if rest[0].get(k) != rest[1].get(k))
+        return f"their configs differ outside the model ({', '.join(keys)})"
+    cfgs = [config_from_dict({k: v for k, v in d.items() if not k.startswith("_")}) for d in data]
+    models = [build_entry_model(c, e, 5, 0).eval() for c, e in zip(cfgs, (entry, twin))]
+    if repr(models[0]) != repr(models[1]):
+        return "their module trees differ"
+    states = [m.state_dict() for m in models]
+    if [(k, v.shape) for k, v in states[0].items()] != [(k, v.shape) for k, v in states[1].items()]:
+        return "their parameters differ in name or shape"
+    if any(not torch.equal(states[0][k], states[1][k]) for k in states[0]):
+        return "their initial weights at a seed differ"
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    outs = []
+    for m, state in zip(models, states):
+        g = torch.Generator().manual_seed(0)
+        m.load_state_dict({k: _perturbed(k, v, g) for k, v in state.items()})
+        with torch.no_grad():
+            outs.append(_tensors(m(x)))
+    if not all(torch.isfinite(t).all() for t in outs[0] + outs[1]):
+        return "their outputs are not finite with perturbed weights, so they cannot be compared"
+    if len(outs[0]) != len(outs[1]) or any(not torch.equal(a, b) for a, b in zip(*outs)):
+        return "their outputs differ with the same perturbed weights"
+    return None
+
+
+def check_same_as(plan: Plan, dataset: str, extra: Sequence[str] = ()) -> None:
+    """Before any run: every entry with ``same_as`` trains the very same thing as its twin (see
+    :func:`_same_network_problem`), so copying the twin's runs is exact; ``PlanError`` otherwise."""
+    for entry in plan.entries:
+        if entry.same_as is None:
+            continue
+        problem = _same_network_problem(plan, dataset, entry, plan.entry(entry.same_as), extra)
+        if problem is not None:
+            raise PlanError(f"plan {plan.name!r}, entry {entry.name!r}: same_as {entry.same_as!r}, but {problem} "
+                            f"on protocol {dataset!r}; remove same_as to train it")
 
 
 # ---------------------------------------------------------------------------------- evaluation
@@ -293,6 +358,7 @@ def run_plan(plan: Union[str, Plan], dataset: str = "synthetic", seeds: Optional
     out = Path(out) if out is not None else Path("outputs") / "compare" / f"{plan.name}-{dataset}"
     check_launcher(launcher, launcher_options or {})
     validate_plan(plan, dataset, extra)
+    check_same_as(plan, dataset, extra)
     reuse_dirs = check_reuse_dirs(reuse, out)
     jobs = [(seed, e) for seed in seed_range(n_seeds, replicate, first_seed) for e in plan.entries]
     prepared = [(seed, e, *prepare_run(out, plan, dataset, e, seed, threads, extra)) for seed, e in jobs]
@@ -313,19 +379,21 @@ def run_plan(plan: Union[str, Plan], dataset: str = "synthetic", seeds: Optional
         f"seeds), {done} already finished, output {out}"
         + (f"; reusing finished runs of {', '.join(map(str, reuse_dirs))}" if reuse_dirs else ""))
     reused = reuse_pending(prepared, reuse_dirs, plan, dataset, log)  # here, so workers only get what must train
+    trainable = [p for p in prepared if p[1].same_as is None]  # the others are copies of their twins' runs
     if launcher != "local" or workers > 1:
-        todo = [(seed, e.name) for seed, e, rdir, _ in prepared if not (rdir / RESULT).is_file()]
+        todo = [(seed, e.name) for seed, e, rdir, _ in trainable if not (rdir / RESULT).is_file()]
         states = dispatch(plan, dataset, todo, out, threads, extra, keep_checkpoints, workers, launcher,
                           launcher_options or {}, log, run_one, after_run)
         trained = sum(s == "done" for s in states)
         busy = sum(s == "busy" for s in states)
         interrupted = any(s == "interrupted" for s in states)
-        skipped = total - len(todo) - reused + sum(s == "skipped" for s in states)
-        done = sum((rdir / RESULT).is_file() for _, _, rdir, _ in prepared)
     else:
-        trained, skipped, busy, done, interrupted = _run_serial(prepared, plan, dataset, callbacks, log,
-                                                                keep_checkpoints, done + reused, after_run)
-        skipped -= reused
+        trained, _, busy, _, interrupted = _run_serial(trainable, plan, dataset, callbacks, log, keep_checkpoints,
+                                                       done + reused, after_run)
+    if not interrupted:
+        reused += copy_same_network(prepared, out, plan, dataset, log)
+    done = sum((rdir / RESULT).is_file() for _, _, rdir, _ in prepared)
+    skipped = done - trained - reused  # finished before this call, or by another process meanwhile
     if busy:
         log(f"{busy} run(s) were being trained by other processes; the report below covers the finished ones "
             "(run the command again, or with --report-only, once they are done)")
