@@ -103,3 +103,27 @@ def test_every_shipped_same_as_builds_the_same_network_on_every_protocol():
                 check_same_as(plan, dataset)
                 checked += 1
     assert checked >= 6  # all-modules on its six protocols
+
+
+def test_a_twin_archived_without_weights_is_copied_without_them(tmp_path):
+    """An archived plan (scripts/archive_runs.py) keeps no final.pt: the twin's run is copied all the same,
+    before anything trains, and the copy has no weights either (--analyze leaves same_as entries out)."""
+    from segattn.compare.reuse import copy_same_network
+    from segattn.compare.runner import prepare_run
+
+    plan = _plan(TWINS, seeds=1)
+    out = tmp_path / "cmp"
+    prepared = [(0, e, *prepare_run(out, plan, "synthetic", e, 0, 1, [])) for e in plan.entries]
+    twin_dir, twin_data = prepared[1][2], prepared[1][3]
+    twin_dir.mkdir(parents=True)
+    (twin_dir / "compare_config.json").write_text(json.dumps(twin_data))
+    (twin_dir / RESULT).write_text(json.dumps({"entry": "nl", "plan": "tiny", "metrics": {"mIoU": 0.5}}))
+    (twin_dir / "analysis.json").write_text(json.dumps({"entry": "nl", "miou_clean": 50.0}))
+    lines = []
+    assert copy_same_network(prepared, out, plan, "synthetic", lines.append) == 1
+    copy = run_dir(out, "nl-again", 0)
+    result = json.loads((copy / RESULT).read_text())
+    assert result["entry"] == "nl-again" and result["metrics"] == {"mIoU": 0.5} and result["reused_from"]["entry"] == "nl"
+    assert json.loads((copy / "analysis.json").read_text())["entry"] == "nl-again"
+    assert not (copy / "final.pt").exists() and lines == ["nl-again seed 0: same network as nl; its run copied"]
+    assert copy_same_network(prepared, out, plan, "synthetic", lines.append) == 0  # never replaced

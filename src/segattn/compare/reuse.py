@@ -174,10 +174,11 @@ def copy_run(src: Path, rdir: Path, data: Dict[str, Any], plan: Plan, dataset: s
                 atomic_write_json(dest, obj)
             else:
                 shutil.copyfile(path, dest)
-        weights = load_checkpoint(str(src / FINAL_WEIGHTS))
-        weights["config"] = cfg_data
-        weights["entry"] = {"name": entry.name, "reasoner": entry.reasoner}
-        atomic_save(weights, str(tmp / FINAL_WEIGHTS))
+        if (src / FINAL_WEIGHTS).is_file():  # an archived twin (same_as) may have none
+            weights = load_checkpoint(str(src / FINAL_WEIGHTS))
+            weights["config"] = cfg_data
+            weights["entry"] = {"name": entry.name, "reasoner": entry.reasoner}
+            atomic_save(weights, str(tmp / FINAL_WEIGHTS))
         atomic_write_json(tmp / RUN_CONFIG, config)
         atomic_write_json(tmp / RESULT, result)
         # into place: the unfinished attempt's leftovers go first, result.json comes last
@@ -223,17 +224,16 @@ def reuse_pending(prepared: Prepared, dirs: Sequence[Path], plan: Plan, dataset:
 
 def copy_same_network(prepared: Prepared, out: Path, plan: Plan, dataset: str, log: Callable[[str], None]) -> int:
     """Copy into every pending run of an entry with ``same_as`` the finished run of that entry at the
-    same seed (this plan's ``--out``; :func:`copy_run`, so ``reused_from`` names it); returns how many
-    were copied. A run whose twin is not finished yet waits for a later call."""
+    same seed (this plan's ``--out``; :func:`copy_run`, so ``reused_from`` names it; with its weights
+    when the twin has them: an archived twin has none, and ``--analyze`` leaves such entries out);
+    returns how many were copied. A run whose twin is not finished yet waits for a later call."""
     copied = 0
     for seed, entry, rdir, data in prepared:
         if entry.same_as is None or (rdir / RESULT).is_file():
             continue
         twin = Path(out) / "runs" / entry.same_as / f"seed{seed}"
-        if not ((twin / RESULT).is_file() and (twin / FINAL_WEIGHTS).is_file()):
-            log(f"{entry.name} seed {seed}: same network as {entry.same_as}, whose run is not finished; "
-                "copied by a later call")
-            continue
+        if not (twin / RESULT).is_file():
+            continue  # copied once the twin's run is finished (after the runs of this call, or a later call)
         claim = claim_run(rdir)
         if claim is None:
             continue

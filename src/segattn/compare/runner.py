@@ -379,6 +379,7 @@ def run_plan(plan: Union[str, Plan], dataset: str = "synthetic", seeds: Optional
         f"seeds), {done} already finished, output {out}"
         + (f"; reusing finished runs of {', '.join(map(str, reuse_dirs))}" if reuse_dirs else ""))
     reused = reuse_pending(prepared, reuse_dirs, plan, dataset, log)  # here, so workers only get what must train
+    reused += copy_same_network(prepared, out, plan, dataset, log)  # twins finished by earlier calls
     trainable = [p for p in prepared if p[1].same_as is None]  # the others are copies of their twins' runs
     if launcher != "local" or workers > 1:
         todo = [(seed, e.name) for seed, e, rdir, _ in trainable if not (rdir / RESULT).is_file()]
