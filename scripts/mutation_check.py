@@ -61,8 +61,8 @@ MUTATIONS: List[Mutation] = [
     Mutation(
         "dropped scale: OCNet/ANN unit without C_k^-1/2",
         "src/segattn/modules/ocnet.py",
-        "scale = self.key_channels**-0.5",
-        "scale = 1.0",
+        "return attend(q, k, v, self.key_channels**-0.5, return_attention)",
+        "return attend(q, k, v, 1.0, return_attention)",
         ("tests/modules/test_reference.py", "-k", "ocnet_base or ann_"),
     ),
     Mutation(
