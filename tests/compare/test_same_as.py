@@ -87,6 +87,8 @@ def test_a_twin_is_copied_not_trained(tmp_path):
     assert copy["metrics"] == source["metrics"] and copy["entry"] == "nl-again"
     assert copy["reused_from"]["entry"] == "nl" and copy["reused_from"]["plan"] == "tiny"
     assert "nl-again seed 0: same network as nl; its run copied" in lines
+    md = (out / "compare.md").read_text()
+    assert "Same network: 1 run of the entries marked `(same network as ...)` was copied" in md and "Reused:" not in md
     again = run_plan(plan, "synthetic", seeds=1, out=out, log=lambda m: None)
     assert again["trained"] == 0 and again["reused"] == 0 and again["skipped"] == 3
 

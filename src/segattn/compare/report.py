@@ -108,8 +108,11 @@ def aggregate(plan: Plan, results: List[Dict[str, Any]], dataset: str, seeds: Op
     in_range = [r for rows in by_entry.values() for r in rows.values()]
     commits = sorted({str(r.get("provenance", {}).get("commit")) for r in results
                       if seed_start <= int(r.get("seed", 0)) < seed_start + n_seeds})
-    copied = [r["reused_from"] for r in in_range if isinstance(r.get("reused_from"), dict)]
-    reused = {"runs": len(copied), "from": sorted({str(Path(str(c.get("run"))).parent.parent.parent) for c in copied})}
+    aliases = {e.name for e in plan.entries if e.same_as}  # their runs are copies of their twins' (same_as)
+    copies = [r for r in in_range if isinstance(r.get("reused_from"), dict)]
+    copied = [r["reused_from"] for r in copies if r.get("entry") not in aliases]
+    reused = {"runs": len(copied), "from": sorted({str(Path(str(c.get("run"))).parent.parent.parent) for c in copied}),
+              "same_network": sum(r.get("entry") in aliases for r in copies)}
     return {"plan": plan.name, "description": plan.description, "dataset": dataset, "seeds": n_seeds,
             "seed_start": seed_start, "reference": ref, "margin": plan.margin, "alpha": ALPHA, "classes": classes, "entries": entries, "claims": claims,
             "runs_done": sum(len(v) for v in by_entry.values()), "runs_total": n_seeds * len(plan.entries),
@@ -187,6 +190,11 @@ def markdown(agg: Dict[str, Any], command: str) -> str:
     if reused.get("runs"):
         lines.append(f"Reused: {reused['runs']} of these runs were trained for another plan with the identical config "
                      f"and copied from {', '.join(f'`{d}`' for d in reused['from'])} (`reused_from` in their result.json).")
+    if reused.get("same_network"):
+        n = reused["same_network"]
+        lines.append(f"Same network: {n} run{'s' if n != 1 else ''} of the entries marked `(same network as ...)` "
+                     f"{'were' if n != 1 else 'was'} copied from the twin's run at the same seed, not trained "
+                     "(`same_as` in the plan).")
     if p:
         lines.append(f"Protocol: {p.get('dataset')} {p.get('dataset_kwargs') or ''}, crop {p.get('crop_size')}, "
                      f"batch {p.get('batch_size')}, {p.get('iters')} iterations, {p.get('optim')} lr {p.get('lr')}, "
