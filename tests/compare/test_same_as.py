@@ -54,6 +54,15 @@ def test_a_false_twin_is_refused_before_any_run(twin, problem, tmp_path):
     assert not (tmp_path / "cmp").exists()
 
 
+def test_a_loss_weight_that_only_training_sees_is_told_apart():
+    """The same network, outputs included, but another weight on the auxiliary loss: trained differently."""
+    plan = _plan([TWINS[0], {"name": "nl-aux", "model": "generic", "context": "nonlocal", "kwargs": {"aux_weight": 0.3},
+                             "same_as": "nl"}])
+    check_same_as(plan, "synthetic")  # without an auxiliary head the weight is never used: the same training
+    with pytest.raises(PlanError, match=r"their modules' settings differ \(loss_weights\)"):
+        check_same_as(plan, "synthetic", ["model.aux=true"])
+
+
 def test_outputs_with_perturbed_weights_tell_apart_what_the_tree_does_not(monkeypatch):
     """The last line of the check: two networks with one tree and one state, but another forward."""
     import torch

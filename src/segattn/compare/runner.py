@@ -84,6 +84,17 @@ def _tensors(obj: Any) -> List[torch.Tensor]:
     return []
 
 
+_PLAIN = (bool, int, float, str, tuple, list, dict, type(None))
+
+
+def _settings(model: nn.Module) -> Dict[str, Any]:
+    """Every submodule's plain attributes (``aux_weight``, ``loss_weights``, modes, sizes), which can
+    change training without showing in the module tree or the outputs; not the model's own record of
+    the call that built it (``config``: its model name differs by definition)."""
+    return {f"{path}.{k}" if path else k: v for path, mod in model.named_modules() for k, v in vars(mod).items()
+            if not k.startswith("_") and isinstance(v, _PLAIN) and (path, k) != ("", "config")}
+
+
 def _perturbed(name: str, value: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """One state entry plus N(0, 0.02^2) noise (a BN running variance: plus its absolute value), so that no
     weight is zero and the activations keep their scale; integer entries (batch counters) kept."""
@@ -95,7 +106,8 @@ def _perturbed(name: str, value: torch.Tensor, g: torch.Generator) -> torch.Tens
 
 def _same_network_problem(plan: Plan, dataset: str, entry: Entry, twin: Entry, extra: Sequence[str]) -> Optional[str]:
     """What differs between the runs of ``entry`` and ``twin`` (None: nothing): the config outside the
-    model section, the module tree (``repr``), the initial state at a seed, or the outputs once the same
+    model section, the module tree (``repr``), the modules' plain settings (:func:`_settings`), the
+    initial state at a seed, or the outputs once the same
     small noise is added to every parameter and buffer (so a zero-initialised branch cannot hide a
     difference)."""
     data = [entry_config_dict(plan, dataset, e, 0, "/same_as", extra) for e in (entry, twin)]
@@ -107,6 +119,10 @@ def _same_network_problem(plan: Plan, dataset: str, entry: Entry, twin: Entry, e
     models = [build_entry_model(c, e, 5, 0).eval() for c, e in zip(cfgs, (entry, twin))]
     if repr(models[0]) != repr(models[1]):
         return "their module trees differ"
+    settings = [_settings(m) for m in models]
+    if settings[0] != settings[1]:
+        keys = sorted(k for k in set(settings[0]) | set(settings[1]) if settings[0].get(k) != settings[1].get(k))
+        return f"their modules' settings differ ({', '.join(keys[:4])})"
     states = [m.state_dict() for m in models]
     if [(k, v.shape) for k, v in states[0].items()] != [(k, v.shape) for k, v in states[1].items()]:
         return "their parameters differ in name or shape"
