@@ -123,7 +123,7 @@ def test_shared_entry_is_copied_with_provenance_and_others_train(plan_a_out, tmp
     assert not list(out.glob("runs/*/.*reuse*")) and not (dst / ".segattn.lock").exists()
     md = (out / "compare.md").read_text()
     assert "Reused: 1 of these runs" in md and f"`{a}`" in md
-    assert summary["report"]["aggregate"]["reused"] == {"runs": 1, "from": [str(a)]}
+    assert summary["report"]["aggregate"]["reused"] == {"runs": 1, "from": [str(a)], "same_network": 0}
 
     # the copy is a finished run of this plan: skipped next time, with or without --reuse
     trained.clear()

@@ -192,6 +192,21 @@ def copy_run(src: Path, rdir: Path, data: Dict[str, Any], plan: Plan, dataset: s
     return result
 
 
+def _copy_if_pending(src: Path, rdir: Path, data: Dict[str, Any], plan: Plan, dataset: str, entry: Entry) -> bool:
+    """:func:`copy_run` under the run folder's lock; False when another live process holds the lock (it
+    trains the run, and the training pass says so) or the run finished meanwhile."""
+    claim = claim_run(rdir)
+    if claim is None:
+        return False
+    try:
+        if (rdir / RESULT).is_file():
+            return False
+        copy_run(src, rdir, data, plan, dataset, entry)
+    finally:
+        claim.release()
+    return True
+
+
 def reuse_pending(prepared: Prepared, dirs: Sequence[Path], plan: Plan, dataset: str,
                   log: Callable[[str], None]) -> int:
     """Copy every pending run of ``prepared`` that a ``--reuse`` folder has finished already (in this
@@ -208,17 +223,9 @@ def reuse_pending(prepared: Prepared, dirs: Sequence[Path], plan: Plan, dataset:
         src = index.find(data)
         if src is None:
             continue
-        claim = claim_run(rdir)
-        if claim is None:
-            continue  # being trained by another process: the training pass says so
-        try:
-            if (rdir / RESULT).is_file():
-                continue
-            copy_run(src, rdir, data, plan, dataset, entry)
-        finally:
-            claim.release()
-        reused += 1
-        log(f"[{i}/{total}] {entry.name} seed {seed}: reused from {src}")
+        if _copy_if_pending(src, rdir, data, plan, dataset, entry):
+            reused += 1
+            log(f"[{i}/{total}] {entry.name} seed {seed}: reused from {src}")
     return reused
 
 
@@ -234,15 +241,7 @@ def copy_same_network(prepared: Prepared, out: Path, plan: Plan, dataset: str, l
         twin = Path(out) / "runs" / entry.same_as / f"seed{seed}"
         if not (twin / RESULT).is_file():
             continue  # copied once the twin's run is finished (after the runs of this call, or a later call)
-        claim = claim_run(rdir)
-        if claim is None:
-            continue
-        try:
-            if (rdir / RESULT).is_file():
-                continue
-            copy_run(twin, rdir, data, plan, dataset, entry)
-        finally:
-            claim.release()
-        copied += 1
-        log(f"{entry.name} seed {seed}: same network as {entry.same_as}; its run copied")
+        if _copy_if_pending(twin, rdir, data, plan, dataset, entry):
+            copied += 1
+            log(f"{entry.name} seed {seed}: same network as {entry.same_as}; its run copied")
     return copied
