@@ -107,9 +107,8 @@ def _perturbed(name: str, value: torch.Tensor, g: torch.Generator) -> torch.Tens
 def _same_network_problem(plan: Plan, dataset: str, entry: Entry, twin: Entry, extra: Sequence[str]) -> Optional[str]:
     """What differs between the runs of ``entry`` and ``twin`` (None: nothing): the config outside the
     model section, the module tree (``repr``), the modules' plain settings (:func:`_settings`), the
-    initial state at a seed, or the outputs once the same
-    small noise is added to every parameter and buffer (so a zero-initialised branch cannot hide a
-    difference)."""
+    initial state at a seed, or the outputs once the same small noise is added to every parameter and
+    buffer (so a zero-initialised branch cannot hide a difference)."""
     data = [entry_config_dict(plan, dataset, e, 0, "/same_as", extra) for e in (entry, twin)]
     rest = [{k: v for k, v in d.items() if k not in ("model", "name")} for d in data]
     if rest[0] != rest[1]:
